@@ -1,0 +1,33 @@
+# Two commands on a fresh machine: `make run` and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.sgcore-installed
+
+.PHONY: run test lint bench clean install
+
+install: $(STAMP)
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+
+# Reinstall when the dependency list changes; the project itself is editable.
+$(STAMP): pyproject.toml | $(PY)
+	$(PY) -m pip install --quiet --upgrade "pip>=23" wheel
+	$(PY) -m pip install --quiet -e ".[test,dev,plots]"
+	touch $(STAMP)
+
+run: $(STAMP)
+	$(PY) -m jobs.smoothgrad
+
+test: $(STAMP)
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(PY) -m ruff check sgcore jobs tests
+
+bench: $(STAMP)
+	$(PY) -m jobs.benchmark
+
+clean:
+	rm -rf outputs .pytest_cache .ruff_cache
