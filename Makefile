@@ -13,7 +13,6 @@ $(PY):
 
 # Reinstall when the dependency list changes; the project itself is editable.
 $(STAMP): pyproject.toml | $(PY)
-	$(PY) -m pip install --quiet --upgrade "pip>=23" wheel
 	$(PY) -m pip install --quiet -e ".[test,dev,plots]"
 	touch $(STAMP)
 

@@ -1,0 +1,1 @@
+"""Thin entry points: parse flags, build a config, call sgcore."""

@@ -1,0 +1,50 @@
+"""SmoothGrad maps for every image of a dataset.
+
+    python -m jobs.smoothgrad --input s3://bucket/images --output s3://bucket/maps
+    python -m jobs.smoothgrad            # the embedded demo, end to end, offline
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from sgcore.cli import DEMO_DATA, DEMO_OUTPUT, add_job_arguments, config_from_args, run_cli
+from sgcore.errors import ConfigError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m jobs.smoothgrad", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_job_arguments(parser)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+
+    def job() -> int:
+        from sgcore.pipeline import run_job
+
+        if args.input is None and args.output is None:
+            from sgcore.demo import ensure_demo_data
+
+            print(f"[sgcore] demo: generating the dataset under {DEMO_DATA}/ (first run only)")
+            config = config_from_args(args, input=str(ensure_demo_data(DEMO_DATA)), output=DEMO_OUTPUT)
+        elif args.input is None or args.output is None:
+            raise ConfigError("--input and --output go together (omit both to run the demo)")
+        else:
+            config = config_from_args(args)
+        result = run_job(config)
+        print(f"[sgcore] done: {result.summary()}")
+        if not result.success:
+            print(f"[sgcore] {result.shards_failed} shard(s) failed: {', '.join(result.failed_shards)}",
+                  file=sys.stderr)
+            return 1
+        return 0
+
+    return run_cli(job)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

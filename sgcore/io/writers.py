@@ -1,0 +1,181 @@
+"""Encoding result rows (Parquet, npz) and committing them atomically.
+
+Encoding is separate from writing: ``encode_part(rows) -> bytes`` then one
+write. On object stores one PUT is atomic; locally we write a temporary file
+and rename it, so a reader never sees half a part.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import posixpath
+import uuid
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from sgcore.io._fs import is_local, join, url_to_fs
+
+# Metadata key in each part's Parquet footer: config hash + shard id.
+PART_METADATA_KEY = b"sgcore"
+
+_SCALARS: list[tuple[str, pa.DataType]] = [
+    ("image_id", pa.string()),
+    ("source", pa.string()),
+    ("shard", pa.string()),
+    ("status", pa.string()),
+    ("error", pa.string()),
+    ("label", pa.string()),
+    ("label_index", pa.int64()),
+    ("target", pa.int64()),
+    ("target_name", pa.string()),
+    ("predicted", pa.int64()),
+    ("predicted_name", pa.string()),
+    ("score", pa.float32()),
+    ("method", pa.string()),
+    ("base", pa.string()),
+    ("noise_level", pa.float32()),
+    ("n_samples", pa.int32()),
+    ("seed", pa.int64()),
+]
+_GEOMETRY: list[tuple[str, pa.DataType]] = [
+    ("map_height", pa.int32()),
+    ("map_width", pa.int32()),
+    ("orig_height", pa.int32()),
+    ("orig_width", pa.int32()),
+    ("resized_height", pa.int32()),
+    ("resized_width", pa.int32()),
+    ("crop_top", pa.int32()),
+    ("crop_left", pa.int32()),
+]
+
+
+def part_name(shard_id: str, fmt: str = "parquet") -> str:
+    """Deterministic file name of a shard's rows: a retry overwrites it."""
+    return f"part-{shard_id}.parquet"
+
+
+def npz_name(shard_id: str) -> str:
+    return f"maps/part-{shard_id}.npz"
+
+
+def result_schema(map_shape: tuple[int, int], *, fmt: str = "parquet", channels: int | None = None) -> pa.Schema:
+    """The output schema (DESIGN.md contract 5) for maps of ``map_shape``."""
+    fields = [pa.field(n, t) for n, t in _SCALARS]
+    if fmt == "npz":
+        fields.append(pa.field("map_key", pa.string()))
+    else:
+        fields.append(pa.field("saliency", pa.fixed_shape_tensor(pa.float16(), list(map_shape))))
+        if channels:
+            fields.append(
+                pa.field("saliency_full", pa.fixed_shape_tensor(pa.float16(), [channels, *map_shape]))
+            )
+    fields.extend(pa.field(n, t) for n, t in _GEOMETRY)
+    return pa.schema(fields)
+
+
+def encode_part(
+    rows: list[dict[str, Any]],
+    *,
+    map_shape: tuple[int, int],
+    metadata: dict[str, Any],
+    fmt: str = "parquet",
+    channels: int | None = None,
+) -> tuple[bytes, bytes | None]:
+    """Encodes one shard's rows.
+
+    Each row holds the scalar columns plus ``saliency`` (an ``(H, W)`` array
+    or None on error rows) and, with ``channels``, ``saliency_full``
+    ``(C, H, W)``.
+
+    Returns:
+        (Parquet bytes, npz bytes or None). With ``fmt="npz"`` the maps go to
+        the npz keyed by ``image_id`` and the rows carry ``map_key``.
+    """
+    schema = result_schema(map_shape, fmt=fmt, channels=channels)
+    columns: dict[str, pa.Array] = {}
+    for name, typ in _SCALARS + _GEOMETRY:
+        columns[name] = pa.array([r.get(name) for r in rows], type=typ)
+    npz_bytes = None
+    if fmt == "npz":
+        maps = {r["image_id"]: r["saliency"] for r in rows if r.get("saliency") is not None}
+        if channels:
+            maps.update(
+                {f"{r['image_id']}/full": r["saliency_full"] for r in rows if r.get("saliency_full") is not None}
+            )
+        buf = io.BytesIO()
+        np.savez_compressed(buf, **{k: np.asarray(v, dtype=np.float16) for k, v in maps.items()})
+        npz_bytes = buf.getvalue()
+        columns["map_key"] = pa.array(
+            [r["image_id"] if r.get("saliency") is not None else None for r in rows], type=pa.string()
+        )
+    else:
+        columns["saliency"] = _tensor_column([r.get("saliency") for r in rows], tuple(map_shape))
+        if channels:
+            columns["saliency_full"] = _tensor_column(
+                [r.get("saliency_full") for r in rows], (channels, *map_shape)
+            )
+    meta = {PART_METADATA_KEY: json.dumps(metadata, sort_keys=True).encode()}
+    table = pa.table({f.name: columns[f.name] for f in schema}, schema=schema.with_metadata(meta))
+    buf = io.BytesIO()
+    pq.write_table(table, buf, compression="zstd")
+    return buf.getvalue(), npz_bytes
+
+
+def _tensor_column(maps: list[np.ndarray | None], shape: tuple[int, ...]) -> pa.ExtensionArray:
+    size = int(np.prod(shape))
+    flat = np.zeros((len(maps), size), dtype=np.float16)
+    mask = np.zeros(len(maps), dtype=bool)
+    for i, m in enumerate(maps):
+        if m is None:
+            mask[i] = True
+        else:
+            if tuple(np.shape(m)) != shape:
+                raise ValueError(f"map {i} must have shape {shape}; got {np.shape(m)}")
+            flat[i] = np.asarray(m, dtype=np.float16).reshape(-1)
+    storage = pa.FixedSizeListArray.from_arrays(
+        pa.array(flat.reshape(-1)), size, mask=pa.array(mask) if mask.any() else None
+    )
+    return pa.ExtensionArray.from_storage(pa.fixed_shape_tensor(pa.float16(), list(shape)), storage)
+
+
+def write_bytes(url: str, data: bytes, storage_options: dict[str, Any] | None = None) -> None:
+    """Writes ``data`` to ``url`` atomically (temp + rename locally, one PUT remotely)."""
+    fs, path = url_to_fs(url, storage_options)
+    parent = posixpath.dirname(path)
+    try:
+        if is_local(fs):
+            os.makedirs(parent, exist_ok=True)
+            tmp = f"{path}.tmp-{uuid.uuid4().hex}"
+            with open(tmp, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        else:
+            if parent:
+                fs.makedirs(parent, exist_ok=True)
+            fs.pipe_file(path, data)
+    except OSError as e:
+        raise OSError(f"cannot write {url}: {e}") from e
+
+
+def read_part_metadata(url: str, storage_options: dict[str, Any] | None = None) -> dict[str, Any] | None:
+    """The sgcore metadata of a committed part, or None when it is absent/unreadable."""
+    fs, path = url_to_fs(url, storage_options)
+    try:
+        with fs.open(path, "rb") as f:
+            meta = pq.read_schema(f).metadata or {}
+    except (FileNotFoundError, OSError, pa.ArrowInvalid):
+        return None
+    raw = meta.get(PART_METADATA_KEY)
+    return json.loads(raw) if raw else None
+
+
+def part_url(output: str, shard_id: str) -> str:
+    return join(output, part_name(shard_id))
+

@@ -1,0 +1,45 @@
+"""Ray wrappers: the model-replica actor and the decode task."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import ray
+import torch
+
+from sgcore.config import JobConfig
+from sgcore.io import DecodedShard, ShardSpec, decode_shard
+from sgcore.pipeline.worker import ShardProcessor, pick_device
+
+
+class SaliencyActor:
+    """One model replica on one GPU (or on CPUs when the cluster has none)."""
+
+    def __init__(self, config: JobConfig, use_gpu: bool):
+        cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1.0)
+        if not use_gpu or not torch.cuda.is_available():
+            # Ray pins OMP threads to the CPU share; use the whole share for torch.
+            torch.set_num_threads(max(1, int(round(cpus))))
+        self.processor = ShardProcessor(config, device=pick_device(use_gpu))
+
+    def process(self, decoded: DecodedShard, config_hash: str, attempt: int) -> dict[str, Any]:
+        summary = self.processor.process(decoded, config_hash=config_hash, attempt=attempt)
+        summary["pid"] = os.getpid()
+        summary["node"] = ray.get_runtime_context().get_node_id()
+        summary["device"] = str(self.processor.device)
+        return summary
+
+    def info(self) -> dict[str, Any]:
+        return {"pid": os.getpid(), "node": ray.get_runtime_context().get_node_id(),
+                "device": str(self.processor.device)}
+
+
+def _decode(spec: ShardSpec, resize_size: int, crop_size: int, interpolation: str,
+            storage_options: dict[str, Any]) -> DecodedShard:
+    return decode_shard(spec, resize_size=resize_size, crop_size=crop_size,
+                        interpolation=interpolation, storage_options=storage_options)
+
+
+remote_actor = ray.remote(SaliencyActor)
+remote_decode = ray.remote(_decode)

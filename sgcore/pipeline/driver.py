@@ -1,0 +1,392 @@
+"""The job driver: plan shards, run them through a pool of model actors, commit.
+
+Exactly-once rows (DESIGN.md contract 4) rest on three things: every shard
+writes one part with a deterministic name (a retry overwrites, never adds);
+a part is committed atomically; and a rerun skips shards whose committed part
+carries the same config hash. ``_SUCCESS`` is written last, only when every
+shard is committed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+import ray
+
+from sgcore.config import JobConfig
+from sgcore.errors import ConfigError
+from sgcore.io import (
+    ShardSpec,
+    git_revision,
+    join,
+    package_versions,
+    part_name,
+    plan_shards,
+    read_manifest,
+    read_part_metadata,
+    remove_success,
+    url_to_fs,
+    write_manifest,
+    write_success,
+)
+from sgcore.models import Preprocess, resolve_preprocess
+from sgcore.pipeline.actors import remote_actor, remote_decode
+from sgcore.pipeline.cluster import node_resources, plan_actors
+from sgcore.pipeline.progress import Progress, format_duration
+from sgcore.pipeline.worker import make_row, summarize, write_part
+
+log = logging.getLogger("sgcore")
+
+# Shards queued per actor: one running, one decoded and waiting.
+_QUEUE_PER_ACTOR = 2
+
+
+class JobFailed(RuntimeError):
+    """The job stopped on purpose (too many errors); the message says why."""
+
+
+@dataclass(kw_only=True)
+class JobResult:
+    """What a run did; ``success`` is False when any shard or image failed."""
+
+    output: str
+    rows: int = 0
+    ok: int = 0
+    errors: int = 0
+    shards: int = 0
+    shards_skipped: int = 0
+    shards_failed: int = 0
+    seconds: float = 0.0
+    images_per_s: float = 0.0
+    actors: int = 0
+    failed_shards: list[str] = field(default_factory=list)
+
+    @property
+    def success(self) -> bool:
+        return self.shards_failed == 0
+
+    def summary(self) -> str:
+        return (
+            f"{self.rows} images ({self.ok} ok, {self.errors} errors) in {self.shards} shards "
+            f"({self.shards_skipped} already done, {self.shards_failed} failed) | "
+            f"{format_duration(self.seconds)} | {self.images_per_s:.1f} images/s "
+            f"on {self.actors} actor(s) | results: {self.output}"
+        )
+
+
+def plan_fingerprint(shards: list[ShardSpec]) -> str:
+    """A hash of the shard plan: which images go in which shard."""
+    h = hashlib.sha256()
+    for s in shards:
+        h.update(s.shard_id.encode())
+        for m in s.members:
+            h.update(b"\x00" + m.encode())
+    return h.hexdigest()[:16]
+
+
+def run_job(config: JobConfig) -> JobResult:
+    """Runs (or resumes) a SmoothGrad job; see ``python -m jobs.smoothgrad --help``.
+
+    Raises:
+        ConfigError: bad settings, or an output written with another config.
+        InputError: the input cannot be listed or holds no images.
+        JobFailed: more than ``max_error_rate`` of the images failed.
+    """
+    t0 = time.perf_counter()
+    preprocess = resolve_preprocess(config.model, config.weights, image_size=config.image_size)
+    shards = plan_shards(
+        config.input, shard_size=config.shard_size, limit=config.limit,
+        storage_options=config.storage_options,
+    )
+    chash = config.config_hash()
+    fingerprint = plan_fingerprint(shards)
+    _guard_output(config, chash, fingerprint)
+    committed = _committed_shards(config, shards, chash)
+    todo = [s for s in shards if s.shard_id not in committed]
+    manifest = _new_manifest(config, chash, fingerprint, preprocess, shards, committed)
+    if todo:
+        remove_success(config.output, config.storage_options)
+        write_manifest(config.output, manifest, config.storage_options)
+
+    result = JobResult(output=config.output, shards=len(shards), shards_skipped=len(committed))
+    progress = Progress(sum(s.size for s in shards), len(shards), enabled=config.progress)
+    progress.skip(sum(s.size for s in shards if s.shard_id in committed), len(committed))
+    for sid in committed:
+        entry = manifest["shards"][sid]
+        result.rows += entry.get("rows", 0)
+        result.ok += entry.get("ok", 0)
+        result.errors += entry.get("errors", 0)
+
+    if todo:
+        owns_ray = _init_ray(config)
+        try:
+            _Scheduler(config, chash, preprocess, todo, manifest, result, progress).run()
+        finally:
+            write_manifest(config.output, manifest, config.storage_options)
+            if owns_ray:
+                ray.shutdown()
+    progress.maybe_print(force=True)
+
+    result.seconds = time.perf_counter() - t0
+    result.images_per_s = progress.images / result.seconds if result.seconds > 0 else 0.0
+    manifest["status"] = "complete"
+    manifest["finished"] = _now()
+    manifest["totals"] = {
+        "rows": result.rows, "ok": result.ok, "errors": result.errors,
+        "shards": result.shards, "shards_failed": result.shards_failed,
+    }
+    write_manifest(config.output, manifest, config.storage_options)
+    write_success(config.output, config.storage_options)
+    return result
+
+
+# --------------------------------------------------------------------------- #
+
+
+class _Scheduler:
+    """Keeps every actor fed (bounded queue), retries, replaces dead actors."""
+
+    def __init__(self, config: JobConfig, chash: str, preprocess: Preprocess,
+                 todo: list[ShardSpec], manifest: dict[str, Any], result: JobResult,
+                 progress: Progress):
+        self.config = config
+        self.chash = chash
+        self.preprocess = preprocess
+        self.pending: deque[tuple[ShardSpec, int]] = deque((s, 0) for s in todo)
+        self.manifest = manifest
+        self.result = result
+        self.progress = progress
+        self.plan = plan_actors(
+            ray.cluster_resources(), gpus_per_actor=config.gpus_per_actor,
+            cpus_per_actor=config.cpus_per_actor, num_actors=config.num_actors,
+            min_actors=config.min_actors, max_actors=config.max_actors, num_shards=len(todo),
+            nodes=node_resources(),
+        )
+        log.info("actor pool: %s", self.plan.describe())
+        self.actors: list[Any] = [self._new_actor() for _ in range(self.plan.initial_actors)]
+        self.load = [0] * len(self.actors)
+        # future -> (shard, attempt, actor slot, decoded ref)
+        self.inflight: dict[Any, tuple[ShardSpec, int, int, Any]] = {}
+        self.result.actors = len(self.actors)
+        self._rows_done = 0
+        self._errors_done = 0
+
+    def _new_actor(self) -> Any:
+        return remote_actor.options(**self.plan.actor_options()).remote(self.config, self.plan.use_gpu)
+
+    def _maybe_grow(self) -> None:
+        """Adds a replica while work waits and the cluster has room (up to max_actors)."""
+        p = self.plan
+        if len(self.actors) >= p.max_actors or len(self.pending) <= len(self.actors):
+            return
+        free = ray.available_resources()
+        if free.get("GPU", 0.0) >= p.num_gpus and free.get("CPU", 0.0) >= p.num_cpus + p.decode_num_cpus:
+            self.actors.append(self._new_actor())
+            self.load.append(0)
+            self.result.actors = len(self.actors)
+
+    def _submit(self, spec: ShardSpec, attempt: int) -> None:
+        slot = min(range(len(self.actors)), key=lambda i: self.load[i])
+        decoded = remote_decode.options(num_cpus=self.plan.decode_num_cpus).remote(
+            spec, self.preprocess.resize_size, self.preprocess.crop_size,
+            self.preprocess.interpolation, self.config.storage_options,
+        )
+        fut = self.actors[slot].process.remote(decoded, self.chash, attempt)
+        self.inflight[fut] = (spec, attempt, slot, decoded)
+        self.load[slot] += 1
+        self.manifest["shards"][spec.shard_id].update(status="running", attempts=attempt + 1)
+
+    def run(self) -> None:
+        while self.pending or self.inflight:
+            self._maybe_grow()
+            # One shard running per actor, plus decoded shards waiting, as many
+            # as the decode CPUs allow (at most one more per actor).
+            n = len(self.actors)
+            capacity = n + min(n * (_QUEUE_PER_ACTOR - 1), max(1, self.plan.max_decode_tasks))
+            while self.pending and len(self.inflight) < capacity:
+                spec, attempt = self.pending.popleft()
+                self._submit(spec, attempt)
+            done, _ = ray.wait(list(self.inflight), num_returns=1, timeout=self.progress.interval)
+            for fut in done:
+                self._finish(fut)
+            self.progress.maybe_print()
+
+    def _finish(self, fut: Any) -> None:
+        spec, attempt, slot, decoded = self.inflight.pop(fut)
+        self.load[slot] -= 1
+        try:
+            summary = ray.get(fut)
+        except ray.exceptions.RayActorError as e:
+            log.warning("actor for shard %s died (%s); replacing it", spec.shard_id, _short(e))
+            self._replace_actor(slot)
+            self._retry(spec, attempt, f"actor died: {_short(e)}", decoded)
+            return
+        except ray.exceptions.RayError as e:
+            self._retry(spec, attempt, _short(e), decoded)
+            return
+        self._record(spec, summary, status="committed")
+
+    def _replace_actor(self, slot: int) -> None:
+        try:
+            ray.kill(self.actors[slot], no_restart=True)
+        except Exception:  # already gone
+            pass
+        self.actors[slot] = self._new_actor()
+
+    def _retry(self, spec: ShardSpec, attempt: int, reason: str, decoded: Any) -> None:
+        entry = self.manifest["shards"][spec.shard_id]
+        entry.setdefault("failures", []).append(reason[:500])
+        if attempt < self.config.max_retries:
+            log.warning("shard %s failed (attempt %d): %s; retrying", spec.shard_id, attempt + 1, reason)
+            self.pending.appendleft((spec, attempt + 1))
+            return
+        message = f"shard failed after {attempt + 1} attempt(s): {reason}"
+        rows = _error_rows(self.config, spec, decoded, message, self.preprocess.crop_size)
+        write_part(self.config, spec.shard_id, rows, config_hash=self.chash,
+                   map_shape=(self.preprocess.crop_size,) * 2,
+                   channels=3 if self.config.store_full else None)
+        self.result.shards_failed += 1
+        self.result.failed_shards.append(spec.shard_id)
+        self._record(spec, summarize(spec.shard_id, rows, attempt=attempt), status="failed")
+
+    def _record(self, spec: ShardSpec, summary: dict[str, Any], *, status: str) -> None:
+        entry = self.manifest["shards"][spec.shard_id]
+        entry.update(status=status, rows=summary["rows"], ok=summary["ok"],
+                     errors=summary["errors"], seconds=round(summary.get("seconds", 0.0), 3))
+        self.result.rows += summary["rows"]
+        self.result.ok += summary["ok"]
+        self.result.errors += summary["errors"]
+        self.progress.update(summary["rows"], summary["errors"])
+        self._rows_done += summary["rows"]
+        self._errors_done += summary["errors"]
+        self._check_error_rate()
+
+    def _check_error_rate(self) -> None:
+        cfg = self.config
+        seen = self._rows_done
+        if seen >= min(64, self.progress.total_images) and self._errors_done > cfg.max_error_rate * seen:
+            raise JobFailed(
+                f"{self._errors_done} of the first {seen} images failed "
+                f"(over --max-error-rate {cfg.max_error_rate}); wrong --input-format, model or "
+                f"input? Stopped early; see the error column in {cfg.output}"
+            )
+
+
+def _error_rows(config: JobConfig, spec: ShardSpec, decoded: Any, message: str,
+                crop: int) -> list[dict[str, Any]]:
+    """Error rows for every image of a shard that could not be processed."""
+    try:
+        records = ray.get(decoded, timeout=60).records
+    except Exception:  # the decode itself failed: fall back to the plan
+        records = [{"image_id": m, "source": join(spec.root, m), "label": None} for m in spec.members]
+    return [make_row(config, spec.shard_id, rec, crop=crop, error=message) for rec in records]
+
+
+def _init_ray(config: JobConfig) -> bool:
+    """Connects to --address / RAY_ADDRESS, or starts a local Ray. True if we started it."""
+    if ray.is_initialized():
+        return False
+    address = config.address or os.environ.get("RAY_ADDRESS")
+    kwargs: dict[str, Any] = {"logging_level": logging.WARNING, "log_to_driver": True}
+    if address:
+        ray.init(address=address, **kwargs)
+        return True
+    ray.init(include_dashboard=False, **kwargs)
+    return True
+
+
+def _guard_output(config: JobConfig, chash: str, fingerprint: str) -> None:
+    """Refuses to mix two configs (or two input listings) in one output."""
+    old = read_manifest(config.output, config.storage_options)
+    if old is None:
+        return
+    if config.overwrite:
+        _clear_output(config)
+        return
+    if old.get("config_hash") != chash:
+        changed = _diff(old.get("config", {}), config.result_fields())
+        raise ConfigError(
+            f"{config.output} holds results of another config (changed: {changed}); "
+            "use a new --output, or pass --overwrite to replace them"
+        )
+    if old.get("plan", {}).get("fingerprint") not in (None, fingerprint):
+        raise ConfigError(
+            f"the input listing of {config.input} changed since {config.output} was written "
+            "(files added or removed); use a new --output, or pass --overwrite"
+        )
+
+
+def _diff(old: dict[str, Any], new: dict[str, Any]) -> str:
+    keys = [k for k in new if old.get(k) != new[k]]
+    return ", ".join(f"{k}: {old.get(k)!r} -> {new[k]!r}" for k in keys) or "sgcore version"
+
+
+def _clear_output(config: JobConfig) -> None:
+    fs, path = url_to_fs(config.output, config.storage_options)
+    for p in fs.glob(f"{path.rstrip('/')}/part-*.parquet") + fs.glob(f"{path.rstrip('/')}/maps/part-*.npz"):
+        fs.rm_file(p)
+    remove_success(config.output, config.storage_options)
+
+
+def _committed_shards(config: JobConfig, shards: list[ShardSpec], chash: str) -> dict[str, dict[str, Any]]:
+    """Shards whose part exists and was written under this config hash -> its metadata."""
+    fs, path = url_to_fs(config.output, config.storage_options)
+    try:
+        existing = {p.rsplit("/", 1)[-1] for p in fs.glob(f"{path.rstrip('/')}/part-*.parquet")}
+    except (FileNotFoundError, OSError):
+        return {}
+    done: dict[str, dict[str, Any]] = {}
+    for s in shards:
+        name = part_name(s.shard_id)
+        if name in existing:
+            meta = read_part_metadata(join(config.output, name), config.storage_options)
+            if meta and meta.get("config_hash") == chash and meta.get("rows") is not None:
+                done[s.shard_id] = meta
+    return done
+
+
+def _new_manifest(config: JobConfig, chash: str, fingerprint: str, preprocess: Preprocess,
+                  shards: list[ShardSpec], committed: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    old = read_manifest(config.output, config.storage_options) or {}
+    old_shards = old.get("shards", {}) if old.get("config_hash") == chash else {}
+    entries: dict[str, Any] = {}
+    for s in shards:
+        entry: dict[str, Any] = {"images": s.size, "first": s.members[0], "status": "pending"}
+        if s.shard_id in committed:
+            prev = old_shards.get(s.shard_id, {})
+            entry.update({k: prev[k] for k in ("seconds", "attempts", "failures") if k in prev})
+            entry.update({k: committed[s.shard_id][k] for k in ("rows", "ok", "errors")})
+            entry["status"] = prev.get("status", "committed")
+            if entry["status"] not in ("committed", "failed"):
+                entry["status"] = "committed"
+        entries[s.shard_id] = entry
+    return {
+        "sgcore_version": package_versions().get("sgcore"),
+        "created": old.get("created", _now()),
+        "status": "running",
+        "config": config.public_dict(),
+        "config_hash": chash,
+        "preprocess": preprocess.to_dict(),
+        "versions": package_versions(),
+        "git_revision": git_revision(),
+        "plan": {"shards": len(shards), "images": sum(s.size for s in shards),
+                 "fingerprint": fingerprint},
+        "shards": entries,
+    }
+
+
+def _short(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return (text[-1] if text else type(e).__name__)[:300]
+
+
+def _now() -> str:
+    from sgcore.io.manifest import now
+
+    return now()

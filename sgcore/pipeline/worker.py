@@ -1,0 +1,217 @@
+"""What one model replica does with one decoded shard (no Ray in here).
+
+The Ray actor in :mod:`sgcore.pipeline.actors` wraps :class:`ShardProcessor`;
+tests and the audit use it directly.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+import torch
+
+from sgcore.attribution import reduce_channels, smoothgrad
+from sgcore.config import JobConfig
+from sgcore.io import DecodedShard, encode_part, join, npz_name, part_url, write_bytes
+from sgcore.models import LoadedModel, load_model
+from sgcore.seeds import image_seed
+
+METHOD_NAMES = {"mean": "smoothgrad", "square": "smoothgrad_sq", "var": "vargrad"}
+
+
+def pick_device(want_gpu: bool) -> torch.device:
+    """CUDA when a GPU was assigned and torch sees one; the CPU otherwise."""
+    if want_gpu and torch.cuda.is_available():
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
+class ShardProcessor:
+    """Holds one model replica; turns a decoded shard into result rows."""
+
+    def __init__(self, config: JobConfig, *, device: torch.device | None = None,
+                 loaded: LoadedModel | None = None):
+        self.config = config
+        self.device = device or torch.device("cpu")
+        self.loaded = loaded or load_model(
+            config.model,
+            config.weights,
+            image_size=config.image_size,
+            storage_options=config.storage_options,
+        )
+        self.model = _prepare(self.loaded.model, config, self.device)
+        self.categories = self.loaded.categories
+        self._index = {name: i for i, name in enumerate(self.categories or [])}
+
+    # ------------------------------------------------------------------ rows
+    def compute_rows(self, decoded: DecodedShard) -> list[dict[str, Any]]:
+        """One row per record of ``decoded``, in order: ok with a map, or error."""
+        cfg = self.config
+        rows = [self._base_row(decoded.shard_id, rec) for rec in decoded.records]
+        todo = [i for i, rec in enumerate(decoded.records) if rec["index"] >= 0]
+        for start in range(0, len(todo), cfg.batch_size):
+            chunk = todo[start : start + cfg.batch_size]
+            self._compute_batch(decoded, chunk, rows)
+        return rows
+
+    def _base_row(self, shard_id: str, rec: dict[str, Any]) -> dict[str, Any]:
+        label = rec.get("label")
+        return make_row(self.config, shard_id, rec, crop=self.loaded.preprocess.crop_size,
+                        label_index=self._index.get(label) if label is not None else None)
+
+    def _compute_batch(self, decoded: DecodedShard, chunk: list[int], rows: list[dict[str, Any]]) -> None:
+        cfg = self.config
+        idx = [decoded.records[i]["index"] for i in chunk]
+        pixels = torch.from_numpy(np.ascontiguousarray(decoded.images[idx]))
+        x = self.loaded.preprocess.normalize(pixels).to(self.device)
+        with torch.no_grad():
+            probs = torch.softmax(self.model(x).float(), dim=1)
+        predicted = probs.argmax(dim=1)
+        keep: list[int] = []
+        targets: list[int] = []
+        for j, i in enumerate(chunk):
+            row = rows[i]
+            row["predicted"] = int(predicted[j])
+            row["predicted_name"] = self._name(int(predicted[j]))
+            if cfg.target == "label":
+                if row["label_index"] is None:
+                    row["status"] = "error"
+                    row["error"] = (
+                        f"--target label: label {row['label']!r} is not among the model's categories"
+                    )
+                    continue
+                target = int(row["label_index"])
+            else:
+                target = int(predicted[j])
+            row["target"] = target
+            row["target_name"] = self._name(target)
+            row["score"] = float(probs[j, target])
+            keep.append(j)
+            targets.append(target)
+        if not keep:
+            return
+        seeds = torch.tensor([rows[chunk[j]]["seed"] for j in keep], dtype=torch.int64)
+        maps = smoothgrad(
+            self.model,
+            x[keep],
+            torch.tensor(targets, dtype=torch.int64, device=self.device),
+            n_samples=cfg.n_samples,
+            noise_level=cfg.noise_level,
+            aggregate=cfg.aggregate,
+            base=cfg.base,
+            seeds=seeds,
+            precision=cfg.precision,
+            max_batch=cfg.max_batch,
+            **_extra_kernel_args(cfg),
+        )
+        reduced = reduce_channels(maps, cfg.reduction).cpu().numpy()
+        full = maps.cpu().numpy() if cfg.store_full else None
+        for k, j in enumerate(keep):
+            row = rows[chunk[j]]
+            m = reduced[k]
+            if not np.isfinite(m).all():
+                row["status"] = "error"
+                row["error"] = "saliency map has NaN/Inf values (non-finite gradient)"
+                continue
+            if np.abs(m).max(initial=0.0) > 65504.0:
+                row["status"] = "error"
+                row["error"] = "saliency map exceeds the float16 range (|value| > 65504)"
+                continue
+            row["saliency"] = m.astype(np.float16)
+            if full is not None:
+                row["saliency_full"] = full[k].astype(np.float16)
+
+    def _name(self, index: int) -> str | None:
+        cats = self.categories
+        return cats[index] if cats is not None and 0 <= index < len(cats) else None
+
+    # ----------------------------------------------------------------- write
+    def process(self, decoded: DecodedShard, *, config_hash: str, attempt: int = 0) -> dict[str, Any]:
+        """Computes a shard's rows and commits its part; returns a summary."""
+        t0 = time.perf_counter()
+        rows = self.compute_rows(decoded)
+        seconds_compute = time.perf_counter() - t0
+        write_part(self.config, decoded.shard_id, rows, config_hash=config_hash,
+                   channels=3 if self.config.store_full else None,
+                   map_shape=(self.loaded.preprocess.crop_size,) * 2)
+        return summarize(decoded.shard_id, rows, seconds=time.perf_counter() - t0,
+                         seconds_compute=seconds_compute, attempt=attempt)
+
+
+def make_row(config: JobConfig, shard_id: str, rec: dict[str, Any], *, crop: int,
+             label_index: int | None = None, error: str | None = None) -> dict[str, Any]:
+    """The row of one input record before the model runs (status from the record)."""
+    err = rec.get("error") or error
+    row: dict[str, Any] = {
+        "image_id": rec["image_id"],
+        "source": rec["source"],
+        "shard": shard_id,
+        "status": "error" if err else "ok",
+        "error": err,
+        "label": rec.get("label"),
+        "label_index": label_index,
+        "method": METHOD_NAMES[config.aggregate],
+        "base": config.base,
+        "noise_level": float(config.noise_level),
+        "n_samples": int(config.n_samples),
+        "seed": image_seed(config.seed, rec["image_id"]),
+        "map_height": crop,
+        "map_width": crop,
+        "saliency": None,
+    }
+    geo = rec.get("geometry")
+    if geo is not None:
+        row.update(
+            orig_height=geo.orig_height,
+            orig_width=geo.orig_width,
+            resized_height=geo.resized_height,
+            resized_width=geo.resized_width,
+            crop_top=geo.crop_top,
+            crop_left=geo.crop_left,
+        )
+    return row
+
+
+def write_part(
+    config: JobConfig,
+    shard_id: str,
+    rows: list[dict[str, Any]],
+    *,
+    config_hash: str,
+    map_shape: tuple[int, int],
+    channels: int | None = None,
+) -> None:
+    """Encodes and commits one shard (npz first, so the Parquet part marks commit)."""
+    meta = {"config_hash": config_hash, **summarize(shard_id, rows)}
+    parquet, npz = encode_part(rows, map_shape=map_shape, metadata=meta, fmt=config.format,
+                               channels=channels)
+    if npz is not None:
+        write_bytes(join(config.output, npz_name(shard_id)), npz, config.storage_options)
+    write_bytes(part_url(config.output, shard_id), parquet, config.storage_options)
+
+
+def summarize(shard_id: str, rows: list[dict[str, Any]], **extra: Any) -> dict[str, Any]:
+    ok = sum(1 for r in rows if r["status"] == "ok")
+    return {"shard": shard_id, "rows": len(rows), "ok": ok, "errors": len(rows) - ok, **extra}
+
+
+def _prepare(model: torch.nn.Module, config: JobConfig, device: torch.device) -> torch.nn.Module:
+    model = model.to(device).eval()
+    try:
+        from sgcore.attribution import prepare_model  # type: ignore[attr-defined]
+    except ImportError:
+        return model
+    return prepare_model(model, fold_bn=config.fold_bn, compile=config.compile)
+
+
+def _extra_kernel_args(config: JobConfig) -> dict[str, Any]:
+    """Kernel options beyond the contract signature, passed only when set."""
+    extra: dict[str, Any] = {}
+    if config.noise != "gaussian":
+        extra["noise"] = config.noise
+    if config.base == "integrated_gradients":
+        extra["ig_steps"] = config.ig_steps
+    return extra
+

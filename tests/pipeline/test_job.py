@@ -1,0 +1,82 @@
+"""The whole job end to end on a local Ray: real files, real Parquet, real actors."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from sgcore import smoothgrad
+from sgcore.config import JobConfig
+from sgcore.errors import ConfigError
+from sgcore.io import decode_image
+from sgcore.models import load_model
+from sgcore.pipeline import run_job
+from sgcore.seeds import image_seed
+
+pytestmark = pytest.mark.usefixtures("ray_local")
+
+SMALL = dict(model="resnet18", weights="none", image_size=32, n_samples=4, shard_size=3,
+             batch_size=4, progress=False)
+
+
+def _read(out) -> pd.DataFrame:
+    parts = sorted(out.glob("part-*.parquet"))
+    return pd.concat([pd.read_parquet(p) for p in parts], ignore_index=True)
+
+
+def test_one_row_per_image_corrupt_file_is_an_error_row(image_dir, tmp_path):
+    out = tmp_path / "out"
+    result = run_job(JobConfig(input=str(image_dir), output=str(out), **SMALL))
+    df = _read(out)
+    assert len(df) == 7 and df.image_id.is_unique  # 6 images + 1 corrupt; notes.txt skipped
+    bad = df[df.status == "error"]
+    assert list(bad.image_id) == ["cat/broken.jpg"] and "cannot decode image" in bad.error.iloc[0]
+    ok = df[df.status == "ok"]
+    assert ok.error.isna().all() and ok.saliency.notna().all()
+    assert set(ok.label) == {"cat", "dog"}
+    assert (result.rows, result.ok, result.errors, result.shards) == (7, 6, 1, 3)
+    assert sorted(p.name for p in out.iterdir()) == [
+        "_SUCCESS", "_manifest.json", "part-00000.parquet", "part-00001.parquet", "part-00002.parquet"]
+    manifest = json.loads((out / "_manifest.json").read_text())
+    assert manifest["status"] == "complete" and manifest["totals"]["rows"] == 7
+    assert {s["status"] for s in manifest["shards"].values()} == {"committed"}
+    assert manifest["versions"]["torch"] and manifest["config"]["model"] == "resnet18"
+    assert "storage_options" not in manifest["config"]
+    table = pq.read_table(out / "part-00000.parquet")
+    assert str(table.schema.field("saliency").type).startswith("extension<arrow.fixed_shape_tensor")
+
+
+def test_maps_equal_the_kernel_called_directly(image_dir, tmp_path):
+    out = tmp_path / "out"
+    run_job(JobConfig(input=str(image_dir), output=str(out), **SMALL))
+    df = _read(out).set_index("image_id")
+    loaded = load_model("resnet18", "none", image_size=32)
+    # weights "none" must still be the same network in every process: seeded init.
+    row = df.loc["dog/dog_0.png"]
+    arr, _ = decode_image((image_dir / "dog/dog_0.png").read_bytes(),
+                          resize_size=loaded.preprocess.resize_size, crop_size=32)
+    x = loaded.preprocess.normalize(torch.from_numpy(arr[None]))
+    maps = smoothgrad(loaded.model.eval(), x, torch.tensor([int(row.target)]), n_samples=4,
+                      seeds=torch.tensor([image_seed(0, "dog/dog_0.png")]))
+    expected = maps.abs().sum(1)[0].numpy()
+    got = row.saliency.reshape(32, 32).astype(np.float32)
+    np.testing.assert_allclose(got, expected, rtol=2e-3, atol=1e-3 * float(np.abs(expected).max()))
+    assert int(row.seed) == image_seed(0, "dog/dog_0.png")
+
+
+def test_rerun_resumes_and_a_different_config_is_refused(image_dir, tmp_path):
+    out = tmp_path / "out"
+    cfg = JobConfig(input=str(image_dir), output=str(out), **SMALL)
+    run_job(cfg)
+    stamps = {p.name: p.stat().st_mtime_ns for p in out.glob("part-*.parquet")}
+    again = run_job(cfg)
+    assert again.shards_skipped == 3 and again.rows == 7
+    assert {p.name: p.stat().st_mtime_ns for p in out.glob("part-*.parquet")} == stamps
+    with pytest.raises(ConfigError, match="holds results of another config.*n_samples: 4 -> 5"):
+        run_job(JobConfig(input=str(image_dir), output=str(out), **{**SMALL, "n_samples": 5}))
+    assert {p.name: p.stat().st_mtime_ns for p in out.glob("part-*.parquet")} == stamps
