@@ -24,7 +24,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
 
     def job() -> int:
-        from sgcore.pipeline import run_job
+        from sgcore.pipeline import JobFailed, run_job
 
         if args.input is None and args.output is None:
             from sgcore.demo import ensure_demo_data
@@ -35,7 +35,11 @@ def main(argv: list[str] | None = None) -> int:
             raise ConfigError("--input and --output go together (omit both to run the demo)")
         else:
             config = config_from_args(args)
-        result = run_job(config)
+        try:
+            result = run_job(config)
+        except JobFailed as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 1
         print(f"[sgcore] done: {result.summary()}")
         if not result.success:
             print(f"[sgcore] {result.shards_failed} shard(s) failed: {', '.join(result.failed_shards)}",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import resource
 from typing import Any
 
 import ray
@@ -10,6 +11,7 @@ import torch
 
 from sgcore.config import JobConfig
 from sgcore.io import DecodedShard, ShardSpec, decode_shard
+from sgcore.pipeline._faults import maybe_inject
 from sgcore.pipeline.worker import ShardProcessor, pick_device
 
 
@@ -24,7 +26,9 @@ class SaliencyActor:
         self.processor = ShardProcessor(config, device=pick_device(use_gpu))
 
     def process(self, decoded: DecodedShard, config_hash: str, attempt: int) -> dict[str, Any]:
+        maybe_inject((r["image_id"] for r in decoded.records), attempt)
         summary = self.processor.process(decoded, config_hash=config_hash, attempt=attempt)
+        summary["max_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         summary["pid"] = os.getpid()
         summary["node"] = ray.get_runtime_context().get_node_id()
         summary["device"] = str(self.processor.device)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import resource
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -65,6 +66,8 @@ class JobResult:
     seconds: float = 0.0
     images_per_s: float = 0.0
     actors: int = 0
+    actors_lost: int = 0
+    worker_max_rss_mb: float = 0.0
     failed_shards: list[str] = field(default_factory=list)
 
     @property
@@ -102,7 +105,9 @@ def run_job(config: JobConfig) -> JobResult:
     preprocess = resolve_preprocess(config.model, config.weights, image_size=config.image_size)
     shards = plan_shards(
         config.input, shard_size=config.shard_size, limit=config.limit,
-        storage_options=config.storage_options,
+        input_format=config.input_format, image_column=config.image_column,
+        label_column=config.label_column, id_column=getattr(config, "id_column", None),
+        labels=config.labels, storage_options=config.storage_options,
     )
     chash = config.config_hash()
     fingerprint = plan_fingerprint(shards)
@@ -140,6 +145,10 @@ def run_job(config: JobConfig) -> JobResult:
     manifest["totals"] = {
         "rows": result.rows, "ok": result.ok, "errors": result.errors,
         "shards": result.shards, "shards_failed": result.shards_failed,
+        "actors": result.actors, "actors_lost": result.actors_lost,
+        "worker_max_rss_mb": round(result.worker_max_rss_mb, 1),
+        "driver_max_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "seconds": round(result.seconds, 2),
     }
     write_manifest(config.output, manifest, config.storage_options)
     write_success(config.output, config.storage_options)
@@ -171,8 +180,8 @@ class _Scheduler:
         log.info("actor pool: %s", self.plan.describe())
         self.actors: list[Any] = [self._new_actor() for _ in range(self.plan.initial_actors)]
         self.load = [0] * len(self.actors)
-        # future -> (shard, attempt, actor slot, decoded ref)
-        self.inflight: dict[Any, tuple[ShardSpec, int, int, Any]] = {}
+        # future -> (shard, attempt, actor slot, decoded ref, actor)
+        self.inflight: dict[Any, tuple[ShardSpec, int, int, Any, Any]] = {}
         self.result.actors = len(self.actors)
         self._rows_done = 0
         self._errors_done = 0
@@ -183,22 +192,29 @@ class _Scheduler:
     def _maybe_grow(self) -> None:
         """Adds a replica while work waits and the cluster has room (up to max_actors)."""
         p = self.plan
-        if len(self.actors) >= p.max_actors or len(self.pending) <= len(self.actors):
+        live = sum(a is not None for a in self.actors)
+        if live >= p.max_actors or len(self.pending) <= live:
             return
         free = ray.available_resources()
         if free.get("GPU", 0.0) >= p.num_gpus and free.get("CPU", 0.0) >= p.num_cpus + p.decode_num_cpus:
-            self.actors.append(self._new_actor())
-            self.load.append(0)
-            self.result.actors = len(self.actors)
+            if None in self.actors:
+                self.actors[self.actors.index(None)] = self._new_actor()
+            else:
+                self.actors.append(self._new_actor())
+                self.load.append(0)
+            self.result.actors = max(self.result.actors, live + 1)
 
     def _submit(self, spec: ShardSpec, attempt: int) -> None:
-        slot = min(range(len(self.actors)), key=lambda i: self.load[i])
-        decoded = remote_decode.options(num_cpus=self.plan.decode_num_cpus).remote(
+        slot = min((i for i, a in enumerate(self.actors) if a is not None), key=lambda i: self.load[i])
+        # Decode tasks reserve no CPU: the window above bounds how many run, and
+        # a reservation could deadlock once a lost node takes the spare CPUs with it.
+        decoded = remote_decode.options(num_cpus=0).remote(
             spec, self.preprocess.resize_size, self.preprocess.crop_size,
             self.preprocess.interpolation, self.config.storage_options,
         )
-        fut = self.actors[slot].process.remote(decoded, self.chash, attempt)
-        self.inflight[fut] = (spec, attempt, slot, decoded)
+        actor = self.actors[slot]
+        fut = actor.process.remote(decoded, self.chash, attempt)
+        self.inflight[fut] = (spec, attempt, slot, decoded, actor)
         self.load[slot] += 1
         self.manifest["shards"][spec.shard_id].update(status="running", attempts=attempt + 1)
 
@@ -207,7 +223,7 @@ class _Scheduler:
             self._maybe_grow()
             # One shard running per actor, plus decoded shards waiting, as many
             # as the decode CPUs allow (at most one more per actor).
-            n = len(self.actors)
+            n = sum(a is not None for a in self.actors)
             capacity = n + min(n * (_QUEUE_PER_ACTOR - 1), max(1, self.plan.max_decode_tasks))
             while self.pending and len(self.inflight) < capacity:
                 spec, attempt = self.pending.popleft()
@@ -218,13 +234,13 @@ class _Scheduler:
             self.progress.maybe_print()
 
     def _finish(self, fut: Any) -> None:
-        spec, attempt, slot, decoded = self.inflight.pop(fut)
+        spec, attempt, slot, decoded, actor = self.inflight.pop(fut)
         self.load[slot] -= 1
         try:
             summary = ray.get(fut)
         except ray.exceptions.RayActorError as e:
-            log.warning("actor for shard %s died (%s); replacing it", spec.shard_id, _short(e))
-            self._replace_actor(slot)
+            log.warning("actor for shard %s died (%s)", spec.shard_id, _short(e))
+            self._drop_actor(slot, actor)
             self._retry(spec, attempt, f"actor died: {_short(e)}", decoded)
             return
         except ray.exceptions.RayError as e:
@@ -232,12 +248,22 @@ class _Scheduler:
             return
         self._record(spec, summary, status="committed")
 
-    def _replace_actor(self, slot: int) -> None:
+    def _drop_actor(self, slot: int, dead: Any) -> None:
+        """Forgets a dead actor; replaces it only if it was the last one.
+
+        A replacement might not fit anywhere (its node is gone), and work queued
+        on an actor that never starts would wait forever; the pool grows back
+        through :meth:`_maybe_grow` once the cluster has room.
+        """
+        if self.actors[slot] is not dead:  # already dropped or replaced
+            return
         try:
-            ray.kill(self.actors[slot], no_restart=True)
+            ray.kill(dead, no_restart=True)
         except Exception:  # already gone
             pass
-        self.actors[slot] = self._new_actor()
+        alive = sum(a is not None for a in self.actors) - 1
+        self.actors[slot] = self._new_actor() if alive == 0 else None
+        self.result.actors_lost += 1
 
     def _retry(self, spec: ShardSpec, attempt: int, reason: str, decoded: Any) -> None:
         entry = self.manifest["shards"][spec.shard_id]
@@ -259,6 +285,8 @@ class _Scheduler:
         entry = self.manifest["shards"][spec.shard_id]
         entry.update(status=status, rows=summary["rows"], ok=summary["ok"],
                      errors=summary["errors"], seconds=round(summary.get("seconds", 0.0), 3))
+        if "max_rss_mb" in summary:
+            self.result.worker_max_rss_mb = max(self.result.worker_max_rss_mb, summary["max_rss_mb"])
         self.result.rows += summary["rows"]
         self.result.ok += summary["ok"]
         self.result.errors += summary["errors"]

@@ -1,0 +1,267 @@
+"""Real faults, real processes: exactly one row per image whatever happens.
+
+Faults come from outside the job (SIGKILL of an actor process, of the whole job
+process group, removal of a Ray node) or from SGCORE_INJECT_FAULTS in the
+workers' environment (an actor that exits abruptly, a shard that always raises).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import ray
+import torch
+
+from sgcore.config import JobConfig
+from sgcore.pipeline import JobFailed, run_job
+from tests.conftest import write_images
+
+REPO = Path(__file__).resolve().parents[2]
+SMALL = dict(model="resnet18", weights="none", image_size=32, n_samples=4, shard_size=2,
+             batch_size=2, progress=False)
+
+
+@pytest.fixture(scope="module")
+def ray_faulty():
+    """A local Ray whose workers inject faults for images named crash-me / poison."""
+    if ray.is_initialized():
+        ray.shutdown()
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING",
+             runtime_env={"env_vars": {"SGCORE_INJECT_FAULTS": "exit:crash-me@0,raise:poison",
+                                       "OMP_NUM_THREADS": "1"}})
+    yield
+    ray.shutdown()
+
+
+def _rows(out: Path) -> pd.DataFrame:
+    return pd.concat([pd.read_parquet(p) for p in sorted(out.glob("part-*.parquet"))],
+                     ignore_index=True)
+
+
+def _dataset(root: Path, n_per_class: int, extra: tuple[str, ...] = ()) -> list[str]:
+    ids = write_images(root, n_per_class=n_per_class, size=24)
+    from PIL import Image
+
+    for name in extra:
+        Image.new("RGB", (24, 24), (40, 90, 200)).save(root / name)
+        ids.append(name)
+    return sorted(ids)
+
+
+def _mtimes(out: Path) -> dict[str, int]:
+    return {p.name: p.stat().st_mtime_ns for p in out.glob("part-*.parquet")}
+
+
+def _assert_exactly_once(out: Path, ids: list[str]) -> pd.DataFrame:
+    df = _rows(out)
+    assert sorted(df.image_id) == ids, "every image exactly once"
+    assert (out / "_SUCCESS").exists()
+    return df
+
+
+@pytest.mark.usefixtures("ray_faulty")
+def test_actor_exit_is_retried_and_poison_shard_becomes_error_rows(tmp_path):
+    ids = _dataset(tmp_path / "in", 3, extra=("crash-me.png", "poison.png"))
+    out = tmp_path / "out"
+    result = run_job(JobConfig(input=str(tmp_path / "in"), output=str(out), max_retries=1, **SMALL))
+    df = _assert_exactly_once(out, ids)
+    manifest = json.loads((out / "_manifest.json").read_text())
+    crash_shard = df.set_index("image_id").loc["crash-me.png", "shard"]
+    poison_shard = df.set_index("image_id").loc["poison.png", "shard"]
+    # the actor died once on crash-me's shard; the retry on a new actor succeeded
+    assert manifest["shards"][crash_shard]["status"] == "committed"
+    assert manifest["shards"][crash_shard]["attempts"] == 2
+    assert "actor died" in manifest["shards"][crash_shard]["failures"][0]
+    assert (df[df.shard == crash_shard].status == "ok").all()
+    # the poison shard failed twice (max_retries=1): its images are error rows
+    poison = df[df.shard == poison_shard]
+    assert (poison.status == "error").all() and poison.error.str.contains("injected fault").all()
+    assert manifest["shards"][poison_shard]["status"] == "failed"
+    assert not result.success and result.failed_shards == [poison_shard]
+    assert result.actors_lost >= 1
+    assert (df[~df.shard.isin([poison_shard])].status == "ok").all()
+
+
+@pytest.mark.usefixtures("ray_faulty")
+def test_job_cli_exits_nonzero_naming_failed_shards(tmp_path, capsys):
+    from jobs.smoothgrad import main
+
+    _dataset(tmp_path / "in", 2, extra=("poison.png",))
+    code = main(["--input", str(tmp_path / "in"), "--output", str(tmp_path / "out"),
+                 "--model", "resnet18", "--weights", "none", "--image-size", "32", "--n-samples", "2",
+                 "--shard-size", "2", "--max-retries", "0", "--quiet"])
+    assert code == 1
+    assert "1 shard(s) failed" in capsys.readouterr().err
+
+
+@pytest.mark.usefixtures("ray_faulty")
+def test_sigkill_of_an_actor_mid_job(tmp_path):
+    ids = _dataset(tmp_path / "in", 8)
+    out = tmp_path / "out"
+    box: dict = {}
+    cfg = JobConfig(input=str(tmp_path / "in"), output=str(out), **{**SMALL, "n_samples": 24})
+    job = threading.Thread(target=lambda: box.setdefault("result", run_job(cfg)))
+    job.start()
+    killed = _kill_actor_after_first_part(out, job)
+    job.join(timeout=300)
+    assert killed, "the job finished before an actor could be killed"
+    result = box["result"]
+    _assert_exactly_once(out, ids)
+    assert result.actors_lost >= 1 and result.success
+
+
+def _actor_pids() -> list[int]:
+    pids = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                cmd = (d / "cmdline").read_bytes().decode(errors="replace")
+            except OSError:
+                continue
+            if cmd.startswith("ray::SaliencyActor"):
+                pids.append(int(d.name))
+    return pids
+
+
+def _kill_actor_after_first_part(out: Path, job: threading.Thread) -> bool:
+    deadline = time.time() + 240
+    while time.time() < deadline and job.is_alive():
+        if list(out.glob("part-*.parquet")):
+            busy = [p for p in _actor_pids()]
+            if busy:
+                os.kill(busy[0], signal.SIGKILL)
+                return True
+        time.sleep(0.05)
+    return False
+
+
+def test_max_error_rate_stops_a_job_of_errors(tmp_path, ray_local):
+    # A checkpoint whose head is NaN: every map is non-finite.
+    import torchvision
+
+    net = torchvision.models.resnet18(num_classes=4)
+    state = net.state_dict()
+    state["fc.weight"] = torch.full_like(state["fc.weight"], float("nan"))
+    ckpt = tmp_path / "nan.pt"
+    torch.save(state, ckpt)
+    ids = _dataset(tmp_path / "in", 3)
+    cfg = dict(SMALL, weights=str(ckpt), shard_size=3)
+    with pytest.raises(JobFailed, match=r"6 of the first 6 images failed \(over --max-error-rate 0.5\)"):
+        run_job(JobConfig(input=str(tmp_path / "in"), output=str(tmp_path / "a"), **cfg))
+    assert not (tmp_path / "a" / "_SUCCESS").exists()
+    result = run_job(JobConfig(input=str(tmp_path / "in"), output=str(tmp_path / "b"),
+                               max_error_rate=1.0, **cfg))
+    df = _assert_exactly_once(tmp_path / "b", ids)
+    assert (df.status == "error").all() and df.error.str.contains("NaN").all()
+    assert result.errors == 6
+
+
+def _job_cmd(inp: Path, out: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "jobs.smoothgrad", "--input", str(inp), "--output", str(out),
+            "--model", "resnet18", "--weights", "none", "--image-size", "32", "--shard-size", "2",
+            "--n-samples", "24", "--batch-size", "2", *extra]
+
+
+def _ray_processes(session_marker: str) -> list[int]:
+    found = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                env = (d / "environ").read_bytes()
+            except OSError:
+                continue
+            if session_marker.encode() in env:
+                found.append(int(d.name))
+    return found
+
+
+def test_sigkill_of_the_job_process_group_then_rerun_resumes(tmp_path):
+    if ray.is_initialized():
+        ray.shutdown()
+    ids = _dataset(tmp_path / "in", 8)
+    out = tmp_path / "out"
+    marker = f"SGCORE_TEST_RUN={tmp_path.name}"
+    env = {**os.environ, "SGCORE_TEST_RUN": tmp_path.name, "PYTHONPATH": str(REPO),
+           "RAY_ADDRESS": ""}
+    proc = subprocess.Popen(_job_cmd(tmp_path / "in", out, "--quiet"), cwd=REPO, env=env,
+                            start_new_session=True, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 240
+        while time.time() < deadline and len(list(out.glob("part-*.parquet"))) < 2:
+            assert proc.poll() is None, "the job ended before it could be killed"
+            time.sleep(0.05)
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    committed = _mtimes(out)
+    assert 2 <= len(committed) < 8 and not (out / "_SUCCESS").exists()
+    _wait_gone(marker)
+
+    rerun = subprocess.run(_job_cmd(tmp_path / "in", out), cwd=REPO, env=env,
+                           capture_output=True, text=True, timeout=600)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    assert "already done" in rerun.stdout
+    _assert_exactly_once(out, ids)
+    after = _mtimes(out)
+    assert {k: after[k] for k in committed} == committed, "committed parts untouched by the resume"
+    _wait_gone(marker)
+
+
+def _wait_gone(marker: str) -> None:
+    """No Ray process of the killed job may outlive it (fate sharing)."""
+    deadline = time.time() + 30
+    while time.time() < deadline and _ray_processes(marker):
+        time.sleep(0.5)
+    left = _ray_processes(marker)
+    for pid in left:
+        os.kill(pid, signal.SIGKILL)
+    assert not left, f"Ray processes outlived the job: {left}"
+
+
+def test_node_removed_mid_job_completes_exactly_once(tmp_path):
+    from ray.cluster_utils import Cluster
+
+    if ray.is_initialized():
+        ray.shutdown()
+    ids = _dataset(tmp_path / "in", 8)
+    out = tmp_path / "out"
+    # Fast health checks so that the lost node is noticed in seconds, not a minute.
+    cluster = Cluster(initialize_head=True, head_node_args={
+        "num_cpus": 0,
+        "_system_config": {"health_check_initial_delay_ms": 0, "health_check_period_ms": 500,
+                           "health_check_failure_threshold": 4},
+    })
+    try:
+        doomed = cluster.add_node(num_cpus=2)
+        cluster.add_node(num_cpus=2)
+        cluster.wait_for_nodes()
+        ray.init(address=cluster.address, logging_level="WARNING")
+        box: dict = {}
+        cfg = JobConfig(input=str(tmp_path / "in"), output=str(out), **{**SMALL, "n_samples": 24})
+        job = threading.Thread(target=lambda: box.setdefault("result", run_job(cfg)))
+        job.start()
+        deadline = time.time() + 240
+        while time.time() < deadline and job.is_alive() and not list(out.glob("part-*.parquet")):
+            time.sleep(0.05)
+        assert job.is_alive(), "the job finished before the node could be removed"
+        cluster.remove_node(doomed, allow_graceful=False)
+        job.join(timeout=400)
+        assert not job.is_alive()
+        result = box["result"]
+        _assert_exactly_once(out, ids)
+        assert result.success and result.actors_lost >= 1
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
