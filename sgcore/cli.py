@@ -76,7 +76,7 @@ def add_job_arguments(parser: argparse.ArgumentParser) -> None:
     k.add_argument("--compile", action="store_true", help="torch.compile the model")
 
     r = parser.add_argument_group("cluster")
-    r.add_argument("--address", help="Ray address (default: RAY_ADDRESS, else a local Ray)")
+    r.add_argument("--address", help="Ray address, or 'auto' for a cluster started with `ray start` on this machine (default: RAY_ADDRESS, else a new local Ray)")
     r.add_argument("--num-actors", type=int, help="fixed number of model replicas")
     r.add_argument("--min-actors", type=int)
     r.add_argument("--max-actors", type=int)

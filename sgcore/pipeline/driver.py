@@ -325,7 +325,9 @@ def _init_ray(config: JobConfig) -> bool:
     if address:
         ray.init(address=address, **kwargs)
         return True
-    ray.init(include_dashboard=False, **kwargs)
+    # "local": a fresh Ray for this job, never whatever else runs on the machine
+    # (pass --address auto to join a cluster started with `ray start`).
+    ray.init(address="local", include_dashboard=False, **kwargs)
     return True
 
 

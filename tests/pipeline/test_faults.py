@@ -35,7 +35,7 @@ def ray_faulty():
     """A local Ray whose workers inject faults for images named crash-me / poison."""
     if ray.is_initialized():
         ray.shutdown()
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING",
+    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="WARNING",
              runtime_env={"env_vars": {"SGCORE_INJECT_FAULTS": "exit:crash-me@0,raise:poison",
                                        "OMP_NUM_THREADS": "1"}})
     yield

@@ -1,0 +1,474 @@
+"""Model registry: architecture by name, weights by name or checkpoint URL.
+
+Names are ``"demo"`` (:class:`~sgcore.models.demo_net.DemoNet`, weights shipped
+in ``sgcore/models/weights/demo.pt``) or any torchvision classification
+architecture (``torchvision.models.list_models(module=torchvision.models)``).
+Weights are ``"default"``, ``"none"`` (random init), a torchvision weight name
+(``"IMAGENET1K_V2"`` or ``"ResNet50_Weights.IMAGENET1K_V2"``) or a checkpoint
+at any fsspec URL, read with ``torch.load(weights_only=True)``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import difflib
+import io
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from sgcore.errors import ConfigError
+from sgcore.models.demo_net import DEMO_CATEGORIES, DEMO_PREPROCESS, DemoNet
+from sgcore.models.preprocess import Preprocess, imagenet_preprocess
+
+DEMO = "demo"
+DEMO_WEIGHTS_PATH = Path(__file__).parent / "weights" / "demo.pt"
+_SHIPPED = "demo-shipped"
+_CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".tar")
+_WRAPPER_PREFIXES = ("module.", "_orig_mod.")
+
+
+@dataclass(kw_only=True)
+class LoadedModel:
+    """A ready-to-run classifier with everything needed to feed and label it.
+
+    Attributes:
+        model: the network in ``eval()`` mode on the CPU, parameters frozen
+            (``requires_grad=False``: SmoothGrad needs input gradients only).
+        preprocess: how to turn decoded images into its input.
+        categories: class names by index, when known.
+        name: architecture name as given.
+        weights: resolved weights (``"ResNet50_Weights.IMAGENET1K_V2"``,
+            ``"none"``, the checkpoint URL, or ``"demo-shipped"``).
+        num_classes: size of the output layer.
+    """
+
+    model: nn.Module
+    preprocess: Preprocess
+    categories: list[str] | None
+    name: str
+    weights: str
+    num_classes: int
+
+
+def list_models() -> list[str]:
+    """Architecture names :func:`load_model` accepts: ``"demo"`` + torchvision classifiers."""
+    import torchvision
+
+    return [DEMO, *torchvision.models.list_models(module=torchvision.models)]
+
+
+def resolve_preprocess(
+    name: str,
+    weights: str = "default",
+    *,
+    image_size: int | None = None,
+    storage_options: dict | None = None,
+) -> Preprocess:
+    """The preprocessing :func:`load_model` would use, without building the model.
+
+    No weights are downloaded. For torchvision weights it reads the enum's
+    ``transforms()``; for a checkpoint URL it reads the checkpoint only for
+    its optional ``"preprocess"`` entry.
+
+    Args:
+        name: architecture, as for :func:`load_model`.
+        weights: weights, as for :func:`load_model`.
+        image_size: overrides ``crop_size``; ``resize_size`` scales alike.
+        storage_options: fsspec options for a checkpoint URL.
+
+    Returns:
+        The :class:`Preprocess`, equal to ``load_model(...).preprocess``.
+    """
+    _check_name(name)
+    kind, value = _classify_weights(name, weights)
+    if kind == "checkpoint":
+        state = _read_checkpoint(value, storage_options)
+        return _checkpoint_preprocess(name, state).scaled(image_size)
+    if name == DEMO:
+        return DEMO_PREPROCESS.scaled(image_size)
+    if kind == "none":
+        return imagenet_preprocess().scaled(image_size)
+    return _enum_preprocess(_torchvision_weight(name, value)).scaled(image_size)
+
+
+def load_model(
+    name: str,
+    weights: str = "default",
+    *,
+    image_size: int | None = None,
+    storage_options: dict | None = None,
+) -> LoadedModel:
+    """Build a classifier and its preprocessing.
+
+    Args:
+        name: ``"demo"`` or a torchvision classification architecture
+            (see :func:`list_models`).
+        weights: ``"default"`` (torchvision: the architecture's DEFAULT
+            weights; demo: the shipped file), ``"none"`` (random init), a
+            torchvision weight name, or a checkpoint URL/path holding a
+            state_dict (bare, or under ``"state_dict"``/``"model"``, optionally
+            with ``"categories"`` and ``"preprocess"``).
+        image_size: overrides the crop size (maps have this size); the resize
+            size scales proportionally.
+        storage_options: passed to ``fsspec.open`` for a checkpoint URL. Never
+            echoed in errors.
+
+    Returns:
+        A :class:`LoadedModel` whose model is in eval mode on the CPU.
+
+    Raises:
+        ConfigError: unknown architecture or weight name, a failed download,
+            or a checkpoint that is missing, unreadable or does not fit.
+    """
+    _check_name(name)
+    kind, value = _classify_weights(name, weights)
+    if kind == "checkpoint":
+        loaded = _load_checkpoint_model(name, value, storage_options)
+    elif name == DEMO:
+        if kind == "none":
+            with _seeded_init():
+                net = DemoNet()
+            loaded = LoadedModel(
+                model=net,
+                preprocess=DEMO_PREPROCESS,
+                categories=list(DEMO_CATEGORIES),
+                name=name,
+                weights="none",
+                num_classes=len(DEMO_CATEGORIES),
+            )
+        else:
+            loaded = _load_checkpoint_model(name, str(DEMO_WEIGHTS_PATH), None)
+            loaded.weights = _SHIPPED
+    elif kind == "none":
+        import torchvision
+
+        with _seeded_init():
+            model = torchvision.models.get_model(name, weights=None)
+        loaded = LoadedModel(
+            model=model,
+            preprocess=imagenet_preprocess(),
+            categories=None,
+            name=name,
+            weights="none",
+            num_classes=_num_outputs(model),
+        )
+    else:
+        loaded = _load_torchvision(name, _torchvision_weight(name, value))
+    loaded.preprocess = loaded.preprocess.scaled(image_size)
+    loaded.model.eval().requires_grad_(False)
+    return loaded
+
+
+@contextlib.contextmanager
+def _seeded_init() -> Iterator[None]:
+    """Random init that is the same in every process: the actors of one job
+    (and a resumed job) must hold the same "random" network."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        yield
+
+
+# --------------------------------------------------------------------------- names
+
+
+def _check_name(name: str) -> None:
+    if not isinstance(name, str):
+        raise ConfigError(f"model name must be a string; got {type(name).__name__}")
+    if name == DEMO:
+        return  # without importing torchvision
+    names = list_models()
+    if name in names:
+        return
+    close = difflib.get_close_matches(name, names, n=5, cutoff=0.6)
+    hint = f"did you mean {', '.join(close)}? " if close else ""
+    raise ConfigError(
+        f"unknown model {name!r}; {hint}choose one of list_models() "
+        f"(--model demo, resnet50, vit_b_16, ...)"
+    )
+
+
+def _classify_weights(name: str, weights: str) -> tuple[str, str]:
+    """('default'|'none'|'enum'|'checkpoint', value)."""
+    if not isinstance(weights, str) or not weights:
+        raise ConfigError(f"weights must be a non-empty string; got {weights!r}")
+    lowered = weights.lower()
+    if lowered in ("default", "none"):
+        return lowered, lowered
+    if _looks_like_path(weights):
+        return "checkpoint", weights
+    if name == DEMO:
+        raise ConfigError(
+            f"weights {weights!r} is not valid for demo; use 'default' (shipped), "
+            f"'none' (random init) or a checkpoint URL/path"
+        )
+    return "enum", weights
+
+
+def _looks_like_path(weights: str) -> bool:
+    if "://" in weights or weights.startswith(("/", "./", "../", "~")):
+        return True
+    if weights.lower().endswith(_CHECKPOINT_SUFFIXES):
+        return True
+    return "/" in weights or Path(weights).exists()
+
+
+def _weights_enum(name: str) -> Any:
+    import torchvision
+
+    return torchvision.models.get_model_weights(name)
+
+
+def _torchvision_weight(name: str, value: str) -> Any:
+    enum = _weights_enum(name)
+    key = value
+    if "." in value:
+        prefix, _, key = value.rpartition(".")
+        if prefix != enum.__name__:
+            raise ConfigError(
+                f"weights {value!r} belong to {prefix}, not to {name} ({enum.__name__}); "
+                f"choose one of {_weight_choices(enum)}"
+            )
+    if key.upper() == "DEFAULT":
+        key = "DEFAULT"
+    if key not in enum.__members__:
+        raise ConfigError(
+            f"unknown weights {value!r} for {name}; choose one of {_weight_choices(enum)}"
+        )
+    return enum.__members__[key]
+
+
+def _weight_choices(enum: Any) -> str:
+    names = ", ".join(enum.__members__)  # includes the DEFAULT alias
+    return f"{names}, 'none' or a checkpoint URL/path"
+
+
+# --------------------------------------------------------------------------- torchvision
+
+
+def _enum_preprocess(weight: Any) -> Preprocess:
+    transform = weight.transforms()
+    crop = transform.crop_size
+    resize = transform.resize_size
+    crop = int(crop[0] if isinstance(crop, list | tuple) else crop)
+    resize = int(resize[0] if isinstance(resize, list | tuple) else resize)
+    interpolation = getattr(transform.interpolation, "value", str(transform.interpolation))
+    return Preprocess(
+        resize_size=resize,
+        crop_size=crop,
+        mean=tuple(transform.mean),
+        std=tuple(transform.std),
+        interpolation=str(interpolation),
+    )
+
+
+def _load_torchvision(name: str, weight: Any) -> LoadedModel:
+    import torchvision
+
+    try:
+        model = torchvision.models.get_model(name, weights=weight)
+    except (OSError, RuntimeError) as e:  # URLError, timeouts, hash mismatch
+        raise ConfigError(
+            f"could not download weights {weight.name} for {name} ({_reason(e)}); "
+            f"no network? pass --weights with a local or s3:// checkpoint"
+        ) from e
+    categories = weight.meta.get("categories")
+    return LoadedModel(
+        model=model,
+        preprocess=_enum_preprocess(weight),
+        categories=list(categories) if categories else None,
+        name=name,
+        weights=f"{type(weight).__name__}.{weight.name}",
+        num_classes=_num_outputs(model),
+    )
+
+
+def _num_outputs(model: nn.Module) -> int:
+    """Output size of the last Linear (or 1x1 conv) layer."""
+    last = None
+    for module in model.modules():
+        if isinstance(module, nn.Linear):
+            last = module.out_features
+        elif isinstance(module, nn.Conv2d):
+            last = module.out_channels
+    if last is None:
+        raise ConfigError(f"cannot tell the number of classes of {type(model).__name__}")
+    return int(last)
+
+
+# --------------------------------------------------------------------------- checkpoints
+
+
+def _redact(text: str, storage_options: dict | None) -> str:
+    text = re.sub(r"(\w+://)[^/@\s]+@", r"\1***@", text)  # user:password@host
+    for value in _secret_values(storage_options):
+        text = text.replace(value, "***")
+    return text
+
+
+def _secret_values(options: Any) -> list[str]:
+    found: list[str] = []
+    if isinstance(options, dict):
+        for value in options.values():
+            found.extend(_secret_values(value))
+    elif isinstance(options, list | tuple):
+        for value in options:
+            found.extend(_secret_values(value))
+    elif isinstance(options, str) and len(options) >= 4:
+        found.append(options)
+    return found
+
+
+def _reason(e: BaseException) -> str:
+    text = str(e).strip() or type(e).__name__
+    return text if len(text) < 300 else text[:300] + "..."
+
+
+def _read_checkpoint(url: str, storage_options: dict | None) -> Any:
+    import fsspec
+
+    shown = _redact(url, storage_options)
+    try:
+        with fsspec.open(url, "rb", **(storage_options or {})) as f:
+            data = f.read()
+    except FileNotFoundError as e:
+        raise ConfigError(f"checkpoint {shown} not found") from e
+    except Exception as e:  # any backend error; `from None`: its text may hold secrets
+        reason = _redact(_reason(e), storage_options)
+        raise ConfigError(f"could not read checkpoint {shown}: {reason}") from None
+    try:
+        return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except Exception as e:  # unpickling errors have many types
+        reason = _redact(_reason(e).splitlines()[0], storage_options)
+        raise ConfigError(
+            f"checkpoint {shown} is not a PyTorch state_dict loadable with "
+            f"torch.load(weights_only=True) (save model.state_dict(), not the model): {reason}"
+        ) from None
+
+
+def _split_checkpoint(url: str, obj: Any) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """(state_dict, extras) from a bare state_dict or a {'state_dict'|'model': ...} dict."""
+    extras: dict[str, Any] = {}
+    state = obj
+    if isinstance(obj, dict):
+        for key in ("state_dict", "model"):
+            if isinstance(obj.get(key), dict):
+                state = obj[key]
+                extras = {k: v for k, v in obj.items() if k != key}
+                break
+    if not isinstance(state, dict) or not state:
+        raise ConfigError(
+            f"checkpoint {url} holds {type(obj).__name__}, not a state_dict "
+            f"(a dict of tensors, or {{'state_dict': ...}} / {{'model': ...}})"
+        )
+    bad = [k for k, v in state.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)]
+    if bad:
+        raise ConfigError(
+            f"checkpoint {url} is not a state_dict: entries {bad[:3]} are not named tensors"
+        )
+    return {_strip_prefixes(k): v for k, v in state.items()}, extras
+
+
+def _strip_prefixes(key: str) -> str:
+    changed = True
+    while changed:
+        changed = False
+        for prefix in _WRAPPER_PREFIXES:
+            if key.startswith(prefix):
+                key = key[len(prefix) :]
+                changed = True
+    return key
+
+
+def _checkpoint_preprocess(name: str, obj: Any) -> Preprocess:
+    if isinstance(obj, dict) and "preprocess" in obj and any(
+        isinstance(obj.get(k), dict) for k in ("state_dict", "model")
+    ):
+        return Preprocess.from_dict(obj["preprocess"])
+    return DEMO_PREPROCESS if name == DEMO else imagenet_preprocess()
+
+
+def _build(name: str, num_classes: int | None) -> nn.Module:
+    if name == DEMO:
+        return DemoNet() if num_classes is None else DemoNet(num_classes)
+    import torchvision
+
+    if num_classes is None:
+        return torchvision.models.get_model(name, weights=None)
+    return torchvision.models.get_model(name, weights=None, num_classes=num_classes)
+
+
+def _infer_num_classes(model: nn.Module, state: dict[str, torch.Tensor]) -> int | None:
+    """The checkpoint's class count when only the head's size differs, else None."""
+    default = _num_outputs(model)
+    own = model.state_dict()
+    found: set[int] = set()
+    for key, tensor in state.items():
+        mine = own.get(key)
+        if mine is None or mine.shape == tensor.shape or mine.ndim == 0:
+            continue
+        if mine.shape[0] == default and tensor.ndim == mine.ndim and tensor.shape[1:] == mine.shape[1:]:
+            found.add(int(tensor.shape[0]))
+        else:
+            return None
+    return found.pop() if len(found) == 1 else None
+
+
+def _load_checkpoint_model(name: str, url: str, storage_options: dict | None) -> LoadedModel:
+    shown = _redact(url, storage_options)
+    obj = _read_checkpoint(url, storage_options)
+    state, extras = _split_checkpoint(shown, obj)
+    model = _build(name, None)
+    num_classes = _infer_num_classes(model, state)
+    if num_classes is not None and num_classes != _num_outputs(model):
+        model = _build(name, num_classes)
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    mismatched = [
+        f"{k} {tuple(v.shape)} vs {tuple(own[k].shape)}"
+        for k, v in state.items()
+        if k in own and own[k].shape != v.shape
+    ]
+    if missing or unexpected or mismatched:
+        raise ConfigError(
+            f"checkpoint {shown} does not fit {name}: "
+            + _key_report(missing, unexpected, mismatched)
+        )
+    model.load_state_dict(state, strict=True)
+    categories = extras.get("categories")
+    if categories is not None:
+        categories = [str(c) for c in categories]
+    elif name == DEMO and _num_outputs(model) == len(DEMO_CATEGORIES):
+        categories = list(DEMO_CATEGORIES)
+    n_out = _num_outputs(model)
+    if categories is not None and len(categories) != n_out:
+        raise ConfigError(
+            f"checkpoint {shown} lists {len(categories)} categories but its model has {n_out} outputs"
+        )
+    return LoadedModel(
+        model=model,
+        preprocess=_checkpoint_preprocess(name, obj),
+        categories=categories,
+        name=name,
+        weights=shown,
+        num_classes=n_out,
+    )
+
+
+def _key_report(missing: list[str], unexpected: list[str], mismatched: list[str]) -> str:
+    parts = []
+    for label, keys in (
+        ("missing keys", missing),
+        ("unexpected keys", unexpected),
+        ("shape mismatches", mismatched),
+    ):
+        if keys:
+            more = f" (+{len(keys) - 5} more)" if len(keys) > 5 else ""
+            parts.append(f"{label} {keys[:5]}{more}")
+    return "; ".join(parts)
