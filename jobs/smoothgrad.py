@@ -9,7 +9,14 @@ from __future__ import annotations
 import argparse
 import sys
 
-from sgcore.cli import DEMO_DATA, DEMO_OUTPUT, add_job_arguments, config_from_args, run_cli
+from sgcore.cli import (
+    DEMO_DATA,
+    DEMO_OUTPUT,
+    DEMO_SHARD_SIZE,
+    add_job_arguments,
+    config_from_args,
+    run_cli,
+)
 from sgcore.errors import ConfigError
 
 
@@ -21,7 +28,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
 
     def job() -> int:
         from sgcore.pipeline import JobFailed, run_job
@@ -30,7 +38,10 @@ def main(argv: list[str] | None = None) -> int:
             from sgcore.demo import ensure_demo_data
 
             print(f"[sgcore] demo: generating the dataset under {DEMO_DATA}/ (first run only)")
-            config = config_from_args(args, input=str(ensure_demo_data(DEMO_DATA)), output=DEMO_OUTPUT)
+            # smaller shards than the default, so that progress shows on 240 images
+            shard_size = DEMO_SHARD_SIZE if args.shard_size == parser.get_default("shard_size") else args.shard_size
+            config = config_from_args(args, input=str(ensure_demo_data(DEMO_DATA)), output=DEMO_OUTPUT,
+                                      shard_size=shard_size)
         elif args.input is None or args.output is None:
             raise ConfigError("--input and --output go together (omit both to run the demo)")
         else:

@@ -24,6 +24,7 @@ from sgcore.errors import ConfigError, InputError
 
 DEMO_DATA = "data/demo"
 DEMO_OUTPUT = "outputs/demo"
+DEMO_SHARD_SIZE = 30
 
 
 def add_job_arguments(parser: argparse.ArgumentParser) -> None:

@@ -38,7 +38,7 @@ from sgcore.io import (
 )
 from sgcore.models import Preprocess, resolve_preprocess
 from sgcore.pipeline.actors import remote_actor, remote_decode
-from sgcore.pipeline.cluster import node_resources, plan_actors
+from sgcore.pipeline.cluster import node_resources, plan_actors, release_capacity, request_capacity
 from sgcore.pipeline.progress import Progress, format_duration
 from sgcore.pipeline.worker import make_row, summarize, write_part
 
@@ -130,10 +130,14 @@ def run_job(config: JobConfig) -> JobResult:
 
     if todo:
         owns_ray = _init_ray(config)
+        scheduler = None
         try:
-            _Scheduler(config, chash, preprocess, todo, manifest, result, progress).run()
+            scheduler = _Scheduler(config, chash, preprocess, todo, manifest, result, progress)
+            scheduler.run()
         finally:
             write_manifest(config.output, manifest, config.storage_options)
+            if scheduler is not None and scheduler.requested_capacity:
+                release_capacity()
             if owns_ray:
                 ray.shutdown()
     progress.maybe_print(force=True)
@@ -178,6 +182,8 @@ class _Scheduler:
             nodes=node_resources(),
         )
         log.info("actor pool: %s", self.plan.describe())
+        # On an autoscaling cluster, ask for the nodes max_actors needs.
+        self.requested_capacity = request_capacity(self.plan)
         self.actors: list[Any] = [self._new_actor() for _ in range(self.plan.initial_actors)]
         self.load = [0] * len(self.actors)
         # future -> (shard, attempt, actor slot, decoded ref, actor)
@@ -285,6 +291,9 @@ class _Scheduler:
         entry = self.manifest["shards"][spec.shard_id]
         entry.update(status=status, rows=summary["rows"], ok=summary["ok"],
                      errors=summary["errors"], seconds=round(summary.get("seconds", 0.0), 3))
+        for key in ("node", "pid", "device"):
+            if key in summary:
+                entry[key] = summary[key]
         if "max_rss_mb" in summary:
             self.result.worker_max_rss_mb = max(self.result.worker_max_rss_mb, summary["max_rss_mb"])
         self.result.rows += summary["rows"]

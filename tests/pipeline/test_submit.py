@@ -1,0 +1,303 @@
+"""A real local Ray head with token auth; jobs submitted through the Jobs API.
+
+The head is started by this module with ``ray start --head --block`` in its
+own process group (its own ports, its own short temp dir, dashboard on
+127.0.0.1), and that process group is killed at the end, pass or fail. No
+global ``ray stop``: other Ray clusters on the machine are left alone.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+VENV_BIN = Path(sys.executable).parent
+RAY = VENV_BIN / "ray"
+
+
+def _free_ports(n: int) -> list[int]:
+    socks = []
+    for _ in range(n):
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        socks.append(s)
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
+
+
+def _own_pids(marker: str) -> dict[int, str]:
+    """Processes whose command line mentions ``marker`` (our temp dir)."""
+    found = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            cmd = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if marker in cmd:
+            found[int(entry.name)] = cmd[:200]
+    return found
+
+
+def _get(url: str, token: str | None) -> int:
+    req = urllib.request.Request(url)
+    if token:
+        req.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(req, timeout=5) as r:
+            return r.status
+    except urllib.error.HTTPError as e:
+        return e.code
+    except (urllib.error.URLError, OSError):
+        return 0  # not listening (yet)
+
+
+@pytest.fixture(scope="module")
+def ray_head():
+    """A token-auth head on loopback; yields (dashboard URL, env for clients)."""
+    temp_dir = tempfile.mkdtemp(prefix="sgr-", dir="/tmp")  # short: socket paths <= 107 bytes
+    gcs, dash, agent, agent_grpc, rt_agent, metrics = _free_ports(6)
+    token = secrets.token_hex(16)
+    env = dict(os.environ)
+    env.update(
+        RAY_AUTH_MODE="token",
+        RAY_AUTH_TOKEN=token,
+        # The job's `python` must be this venv's, where ray and torch live.
+        PATH=f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}",
+        RAY_USAGE_STATS_ENABLED="0",
+    )
+    env.pop("RAY_ADDRESS", None)
+    cmd = [
+        str(RAY), "start", "--head", "--block",
+        "--node-ip-address=127.0.0.1", f"--port={gcs}",
+        "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}",
+        f"--dashboard-agent-listen-port={agent}", f"--dashboard-agent-grpc-port={agent_grpc}",
+        f"--runtime-env-agent-port={rt_agent}", f"--metrics-export-port={metrics}",
+        f"--temp-dir={temp_dir}", "--num-cpus=2", "--num-gpus=0",
+        "--object-store-memory=200000000", "--disable-usage-stats",
+    ]
+    log = open(Path(temp_dir) / "head.log", "wb")
+    head = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    url = f"http://127.0.0.1:{dash}"
+    try:
+        deadline = time.monotonic() + 90
+        while _get(f"{url}/api/version", token) != 200:
+            if head.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("ray head did not start:\n"
+                                   + (Path(temp_dir) / "head.log").read_text()[-3000:])
+            time.sleep(0.5)
+        client_env = dict(env)
+        yield {"url": url, "env": client_env, "token": token, "temp_dir": temp_dir,
+               "dashboard_port": dash}
+    finally:
+        _stop(head, temp_dir)
+        log.close()
+        leftovers = _own_pids(temp_dir)
+        shutil.rmtree(temp_dir, ignore_errors=True)
+        assert not leftovers, f"Ray processes left behind: {leftovers}"
+
+
+def _stop(head: subprocess.Popen, temp_dir: str) -> None:
+    # SIGTERM lets `ray start --block` tear its children down; then make sure.
+    pgid = head.pid
+    for sig, wait in ((signal.SIGTERM, 8), (signal.SIGKILL, 10)):
+        try:
+            os.killpg(pgid, sig)
+        except ProcessLookupError:
+            pass
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            if head.poll() is not None and not _own_pids(temp_dir):
+                return
+            time.sleep(0.5)
+    # Anything that left our process group but still runs from our temp dir is ours too.
+    for pid in _own_pids(temp_dir):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    time.sleep(1)
+
+
+def _submit(ray_head, *args: str, env: dict[str, str] | None = None, timeout: float = 120):
+    return subprocess.run(
+        [sys.executable, "-m", "jobs.submit", "--address", ray_head["url"], *args],
+        cwd=REPO, env=env if env is not None else ray_head["env"],
+        capture_output=True, text=True, timeout=timeout,
+    )
+
+
+def test_dashboard_binds_loopback_and_requires_the_token(ray_head):
+    url = ray_head["url"]
+    assert _get(f"{url}/api/jobs/", None) == 401
+    assert _get(f"{url}/api/jobs/", "not-the-token") == 403
+    assert _get(f"{url}/api/jobs/", ray_head["token"]) == 200
+    # Bound to loopback only: not reachable on any other local address.
+    listening = Path("/proc/net/tcp").read_text().splitlines()[1:]
+    port_hex = f"{ray_head['dashboard_port']:04X}"
+    binds = {line.split()[1] for line in listening if line.split()[1].endswith(":" + port_hex)
+             and line.split()[3] == "0A"}
+    assert binds == {f"0100007F:{port_hex}"}
+
+
+def test_job_client_sends_an_explicit_token(ray_head):
+    from sgcore.pipeline.cluster import job_client
+
+    assert isinstance(job_client(ray_head["url"], token=ray_head["token"]).list_jobs(), list)
+    with pytest.raises(Exception, match="403|[Ii]nvalid"):
+        job_client(ray_head["url"], token="wrong").list_jobs()
+
+
+def test_submit_without_token_is_refused(ray_head):
+    env = {k: v for k, v in ray_head["env"].items() if k not in ("RAY_AUTH_TOKEN",)}
+    env["RAY_AUTH_TOKEN_PATH"] = os.devnull  # no token anywhere, not even ~/.ray/auth_token
+    env["RAY_AUTH_MODE"] = "disabled"
+    r = _submit(ray_head, "--no-wait", "--", "python", "-c", "print(1)", env=env)
+    assert r.returncode != 0
+    assert "401" in r.stderr or "Authentication required" in r.stderr, r.stderr[-2000:]
+
+
+@pytest.mark.slow
+def test_job_runs_from_the_working_dir_and_streams_logs(ray_head, tmp_path):
+    # A copy of the project with decoys in every excluded place.
+    work = tmp_path / "proj"
+    for pkg in ("sgcore", "jobs"):
+        shutil.copytree(REPO / pkg, work / pkg, ignore=shutil.ignore_patterns("__pycache__"))
+    for excluded in (".venv", ".git", "data", "outputs"):
+        (work / excluded).mkdir()
+        (work / excluded / "big.bin").write_bytes(b"x" * 1000)
+    probe = (
+        "import os, ray, sgcore, json; ray.init(); "
+        "print('SGCORE_FROM', sgcore.__file__); "
+        "print('CWD_HAS', json.dumps(sorted(os.listdir('.')))); "
+        "print('RES', ray.cluster_resources().get('CPU'))"
+    )
+    r = _submit(ray_head, "--working-dir", str(work), "--", "python", "-c", probe)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    assert "SUCCEEDED" in r.stderr
+    sgcore_from = next(line.split(" ", 1)[1] for line in r.stdout.splitlines()
+                       if line.startswith("SGCORE_FROM"))
+    # The uploaded copy, not the editable install in /work/main.
+    assert sgcore_from.startswith(ray_head["temp_dir"]), sgcore_from
+    listing = json.loads(next(line.split(" ", 1)[1] for line in r.stdout.splitlines()
+                              if line.startswith("CWD_HAS")))
+    assert "sgcore" in listing and "jobs" in listing
+    for excluded in (".venv", ".git", "data", "outputs"):
+        assert excluded not in listing
+    assert "RES 2.0" in r.stdout
+
+
+@pytest.mark.slow
+def test_failed_job_gives_exit_status_1(ray_head):
+    r = _submit(ray_head, "--", "python", "-c", "raise SystemExit(3)")
+    assert r.returncode == 1, r.stderr[-2000:]
+    assert "FAILED" in r.stderr
+
+
+@pytest.mark.slow
+def test_smoothgrad_job_through_the_jobs_api(ray_head, image_dir, tmp_path):
+    # The README's path, with Ray's own CLI: `ray job submit --working-dir . -- ...`.
+    out = tmp_path / "out"
+    r = subprocess.run(
+        [str(RAY), "job", "submit", "--address", ray_head["url"], "--working-dir", ".", "--",
+         "python", "-m", "jobs.smoothgrad", "--input", str(image_dir), "--output", str(out),
+         "--model", "resnet18", "--weights", "none", "--image-size", "32", "--n-samples", "4",
+         "--shard-size", "3", "--batch-size", "4", "--quiet"],
+        cwd=REPO, env=ray_head["env"], capture_output=True, text=True, timeout=300,
+    )
+    logs = r.stdout[-3000:] + r.stderr[-3000:]
+    assert r.returncode == 0, logs
+    assert "succeeded" in logs.lower(), logs
+    assert (out / "_SUCCESS").exists()
+    parts = sorted(out.glob("part-*.parquet"))
+    assert [p.name for p in parts] == ["part-00000.parquet", "part-00001.parquet",
+                                       "part-00002.parquet"]
+    df = pd.concat([pd.read_parquet(p) for p in parts], ignore_index=True)
+    assert len(df) == 7 and df.image_id.is_unique
+    assert (df.status == "ok").sum() == 6 and list(df[df.status == "error"].image_id) == [
+        "cat/broken.jpg"]
+    manifest = json.loads((out / "_manifest.json").read_text())
+    assert manifest["status"] == "complete" and manifest["totals"]["rows"] == 7
+
+
+# ---- jobs.submit without a cluster (a fake client) ---------------------------
+
+
+class _FakeClient:
+    def __init__(self, final: str):
+        self.final = final
+        self.kw: dict = {}
+
+    def submit_job(self, **kw):
+        self.kw = kw
+        return "raysubmit_42"
+
+    def get_job_status(self, job_id):
+        return self.final
+
+    async def tail_job_logs(self, job_id):
+        yield "log line\n"
+
+
+@pytest.mark.parametrize(("final", "code"), [("SUCCEEDED", 0), ("FAILED", 1), ("STOPPED", 2)])
+def test_main_exits_with_the_job_status(monkeypatch, capsys, tmp_path, final, code):
+    import jobs.submit as js
+
+    client = _FakeClient(final)
+    monkeypatch.setattr(js, "job_client", lambda address: client)
+    argv = ["--working-dir", str(tmp_path), "--env", "A=1", "--", "python", "-m", "jobs.smoothgrad",
+            "--input", "s3://b/in dir/"]
+    assert js.main(argv) == code
+    assert client.kw["entrypoint"] == "python -m jobs.smoothgrad --input 's3://b/in dir/'"
+    env = client.kw["runtime_env"]
+    assert env["working_dir"] == str(tmp_path) and "/.venv/" in env["excludes"]
+    assert env["env_vars"] == {"A": "1"}
+    out = capsys.readouterr()
+    assert "log line" in out.out and f"job raysubmit_42 {final}" in out.err
+
+
+def test_main_no_wait_and_no_working_dir(monkeypatch, capsys):
+    import jobs.submit as js
+
+    client = _FakeClient("RUNNING")
+    monkeypatch.setattr(js, "job_client", lambda address: client)
+    assert js.main(["--no-wait", "--no-working-dir", "--", "python", "-V"]) == 0
+    assert capsys.readouterr().out.strip() == "raysubmit_42"
+    assert "runtime_env" not in client.kw
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        ([], r"give the command after --"),
+        (["--env", "NOEQUALS", "--", "python"], r"--env must be KEY=VALUE; got \['NOEQUALS'\]"),
+    ],
+)
+def test_main_usage_errors(capsys, argv, message):
+    import re
+
+    import jobs.submit as js
+
+    with pytest.raises(SystemExit) as e:
+        js.main(argv)
+    assert e.value.code == 2
+    assert re.search(message, capsys.readouterr().err)
