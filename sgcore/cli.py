@@ -37,6 +37,7 @@ def add_job_arguments(parser: argparse.ArgumentParser) -> None:
     io.add_argument("--input-format", choices=INPUT_FORMATS, default=d.input_format)
     io.add_argument("--image-column", help="Parquet inputs: column holding the image bytes")
     io.add_argument("--label-column", help="Parquet inputs: column holding the label")
+    io.add_argument("--id-column", help="Parquet inputs: column holding a stable image id")
     io.add_argument("--labels", help="CSV/Parquet file mapping image path -> label")
     io.add_argument("--limit", type=int, help="only the first N images (sorted order)")
     io.add_argument("--shard-size", type=int, default=d.shard_size,

@@ -29,6 +29,7 @@ _RESULT_FIELDS = (
     "input_format",
     "image_column",
     "label_column",
+    "id_column",
     "labels",
     "limit",
     "shard_size",
@@ -59,6 +60,7 @@ class JobConfig:
     input_format: InputFormat = "auto"
     image_column: str | None = None
     label_column: str | None = None
+    id_column: str | None = None
     labels: str | None = None
     limit: int | None = None
     shard_size: int = 256

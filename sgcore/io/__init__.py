@@ -3,8 +3,10 @@
 Never imports Ray: everything here runs the same in a Ray task or a plain process.
 """
 
-from sgcore.io._fs import join, url_to_fs
+from sgcore.io._fs import join, open_input, read_bytes, url_to_fs
+from sgcore.io._retry import DEFAULT_POLICY, RetryPolicy, is_transient, retry_call
 from sgcore.io.decode import IMAGE_EXTENSIONS, DecodeError, Geometry, decode_image
+from sgcore.io.labels import read_labels
 from sgcore.io.manifest import (
     MANIFEST_NAME,
     SUCCESS_NAME,
@@ -17,12 +19,14 @@ from sgcore.io.manifest import (
     write_success,
 )
 from sgcore.io.readers import (
+    INPUT_FORMATS,
     DecodedShard,
     RawSample,
     ShardSpec,
     decode_shard,
     plan_shards,
     read_shard,
+    read_source,
 )
 from sgcore.io.writers import (
     PART_METADATA_KEY,
@@ -36,7 +40,9 @@ from sgcore.io.writers import (
 )
 
 __all__ = [
+    "DEFAULT_POLICY",
     "IMAGE_EXTENSIONS",
+    "INPUT_FORMATS",
     "MANIFEST_NAME",
     "PART_METADATA_KEY",
     "SUCCESS_NAME",
@@ -44,23 +50,30 @@ __all__ = [
     "DecodedShard",
     "Geometry",
     "RawSample",
+    "RetryPolicy",
     "ShardSpec",
     "decode_image",
     "decode_shard",
     "encode_part",
     "git_revision",
     "has_success",
+    "is_transient",
     "join",
     "npz_name",
+    "open_input",
     "package_versions",
     "part_name",
     "part_url",
     "plan_shards",
+    "read_bytes",
+    "read_labels",
     "read_manifest",
     "read_part_metadata",
     "read_shard",
+    "read_source",
     "remove_success",
     "result_schema",
+    "retry_call",
     "url_to_fs",
     "write_bytes",
     "write_manifest",

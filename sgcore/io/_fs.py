@@ -1,13 +1,15 @@
-"""fsspec access with errors that name the URL and the fix."""
+"""fsspec access with errors that name the URL and the fix, and retried reads."""
 
 from __future__ import annotations
 
+import io
 from typing import Any
 
 import fsspec
 from fsspec.spec import AbstractFileSystem
 
 from sgcore.errors import InputError
+from sgcore.io._retry import DEFAULT_POLICY, RetryPolicy, retry_call
 
 # Protocols whose fsspec backend lives in a separate package.
 _BACKENDS = {
@@ -23,6 +25,10 @@ _BACKENDS = {
 def url_to_fs(url: str, storage_options: dict[str, Any] | None = None) -> tuple[AbstractFileSystem, str]:
     """Resolves ``url`` to (filesystem, path), failing with the package to install."""
     protocol = url.split("://", 1)[0] if "://" in url else "file"
+    if protocol == "flaky" and "flaky" not in fsspec.registry:
+        from sgcore.io._flaky import register
+
+        register()
     try:
         return fsspec.core.url_to_fs(url, **(storage_options or {}))
     except ImportError as e:
@@ -50,3 +56,95 @@ def join(url: str, *parts: str) -> str:
     for part in parts:
         out = f"{out}/{part.strip('/')}"
     return out
+
+
+def read_bytes(fs: AbstractFileSystem, path: str, *, url: str,
+               policy: RetryPolicy = DEFAULT_POLICY) -> bytes:
+    """The whole object at ``path``, retrying transient errors (``url`` names it in errors)."""
+    return bytes(retry_call(lambda: fs.cat_file(path), what=f"read {url}", policy=policy))
+
+
+class RetryingReader(io.RawIOBase):
+    """A read-only, seekable file that survives transient errors mid-stream.
+
+    On a transient error it reopens the object and seeks back to where it was,
+    so a long streamed read (a tar shard, a Parquet file) does not restart.
+    """
+
+    def __init__(self, fs: AbstractFileSystem, path: str, *, url: str,
+                 policy: RetryPolicy = DEFAULT_POLICY):
+        super().__init__()
+        self._fs = fs
+        self._path = path
+        self._url = url
+        self._policy = policy
+        self._pos = 0
+        self._f: Any = None
+        retry_call(self._ensure_open, what=f"open {url}", policy=policy)
+
+    def _ensure_open(self) -> Any:
+        if self._f is None:
+            f = self._fs.open(self._path, "rb")
+            if self._pos:
+                f.seek(self._pos)
+            self._f = f
+        return self._f
+
+    def _drop(self) -> None:
+        f, self._f = self._f, None
+        if f is not None:
+            try:
+                f.close()
+            except Exception:  # closing a broken connection may fail too; it is gone either way
+                pass
+
+    def _attempt(self, fn: Any) -> Any:
+        try:
+            return fn(self._ensure_open())
+        except Exception:
+            self._drop()
+            raise
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        n = len(buffer)
+        data = retry_call(lambda: self._attempt(lambda f: f.read(n)), what=f"read {self._url}",
+                          policy=self._policy)
+        k = len(data)
+        buffer[:k] = data
+        self._pos += k
+        return k
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        if whence == io.SEEK_SET:
+            target = offset
+        elif whence == io.SEEK_CUR:
+            target = self._pos + offset
+        else:
+            target = retry_call(lambda: self._attempt(lambda f: f.seek(offset, whence)),
+                                what=f"seek {self._url}", policy=self._policy)
+        if self._f is not None and whence != io.SEEK_END:
+            try:
+                self._f.seek(target)
+            except Exception:
+                self._drop()
+        self._pos = int(target)
+        return self._pos
+
+    def tell(self) -> int:
+        return self._pos
+
+    def close(self) -> None:
+        self._drop()
+        super().close()
+
+
+def open_input(fs: AbstractFileSystem, path: str, *, url: str, buffer_size: int = 1 << 20,
+               policy: RetryPolicy = DEFAULT_POLICY) -> io.BufferedReader:
+    """A buffered, retrying reader over ``path`` (see :class:`RetryingReader`)."""
+    return io.BufferedReader(RetryingReader(fs, path, url=url, policy=policy), buffer_size=buffer_size)

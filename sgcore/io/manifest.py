@@ -15,7 +15,8 @@ from importlib import metadata as _metadata
 from pathlib import Path
 from typing import Any
 
-from sgcore.io._fs import join, url_to_fs
+from sgcore.io._fs import join, read_bytes, url_to_fs
+from sgcore.io._retry import retry_call
 from sgcore.io.writers import write_bytes
 
 MANIFEST_NAME = "_manifest.json"
@@ -51,10 +52,10 @@ def now() -> str:
 
 def read_manifest(output: str, storage_options: dict[str, Any] | None = None) -> dict[str, Any] | None:
     """The manifest under ``output``, or None when there is none yet."""
-    fs, path = url_to_fs(join(output, MANIFEST_NAME), storage_options)
+    url = join(output, MANIFEST_NAME)
+    fs, path = url_to_fs(url, storage_options)
     try:
-        with fs.open(path, "rb") as f:
-            return json.loads(f.read())
+        return json.loads(read_bytes(fs, path, url=url))
     except FileNotFoundError:
         return None
     except json.JSONDecodeError as e:
@@ -71,11 +72,17 @@ def write_success(output: str, storage_options: dict[str, Any] | None = None) ->
 
 
 def has_success(output: str, storage_options: dict[str, Any] | None = None) -> bool:
-    fs, path = url_to_fs(join(output, SUCCESS_NAME), storage_options)
-    return bool(fs.exists(path))
+    url = join(output, SUCCESS_NAME)
+    fs, path = url_to_fs(url, storage_options)
+    return bool(retry_call(lambda: fs.exists(path), what=f"check {url}"))
 
 
 def remove_success(output: str, storage_options: dict[str, Any] | None = None) -> None:
-    fs, path = url_to_fs(join(output, SUCCESS_NAME), storage_options)
-    if fs.exists(path):
-        fs.rm_file(path)
+    url = join(output, SUCCESS_NAME)
+    fs, path = url_to_fs(url, storage_options)
+
+    def remove() -> None:
+        if fs.exists(path):
+            fs.rm_file(path)
+
+    retry_call(remove, what=f"remove {url}")

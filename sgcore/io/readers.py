@@ -1,21 +1,39 @@
-"""Listing an input URL into shards, and reading a shard's samples.
+"""Listing an input into shards, and reading a shard's samples, for every layout.
 
-A shard is the unit of work, retry and output: a fixed-size group of image
-files in sorted order. Shard ids and image ids depend only on the input
-listing, so the same input gives the same ids on every run.
+Layouts (chosen with ``input_format`` or detected from the listing):
+
+- ``images``: a prefix of image files; a shard is a fixed-size group of files
+  in sorted order; image id = the path relative to the input root; label =
+  the parent folder, or the ``labels`` file.
+- ``webdataset``: ``.tar`` shards (see :mod:`sgcore.io.webdataset`); one shard
+  per tar; image id = ``<tar path>/<sample key>``.
+- ``parquet``: tables with an image-bytes column (see
+  :mod:`sgcore.io.parquet_input`); one shard per file, or per run of row groups
+  in large files; image id = ``<file path>#<row index>`` or the ``id_column``.
+
+Inputs may be a prefix, a single file, a glob pattern, or a comma-separated
+list of those; paths are relative to the longest common folder. Shard ids and
+image ids depend only on the input listing and settings, so the same input
+gives the same ids on every run. Each object read is retried on transient
+errors (:mod:`sgcore.io._retry`); an object that stays unreadable becomes error
+rows, never a crashed job.
 """
 
 from __future__ import annotations
 
 import posixpath
-from collections.abc import Iterator
+import tarfile
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from sgcore.errors import InputError
-from sgcore.io._fs import full_url, join, url_to_fs
+from sgcore.io import parquet_input, webdataset
+from sgcore.io._fs import full_url, join, open_input, read_bytes, url_to_fs
+from sgcore.io._retry import retry_call
 from sgcore.io.decode import (
     DEFAULT_MAX_PIXELS,
     IMAGE_EXTENSIONS,
@@ -23,20 +41,54 @@ from sgcore.io.decode import (
     Geometry,
     decode_image,
 )
+from sgcore.io.labels import cached_labels, lookup, read_labels
+
+INPUT_FORMATS = ("auto", "images", "webdataset", "parquet")
+_GLOB_CHARS = ("*", "?", "[")
+_FOOTER_THREADS = 16
 
 
 @dataclass(frozen=True, kw_only=True)
 class ShardSpec:
-    """One unit of work: which files, relative to the input root."""
+    """One unit of work: which files (or rows), relative to the input root.
+
+    Attributes:
+        shard_id: names the output part (``part-<shard_id>.parquet``).
+        kind: ``images``, ``webdataset`` or ``parquet``.
+        root: URL the members are relative to.
+        members: image paths (images); the tar path (webdataset); the row ids
+            ``<file>#<row>`` (parquet, or the file path when its footer could not
+            be read).
+        file: the tar/Parquet file, relative to ``root``.
+        count: number of images when known (None for tars listed without --limit).
+        row_groups, first_row, stop_row: the Parquet row groups of this shard, the
+            file-level index of their first row, and the row to stop at.
+        image_column, label_column, id_column: Parquet columns (None: detected).
+        max_samples: read no more than this many samples of the tar (--limit).
+        labels: per-member labels from a labels file (images layout).
+        labels_url: the labels file, read by the decode task (tar/Parquet layouts).
+    """
 
     shard_id: str
     kind: str
     root: str
     members: tuple[str, ...]
+    file: str | None = None
+    count: int | None = None
+    row_groups: tuple[int, ...] | None = None
+    first_row: int = 0
+    stop_row: int | None = None
+    image_column: str | None = None
+    label_column: str | None = None
+    id_column: str | None = None
+    max_samples: int | None = None
+    labels: tuple[str | None, ...] | None = None
+    labels_url: str | None = None
 
     @property
     def size(self) -> int:
-        return len(self.members)
+        """Images in the shard (1 for a tar whose count is not known before reading it)."""
+        return self.count if self.count is not None else len(self.members)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -68,68 +120,436 @@ class DecodedShard:
 
 
 def plan_shards(
-    url: str,
+    url: str | Sequence[str],
     *,
     shard_size: int,
     limit: int | None = None,
+    input_format: str = "auto",
+    image_column: str | None = None,
+    label_column: str | None = None,
+    id_column: str | None = None,
+    labels: str | None = None,
     storage_options: dict[str, Any] | None = None,
 ) -> list[ShardSpec]:
-    """Lists image files under ``url`` (recursively, sorted) and cuts them into shards.
+    """Lists the input and cuts it into shards.
 
-    Files without an image extension are skipped, not failed.
+    Args:
+        url: a prefix, a file, a glob pattern, or several of those (a sequence,
+            or one string separated by commas).
+        shard_size: images per shard (images layout; Parquet files with more
+            rows are split at row-group boundaries).
+        limit: only the first ``limit`` images, in listing order.
+        input_format: ``auto``, ``images``, ``webdataset`` or ``parquet``.
+        image_column, label_column, id_column: Parquet columns.
+        labels: CSV/Parquet file mapping image path -> label.
+        storage_options: fsspec options (credentials, endpoint).
+
+    Files of other types are skipped, not failed.
 
     Raises:
-        InputError: the URL does not exist or holds no images.
+        InputError: the input does not exist, holds nothing usable, or mixes layouts
+            under ``auto``.
+        ValueError: a bad ``input_format``, ``shard_size`` or ``limit``.
     """
-    fs, path = url_to_fs(url, storage_options)
+    if input_format not in INPUT_FORMATS:
+        raise ValueError(f"input_format must be one of {', '.join(INPUT_FORMATS)}; got {input_format!r}")
+    if isinstance(shard_size, bool) or not isinstance(shard_size, int) or shard_size < 1:
+        raise ValueError(f"shard_size must be a positive integer; got {shard_size!r}")
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        raise ValueError(f"limit must be a positive integer; got {limit!r}")
+    shown = url if isinstance(url, str) else ", ".join(url)
+    fs, root, names, root_url = _list_input(url, storage_options)
+    kind = _choose_layout(names, input_format, shown)
+    if kind == "images":
+        return _plan_images(names, root_url, shown, shard_size=shard_size, limit=limit,
+                            labels=labels, storage_options=storage_options)
+    if kind == "webdataset":
+        tars = [n for n in names if webdataset.is_tar(n)]
+        return _plan_tars(fs, root, root_url, tars, limit=limit, labels=labels)
+    files = [n for n in names if parquet_input.is_parquet(n) and not _hidden(n)]
+    return _plan_parquet(fs, root, root_url, files, shard_size=shard_size, limit=limit,
+                         image_column=image_column, label_column=label_column,
+                         id_column=id_column, labels=labels)
+
+
+# ----------------------------------------------------------------- listing
+def _split_urls(url: str | Sequence[str]) -> list[str]:
+    pieces = url.split(",") if isinstance(url, str) else list(url)
+    out = [p.strip() for p in pieces if p and p.strip()]
+    if not out:
+        raise InputError(f"input must name at least one URL or path; got {url!r}")
+    return out
+
+
+def _protocol(url: str) -> str:
+    return url.split("://", 1)[0] if "://" in url else "file"
+
+
+def _list_input(url: str | Sequence[str], storage_options: dict[str, Any] | None) -> tuple[Any, str, list[str], str]:
+    """(filesystem, root path, sorted names relative to root, root URL)."""
+    urls = _split_urls(url)
+    protocols = {_protocol(u) for u in urls}
+    if len(protocols) > 1:
+        raise InputError(f"input URLs must share one protocol; got {', '.join(sorted(protocols))}")
+    fs: Any = None
+    files: set[str] = set()
+    dirs: list[str] = []
+    for u in urls:
+        fs, path = url_to_fs(u, storage_options)
+        found = _expand(fs, path, u)
+        files.update(found[0])
+        dirs.extend(found[1])
+    if not files and not dirs:
+        raise InputError(f"input {', '.join(urls)} does not exist; check the URL and credentials")
+    if len(urls) == 1 and len(dirs) == 1 and not _has_magic(urls[0]):
+        root = dirs[0].rstrip("/")
+    else:
+        parents = [posixpath.dirname(f) for f in files] + [d.rstrip("/") for d in dirs]
+        root = _common_dir(parents)
+    names = sorted(_relative(p, root) for p in files)
+    first = urls[0]
+    root_url = full_url(fs, root) if "://" not in first else _with_protocol(first, fs, root)
+    return fs, root, names, root_url
+
+
+def _expand(fs: Any, path: str, url: str) -> tuple[list[str], list[str]]:
+    """(files, listed folders) for one URL: a glob, a folder or a file."""
     try:
+        if _has_magic(path):
+            matches = sorted(fs.glob(path))
+            if not matches:
+                raise InputError(f"no files match {url}")
+            files: list[str] = []
+            dirs: list[str] = []
+            for m in matches:
+                if fs.isdir(m):
+                    files.extend(retry_call(lambda m=m: fs.find(m, withdirs=False), what=f"list {url}"))
+                    dirs.append(m)
+                else:
+                    files.append(m)
+            return files, dirs
         if fs.isfile(path):
-            root, names = posixpath.dirname(path), [posixpath.basename(path)]
-        else:
-            root = path.rstrip("/")
-            found = fs.find(root, withdirs=False)
-            names = sorted(_relative(p, root) for p in found)
+            return [path], []
+        found = retry_call(lambda: fs.find(path.rstrip("/"), withdirs=False), what=f"list {url}")
+        if not found and not fs.exists(path):
+            return [], []
+        return list(found), [path]
     except FileNotFoundError as e:
         raise InputError(f"input {url} does not exist; check the URL and credentials") from e
     except PermissionError as e:
         raise InputError(f"input {url} is not readable: {e}; check credentials") from e
-    if not names and not fs.exists(path):
-        raise InputError(f"input {url} does not exist; check the URL and credentials")
+    except OSError as e:
+        raise InputError(f"cannot list input {url}: {type(e).__name__}: {e}") from e
+
+
+def _has_magic(path: str) -> bool:
+    return any(c in path for c in _GLOB_CHARS)
+
+
+def _common_dir(paths: list[str]) -> str:
+    if not paths:
+        return ""
+    split = [p.strip("/").split("/") if p.strip("/") else [] for p in paths]
+    common: list[str] = []
+    for parts in zip(*split, strict=False):
+        if all(x == parts[0] for x in parts):
+            common.append(parts[0])
+        else:
+            break
+    lead = "/" if paths[0].startswith("/") else ""
+    return lead + "/".join(common)
+
+
+def _choose_layout(names: list[str], input_format: str, url: str) -> str:
+    images = sum(1 for n in names if _is_image(n))
+    tars = sum(1 for n in names if webdataset.is_tar(n) and not _hidden(n))
+    tables = sum(1 for n in names if parquet_input.is_parquet(n) and not _hidden(n))
+    found = {"images": images, "webdataset": tars, "parquet": tables}
+    if input_format != "auto":
+        if not found[input_format]:
+            what = {"images": f"image files ({', '.join(IMAGE_EXTENSIONS)})",
+                    "webdataset": ".tar shards", "parquet": ".parquet files"}[input_format]
+            raise InputError(f"no {what} under {url}; found {len(names)} other file(s)")
+        return input_format
+    present = [k for k, v in found.items() if v]
+    if not present:
+        raise InputError(
+            f"no image files ({', '.join(IMAGE_EXTENSIONS)}), .tar shards or .parquet files under "
+            f"{url}; found {len(names)} other file(s)"
+        )
+    if len(present) > 1:
+        raise InputError(
+            f"input {url} mixes layouts: {images} image file(s), {tars} .tar shard(s), "
+            f"{tables} .parquet file(s); choose one with --input-format images|webdataset|parquet "
+            "(files of the other layouts are then skipped)"
+        )
+    return present[0]
+
+
+# ---------------------------------------------------------------- planning
+def _plan_images(names: list[str], root_url: str, url: str, *, shard_size: int, limit: int | None,
+                 labels: str | None, storage_options: dict[str, Any] | None) -> list[ShardSpec]:
     images = [n for n in names if _is_image(n)]
     if limit is not None:
         images = images[:limit]
-    if not images:
-        raise InputError(
-            f"no image files ({', '.join(IMAGE_EXTENSIONS)}) under {url}; "
-            f"found {len(names)} other file(s)"
-        )
-    root_url = full_url(fs, root) if "://" not in url else _with_protocol(url, fs, root)
-    return [
-        ShardSpec(shard_id=f"{i // shard_size:05d}", kind="images", root=root_url,
-                  members=tuple(images[i : i + shard_size]))
-        for i in range(0, len(images), shard_size)
-    ]
+    mapping = read_labels(labels, storage_options) if labels else None
+    shards = []
+    for i in range(0, len(images), shard_size):
+        members = tuple(images[i : i + shard_size])
+        labs = (tuple(lookup(mapping, m, join(root_url, m)) for m in members)
+                if mapping is not None else None)
+        shards.append(ShardSpec(shard_id=f"{i // shard_size:05d}", kind="images", root=root_url,
+                                members=members, count=len(members), labels=labs))
+    return shards
 
 
+def _plan_tars(fs: Any, root: str, root_url: str, tars: list[str], *, limit: int | None,
+               labels: str | None) -> list[ShardSpec]:
+    shards = []
+    left = limit
+    for i, rel in enumerate(tars):
+        count = None
+        cap = None
+        if left is not None:
+            # --limit needs the counts: read just far enough to know them.
+            path = posixpath.join(root, rel) if root else rel
+            try:
+                with open_input(fs, path, url=join(root_url, rel)) as f:
+                    count = webdataset.count_samples(f, stop_at=left)
+            except Exception:  # unreadable: the decode task reports it as an error row
+                count = None
+            cap = left
+        shards.append(ShardSpec(shard_id=f"{i:05d}", kind="webdataset", root=root_url, members=(rel,),
+                                file=rel, count=count, max_samples=cap, labels_url=labels))
+        if left is not None:
+            left -= count if count is not None else 1
+            if left <= 0:
+                break
+    return shards
+
+
+def _plan_parquet(fs: Any, root: str, root_url: str, files: list[str], *, shard_size: int,
+                  limit: int | None, image_column: str | None, label_column: str | None,
+                  id_column: str | None, labels: str | None) -> list[ShardSpec]:
+    def inspect(rel: str) -> parquet_input.ParquetLayout | Exception:
+        path = posixpath.join(root, rel) if root else rel
+        url = join(root_url, rel)
+        try:
+            with open_input(fs, path, url=url, buffer_size=1 << 16) as f:
+                return parquet_input.inspect_file(f, image_column=image_column,
+                                                  label_column=label_column, url=url)
+        except InputError:
+            raise
+        except Exception as e:  # unreadable footer: one error row for the file, at decode
+            return e
+
+    with ThreadPoolExecutor(max_workers=min(_FOOTER_THREADS, max(1, len(files)))) as pool:
+        layouts = list(pool.map(inspect, files))
+    common = dict(kind="parquet", root=root_url, image_column=image_column,
+                  label_column=label_column, id_column=id_column, labels_url=labels)
+    shards: list[ShardSpec] = []
+    left = limit
+    for i, (rel, layout) in enumerate(zip(files, layouts, strict=True)):
+        if left is not None and left <= 0:
+            break
+        if isinstance(layout, Exception):
+            shards.append(ShardSpec(shard_id=f"{i:05d}", members=(rel,), file=rel, count=1, **common))
+            if left is not None:
+                left -= 1
+            continue
+        groups = _group_row_groups(layout.row_group_rows, shard_size)
+        pieces = []
+        for groups_, first, n in groups:
+            stop = first + n
+            if left is not None:
+                stop = min(stop, first + left)
+                left -= stop - first
+            pieces.append((groups_, first, stop))
+            if left is not None and left <= 0:
+                break
+        for j, (groups_, first, stop) in enumerate(pieces):
+            sid = f"{i:05d}" if len(groups) == 1 else f"{i:05d}-{j:04d}"
+            shards.append(ShardSpec(
+                shard_id=sid, members=tuple(f"{rel}#{r}" for r in range(first, stop)), file=rel,
+                count=stop - first, row_groups=groups_, first_row=first, stop_row=stop, **common))
+    return [s for s in shards if s.size > 0 or s.count is None]
+
+
+def _group_row_groups(rows: tuple[int, ...], shard_size: int) -> list[tuple[tuple[int, ...], int, int]]:
+    """Consecutive row groups gathered until they hold >= shard_size rows: (groups, first row, rows)."""
+    out: list[tuple[tuple[int, ...], int, int]] = []
+    cur: list[int] = []
+    first = start = n = 0
+    for g, r in enumerate(rows):
+        if not cur:
+            first = start
+        cur.append(g)
+        n += r
+        start += r
+        if n >= shard_size:
+            out.append((tuple(cur), first, n))
+            cur, n = [], 0
+    if cur:
+        out.append((tuple(cur), first, n))
+    return out or [((), 0, 0)]
+
+
+# ----------------------------------------------------------------- reading
 def read_shard(spec: ShardSpec, storage_options: dict[str, Any] | None = None) -> Iterator[RawSample]:
     """Yields the shard's samples in order; unreadable ones carry an error."""
+    if spec.kind == "webdataset":
+        samples = _read_tar(spec, storage_options)
+    elif spec.kind == "parquet":
+        samples = _read_parquet(spec, storage_options)
+    else:
+        samples = _read_images(spec, storage_options)
+    if spec.labels_url and spec.kind != "images":
+        mapping = cached_labels(spec.labels_url, storage_options)
+        for s in samples:
+            yield RawSample(image_id=s.image_id, source=s.source, data=s.data, error=s.error,
+                            label=lookup(mapping, s.image_id, s.source))
+    else:
+        yield from samples
+
+
+def _read_images(spec: ShardSpec, storage_options: dict[str, Any] | None) -> Iterator[RawSample]:
     fs, root = url_to_fs(spec.root, storage_options)
     paths = [posixpath.join(root, m) if root else m for m in spec.members]
+    # One concurrent batch first (async backends such as s3fs fetch in parallel);
+    # whatever failed is then read alone, with retries on transient errors.
     try:
         blobs = fs.cat(paths, on_error="return")
-    except Exception as e:  # a failure for the whole batch: read one by one
+    except Exception as e:
         blobs = {p: e for p in paths}
-    for member, p in zip(spec.members, paths, strict=True):
+    for k, (member, p) in enumerate(zip(spec.members, paths, strict=True)):
+        source = join(spec.root, member)
+        label = spec.labels[k] if spec.labels is not None else _label(member)
         data = blobs.get(p)
         if data is None:  # some backends key results without the protocol
-            data = blobs.get(fs._strip_protocol(p), FileNotFoundError(p))
-        source = join(spec.root, member)
-        label = _label(member)
-        if isinstance(data, BaseException):
-            yield RawSample(image_id=member, source=source, label=label,
-                            error=f"cannot read {source}: {type(data).__name__}: {data}")
+            data = blobs.get(fs._strip_protocol(p))
+        if data is None or isinstance(data, BaseException):
+            try:
+                data = read_bytes(fs, p, url=source)
+            except Exception as e:
+                yield RawSample(image_id=member, source=source, label=label,
+                                error=f"cannot read {source}: {type(e).__name__}: {e}")
+                continue
+        yield RawSample(image_id=member, source=source, label=label, data=bytes(data))
+
+
+def _read_tar(spec: ShardSpec, storage_options: dict[str, Any] | None) -> Iterator[RawSample]:
+    rel = spec.file or spec.members[0]
+    url = join(spec.root, rel)
+    fs, root = url_to_fs(spec.root, storage_options)
+    path = posixpath.join(root, rel) if root else rel
+    n = 0
+    try:
+        with open_input(fs, path, url=url) as f:
+            for sample in webdataset.iter_tar(f, max_samples=spec.max_samples):
+                member, data = sample.image() or ("", b"")
+                yield RawSample(image_id=f"{rel}/{sample.key}", source=f"{url}#{member}",
+                                label=sample.label(), data=data)
+                n += 1
+    except Exception as e:
+        where = "cannot read" if n == 0 else f"stopped after {n} sample(s) reading"
+        yield RawSample(image_id=rel, source=url, label=None,
+                        error=f"{where} {url}: {type(e).__name__}: {e}")
+
+
+def _read_parquet(spec: ShardSpec, storage_options: dict[str, Any] | None) -> Iterator[RawSample]:
+    rel = spec.file or spec.members[0]
+    url = join(spec.root, rel)
+    fs, root = url_to_fs(spec.root, storage_options)
+    path = posixpath.join(root, rel) if root else rel
+    done: set[int] = set()
+    try:
+        with open_input(fs, path, url=url, buffer_size=1 << 16) as f:
+            for index, id_, data, img_path, label in parquet_input.iter_rows(
+                f, row_groups=spec.row_groups, first_row=spec.first_row, stop_row=spec.stop_row,
+                image_column=spec.image_column, label_column=spec.label_column,
+                id_column=spec.id_column, url=url,
+            ):
+                done.add(index)
+                image_id = id_ if id_ is not None else f"{rel}#{index}"
+                source = f"{url}#{index}"
+                if data is None and img_path:
+                    yield _read_referenced(fs, url, img_path, image_id, source, label, storage_options)
+                elif data is None:
+                    yield RawSample(image_id=image_id, source=source, label=label,
+                                    error=f"no image bytes in row {index} of {url}")
+                else:
+                    yield RawSample(image_id=image_id, source=source, label=label, data=bytes(data))
+    except Exception as e:
+        message = f"cannot read {url}: {type(e).__name__}: {e}"
+        pending = [m for m in spec.members if "#" in m and int(m.rsplit("#", 1)[1]) not in done]
+        if spec.id_column is None and pending:
+            # The rows are known from the plan: one error row per image that was not read.
+            for m in pending:
+                yield RawSample(image_id=m, source=f"{url}#{m.rsplit('#', 1)[1]}", label=None, error=message)
         else:
-            yield RawSample(image_id=member, source=source, label=label, data=bytes(data))
+            yield RawSample(image_id=rel if not done else f"{rel}#rest", source=url, label=None, error=message)
+
+
+def _read_referenced(fs: Any, url: str, img_path: str, image_id: str, source: str, label: str | None,
+                     storage_options: dict[str, Any] | None) -> RawSample:
+    """A Hugging Face image struct with only a path: read that file (relative to the table)."""
+    if "://" in img_path:
+        target_url = img_path
+        tfs, tpath = url_to_fs(img_path, storage_options)
+    else:
+        target_url = img_path if img_path.startswith("/") else join(posixpath.dirname(url), img_path)
+        tfs, tpath = url_to_fs(target_url, storage_options)
+    try:
+        return RawSample(image_id=image_id, source=source, label=label,
+                         data=read_bytes(tfs, tpath, url=target_url))
+    except Exception as e:
+        return RawSample(image_id=image_id, source=source, label=label,
+                         error=f"cannot read {target_url} (image path of {source}): {type(e).__name__}: {e}")
+
+
+def read_source(
+    source: str,
+    storage_options: dict[str, Any] | None = None,
+    *,
+    image_column: str | None = None,
+) -> bytes:
+    """The original image bytes behind a result row's ``source``, for every layout.
+
+    ``source`` is an image URL, ``<tar URL>#<member>`` or ``<parquet URL>#<row>``.
+
+    Raises:
+        InputError: the tar member or Parquet row is not there.
+        OSError: the object cannot be read (after retries), naming the URL.
+    """
+    base, _, frag = source.rpartition("#")
+    if base and webdataset.is_tar(base):
+        fs, path = url_to_fs(base, storage_options)
+        with open_input(fs, path, url=base) as f, tarfile.open(fileobj=f, mode="r|*") as tar:
+            for info in tar:
+                if info.name == frag and info.isfile():
+                    member = tar.extractfile(info)
+                    return member.read() if member is not None else b""
+        raise InputError(f"{frag!r} is not a member of {base}")
+    if base and parquet_input.is_parquet(base) and frag.isdigit():
+        fs, path = url_to_fs(base, storage_options)
+        row = int(frag)
+        with open_input(fs, path, url=base, buffer_size=1 << 16) as f:
+            for index, _id, data, img_path, _label in parquet_input.iter_rows(
+                f, row_groups=None, first_row=0, stop_row=row + 1, image_column=image_column,
+                label_column=None, id_column=None, url=base,
+            ):
+                if index == row:
+                    if data is None and img_path:
+                        target = img_path if "://" in img_path or img_path.startswith("/") else (
+                            join(posixpath.dirname(base), img_path))
+                        tfs, tpath = url_to_fs(target, storage_options)
+                        return read_bytes(tfs, tpath, url=target)
+                    if data is None:
+                        raise InputError(f"no image bytes in row {row} of {base}")
+                    return bytes(data)
+        raise InputError(f"{base} has no row {row}")
+    fs, path = url_to_fs(source, storage_options)
+    return read_bytes(fs, path, url=source)
 
 
 def decode_shard(
@@ -179,6 +599,11 @@ def _relative(path: str, root: str) -> str:
     return path[len(root) :].lstrip("/") if path.startswith(root) else path
 
 
+def _hidden(name: str) -> bool:
+    base = posixpath.basename(name)
+    return base.startswith((".", "_"))
+
+
 def _is_image(name: str) -> bool:
     base = posixpath.basename(name)
     return not base.startswith(".") and base.lower().endswith(IMAGE_EXTENSIONS)
@@ -195,6 +620,7 @@ def _with_protocol(url: str, fs: Any, root: str) -> str:
 
 
 __all__ = [
+    "INPUT_FORMATS",
     "DecodeError",
     "DecodedShard",
     "Geometry",
@@ -203,4 +629,5 @@ __all__ = [
     "decode_shard",
     "plan_shards",
     "read_shard",
+    "read_source",
 ]

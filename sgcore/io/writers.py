@@ -19,6 +19,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from sgcore.io._fs import is_local, join, url_to_fs
+from sgcore.io._retry import DEFAULT_POLICY, RetryPolicy, retry_call
 
 # Metadata key in each part's Parquet footer: config hash + shard id.
 PART_METADATA_KEY = b"sgcore"
@@ -143,33 +144,65 @@ def _tensor_column(maps: list[np.ndarray | None], shape: tuple[int, ...]) -> pa.
     return pa.ExtensionArray.from_storage(pa.fixed_shape_tensor(pa.float16(), list(shape)), storage)
 
 
-def write_bytes(url: str, data: bytes, storage_options: dict[str, Any] | None = None) -> None:
-    """Writes ``data`` to ``url`` atomically (temp + rename locally, one PUT remotely)."""
+def write_bytes(
+    url: str,
+    data: bytes,
+    storage_options: dict[str, Any] | None = None,
+    *,
+    policy: RetryPolicy = DEFAULT_POLICY,
+) -> None:
+    """Writes ``data`` to ``url`` atomically (temp + rename locally, one PUT remotely).
+
+    Transient errors (timeouts, 5xx, throttling) are retried with backoff
+    (:mod:`sgcore.io._retry`); a permanent one fails at once.
+
+    Raises:
+        OSError: naming ``url``, after the retries (its subclasses kept:
+            ``PermissionError`` for refused credentials, ...).
+    """
     fs, path = url_to_fs(url, storage_options)
     parent = posixpath.dirname(path)
-    try:
+
+    def once() -> None:
         if is_local(fs):
             os.makedirs(parent, exist_ok=True)
             tmp = f"{path}.tmp-{uuid.uuid4().hex}"
-            with open(tmp, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
+            try:
+                with open(tmp, "wb") as f:
+                    f.write(data)
+                    f.flush()
+                    os.fsync(f.fileno())
+                os.replace(tmp, path)
+            finally:
+                if os.path.exists(tmp):
+                    os.remove(tmp)
         else:
             if parent:
                 fs.makedirs(parent, exist_ok=True)
             fs.pipe_file(path, data)
+
+    try:
+        retry_call(once, what=f"write {url}", policy=policy)
     except OSError as e:
-        raise OSError(f"cannot write {url}: {e}") from e
+        if str(e).startswith(f"write {url}:"):  # retry_call's message names it already
+            raise
+        try:
+            named = type(e)(f"cannot write {url}: {e}")
+        except Exception:  # an OSError subclass with its own constructor
+            named = OSError(f"cannot write {url}: {e}")
+        raise named from e
 
 
 def read_part_metadata(url: str, storage_options: dict[str, Any] | None = None) -> dict[str, Any] | None:
     """The sgcore metadata of a committed part, or None when it is absent/unreadable."""
     fs, path = url_to_fs(url, storage_options)
-    try:
+
+    def read() -> dict[bytes, bytes]:
         with fs.open(path, "rb") as f:
-            meta = pq.read_schema(f).metadata or {}
+            return pq.read_schema(f).metadata or {}
+
+    try:
+        meta = retry_call(read, what=f"read {url}")
     except (FileNotFoundError, OSError, pa.ArrowInvalid):
         return None
     raw = meta.get(PART_METADATA_KEY)

@@ -1,0 +1,112 @@
+"""Model comparison: how much did each image's map change between two runs?
+
+Images are matched by ``image_id``; the change is ``1 - Spearman`` of the
+two maps (rank correlation, as in Adebayo et al. 2018, so that a global
+rescaling of gradients between models does not count as change), with SSIM
+of the min-max normalized maps alongside.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from sgcore.audit.metrics import minmax, spearman, ssim
+from sgcore.audit.results import Results, iter_parts, read_index, read_maps, row_classes
+
+
+@dataclass(frozen=True, kw_only=True)
+class ImageChange:
+    """One image matched in both result sets."""
+
+    image_id: str
+    label: str
+    spearman: float
+    ssim: float
+    predicted_a: int
+    predicted_b: int
+
+    @property
+    def change(self) -> float:
+        return 1.0 - self.spearman
+
+
+def map_change(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-image ``(spearman, ssim)`` of paired maps ``(N, H, W)``.
+
+    SSIM is NaN where the maps are smaller than its 11-pixel window.
+    """
+    a = np.asarray(a)
+    b = np.asarray(b)
+    if a.shape != b.shape or a.ndim != 3:
+        raise ValueError(f"maps must be (N, H, W) of one shape; got {a.shape} and {b.shape}")
+    if a.shape[0] == 0:
+        return np.zeros(0), np.zeros(0)
+    rho = np.atleast_1d(spearman(a, b))
+    if min(a.shape[1:]) >= 11:
+        s = np.atleast_1d(ssim(minmax(a), minmax(b)))
+    else:
+        s = np.full(a.shape[0], np.nan)
+    return rho, s
+
+
+def compare_results(a: Results, b: Results) -> list[ImageChange]:
+    """Matches ok rows of two result sets by image id; most changed first.
+
+    Reads ``a`` part by part and fetches the matching maps of ``b`` per part,
+    so memory holds two parts at a time.
+    """
+    index_b = read_index(b)
+    row_b = {image_id: i for i, image_id in enumerate(index_b.column("image_id").to_pylist())}
+    predicted_b = index_b.column("predicted").to_pylist()
+    out: list[ImageChange] = []
+    for meta, maps in iter_parts(a):
+        ids = meta.column("image_id").to_pylist()
+        keep = [i for i, image_id in enumerate(ids) if image_id in row_b]
+        if not keep or maps is None:
+            continue
+        rows = [row_b[ids[i]] for i in keep]
+        maps_b = read_maps(b, index_b, rows)
+        if maps_b.shape[1:] != maps.shape[1:]:
+            raise ValueError(
+                f"maps must have the same size to compare; got {maps.shape[1:]} in {a.url} "
+                f"and {maps_b.shape[1:]} in {b.url}"
+            )
+        rho, s = map_change(maps[keep], maps_b)
+        labels = row_classes(meta)
+        predicted = meta.column("predicted").to_pylist()
+        for j, i in enumerate(keep):
+            out.append(
+                ImageChange(
+                    image_id=ids[i],
+                    label=labels[i],
+                    spearman=float(rho[j]),
+                    ssim=float(s[j]),
+                    predicted_a=int(predicted[i]),
+                    predicted_b=int(predicted_b[rows[j]]),
+                )
+            )
+    out.sort(key=lambda c: (-np.nan_to_num(c.change, nan=2.0), c.image_id))
+    return out
+
+
+def class_changes(changes: list[ImageChange]) -> list[dict[str, float | int | str]]:
+    """Per class: images, mean Spearman, mean SSIM, share of flipped predictions; most changed first."""
+    groups: dict[str, list[ImageChange]] = {}
+    for c in changes:
+        groups.setdefault(c.label, []).append(c)
+    rows = []
+    for label, cs in groups.items():
+        rows.append(
+            {
+                "label": label,
+                "images": len(cs),
+                "spearman": float(np.nanmean([c.spearman for c in cs])),
+                "ssim": float(np.nanmean([c.ssim for c in cs])) if any(np.isfinite(c.ssim) for c in cs) else float("nan"),
+                "prediction_changed": float(np.mean([c.predicted_a != c.predicted_b for c in cs])),
+            }
+        )
+    rows.sort(key=lambda r: (r["spearman"], r["label"]))
+    return rows
+

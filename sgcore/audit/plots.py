@@ -1,0 +1,181 @@
+"""Figures for the audit report, as PNG bytes (matplotlib, headless Agg).
+
+matplotlib is imported lazily: it is only needed to write a report
+(``pip install 'sgcore[plots]'``).
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+
+def _plt() -> Any:
+    try:
+        import matplotlib
+    except ImportError as e:
+        raise ImportError("audit reports need matplotlib: pip install 'sgcore[plots]'") from e
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _png(fig: Any) -> bytes:
+    plt = _plt()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def display(m: np.ndarray, q: float = 99.0) -> np.ndarray:
+    """``|m|`` scaled to [0, 1] with its ``q``-th percentile at 1 (the paper's view)."""
+    mag = np.abs(np.asarray(m, dtype=np.float64))
+    top = np.percentile(mag, q)
+    return np.clip(mag / top, 0.0, 1.0) if top > 0 else np.zeros_like(mag)
+
+
+def overlay(image: np.ndarray, m: np.ndarray, *, alpha: float = 0.6) -> np.ndarray:
+    """An RGB uint8 ``(H, W, 3)`` picture: the image in grey with the map in red-yellow."""
+    plt = _plt()
+    grey = np.asarray(image, dtype=np.float64).mean(axis=2, keepdims=True) / 255.0
+    heat = plt.get_cmap("inferno")(display(m))[..., :3]
+    a = alpha * display(m)[..., None]
+    out = ((1 - a) * grey + a * heat).clip(0.0, 1.0)
+    return (out * 255).astype(np.uint8)
+
+
+def sanity_curve(steps: list[dict[str, Any]]) -> bytes:
+    """Similarity to the trained maps as layers are randomized top-down."""
+    plt = _plt()
+    names = ["trained", *[s["layer"] for s in steps]]
+    x = np.arange(len(names))
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.6 * len(names) + 2), 4))
+    low = -0.25
+    for key, label in (("spearman_abs", "Spearman (abs)"), ("spearman_signed", "Spearman (signed)"), ("ssim", "SSIM")):
+        y = [1.0, *[s[key] for s in steps]]
+        err = [0.0, *[s.get(f"{key}_std", 0.0) for s in steps]]
+        ax.errorbar(x, y, yerr=err, marker="o", capsize=3, label=label)
+        low = min(low, *(v - e - 0.05 for v, e in zip(y, err, strict=True) if np.isfinite(v)))
+    ax.set_xticks(x, names, rotation=45, ha="right")
+    ax.set_ylim(max(low, -1.05), 1.05)
+    ax.axhline(0.0, color="grey", lw=0.5)
+    ax.set_ylabel("similarity to trained-model maps")
+    ax.set_xlabel("cascading randomization (top layer first)")
+    ax.legend()
+    ax.set_title("Model-parameter randomization (Adebayo et al. 2018)")
+    return _png(fig)
+
+
+def perturbation_curves(curves: dict[str, np.ndarray]) -> bytes:
+    """Mean deletion/insertion curves, saliency order against random order."""
+    plt = _plt()
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    for ax, kind in zip(axes, ("deletion", "insertion"), strict=True):
+        for key, style in ((kind, "-"), (f"{kind}_random", "--")):
+            c = np.asarray(curves[key])
+            x = np.linspace(0, 1, c.shape[-1])
+            label = "saliency order" if key == kind else "random order"
+            ax.plot(x, c.mean(axis=0), style, label=label)
+        ax.set_title(kind.capitalize())
+        ax.set_xlabel(f"fraction of pixels {'removed' if kind == 'deletion' else 'inserted'}")
+        ax.set_ylabel("target probability")
+        ax.set_ylim(0, 1.02)
+        ax.legend()
+    return _png(fig)
+
+
+def map_grid(
+    maps: Sequence[np.ndarray],
+    titles: Sequence[str],
+    *,
+    images: Sequence[np.ndarray] | None = None,
+    columns: int = 6,
+    size: float = 1.8,
+) -> bytes:
+    """A grid of maps (or overlays on ``images``) with titles."""
+    plt = _plt()
+    n = max(1, len(maps))
+    cols = min(columns, n)
+    rows = (n + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(size * cols, size * rows + 0.3), squeeze=False)
+    for k, ax in enumerate(axes.flat):
+        ax.axis("off")
+        if k >= len(maps):
+            continue
+        if images is not None:
+            ax.imshow(overlay(images[k], maps[k]))
+        else:
+            ax.imshow(display(maps[k]), cmap="inferno", vmin=0, vmax=1)
+        ax.set_title(titles[k], fontsize=8)
+    return _png(fig)
+
+
+def sweep_figure(grid: np.ndarray, noise_levels: Sequence[float], counts: Sequence[int], title: str) -> bytes:
+    """One image's maps, rows = noise levels, columns = sample counts (the paper's Fig. 3/4)."""
+    plt = _plt()
+    rows, cols = grid.shape[:2]
+    fig, axes = plt.subplots(rows, cols, figsize=(1.5 * cols + 0.8, 1.5 * rows + 0.5), squeeze=False)
+    for i in range(rows):
+        for j in range(cols):
+            ax = axes[i, j]
+            ax.imshow(display(grid[i, j]), cmap="gray", vmin=0, vmax=1)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if i == 0:
+                ax.set_title(f"n={counts[j]}", fontsize=9)
+            if j == 0:
+                ax.set_ylabel(f"{100 * noise_levels[i]:.0f}%", fontsize=9)
+    fig.suptitle(title, fontsize=10)
+    return _png(fig)
+
+
+def convergence_curve(counts: Sequence[int], relative_l2: np.ndarray, spearman: np.ndarray, reference: int) -> bytes:
+    """Mean distance to the reference map against n (log-log), with 1/sqrt(n)."""
+    plt = _plt()
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    n = np.asarray(counts, dtype=np.float64)
+    err = relative_l2.mean(axis=1)
+    axes[0].loglog(n, err, "o-", label="measured")
+    axes[0].loglog(n, err[0] / np.sqrt(n / n[0]), "--", color="grey", label="1/sqrt(n)")
+    axes[0].set_xlabel("samples n")
+    axes[0].set_ylabel(f"relative L2 to n={reference} map")
+    axes[0].legend()
+    axes[1].semilogx(n, spearman.mean(axis=1), "o-")
+    axes[1].set_xlabel("samples n")
+    axes[1].set_ylabel(f"Spearman with n={reference} map")
+    axes[1].set_ylim(min(0.0, float(spearman.mean(axis=1).min())), 1.02)
+    fig.suptitle("Convergence of SmoothGrad with the number of samples")
+    return _png(fig)
+
+
+def scatter(x: np.ndarray, y: np.ndarray, *, xlabel: str, ylabel: str, title: str, diagonal: bool = True) -> bytes:
+    """A scatter plot, with y = x for reference."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(4.5, 4.2))
+    ax.scatter(x, y, s=10, alpha=0.6)
+    if diagonal:
+        ax.plot([0, 1], [0, 1], "--", color="grey", lw=1, label="y = x (position-blind)")
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1)
+        ax.legend(loc="lower right")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    return _png(fig)
+
+
+def histogram(values: np.ndarray, *, xlabel: str, title: str) -> bytes:
+    """A histogram of per-image values."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    v = np.asarray(values, dtype=np.float64)
+    ax.hist(v[np.isfinite(v)], bins=30)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("images")
+    ax.set_title(title)
+    return _png(fig)

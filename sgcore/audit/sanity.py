@@ -1,0 +1,192 @@
+"""Model-parameter randomization test (Adebayo et al., "Sanity Checks for
+Saliency Maps", NeurIPS 2018, arXiv:1810.03292), cascading from the top.
+
+A method whose maps barely change when the model's learned weights are
+replaced by random ones explains the input, not the model. The cascade
+re-initializes layers one at a time from the logits down, on a copy of the
+model, and compares each step's maps with the trained model's maps.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from sgcore.attribution import reduce_channels, smoothgrad
+from sgcore.audit.metrics import minmax, spearman, ssim
+
+
+@dataclass(frozen=True, kw_only=True)
+class MapSettings:
+    """SmoothGrad settings used to recompute maps (from the results manifest)."""
+
+    n_samples: int = 50
+    noise_level: float = 0.15
+    aggregate: str = "mean"
+    base: str = "gradient"
+    precision: str = "fp32"
+    reduction: str = "abs_sum"
+    max_batch: int | None = None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.n_samples, bool) or not isinstance(self.n_samples, int) or self.n_samples < 1:
+            raise ValueError(f"n_samples must be a positive integer; got {self.n_samples!r}")
+        if not 0.0 <= float(self.noise_level) <= 1.0:
+            raise ValueError(f"noise_level must be in [0, 1]; got {self.noise_level}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class SanityResult:
+    """Per-image similarity to the trained model's maps, one row per step.
+
+    Attributes:
+        layers: names of the layers randomized at each step, top first; step
+            ``i`` has layers ``0..i`` randomized.
+        spearman_abs: ``(steps, N)`` rank correlation of absolute maps.
+        spearman_signed: ``(steps, N)`` rank correlation of signed maps.
+        ssim: ``(steps, N)`` SSIM of min-max normalized absolute maps.
+    """
+
+    layers: list[str]
+    spearman_abs: np.ndarray
+    spearman_signed: np.ndarray
+    ssim: np.ndarray
+
+
+def randomization_order(model: nn.Module, example: torch.Tensor) -> list[str]:
+    """Names of the weight layers (conv, linear, ...) from the output down.
+
+    The order is the order in which a forward pass on ``example`` calls them,
+    reversed, so it follows the computation rather than the order in which
+    the layers were declared. Layers with a weight of two or more dimensions
+    count; normalization layers keep their parameters (as in Adebayo et al.,
+    whose cascade walks the convolutional and fully connected layers).
+    """
+    called: list[str] = []
+    handles = []
+    for name, module in model.named_modules():
+        weight = getattr(module, "weight", None)
+        if isinstance(weight, nn.Parameter) and weight.dim() >= 2:
+            handles.append(module.register_forward_hook(_recorder(name, called)))
+    try:
+        with torch.no_grad():
+            model(example[:1])
+    finally:
+        for h in handles:
+            h.remove()
+    seen: list[str] = []
+    for name in called:
+        if name not in seen:
+            seen.append(name)
+    return seen[::-1]
+
+
+def randomize_layer(module: nn.Module, generator: torch.Generator) -> None:
+    """Re-draws the module's own parameters in place from PyTorch's default init.
+
+    Weights and biases are drawn from U(-1/sqrt(fan_in), 1/sqrt(fan_in)), the
+    distribution of ``nn.Linear`` / ``nn.Conv2d``'s ``reset_parameters``, but
+    from ``generator`` so that every replica draws the same weights.
+    """
+    weight = getattr(module, "weight", None)
+    if not isinstance(weight, torch.Tensor) or weight.dim() < 2:
+        raise ValueError(
+            f"module must have a weight of 2 or more dimensions; got {type(module).__name__}"
+        )
+    fan_in = weight[0].numel()
+    bound = 1.0 / math.sqrt(fan_in)
+    with torch.no_grad():
+        for _, p in module.named_parameters(recurse=False):
+            draw = torch.rand(p.shape, generator=generator, dtype=torch.float32)
+            p.copy_(((draw * 2.0 - 1.0) * bound).to(p.dtype))
+
+
+def cascading_randomization(
+    model: nn.Module,
+    images: torch.Tensor,
+    targets: torch.Tensor,
+    *,
+    settings: MapSettings,
+    seeds: torch.Tensor | None = None,
+    layers: list[str] | None = None,
+    seed: int = 0,
+) -> SanityResult:
+    """Runs the cascade on a copy of ``model`` (the original is untouched).
+
+    Args:
+        model: trained classifier in eval mode.
+        images: ``(B, C, H, W)`` model-input images.
+        targets: ``(B,)`` explained classes (the trained model's targets are
+            kept at every step, as in the paper).
+        settings: SmoothGrad settings; same seeds at every step so that only
+            the weights differ.
+        seeds: ``(B,)`` per-image noise seeds.
+        layers: the cascade order; None uses :func:`randomization_order`.
+        seed: seed of the random weights (the same on every replica).
+
+    Returns:
+        A :class:`SanityResult`.
+    """
+    if layers is None:
+        layers = randomization_order(model, images)
+    if not layers:
+        raise ValueError("model has no weight layers to randomize")
+    trained_abs, trained_signed = _maps(model, images, targets, settings, seeds)
+    trained_norm = minmax(trained_abs)
+    work = copy.deepcopy(model)
+    modules = dict(work.named_modules())
+    unknown = [name for name in layers if name not in modules]
+    if unknown:
+        raise ValueError(f"layers must name modules of the model; got unknown {unknown}")
+    rows: dict[str, list[np.ndarray]] = {"abs": [], "signed": [], "ssim": []}
+    for i, name in enumerate(layers):
+        generator = torch.Generator().manual_seed(seed * 1_000_003 + i)
+        randomize_layer(modules[name], generator)
+        rand_abs, rand_signed = _maps(work, images, targets, settings, seeds)
+        rows["abs"].append(np.atleast_1d(spearman(trained_abs, rand_abs)))
+        rows["signed"].append(np.atleast_1d(spearman(trained_signed, rand_signed)))
+        rows["ssim"].append(np.atleast_1d(ssim(trained_norm, minmax(rand_abs))))
+    return SanityResult(
+        layers=list(layers),
+        spearman_abs=np.stack(rows["abs"]),
+        spearman_signed=np.stack(rows["signed"]),
+        ssim=np.stack(rows["ssim"]),
+    )
+
+
+def _maps(
+    model: nn.Module,
+    images: torch.Tensor,
+    targets: torch.Tensor,
+    settings: MapSettings,
+    seeds: torch.Tensor | None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Absolute (the stored reduction) and signed (channel sum) 2-D maps."""
+    full = smoothgrad(
+        model,
+        images,
+        targets,
+        n_samples=settings.n_samples,
+        noise_level=settings.noise_level,
+        aggregate=settings.aggregate,
+        base=settings.base,
+        seeds=seeds,
+        precision=settings.precision,
+        max_batch=settings.max_batch,
+    )
+    how = settings.reduction if settings.reduction != "sum" else "abs_sum"
+    absolute = reduce_channels(full, how).numpy().astype(np.float64)
+    signed = reduce_channels(full, "sum").numpy().astype(np.float64)
+    return absolute, signed
+
+
+def _recorder(name: str, called: list[str]):  # noqa: ANN202 - a hook factory
+    def hook(module: nn.Module, inputs: object, output: object) -> None:
+        called.append(name)
+
+    return hook

@@ -1,0 +1,78 @@
+"""Labels from a side file: ``--labels FILE.csv|.parquet`` mapping image path -> label."""
+
+from __future__ import annotations
+
+import functools
+import io
+import json
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+
+from sgcore.errors import InputError
+from sgcore.io._fs import read_bytes, url_to_fs
+
+# Column names tried, in order, when the file does not name them our way.
+KEY_COLUMNS = ("image_id", "path", "file", "filename", "file_name", "image", "key", "source", "url")
+LABEL_COLUMNS = ("label", "class", "cls", "category", "target")
+
+
+def read_labels(url: str, storage_options: dict[str, Any] | None = None) -> dict[str, str]:
+    """Reads a path -> label table (CSV with a header row, or Parquet).
+
+    The key column is the first of ``image_id, path, file, filename, file_name,
+    image, key, source, url`` present (else the first column); the label column
+    the first of ``label, class, cls, category, target`` (else the second).
+    Keys are matched against the image id (path relative to the input root) and
+    then against the full source URL.
+
+    Raises:
+        InputError: the file is missing, unreadable, or has fewer than two columns.
+    """
+    fs, path = url_to_fs(url, storage_options)
+    try:
+        data = read_bytes(fs, path, url=url)
+    except FileNotFoundError as e:
+        raise InputError(f"labels file {url} does not exist") from e
+    except OSError as e:
+        raise InputError(f"cannot read labels file {url}: {e}") from e
+    try:
+        if path.lower().endswith((".parquet", ".pq")):
+            table = pq.read_table(io.BytesIO(data))
+        else:
+            table = pacsv.read_csv(
+                io.BytesIO(data), convert_options=pacsv.ConvertOptions(strings_can_be_null=False)
+            )
+    except (pa.ArrowInvalid, OSError) as e:
+        raise InputError(f"labels file {url} is not a readable CSV/Parquet table: {e}") from e
+    names = table.column_names
+    if len(names) < 2:
+        raise InputError(f"labels file {url} needs a path column and a label column; got columns {names}")
+    key = next((c for c in KEY_COLUMNS if c in names), names[0])
+    label = next((c for c in LABEL_COLUMNS if c in names and c != key), None)
+    if label is None:
+        label = next(c for c in names if c != key)
+    keys = table.column(key).to_pylist()
+    values = table.column(label).to_pylist()
+    return {str(k): str(v) for k, v in zip(keys, values, strict=True) if k is not None and v is not None}
+
+
+@functools.lru_cache(maxsize=4)
+def _cached(url: str, options_json: str) -> dict[str, str]:
+    return read_labels(url, json.loads(options_json))
+
+
+def cached_labels(url: str, storage_options: dict[str, Any] | None = None) -> dict[str, str]:
+    """:func:`read_labels`, read once per process (decode tasks of many shards share it)."""
+    return _cached(url, json.dumps(storage_options or {}, sort_keys=True, default=str))
+
+
+def lookup(labels: dict[str, str], image_id: str, source: str) -> str | None:
+    """The label of one image: by id (relative path), else by full URL."""
+    found = labels.get(image_id)
+    return found if found is not None else labels.get(source)
+
+
+__all__ = ["cached_labels", "lookup", "read_labels"]

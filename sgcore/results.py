@@ -1,0 +1,241 @@
+"""Reading a job's results: a pyarrow dataset, maps as numpy arrays, overlays.
+
+    from sgcore.results import open_results, load_maps, overlay
+
+    ds = open_results("s3://bucket/maps")              # pyarrow.dataset.Dataset
+    df = ds.to_table(filter=pc.field("status") == "ok").to_pandas()
+    maps = load_maps("s3://bucket/maps", image_ids=df.image_id[:10])   # id -> (H, W) float32
+    overlay(df.iloc[0]).save("first.png")               # the map over the original image
+
+The output layout (DESIGN.md contract 5): ``part-<shard>.parquet`` files, and
+with ``--format npz`` the maps in ``maps/part-<shard>.npz`` keyed by
+``image_id``; ``_manifest.json`` and ``_SUCCESS`` are not data and are left out.
+"""
+
+from __future__ import annotations
+
+import io
+import posixpath
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as pads
+from PIL import Image, ImageOps
+
+from sgcore.errors import InputError
+from sgcore.io import join, read_bytes, read_source, url_to_fs
+from sgcore.io._fs import is_local
+from sgcore.io.decode import _to_rgb
+
+_GEOMETRY = ("orig_height", "orig_width", "resized_height", "resized_width", "crop_top", "crop_left")
+
+
+def _part_paths(url: str, storage_options: dict[str, Any] | None) -> tuple[Any, list[str]]:
+    fs, path = url_to_fs(url, storage_options)
+    root = path.rstrip("/")
+    try:
+        parts = sorted(p for p in fs.glob(f"{root}/part-*.parquet"))
+    except FileNotFoundError:
+        parts = []
+    if not parts:
+        raise InputError(f"no part-*.parquet files under {url}; is it a results directory?")
+    return fs, parts
+
+
+def open_results(url: str, storage_options: dict[str, Any] | None = None) -> pads.Dataset:
+    """The result rows under ``url`` as a :class:`pyarrow.dataset.Dataset`.
+
+    Only ``part-*.parquet`` files are included, so ``_manifest.json``,
+    ``_SUCCESS`` and ``maps/`` never get in the way; rows stream part by part.
+
+    Raises:
+        InputError: ``url`` holds no parts.
+    """
+    fs, parts = _part_paths(url, storage_options)
+    if is_local(fs):
+        return pads.dataset(parts, format="parquet")
+    from pyarrow.fs import FSSpecHandler, PyFileSystem
+
+    return pads.dataset(parts, format="parquet", filesystem=PyFileSystem(FSSpecHandler(fs)))
+
+
+def load_maps(
+    results: str | pads.Dataset | pa.Table,
+    image_ids: Iterable[str] | None = None,
+    *,
+    full: bool = False,
+    storage_options: dict[str, Any] | None = None,
+) -> dict[str, np.ndarray]:
+    """The maps of ``ok`` rows as float32 numpy arrays, keyed by ``image_id``.
+
+    Args:
+        results: a results URL, or a dataset/table from :func:`open_results`
+            (npz results need the URL, to find ``maps/``).
+        image_ids: only these (default: every ``ok`` row).
+        full: the per-channel ``(C, H, W)`` maps of ``--store-full`` instead of
+            the ``(H, W)`` ones.
+        storage_options: fsspec options for a URL.
+
+    Raises:
+        InputError: ``full`` without ``--store-full`` maps, an id that has no map,
+            or npz results given as a table.
+    """
+    url = results if isinstance(results, str) else None
+    if isinstance(results, str):
+        results = open_results(results, storage_options)
+    wanted = None if image_ids is None else list(dict.fromkeys(str(i) for i in image_ids))
+    column = "saliency_full" if full else "saliency"
+    names = results.schema.names
+    flt = pc.field("status") == "ok"
+    if wanted is not None:
+        flt = flt & pc.field("image_id").isin(wanted)
+    if column in names:
+        table = _select(results, ["image_id", column], flt)
+        ids = table.column("image_id").to_pylist()
+        arr = table.column(column).combine_chunks()
+        stack = arr.to_numpy_ndarray() if len(arr) else np.zeros((0,), np.float16)
+        out = {i: stack[k].astype(np.float32) for k, i in enumerate(ids)}
+    elif "map_key" in names:
+        if url is None:
+            raise InputError("npz results: pass the results URL to load_maps, not a table")
+        table = _select(results, ["image_id", "shard", "map_key"], flt)
+        out = _npz_maps(url, table, full=full, storage_options=storage_options)
+    else:
+        raise InputError(f"results have no {column!r} column; was the job run with --store-full?")
+    if wanted is not None:
+        missing = [i for i in wanted if i not in out]
+        if missing:
+            raise InputError(f"no map for image_id(s) {missing[:5]} (not in the results, or status error)")
+        return {i: out[i] for i in wanted}
+    return out
+
+
+def _select(results: pads.Dataset | pa.Table, columns: list[str], flt: Any) -> pa.Table:
+    if isinstance(results, pa.Table):
+        return results.filter(flt).select(columns)
+    return results.to_table(columns=columns, filter=flt)
+
+
+def _npz_maps(url: str, table: pa.Table, *, full: bool,
+              storage_options: dict[str, Any] | None) -> dict[str, np.ndarray]:
+    out: dict[str, np.ndarray] = {}
+    fs, _ = url_to_fs(url, storage_options)
+    by_shard: dict[str, list[str]] = {}
+    for sid, key in zip(table.column("shard").to_pylist(), table.column("map_key").to_pylist(), strict=True):
+        if key is not None:
+            by_shard.setdefault(sid, []).append(key)
+    for sid, keys in sorted(by_shard.items()):
+        npz_url = join(url, "maps", f"part-{sid}.npz")
+        _, path = url_to_fs(npz_url, storage_options)
+        with np.load(io.BytesIO(read_bytes(fs, path, url=npz_url))) as z:
+            for key in keys:
+                name = f"{key}/full" if full else key
+                if name not in z.files:
+                    raise InputError(f"{npz_url} has no map {name!r}; was the job run with --store-full?")
+                out[key] = z[name].astype(np.float32)
+    return out
+
+
+def overlay(
+    row: Mapping[str, Any] | Any,
+    *,
+    saliency: np.ndarray | None = None,
+    image: Image.Image | bytes | None = None,
+    alpha: float = 0.5,
+    storage_options: dict[str, Any] | None = None,
+) -> Image.Image:
+    """The row's map laid over its original input image, at the original size.
+
+    The geometry columns say where the map sits: map pixel (r, c) covers resized
+    pixel (r + crop_top, c + crop_left), and the resized image scales back onto
+    the original by ``orig / resized``. Areas outside the centre crop have no
+    map and show the image alone.
+
+    Args:
+        row: one result row (a dict, a pandas Series or a ``pyarrow`` row dict)
+            with ``source``, ``saliency`` (unless given), ``map_height``,
+            ``map_width`` and the geometry columns.
+        saliency: the ``(H, W)`` map, when the row does not hold it (npz results).
+        image: the original image (or its bytes), else read from ``source``.
+        alpha: opacity of the heat map where the map is strongest.
+        storage_options: fsspec options for reading ``source``.
+
+    Returns:
+        An RGB :class:`PIL.Image.Image` of size (orig_width, orig_height).
+
+    Raises:
+        ValueError: an error row, a missing map or geometry, or ``alpha`` out of [0, 1].
+    """
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha must be in [0, 1]; got {alpha}")
+    get = row.get if hasattr(row, "get") else (lambda k, d=None: getattr(row, k, d))
+    if get("status") not in (None, "ok"):
+        raise ValueError(f"row {get('image_id')!r} is an error row ({get('error')}); it has no map")
+    geo = {k: get(k) for k in _GEOMETRY}
+    if any(v is None or (isinstance(v, float) and np.isnan(v)) for v in geo.values()):
+        raise ValueError(f"row {get('image_id')!r} lacks the geometry columns {', '.join(_GEOMETRY)}")
+    geo = {k: int(v) for k, v in geo.items()}
+    h, w = int(get("map_height")), int(get("map_width"))
+    m = saliency if saliency is not None else get("saliency")
+    if m is None:
+        raise ValueError(f"row {get('image_id')!r} has no saliency; pass saliency= (npz results)")
+    m = np.asarray(m, dtype=np.float32).reshape(h, w)
+
+    if image is None:
+        image = read_source(str(get("source")), storage_options)
+    if isinstance(image, (bytes, bytearray)):
+        with Image.open(io.BytesIO(image)) as img:
+            img.load()
+            base = _to_rgb(ImageOps.exif_transpose(img))
+    else:
+        base = _to_rgb(image)
+    if base.size != (geo["orig_width"], geo["orig_height"]):
+        raise ValueError(
+            f"image is {base.size[0]}x{base.size[1]} but the row says "
+            f"{geo['orig_width']}x{geo['orig_height']}; wrong image for {get('image_id')!r}?"
+        )
+
+    # Map -> resized canvas (NaN outside the crop) -> original size.
+    canvas = np.zeros((geo["resized_height"], geo["resized_width"]), np.float32)
+    cover = np.zeros_like(canvas)
+    t, left = geo["crop_top"], geo["crop_left"]
+    r0, c0 = max(t, 0), max(left, 0)
+    r1, c1 = min(t + h, canvas.shape[0]), min(left + w, canvas.shape[1])
+    if r1 > r0 and c1 > c0:
+        canvas[r0:r1, c0:c1] = m[r0 - t : r1 - t, c0 - left : c1 - left]
+        cover[r0:r1, c0:c1] = 1.0
+    size = (geo["orig_width"], geo["orig_height"])
+    heat = np.asarray(Image.fromarray(canvas, mode="F").resize(size, Image.Resampling.BILINEAR))
+    mask = np.asarray(Image.fromarray(cover, mode="F").resize(size, Image.Resampling.NEAREST))
+    top = float(np.abs(heat).max(initial=0.0))
+    norm = np.abs(heat) / top if top > 0 else np.zeros_like(heat)
+    colour = _heat_colours(norm)
+    weight = (alpha * norm * mask)[..., None]
+    pixels = np.asarray(base, dtype=np.float32)
+    out = pixels * (1.0 - weight) + colour * weight
+    return Image.fromarray(out.clip(0, 255).astype(np.uint8), mode="RGB")
+
+
+def _heat_colours(x: np.ndarray) -> np.ndarray:
+    """A black-red-yellow-white ramp ("hot"), (H, W) in [0, 1] -> (H, W, 3) in [0, 255]."""
+    r = np.clip(3.0 * x, 0, 1)
+    g = np.clip(3.0 * x - 1.0, 0, 1)
+    b = np.clip(3.0 * x - 2.0, 0, 1)
+    return np.stack([r, g, b], axis=-1) * 255.0
+
+
+def read_rows(url: str, storage_options: dict[str, Any] | None = None, **kwargs: Any) -> pa.Table:
+    """All rows as one table (small results; for big ones filter :func:`open_results`)."""
+    return open_results(url, storage_options).to_table(**kwargs)
+
+
+def part_files(url: str, storage_options: dict[str, Any] | None = None) -> list[str]:
+    """URLs of the committed part files, sorted."""
+    fs, parts = _part_paths(url, storage_options)
+    return [join(url, posixpath.basename(p)) for p in parts]
+
+
+__all__ = ["load_maps", "open_results", "overlay", "part_files", "read_rows"]

@@ -1,0 +1,60 @@
+"""The HTML report: encoding, and rendering in a real headless Chromium."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from sgcore.audit import plots
+from sgcore.audit.report import Report, write_report
+
+
+def _demo_report() -> tuple[Report, dict]:
+    r = Report(title="Test <report>", subtitle="a & b")
+    s = r.section("Numbers")
+    s.text("Some <b>text</b> that must be escaped.")
+    s.table([{"name": "circle", "value": 0.5, "missing": None}, {"name": "square", "value": float("nan")}])
+    grid = np.random.default_rng(0).random((3, 16, 16))
+    s.figure("maps", plots.map_grid(list(grid), ["a", "b", "c"]), "three maps")
+    steps = [{"layer": "fc", "spearman_abs": 0.4, "spearman_signed": 0.1, "ssim": 0.3},
+             {"layer": "conv", "spearman_abs": 0.1, "spearman_signed": 0.0, "ssim": 0.1}]
+    r.section("Sanity").figure("sanity", plots.sanity_curve(steps), "curve")
+    return r, {"value": np.float32(0.5), "nan": float("nan"), "list": [np.int64(3)]}
+
+
+def test_report_files_and_escaping() -> None:
+    r, summary = _demo_report()
+    files = r.files(summary)
+    assert set(files) == {"index.html", "summary.json", "img/maps.png", "img/sanity.png"}
+    page = files["index.html"].decode()
+    assert "Some &lt;b&gt;text&lt;/b&gt;" in page and "<b>text" not in page
+    assert "<title>Test &lt;report&gt;</title>" in page
+    assert '<img src="img/maps.png"' in page and '<img src="img/sanity.png"' in page
+    assert "<td>0.500</td>" in page and "<td>nan</td>" in page
+    assert json.loads(files["summary.json"]) == {"value": 0.5, "nan": None, "list": [3]}
+    assert all(files[k].startswith(b"\x89PNG") for k in files if k.endswith(".png"))
+
+
+def test_figure_errors() -> None:
+    s = Report(title="t").section("s")
+    with pytest.raises(ValueError, match=r"figure name must be letters, digits, '_', '.' or '-'; got '../x'"):
+        s.figure("../x", b"\x89PNG", "c")
+    with pytest.raises(ValueError, match=r"figure 'x' must be PNG bytes; got b'GIF89a'"):
+        s.figure("x", b"GIF89a", "c")
+
+
+def test_attachment_errors() -> None:
+    with pytest.raises(ValueError, match="attachment name must be a plain file name; got 'summary.json'"):
+        Report(title="t").attach("summary.json", b"{}")
+
+
+def test_write_report_to_memory_filesystem() -> None:
+    import fsspec
+
+    r, summary = _demo_report()
+    written = write_report("memory://reports/r1", r, summary)
+    assert written[0] == "memory://reports/r1/index.html"
+    fs = fsspec.filesystem("memory")
+    assert fs.cat_file("/reports/r1/img/maps.png").startswith(b"\x89PNG")

@@ -1,0 +1,109 @@
+"""Cascading model-parameter randomization (Adebayo et al. 2018)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from sgcore.audit.metrics import spearman
+from sgcore.audit.sanity import (
+    MapSettings,
+    cascading_randomization,
+    randomization_order,
+    randomize_layer,
+)
+
+EXACT = MapSettings(n_samples=1, noise_level=0.0)
+
+
+class HeadFirst(nn.Module):
+    """Declares the head before the body: the order must follow the forward pass."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.head = nn.Linear(8, 3)
+        self.body = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(),
+                                  nn.Conv2d(4, 8, 3, padding=1), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.body(x))
+
+
+def test_randomization_order_follows_forward_pass_top_first() -> None:
+    model = HeadFirst().eval()
+    order = randomization_order(model, torch.zeros(2, 3, 12, 12))
+    assert order == ["head", "body.3", "body.0"]  # BatchNorm keeps its parameters
+
+
+def test_randomize_layer_is_seeded_and_changes_weights() -> None:
+    a, b = nn.Conv2d(3, 4, 3), nn.Conv2d(3, 4, 3)
+    before = a.weight.detach().clone()
+    randomize_layer(a, torch.Generator().manual_seed(5))
+    randomize_layer(b, torch.Generator().manual_seed(5))
+    assert not torch.equal(a.weight, before)
+    assert torch.equal(a.weight, b.weight) and torch.equal(a.bias, b.bias)
+    bound = 1 / np.sqrt(3 * 3 * 3)
+    assert float(a.weight.detach().abs().max()) <= bound
+
+
+def test_randomize_layer_rejects_norm_layers() -> None:
+    with pytest.raises(ValueError, match="module must have a weight of 2 or more dimensions; got BatchNorm2d"):
+        randomize_layer(nn.BatchNorm2d(3), torch.Generator())
+
+
+def test_linear_model_hand_case() -> None:
+    """For logits = W x the gradient map of class c is W[c]: the cascade's numbers are known."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 12 * 12, 4)).eval()
+    x = torch.randn(2, 3, 12, 12)
+    targets = torch.tensor([1, 3])
+    res = cascading_randomization(model, x, targets, settings=EXACT, seed=7)
+    assert res.layers == ["1"]
+    # Rebuild the random weights the cascade drew (seed 7, step 0) and the maps by hand.
+    twin = nn.Linear(3 * 12 * 12, 4)
+    randomize_layer(twin, torch.Generator().manual_seed(7 * 1_000_003))
+    for i, c in enumerate(targets.tolist()):
+        trained = model[1].weight[c].view(3, 12, 12).detach().numpy()
+        rand = twin.weight[c].view(3, 12, 12).detach().numpy()
+        assert res.spearman_abs[0, i] == pytest.approx(spearman(np.abs(trained).sum(0), np.abs(rand).sum(0)))
+        assert res.spearman_signed[0, i] == pytest.approx(spearman(trained.sum(0), rand.sum(0)))
+    # Independent random weights: no rank agreement left.
+    assert np.all(np.abs(res.spearman_signed) < 0.3)
+
+
+def test_cascade_leaves_the_model_alone_and_is_deterministic() -> None:
+    torch.manual_seed(1)
+    model = HeadFirst().eval()
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    x = torch.randn(3, 3, 12, 12)
+    t = torch.tensor([0, 1, 2])
+    settings = MapSettings(n_samples=4, noise_level=0.1)
+    seeds = torch.tensor([1, 2, 3])
+    a = cascading_randomization(model, x, t, settings=settings, seeds=seeds, seed=3)
+    b = cascading_randomization(model, x, t, settings=settings, seeds=seeds, seed=3)
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, state[k])
+    assert a.spearman_abs.shape == (3, 3) and a.ssim.shape == (3, 3)
+    np.testing.assert_array_equal(a.spearman_abs, b.spearman_abs)
+    np.testing.assert_array_equal(a.ssim, b.ssim)
+    # Chunking images differently gives the same numbers (per-image seeds).
+    c = cascading_randomization(model, x[:1], t[:1], settings=settings, seeds=seeds[:1], seed=3)
+    np.testing.assert_allclose(c.spearman_abs[:, 0], a.spearman_abs[:, 0], atol=1e-9)
+
+
+def test_cascade_errors() -> None:
+    model = nn.Sequential(nn.Flatten(), nn.Linear(12, 2))
+    x = torch.zeros(1, 3, 2, 2)
+    with pytest.raises(ValueError, match=r"layers must name modules of the model; got unknown \['nope'\]"):
+        cascading_randomization(model, x, torch.tensor([0]), settings=EXACT, layers=["nope"])
+    with pytest.raises(ValueError, match="model has no weight layers to randomize"):
+        cascading_randomization(nn.Sequential(nn.Flatten()), x, torch.tensor([0]), settings=EXACT)
+
+
+def test_map_settings_errors() -> None:
+    with pytest.raises(ValueError, match=r"noise_level must be in \[0, 1\]; got 1.5"):
+        MapSettings(noise_level=1.5)
+    with pytest.raises(ValueError, match="n_samples must be a positive integer; got 0"):
+        MapSettings(n_samples=0)

@@ -1,0 +1,114 @@
+"""sgcore.results: results as a pyarrow dataset, maps as numpy, overlays at the original size."""
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from sgcore.errors import InputError
+from sgcore.io import decode_image, encode_part, join, write_bytes, write_manifest, write_success
+from sgcore.results import load_maps, open_results, overlay
+from tests.io.datasets import encode
+
+
+def _square_image(h=90, w=120):
+    """A black image with a white square at rows 30:60, cols 45:75."""
+    arr = np.zeros((h, w, 3), np.uint8)
+    arr[30:60, 45:75] = 255
+    return encode(Image.fromarray(arr))
+
+
+def _row(image_id, source, data, *, crop=32, full=False):
+    arr, geo = decode_image(data, resize_size=crop, crop_size=crop)
+    sal = arr[..., 0].astype(np.float32) / 255.0  # the map: bright where the square is
+    row = {"image_id": image_id, "source": source, "shard": "00000", "status": "ok", "error": None,
+           "map_height": crop, "map_width": crop, "saliency": sal,
+           **{k: getattr(geo, k) for k in ("orig_height", "orig_width", "resized_height",
+                                            "resized_width", "crop_top", "crop_left")}}
+    if full:
+        row["saliency_full"] = np.stack([sal, sal / 2, sal / 4])
+    return row
+
+
+def _write_results(tmp_path, fmt="parquet", full=False):
+    src = tmp_path / "in"
+    src.mkdir()
+    (src / "sq.png").write_bytes(_square_image())
+    (src / "other.png").write_bytes(_square_image(60, 60))
+    rows = [_row("sq.png", str(src / "sq.png"), _square_image(), full=full),
+            _row("other.png", str(src / "other.png"), _square_image(60, 60), full=full),
+            {"image_id": "bad.png", "source": str(src / "bad.png"), "shard": "00000",
+             "status": "error", "error": "cannot decode image", "map_height": 32, "map_width": 32}]
+    out = str(tmp_path / "out")
+    parquet, npz = encode_part(rows, map_shape=(32, 32), metadata={}, fmt=fmt,
+                               channels=3 if full else None)
+    if npz is not None:
+        write_bytes(join(out, "maps", "part-00000.npz"), npz)
+    write_bytes(join(out, "part-00000.parquet"), parquet)
+    write_manifest(out, {"status": "complete"})
+    write_success(out)
+    return out, rows
+
+
+def test_open_results_is_a_dataset_without_the_manifest(tmp_path):
+    out, rows = _write_results(tmp_path)
+    ds = open_results(out)
+    assert ds.count_rows() == 3
+    assert [f.rsplit("/", 1)[-1] for f in ds.files] == ["part-00000.parquet"]
+    df = ds.to_table().to_pandas()
+    assert list(df.status) == ["ok", "ok", "error"]
+
+
+@pytest.mark.parametrize("fmt", ["parquet", "npz"])
+def test_load_maps_in_both_formats_equal_the_written_maps(tmp_path, fmt):
+    out, rows = _write_results(tmp_path, fmt=fmt, full=True)
+    maps = load_maps(out)
+    assert sorted(maps) == ["other.png", "sq.png"]
+    np.testing.assert_allclose(maps["sq.png"], rows[0]["saliency"], atol=1e-3)  # float16 storage
+    assert maps["sq.png"].dtype == np.float32
+    full = load_maps(out, ["sq.png"], full=True)
+    assert full["sq.png"].shape == (3, 32, 32)
+    with pytest.raises(InputError, match=r"no map for image_id\(s\) \['bad.png'\]"):
+        load_maps(out, ["bad.png"])
+
+
+def test_load_maps_needs_store_full_for_full_maps(tmp_path):
+    out, _ = _write_results(tmp_path)
+    with pytest.raises(InputError, match="no 'saliency_full' column; was the job run with --store-full"):
+        load_maps(out, full=True)
+    with pytest.raises(InputError, match=r"no part-\*.parquet files under .*; is it a results directory"):
+        open_results(str(tmp_path))
+
+
+def test_overlay_lays_the_map_exactly_onto_the_original(tmp_path):
+    out, _ = _write_results(tmp_path)
+    df = open_results(out).to_table().to_pandas()
+    row = df[df.image_id == "sq.png"].iloc[0]
+    img = overlay(row, alpha=1.0)
+    assert img.size == (120, 90) and img.mode == "RGB"
+    arr = np.asarray(img).astype(int)
+    assert (arr[33:57, 48:72] > 200).all(axis=-1).mean() > 0.9  # the square's peak is white-hot
+    ys, xs = np.nonzero(arr[..., 0] > 128)
+    assert ys.min() >= 28 and ys.max() <= 61 and xs.min() >= 43 and xs.max() <= 76
+    assert arr[:25].max() == 0 and arr[:, :40].max() == 0  # no map there: the black image alone
+
+
+def test_overlay_refuses_error_rows_and_bad_arguments(tmp_path):
+    out, _ = _write_results(tmp_path)
+    rows = {r["image_id"]: r for r in open_results(out).to_table().to_pylist()}
+    with pytest.raises(ValueError, match=r"row 'bad.png' is an error row \(cannot decode image\)"):
+        overlay(rows["bad.png"])
+    with pytest.raises(ValueError, match=r"alpha must be in \[0, 1\]; got 1.5"):
+        overlay(rows["sq.png"], alpha=1.5)
+    with pytest.raises(ValueError, match=r"image is 60x60 but the row says 120x90"):
+        overlay(rows["sq.png"], image=Image.new("RGB", (60, 60)))
+    no_map = {**rows["sq.png"], "saliency": None}
+    with pytest.raises(ValueError, match=r"has no saliency; pass saliency="):
+        overlay(no_map)
+    assert overlay(no_map, saliency=np.ones((32, 32))).size == (120, 90)
+
+
+def test_pandas_reads_the_directory_directly(tmp_path):
+    out, _ = _write_results(tmp_path)
+    df = pd.read_parquet(out)  # _manifest.json and _SUCCESS are skipped by their "_" prefix
+    assert len(df) == 3 and df.saliency[0].reshape(32, 32).shape == (32, 32)
