@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.sgcore-installed
 
-.PHONY: run test lint bench clean install
+.PHONY: run test test-all lint bench audit clean install
 
 install: $(STAMP)
 
@@ -19,7 +19,11 @@ $(STAMP): pyproject.toml | $(PY)
 run: $(STAMP)
 	$(PY) -m jobs.smoothgrad
 
+# CI runs everything but the tests marked slow; `make test-all` runs those too.
 test: $(STAMP)
+	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
+
+test-all: $(STAMP)
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 lint: $(STAMP)
@@ -30,3 +34,6 @@ bench: $(STAMP)
 
 clean:
 	rm -rf outputs .pytest_cache .ruff_cache
+
+audit: $(STAMP)
+	$(PY) -m jobs.audit

@@ -106,7 +106,7 @@ def run_job(config: JobConfig) -> JobResult:
     shards = plan_shards(
         config.input, shard_size=config.shard_size, limit=config.limit,
         input_format=config.input_format, image_column=config.image_column,
-        label_column=config.label_column, id_column=getattr(config, "id_column", None),
+        label_column=config.label_column, id_column=config.id_column,
         labels=config.labels, storage_options=config.storage_options,
     )
     chash = config.config_hash()
