@@ -14,9 +14,18 @@ _LAZY = {
     "smoothgrad": "sgcore.attribution",
     "reduce_channels": "sgcore.attribution",
     "clip_percentile": "sgcore.attribution",
+    "prepare_model": "sgcore.attribution",
 }
 
-__all__ = ["ConfigError", "InputError", "__version__", "clip_percentile", "reduce_channels", "smoothgrad"]
+__all__ = [
+    "ConfigError",
+    "InputError",
+    "__version__",
+    "clip_percentile",
+    "prepare_model",
+    "reduce_channels",
+    "smoothgrad",
+]
 
 
 def __getattr__(name: str) -> Any:

@@ -18,7 +18,7 @@ OUTPUT_FORMATS = ("parquet", "npz")
 TARGETS = ("predicted", "label")
 AGGREGATES = ("mean", "square", "var")
 BASES = ("gradient", "input_x_gradient", "integrated_gradients", "guided_backprop")
-PRECISIONS = ("fp32", "bf16", "fp16")
+PRECISIONS = ("fp32", "tf32", "bf16", "fp16")
 NOISES = ("gaussian", "antithetic", "sobol")
 REDUCTIONS = ("abs_sum", "sum", "max_abs")
 
@@ -73,7 +73,7 @@ class JobConfig:
     noise: str = "gaussian"
     aggregate: str = "mean"
     base: str = "gradient"
-    ig_steps: int = 16
+    ig_steps: int = 32
     precision: str = "fp32"
     reduction: str = "abs_sum"
     seed: int = 0

@@ -16,6 +16,13 @@ def reduce_channels(maps: torch.Tensor, how: Reduction = "abs_sum") -> torch.Ten
     ``abs_sum`` is the paper's grayscale view (sum of absolute values over
     colour channels); ``sum`` keeps the sign; ``max_abs`` takes the channel of
     largest magnitude.
+
+    Args:
+        maps: ``(B, C, H, W)`` attributions.
+        how: ``"abs_sum"``, ``"sum"`` or ``"max_abs"``.
+
+    Returns:
+        ``(B, H, W)`` tensor of the dtype of ``maps``.
     """
     if not isinstance(maps, torch.Tensor) or maps.dim() != 4:
         got = tuple(maps.shape) if isinstance(maps, torch.Tensor) else type(maps).__name__
@@ -39,7 +46,16 @@ def clip_percentile(maps: torch.Tensor, q: float = 99.0, *, signed: bool = False
     Args:
         maps: ``(B, H, W)`` or ``(H, W)`` tensor.
         q: percentile in (0, 100].
+        signed: keep the sign (diverging view) instead of the magnitude.
+
+    Returns:
+        float32 tensor of the shape of ``maps``.
     """
+    if not isinstance(maps, torch.Tensor) or maps.dim() not in (2, 3):
+        got = tuple(maps.shape) if isinstance(maps, torch.Tensor) else type(maps).__name__
+        raise ValueError(f"maps must be a tensor of shape (B, H, W) or (H, W); got {got}")
+    if isinstance(q, bool) or not isinstance(q, (int, float)):
+        raise TypeError(f"q must be a float; got {type(q).__name__}")
     if not 0.0 < q <= 100.0:
         raise ValueError(f"q must be in (0, 100]; got {q}")
     single = maps.dim() == 2

@@ -4,7 +4,8 @@
 
 σ is taken per image over its whole model-input tensor, as the paper and the
 authors' library do. The noisy copies of all images in a call go through the
-model as one expanded batch, cut into chunks of at most ``max_batch`` samples.
+model as one expanded batch of rows (image × sample × integration step), cut
+into chunks of at most ``max_batch`` rows. Only input gradients are computed.
 """
 
 from __future__ import annotations
@@ -16,18 +17,38 @@ from typing import Literal
 import torch
 from torch import nn
 
-from sgcore.attribution._noise import standard_noise
+from sgcore.attribution._bases import (
+    guided_relu_hooks,
+    integration_rule,
+    prefers_channels_last,
+)
+from sgcore.attribution._noise import NOISE_KINDS, standard_noise
 
 Aggregate = Literal["mean", "square", "var"]
-Base = Literal["gradient", "input_x_gradient"]
-Precision = Literal["fp32", "bf16"]
+Base = Literal["gradient", "input_x_gradient", "integrated_gradients", "guided_backprop"]
+Precision = Literal["fp32", "tf32", "bf16", "fp16"]
+Noise = Literal["gaussian", "antithetic", "sobol"]
 
 AGGREGATES: tuple[str, ...] = ("mean", "square", "var")
-BASES: tuple[str, ...] = ("gradient", "input_x_gradient")
-PRECISIONS: tuple[str, ...] = ("fp32", "bf16")
+BASES: tuple[str, ...] = (
+    "gradient",
+    "input_x_gradient",
+    "integrated_gradients",
+    "guided_backprop",
+)
+PRECISIONS: tuple[str, ...] = ("fp32", "tf32", "bf16", "fp16")
+NOISES: tuple[str, ...] = NOISE_KINDS
 
-# Upper bound on samples per forward pass when the caller gives none.
-_CPU_SAMPLE_BUDGET = 2**23  # float32 input elements per chunk on the CPU
+# Upper bound on rows per forward pass on the CPU when the caller gives none:
+# float32 input elements per chunk (32 MiB of input; activations are ~100x).
+_CPU_ELEMENT_BUDGET = 2**23
+_CPU_MAX_ROWS = 256
+_CUDA_MAX_ROWS = 1024
+# Activations of a deep CNN take roughly 100–300× the input per sample.
+_CUDA_BYTES_PER_INPUT_BYTE = 300
+# fp16 gradients underflow below ~6e-8; the score is scaled up before the
+# backward pass and the gradient scaled back in float32.
+_FP16_GRAD_SCALE = 1024.0
 
 
 def smoothgrad(
@@ -42,14 +63,22 @@ def smoothgrad(
     seeds: torch.Tensor | None = None,
     precision: Precision = "fp32",
     max_batch: int | None = None,
+    noise: Noise = "gaussian",
+    ig_steps: int = 32,
+    ig_baseline: float | torch.Tensor = 0.0,
 ) -> torch.Tensor:
     """SmoothGrad maps for a batch of images.
+
+    Smilkov et al. 2017 ("SmoothGrad: removing noise by adding noise",
+    arXiv:1706.03825) average a base sensitivity map over noisy copies of the
+    input; SmoothGrad² averages its square and VarGrad (Adebayo et al. 2018,
+    arXiv:1810.03307) takes its variance.
 
     Args:
         model: classifier returning logits ``(N, num_classes)``. Run it in the
             mode you want (``eval()`` for batch-independent maps); the kernel
-            leaves its mode, parameters, ``requires_grad`` flags and ``.grad``
-            exactly as they were.
+            leaves its mode, parameters, ``requires_grad`` flags, ``.grad`` and
+            hooks exactly as they were.
         images: ``(B, C, H, W)`` float tensor in model-input space (after
             normalization). Never modified.
         targets: ``(B,)`` integer class indices whose score ``S_c`` is explained.
@@ -58,17 +87,39 @@ def smoothgrad(
             0 returns the base attribution exactly.
         aggregate: ``"mean"`` (SmoothGrad), ``"square"`` (mean of squares,
             SmoothGrad²) or ``"var"`` (VarGrad, never negative).
-        base: sensitivity map that is smoothed: ``"gradient"`` (∂S_c/∂x) or
-            ``"input_x_gradient"`` ((x+ε) ⊙ ∂S_c/∂x at the noisy point).
+        base: sensitivity map that is smoothed, evaluated at each noisy point
+            ``x̃ = x + ε``: ``"gradient"`` (∂S_c/∂x̃, Simonyan et al. 2014),
+            ``"input_x_gradient"`` (x̃ ⊙ ∂S_c/∂x̃, Shrikumar et al. 2016),
+            ``"integrated_gradients"`` ((x̃ − x') ⊙ ∫₀¹ ∂S_c/∂x(x' + α(x̃ − x')) dα,
+            Sundararajan et al. 2017, arXiv:1703.01365; the SmoothGrad paper
+            smooths IG too) or ``"guided_backprop"`` (gradient with negative
+            gradients zeroed at every ``nn.ReLU`` module, Springenberg et al.
+            2015, arXiv:1412.6806; functional ReLUs are not seen).
         seeds: ``(B,)`` integer seed per image; the map of an image depends only
             on its own seed, never on its batch neighbours or on ``max_batch``.
             None uses seed 0 for every image.
-        precision: ``"fp32"``, or ``"bf16"`` autocast with float32 accumulation.
-        max_batch: at most this many noisy samples per forward pass; None picks
-            a bound from the input size.
+        precision: ``"fp32"`` (strict IEEE float32: TF32 is switched off for
+            the call), ``"tf32"`` (TF32 tensor cores allowed on CUDA; plain
+            float32 elsewhere), ``"bf16"`` or ``"fp16"`` (autocast, with the
+            gradients and all accumulation in float32).
+        max_batch: at most this many model inputs (samples × IG steps) per
+            forward pass; None picks a bound from the free memory. A CUDA
+            out-of-memory error halves the chunk and retries; maps do not
+            depend on the chunk size.
+        noise: ``"gaussian"`` (the paper), ``"antithetic"`` (pairs ε, −ε) or
+            ``"sobol"`` (randomised quasi-Monte Carlo per element); see
+            ``sgcore.attribution._noise``.
+        ig_steps: integration points of ``integrated_gradients``
+            (Gauss–Legendre quadrature on [0, 1], as Captum's default).
+        ig_baseline: the baseline ``x'`` of ``integrated_gradients``: a number,
+            or a tensor broadcastable to ``(B, C, H, W)``.
 
     Returns:
         float32 tensor ``(B, C, H, W)`` on the device of ``images``.
+
+    Raises:
+        TypeError: an argument has the wrong type.
+        ValueError: an argument has a wrong value or shape.
     """
     _check_model(model)
     batch, shape = _check_images(images)
@@ -77,81 +128,209 @@ def smoothgrad(
     _check_choice("aggregate", aggregate, AGGREGATES)
     _check_choice("base", base, BASES)
     _check_choice("precision", precision, PRECISIONS)
+    _check_choice("noise", noise, NOISES)
     n_samples = _check_int("n_samples", n_samples, minimum=1)
     noise_level = _check_noise_level(noise_level)
+    steps = _check_int("ig_steps", ig_steps, minimum=1) if base == "integrated_gradients" else 1
     if max_batch is not None:
         max_batch = _check_int("max_batch", max_batch, minimum=1)
     else:
         max_batch = default_max_batch(images.device, shape)
 
     x = images.detach().to(torch.float32)
+    baseline = (
+        _check_baseline(ig_baseline, x) if base == "integrated_gradients" else None
+    )
     # With no noise every sample is the same point: one sample is the exact
     # base attribution, where averaging n copies would add rounding error.
     n = 1 if noise_level == 0.0 else n_samples
     flat = x.reshape(batch, -1)
     sigma = noise_level * (flat.amax(dim=1) - flat.amin(dim=1))
 
+    plan = _Plan(
+        x=x,
+        sigma=sigma,
+        seeds=seed_list,
+        targets=targets,
+        n=n,
+        noise=noise,
+        base=base,
+        steps=steps,
+        baseline=baseline,
+    )
     acc = _Accumulator(aggregate, batch, shape, x.device)
-    grad_fn = _input_gradient_fn(model, precision, x.device)
-    with _input_gradients_only(model):
-        for pieces, noisy, chunk_targets in _chunks(x, sigma, seed_list, targets, n, max_batch):
-            grads = grad_fn(noisy, chunk_targets)
-            maps = grads * noisy if base == "input_x_gradient" else grads
-            acc.add(pieces, maps)
+    grad_fn = _input_gradient_fn(
+        model, precision, x.device, prefers_channels_last(model), int(targets.max())
+    )
+    hooks = guided_relu_hooks(model) if base == "guided_backprop" else contextlib.nullcontext()
+    with _input_gradients_only(model), _float32_mode(precision, x.device), hooks:
+        _run(plan, acc, grad_fn, max_batch)
     return acc.result()
 
 
 def default_max_batch(device: torch.device, shape: tuple[int, ...]) -> int:
-    """A chunk size that keeps one forward+backward within a sane memory bound."""
+    """A chunk size (model inputs per forward) within a sane memory bound.
+
+    On CUDA it is derived from the free device memory (an out-of-memory error
+    still halves it at run time); on the CPU from a fixed element budget.
+    """
     numel = 1
     for s in shape:
         numel *= s
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
-        # Activations of a deep CNN take roughly 100–300× the input per sample.
-        return max(1, min(1024, int(free // (numel * 4 * 300))))
-    return max(1, min(256, _CPU_SAMPLE_BUDGET // numel))
+        per_row = numel * 4 * _CUDA_BYTES_PER_INPUT_BYTE
+        return max(1, min(_CUDA_MAX_ROWS, int(free // per_row)))
+    return max(1, min(_CPU_MAX_ROWS, _CPU_ELEMENT_BUDGET // numel))
 
 
 # --------------------------------------------------------------------------- #
-# Chunking: the expanded batch (images × samples) in fixed-size pieces.
+# The expanded batch: rows (image i, sample k, step j), r = k · steps + j.
 # --------------------------------------------------------------------------- #
 
 
-def _chunks(
-    x: torch.Tensor,
-    sigma: torch.Tensor,
-    seeds: list[int],
-    targets: torch.Tensor,
-    n: int,
-    max_batch: int,
-) -> Iterator[tuple[list[tuple[int, int, int]], torch.Tensor, torch.Tensor]]:
-    """Yields (pieces, noisy inputs, targets) per chunk of ≤ ``max_batch`` samples.
+class _Plan:
+    """Everything needed to build and fold back the rows of one call."""
 
-    A piece ``(image, start, stop)`` says that rows ``start:stop`` of that
-    image's noise are in the chunk, in order. Each image's noise is drawn once,
-    whole, from its own seed, and sliced across chunks.
-    """
-    shape = tuple(x.shape[1:])
+    def __init__(
+        self,
+        *,
+        x: torch.Tensor,
+        sigma: torch.Tensor,
+        seeds: list[int],
+        targets: torch.Tensor,
+        n: int,
+        noise: str,
+        base: str,
+        steps: int,
+        baseline: torch.Tensor | None,
+    ) -> None:
+        self.x = x
+        self.sigma = sigma
+        self.seeds = seeds
+        self.targets = targets
+        self.n = n
+        self.noise = noise
+        self.base = base
+        self.steps = steps
+        self.baseline = baseline
+        self.rows_per_image = n * steps
+        alphas, weights = integration_rule(steps, device=x.device)
+        self.alphas = alphas
+        self.weights = weights
+        self._noise: dict[int, torch.Tensor] = {}
+
+    def noise_of(self, i: int) -> torch.Tensor:
+        # Drawn whole from the image's own seed, then sliced: chunking cannot
+        # change the noise an image sees.
+        if i not in self._noise:
+            self._noise[i] = standard_noise(
+                self.n, tuple(self.x.shape[1:]), self.seeds[i], device=self.x.device, kind=self.noise
+            )
+        return self._noise[i]
+
+    def release(self, i: int) -> None:
+        self._noise.pop(i, None)
+
+    def noisy(self, i: int, k0: int, k1: int) -> torch.Tensor:
+        """Noisy samples ``k0:k1`` of image ``i``: ``(k1 − k0, C, H, W)``."""
+        return self.x[i].unsqueeze(0) + self.sigma[i] * self.noise_of(i)[k0:k1]
+
+    def rows(self, i: int, r0: int, r1: int) -> torch.Tensor:
+        """Model inputs for rows ``r0:r1`` of image ``i``."""
+        if self.steps == 1:
+            return self.noisy(i, r0, r1)
+        r = torch.arange(r0, r1, device=self.x.device)
+        k0 = r0 // self.steps
+        xt = self.noisy(i, k0, (r1 - 1) // self.steps + 1)[r // self.steps - k0]
+        assert self.baseline is not None
+        ref = self.baseline[i].unsqueeze(0)
+        alpha = self.alphas[r % self.steps].view(-1, *([1] * (xt.dim() - 1)))
+        return ref + alpha * (xt - ref)
+
+
+def _take(plan: _Plan, i: int, r: int, size: int, batch: int) -> list[tuple[int, int, int]]:
+    """Pieces ``(image, r0, r1)`` of the next ``size`` rows from cursor (i, r)."""
     pieces: list[tuple[int, int, int]] = []
-    parts: list[torch.Tensor] = []
-    part_targets: list[torch.Tensor] = []
-    room = max_batch
-    for i in range(x.shape[0]):
-        noise = standard_noise(n, shape, seeds[i], device=x.device)
-        start = 0
-        while start < n:
-            stop = min(n, start + room)
-            pieces.append((i, start, stop))
-            parts.append(x[i].unsqueeze(0) + sigma[i] * noise[start:stop])
-            part_targets.append(targets[i].expand(stop - start))
-            room -= stop - start
-            start = stop
-            if room == 0:
-                yield pieces, torch.cat(parts), torch.cat(part_targets)
-                pieces, parts, part_targets, room = [], [], [], max_batch
-    if pieces:
-        yield pieces, torch.cat(parts), torch.cat(part_targets)
+    while size > 0 and i < batch:
+        stop = min(plan.rows_per_image, r + size)
+        pieces.append((i, r, stop))
+        size -= stop - r
+        i, r = (i + 1, 0) if stop == plan.rows_per_image else (i, stop)
+    return pieces
+
+
+def _run(
+    plan: _Plan,
+    acc: _Accumulator,
+    grad_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    max_batch: int,
+) -> None:
+    batch = plan.x.shape[0]
+    size = max_batch
+    i, r = 0, 0
+    # Integration steps of one sample may straddle chunks: the partial sum of
+    # the open sample (image, sample index, Σ_j w_j g_j) waits here.
+    carry: tuple[int, int, torch.Tensor] | None = None
+    while i < batch:
+        pieces = _take(plan, i, r, size, batch)
+        try:
+            inputs = torch.cat([plan.rows(*p) for p in pieces])
+            row_targets = torch.cat([plan.targets[p[0]].expand(p[2] - p[1]) for p in pieces])
+            grads = grad_fn(inputs, row_targets)
+        except torch.cuda.OutOfMemoryError:
+            if size == 1:
+                raise
+            # Nothing was committed for this chunk: retry it in halves.
+            size = max(1, size // 2)
+            if plan.x.is_cuda:
+                torch.cuda.empty_cache()
+            continue
+        offset = 0
+        for p_i, r0, r1 in pieces:
+            block = grads[offset : offset + r1 - r0]
+            offset += r1 - r0
+            carry = _fold(plan, acc, p_i, r0, r1, block, carry)
+            if r1 == plan.rows_per_image:
+                plan.release(p_i)
+        last_i, _, last_r1 = pieces[-1]
+        i, r = (last_i + 1, 0) if last_r1 == plan.rows_per_image else (last_i, last_r1)
+
+
+def _fold(
+    plan: _Plan,
+    acc: _Accumulator,
+    i: int,
+    r0: int,
+    r1: int,
+    grads: torch.Tensor,
+    carry: tuple[int, int, torch.Tensor] | None,
+) -> tuple[int, int, torch.Tensor] | None:
+    """Turns the gradients of rows ``r0:r1`` of image ``i`` into per-sample maps."""
+    steps = plan.steps
+    if steps == 1:
+        if plan.base == "input_x_gradient":
+            grads = grads * plan.noisy(i, r0, r1)
+        acc.add(i, grads)
+        return None
+    r = torch.arange(r0, r1, device=grads.device)
+    k_first, k_last = r0 // steps, (r1 - 1) // steps
+    w = plan.weights[r % steps].view(-1, *([1] * (grads.dim() - 1)))
+    sums = torch.zeros((k_last - k_first + 1, *grads.shape[1:]), dtype=torch.float32, device=grads.device)
+    sums.index_add_(0, r // steps - k_first, grads * w)
+    if carry is not None and carry[0] == i and carry[1] == k_first:
+        sums[0] += carry[2]
+    carry = None
+    k_stop = k_last + 1
+    if r1 % steps != 0:
+        carry = (i, k_last, sums[-1].clone())
+        sums = sums[:-1]
+        k_stop = k_last
+    if k_stop > k_first:
+        assert plan.baseline is not None
+        delta = plan.noisy(i, k_first, k_stop) - plan.baseline[i].unsqueeze(0)
+        acc.add(i, sums * delta)
+    return carry
 
 
 class _Accumulator:
@@ -167,23 +346,20 @@ class _Accumulator:
         self.mean = torch.zeros((batch, *shape), dtype=torch.float32, device=device)
         self.m2 = torch.zeros_like(self.mean) if aggregate == "var" else None
 
-    def add(self, pieces: list[tuple[int, int, int]], maps: torch.Tensor) -> None:
-        offset = 0
-        for i, start, stop in pieces:
-            block = maps[offset : offset + stop - start]
-            offset += stop - start
-            n_b = stop - start
-            if self.aggregate == "square":
-                block = block * block
-            mean_b = block.mean(dim=0)
-            n_a = self.count[i]
-            total = n_a + n_b
-            delta = mean_b - self.mean[i]
-            if self.m2 is not None:
-                m2_b = (block - mean_b).square().sum(dim=0)
-                self.m2[i] += m2_b + delta.square() * (n_a * n_b / total)
-            self.mean[i] += delta * (n_b / total)
-            self.count[i] = total
+    def add(self, i: int, block: torch.Tensor) -> None:
+        """Merges per-sample maps ``(m, C, H, W)`` of image ``i``."""
+        n_b = block.shape[0]
+        if self.aggregate == "square":
+            block = block * block
+        mean_b = block.mean(dim=0)
+        n_a = self.count[i]
+        total = n_a + n_b
+        delta = mean_b - self.mean[i]
+        if self.m2 is not None:
+            m2_b = (block - mean_b).square().sum(dim=0)
+            self.m2[i] += m2_b + delta.square() * (n_a * n_b / total)
+        self.mean[i] += delta * (n_b / total)
+        self.count[i] = total
 
     def result(self) -> torch.Tensor:
         if self.m2 is not None:
@@ -211,29 +387,55 @@ def _input_gradients_only(model: nn.Module) -> Iterator[None]:
             p.requires_grad_(flag)
 
 
+@contextlib.contextmanager
+def _float32_mode(precision: str, device: torch.device) -> Iterator[None]:
+    """Strict float32 (TF32 off) for ``fp32``, TF32 allowed for ``tf32``; restored after."""
+    if device.type != "cuda" or precision not in ("fp32", "tf32"):
+        yield
+        return
+    allow = precision == "tf32"
+    saved = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    torch.backends.cuda.matmul.allow_tf32 = allow
+    torch.backends.cudnn.allow_tf32 = allow
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
 def _input_gradient_fn(
-    model: nn.Module, precision: str, device: torch.device
+    model: nn.Module, precision: str, device: torch.device, channels_last: bool, max_target: int
 ) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+    scale = _FP16_GRAD_SCALE if precision == "fp16" else 1.0
+    checked = False
+
     def autocast() -> contextlib.AbstractContextManager:
-        if precision == "bf16":
-            return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+        if dtype is not None:
+            return torch.autocast(device_type=device.type, dtype=dtype)
         return contextlib.nullcontext()
 
-    def grad_fn(noisy: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        noisy = noisy.detach().requires_grad_(True)
+    def grad_fn(rows: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        nonlocal checked
+        if channels_last and rows.dim() == 4:
+            rows = rows.contiguous(memory_format=torch.channels_last)
+        rows = rows.detach().requires_grad_(True)
         with autocast():
-            logits = model(noisy)
-        if not isinstance(logits, torch.Tensor) or logits.dim() != 2:
-            got = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
-            raise ValueError(f"model must return logits of shape (N, num_classes); got {got}")
-        if int(targets.max()) >= logits.shape[1]:
-            raise ValueError(
-                f"targets must be class indices below num_classes={logits.shape[1]}; "
-                f"got {int(targets.max())}"
-            )
+            logits = model(rows)
+        if not checked:
+            if not isinstance(logits, torch.Tensor) or logits.dim() != 2:
+                got = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
+                raise ValueError(f"model must return logits of shape (N, num_classes); got {got}")
+            if max_target >= logits.shape[1]:
+                raise ValueError(
+                    f"targets must be class indices below num_classes={logits.shape[1]}; "
+                    f"got {max_target}"
+                )
+            checked = True
         score = logits.float().gather(1, targets.unsqueeze(1)).sum()
-        (grad,) = torch.autograd.grad(score, noisy)
-        return grad.to(torch.float32)
+        (grad,) = torch.autograd.grad(score * scale if scale != 1.0 else score, rows)
+        grad = grad.to(torch.float32)
+        return grad / scale if scale != 1.0 else grad
 
     return grad_fn
 
@@ -282,6 +484,19 @@ def _check_seeds(seeds: object, batch: int) -> list[int]:
     if tuple(seeds.shape) != (batch,):
         raise ValueError(f"seeds must have shape ({batch},) to match images; got {tuple(seeds.shape)}")
     return [int(s) for s in seeds.tolist()]
+
+
+def _check_baseline(baseline: object, x: torch.Tensor) -> torch.Tensor:
+    if isinstance(baseline, bool) or not isinstance(baseline, (int, float, torch.Tensor)):
+        raise TypeError(f"ig_baseline must be a number or a torch.Tensor; got {type(baseline).__name__}")
+    if not isinstance(baseline, torch.Tensor):
+        return torch.full_like(x, float(baseline))
+    try:
+        return torch.broadcast_to(baseline.detach().to(device=x.device, dtype=torch.float32), x.shape)
+    except RuntimeError as e:
+        raise ValueError(
+            f"ig_baseline must be broadcastable to {tuple(x.shape)}; got {tuple(baseline.shape)}"
+        ) from e
 
 
 def _check_choice(name: str, value: object, choices: tuple[str, ...]) -> None:

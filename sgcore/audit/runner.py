@@ -205,6 +205,8 @@ def run_audit(config: AuditConfig, *, log: Any = print) -> dict[str, Any]:
             precision=str(job.get("precision", "fp32")),
             reduction=str(job.get("reduction", "abs_sum")),
             max_batch=job.get("max_batch"),
+            noise=str(job.get("noise", "gaussian")),
+            ig_steps=int(job.get("ig_steps", 32)),
         )
         spec = WorkerSpec(
             model=model,

@@ -32,6 +32,8 @@ class MapSettings:
     precision: str = "fp32"
     reduction: str = "abs_sum"
     max_batch: int | None = None
+    noise: str = "gaussian"
+    ig_steps: int = 32
 
     def __post_init__(self) -> None:
         if isinstance(self.n_samples, bool) or not isinstance(self.n_samples, int) or self.n_samples < 1:
@@ -178,6 +180,8 @@ def _maps(
         seeds=seeds,
         precision=settings.precision,
         max_batch=settings.max_batch,
+        noise=settings.noise,
+        ig_steps=settings.ig_steps,
     )
     how = settings.reduction if settings.reduction != "sum" else "abs_sum"
     absolute = reduce_channels(full, how).numpy().astype(np.float64)

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from sgcore.attribution import reduce_channels, smoothgrad
+from sgcore.attribution import prepare_model, reduce_channels, smoothgrad
 from sgcore.config import JobConfig
 from sgcore.io import DecodedShard, encode_part, join, npz_name, part_url, write_bytes
 from sgcore.models import LoadedModel, load_model
@@ -198,20 +198,11 @@ def summarize(shard_id: str, rows: list[dict[str, Any]], **extra: Any) -> dict[s
 
 
 def _prepare(model: torch.nn.Module, config: JobConfig, device: torch.device) -> torch.nn.Module:
-    model = model.to(device).eval()
-    try:
-        from sgcore.attribution import prepare_model  # type: ignore[attr-defined]
-    except ImportError:
-        return model
-    return prepare_model(model, fold_bn=config.fold_bn, compile=config.compile)
+    """Once per replica: on the device, eval mode, BatchNorm folded, channels_last."""
+    return prepare_model(model.to(device).eval(), fold_bn=config.fold_bn, compile=config.compile)
 
 
 def _extra_kernel_args(config: JobConfig) -> dict[str, Any]:
-    """Kernel options beyond the contract signature, passed only when set."""
-    extra: dict[str, Any] = {}
-    if config.noise != "gaussian":
-        extra["noise"] = config.noise
-    if config.base == "integrated_gradients":
-        extra["ig_steps"] = config.ig_steps
-    return extra
+    """Kernel options beyond the contract signature."""
+    return {"noise": config.noise, "ig_steps": config.ig_steps}
 

@@ -1,0 +1,80 @@
+"""Benchmark the SmoothGrad kernel against Captum, a per-sample loop and the raw model.
+
+    python -m jobs.benchmark                       # resnet18, 64 px, n=16, 8 images, this device
+    python -m jobs.benchmark --model resnet50 --image-size 224 --n-samples 50 --batch 64 --compile
+    python -m jobs.benchmark --model demo --mode fidelity
+
+Writes outputs/benchmark/<stem>.md and .json and prints the Markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+
+from sgcore.attribution import PRECISIONS
+from sgcore.attribution._bench import (
+    MODES,
+    BenchConfig,
+    default_precisions,
+    run,
+    synthetic_images,
+    write_report,
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m jobs.benchmark", description=__doc__.splitlines()[0])
+    p.add_argument("--model", default="resnet18", help="'demo' (trained, shipped) or a torchvision name, random weights")
+    p.add_argument("--mode", choices=MODES, default="speed")
+    p.add_argument("--image-size", type=int, default=64)
+    p.add_argument("--batch", type=int, default=8, help="images per call")
+    p.add_argument("--n-samples", type=int, default=16)
+    p.add_argument("--precisions", nargs="+", choices=PRECISIONS, default=None,
+                   help="default: all on CUDA; fp32 (+ bf16 with AVX512-BF16/AMX) on the CPU")
+    p.add_argument("--compile", action="store_true", help="also time torch.compile-d models")
+    p.add_argument("--no-loop", action="store_true", help="skip the per-sample loop")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
+    p.add_argument("--out", default="outputs/benchmark")
+    return p
+
+
+def _model_and_images(name: str, size: int, batch: int) -> tuple[torch.nn.Module, torch.Tensor, str]:
+    from sgcore.models import DEMO_PREPROCESS, DEMO_WEIGHTS_PATH, load_model
+
+    if name != "demo":
+        return load_model(name, "none", image_size=size).model, synthetic_images(batch, size), "random"
+    from sgcore.demo import HELDOUT_SEED, TrainConfig, make_split, train_demo_model
+
+    split = make_split(n_per_class=-(-batch // 4), seed=HELDOUT_SEED, size=size)
+    images = DEMO_PREPROCESS.normalize(torch.from_numpy(split.images[:batch].copy()))
+    if DEMO_WEIGHTS_PATH.exists():
+        return load_model("demo").model, images, "demo-shipped"
+    # No shipped weights yet: a short training run still gives a trained model.
+    return train_demo_model(TrainConfig(epochs=2, n_per_class=300)), images, "demo, trained here (2 epochs)"
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
+                          "cpu" if args.device == "auto" else args.device)
+    precisions = args.precisions or default_precisions(device)
+    config = BenchConfig(mode=args.mode, n_samples=args.n_samples, precisions=tuple(precisions),
+                         compile=args.compile, repeats=args.repeats, loop=not args.no_loop)
+    model, images, weights = _model_and_images(args.model, args.image_size, args.batch)
+    model, images = model.to(device), images.to(device)
+    with torch.no_grad():
+        targets = model(images).argmax(dim=1)
+    setup = {"model": args.model, "weights": weights, "image_size": args.image_size, "batch": args.batch}
+    report = run(model, images, targets, config, setup=setup)
+    stem = f"{args.mode}-{args.model}-{args.image_size}px-n{args.n_samples}-{device.type}"
+    md, js = write_report(report, args.out, stem)
+    print(report.to_markdown())
+    print(f"wrote {md} and {js}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
