@@ -3,6 +3,7 @@
     python -m jobs.benchmark                       # resnet18, 64 px, n=16, 8 images, this device
     python -m jobs.benchmark --model resnet50 --image-size 224 --n-samples 50 --batch 64 --compile
     python -m jobs.benchmark --model demo --mode fidelity
+    python -m jobs.benchmark --mode pipeline --images 480      # the whole job vs the bare kernel
 
 Writes outputs/benchmark/<stem>.md and .json and prints the Markdown table.
 """
@@ -27,7 +28,9 @@ from sgcore.attribution._bench import (
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m jobs.benchmark", description=__doc__.splitlines()[0])
     p.add_argument("--model", default="resnet18", help="'demo' (trained, shipped) or a torchvision name, random weights")
-    p.add_argument("--mode", choices=MODES, default="speed")
+    p.add_argument("--mode", choices=(*MODES, "pipeline"), default="speed",
+                   help="pipeline: the whole job (demo model) against the bare kernel")
+    p.add_argument("--images", type=int, default=480, help="pipeline mode: demo images")
     p.add_argument("--image-size", type=int, default=64)
     p.add_argument("--batch", type=int, default=8, help="images per call")
     p.add_argument("--n-samples", type=int, default=16)
@@ -58,6 +61,8 @@ def _model_and_images(name: str, size: int, batch: int) -> tuple[torch.nn.Module
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.mode == "pipeline":
+        return _pipeline(args)
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
                           "cpu" if args.device == "auto" else args.device)
     precisions = args.precisions or default_precisions(device)
@@ -73,6 +78,22 @@ def main(argv: list[str] | None = None) -> int:
     md, js = write_report(report, args.out, stem)
     print(report.to_markdown())
     print(f"wrote {md} and {js}")
+    return 0
+
+
+def _pipeline(args: argparse.Namespace) -> int:
+    import json
+    from pathlib import Path
+
+    from sgcore.pipeline.bench import run_pipeline_bench, to_markdown
+
+    result = run_pipeline_bench(model="demo", images=args.images, n_samples=args.n_samples,
+                                batch_size=16, repeats=args.repeats)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "pipeline-demo.json").write_text(json.dumps(result, indent=2))
+    (out / "pipeline-demo.md").write_text(to_markdown(result) + "\n")
+    print(to_markdown(result))
     return 0
 
 

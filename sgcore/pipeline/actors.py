@@ -18,11 +18,13 @@ from sgcore.pipeline.worker import ShardProcessor, pick_device
 class SaliencyActor:
     """One model replica on one GPU (or on CPUs when the cluster has none)."""
 
-    def __init__(self, config: JobConfig, use_gpu: bool):
-        cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1.0)
+    def __init__(self, config: JobConfig, use_gpu: bool, cpu_threads: int | None = None):
         if not use_gpu or not torch.cuda.is_available():
-            # Ray pins OMP threads to the CPU share; use the whole share for torch.
-            torch.set_num_threads(max(1, int(round(cpus))))
+            # Ray pins OMP threads to the actor's CPU reservation; on the CPU the
+            # model is the bottleneck and decoding is light, so the driver may
+            # grant the replica the CPUs kept for decoding as well.
+            cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1.0)
+            torch.set_num_threads(max(1, cpu_threads or int(round(cpus))))
         self.processor = ShardProcessor(config, device=pick_device(use_gpu))
 
     def process(self, decoded: DecodedShard, config_hash: str, attempt: int) -> dict[str, Any]:

@@ -182,6 +182,9 @@ class _Scheduler:
             nodes=node_resources(),
         )
         log.info("actor pool: %s", self.plan.describe())
+        # CPU replicas share each node's cores, the decoding spare included.
+        cpus = ray.cluster_resources().get("CPU", 1.0)
+        self.cpu_threads = None if self.plan.use_gpu else max(1, int(cpus // self.plan.initial_actors))
         # On an autoscaling cluster, ask for the nodes max_actors needs.
         self.requested_capacity = request_capacity(self.plan)
         self.actors: list[Any] = [self._new_actor() for _ in range(self.plan.initial_actors)]
@@ -193,7 +196,9 @@ class _Scheduler:
         self._errors_done = 0
 
     def _new_actor(self) -> Any:
-        return remote_actor.options(**self.plan.actor_options()).remote(self.config, self.plan.use_gpu)
+        return remote_actor.options(**self.plan.actor_options()).remote(
+            self.config, self.plan.use_gpu, self.cpu_threads
+        )
 
     def _maybe_grow(self) -> None:
         """Adds a replica while work waits and the cluster has room (up to max_actors)."""
@@ -291,7 +296,7 @@ class _Scheduler:
         entry = self.manifest["shards"][spec.shard_id]
         entry.update(status=status, rows=summary["rows"], ok=summary["ok"],
                      errors=summary["errors"], seconds=round(summary.get("seconds", 0.0), 3))
-        for key in ("node", "pid", "device"):
+        for key in ("node", "pid", "device", "finished"):
             if key in summary:
                 entry[key] = summary[key]
         if "max_rss_mb" in summary:

@@ -137,7 +137,7 @@ class ShardProcessor:
                    channels=3 if self.config.store_full else None,
                    map_shape=(self.loaded.preprocess.crop_size,) * 2)
         return summarize(decoded.shard_id, rows, seconds=time.perf_counter() - t0,
-                         seconds_compute=seconds_compute, attempt=attempt)
+                         seconds_compute=seconds_compute, attempt=attempt, finished=time.time())
 
 
 def make_row(config: JobConfig, shard_id: str, rec: dict[str, Any], *, crop: int,

@@ -80,3 +80,14 @@ def test_rerun_resumes_and_a_different_config_is_refused(image_dir, tmp_path):
     with pytest.raises(ConfigError, match="holds results of another config.*n_samples: 4 -> 5"):
         run_job(JobConfig(input=str(image_dir), output=str(out), **{**SMALL, "n_samples": 5}))
     assert {p.name: p.stat().st_mtime_ns for p in out.glob("part-*.parquet")} == stamps
+
+
+@pytest.mark.slow
+def test_pipeline_benchmark_reports_both_rates(tmp_path):
+    from sgcore.pipeline.bench import run_pipeline_bench, to_markdown
+
+    result = run_pipeline_bench(images=8, n_samples=2, shard_size=4, repeats=1,
+                                data_dir=str(tmp_path))
+    assert result["images"] == 8 and result["kernel_images_per_s"] > 0
+    assert 0 < result["ratio"] <= result["ratio_steady"] * 1.5
+    assert "ratio job / kernel" in to_markdown(result)
