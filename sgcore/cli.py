@@ -105,6 +105,9 @@ def run_cli(main: Callable[[], int]) -> int:
     except (ConfigError, InputError, ImportError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # storage that stays broken after the retries: name it, no traceback
+        print(f"error: storage failure: {e}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("interrupted; rerun the same command to resume", file=sys.stderr)
         return 130

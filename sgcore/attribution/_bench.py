@@ -433,7 +433,8 @@ def run_speed(model: nn.Module, images: torch.Tensor, targets: torch.Tensor, con
             if v.ceiling is not None:
                 v.ceiling_seconds.append(_timed(v.ceiling, device)[0])
     reference = variants[0].maps
-    assert reference is not None
+    if reference is None:
+        raise RuntimeError("the float32 reference variant produced no maps")
     return [
         Row(variant=v.name, images_per_s=batch / statistics.median(v.seconds),
             ceiling_images_per_s=batch / statistics.median(v.ceiling_seconds) if v.ceiling_seconds else None,

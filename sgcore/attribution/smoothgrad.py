@@ -243,7 +243,8 @@ class _Plan:
         r = torch.arange(r0, r1, device=self.x.device)
         k0 = r0 // self.steps
         xt = self.noisy(i, k0, (r1 - 1) // self.steps + 1)[r // self.steps - k0]
-        assert self.baseline is not None
+        if self.baseline is None:  # only integrated_gradients plans get here
+            raise RuntimeError("integrated_gradients plan without a baseline")
         ref = self.baseline[i].unsqueeze(0)
         alpha = self.alphas[r % self.steps].view(-1, *([1] * (xt.dim() - 1)))
         return ref + alpha * (xt - ref)
@@ -327,7 +328,8 @@ def _fold(
         sums = sums[:-1]
         k_stop = k_last
     if k_stop > k_first:
-        assert plan.baseline is not None
+        if plan.baseline is None:  # only integrated_gradients plans get here
+            raise RuntimeError("integrated_gradients plan without a baseline")
         delta = plan.noisy(i, k_first, k_stop) - plan.baseline[i].unsqueeze(0)
         acc.add(i, sums * delta)
     return carry

@@ -15,7 +15,7 @@ from sgcore.audit.faithfulness import (
     random_order,
     saliency_order,
 )
-from sgcore.audit.localization import LocalizationScores, box_mask, localization_scores
+from sgcore.audit.localization import LocalizationScores, box_mask, boxes_to_map_mask, localization_scores
 from sgcore.audit.metrics import (
     auc,
     border_mask,
@@ -37,6 +37,7 @@ from sgcore.audit.results import (
     load_images,
     load_mask,
     open_results,
+    read_boxes,
     read_index,
     read_maps,
 )
@@ -71,6 +72,7 @@ __all__ = [
     "border_mask",
     "border_share",
     "box_mask",
+    "boxes_to_map_mask",
     "cascading_randomization",
     "class_changes",
     "compare_results",
@@ -94,6 +96,7 @@ __all__ = [
     "randomization_order",
     "randomize_layer",
     "rankdata",
+    "read_boxes",
     "read_index",
     "read_maps",
     "run_audit",

@@ -64,7 +64,57 @@ def box_mask(
     if not (x0 < x1 and y0 < y1):
         raise ValueError(f"box must be (x0, y0, x1, y1) with x0 < x1 and y0 < y1; got {box}")
     mask = np.zeros((height, width), dtype=bool)
-    r0, r1 = max(0, int(np.floor(y0))), min(height, int(np.ceil(y1)))
-    c0, c1 = max(0, int(np.floor(x0))), min(width, int(np.ceil(x1)))
+    # Clamped to [0, size] at both ends: a box wholly outside gives an empty mask
+    # (a negative end must not wrap around as a Python slice would).
+    r0, r1 = (min(height, max(0, v)) for v in (int(np.floor(y0)), int(np.ceil(y1))))
+    c0, c1 = (min(width, max(0, v)) for v in (int(np.floor(x0)), int(np.ceil(x1))))
     mask[r0:r1, c0:c1] = True
+    return mask
+
+
+# Columns of a results row that place its map on the original image (sgcore.io.decode.Geometry).
+GEOMETRY_COLUMNS = (
+    "orig_height",
+    "orig_width",
+    "resized_height",
+    "resized_width",
+    "crop_top",
+    "crop_left",
+    "map_height",
+    "map_width",
+)
+
+
+def boxes_to_map_mask(
+    boxes: np.ndarray | list[tuple[float, float, float, float]],
+    *,
+    orig_height: int,
+    orig_width: int,
+    resized_height: int,
+    resized_width: int,
+    crop_top: int,
+    crop_left: int,
+    map_height: int,
+    map_width: int,
+) -> np.ndarray:
+    """The union of boxes given in original image pixels, as a ``(map_height, map_width)`` bool mask.
+
+    Each box ``(x0, y0, x1, y1)`` (x1/y1 exclusive) is scaled to the resized
+    image (x * resized_width / orig_width, y * resized_height / orig_height),
+    shifted by the crop offset, and drawn with :func:`box_mask`: a map pixel
+    is in when its footprint on the original image overlaps the box. Parts
+    outside the crop are dropped; a box wholly outside gives no pixels.
+    """
+    geometry = {"orig_height": orig_height, "orig_width": orig_width, "resized_height": resized_height,
+                "resized_width": resized_width, "map_height": map_height, "map_width": map_width}
+    for name, value in geometry.items():
+        if value is None or int(value) <= 0:
+            raise ValueError(f"{name} must be a positive integer; got {value!r}")
+    sx = int(resized_width) / int(orig_width)
+    sy = int(resized_height) / int(orig_height)
+    mask = np.zeros((int(map_height), int(map_width)), dtype=bool)
+    for x0, y0, x1, y1 in np.asarray(boxes, dtype=np.float64).reshape(-1, 4):
+        # Rounded so that a scale like 0.8 does not turn an exact edge (16.000000000000004) into one more pixel.
+        mapped = np.round([x0 * sx - crop_left, y0 * sy - crop_top, x1 * sx - crop_left, y1 * sy - crop_top], 6)
+        mask |= box_mask(tuple(float(v) for v in mapped), height=int(map_height), width=int(map_width))  # type: ignore[arg-type]
     return mask

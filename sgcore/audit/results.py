@@ -40,7 +40,17 @@ META_COLUMNS = (
     "seed",
     "map_height",
     "map_width",
+    # Geometry (sgcore.io.decode.Geometry): where the map sits on the original image; --boxes needs it.
+    "orig_height",
+    "orig_width",
+    "resized_height",
+    "resized_width",
+    "crop_top",
+    "crop_left",
 )
+
+BOX_COLUMNS = ("image_id", "x0", "y0", "x1", "y1")
+_BOXES_HINT = "pass --boxes a CSV or Parquet file with columns image_id, x0, y0, x1, y1 (original image pixels)"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -258,6 +268,65 @@ def load_mask(url: str, preprocess: Preprocess, storage_options: dict[str, Any] 
         grey, resize_size=preprocess.resize_size, crop_size=preprocess.crop_size, interpolation="nearest"
     )
     return arr[..., 0] > 127
+
+
+def read_boxes(url: str, storage_options: dict[str, Any] | None = None) -> dict[str, np.ndarray]:
+    """Object boxes by image id from a CSV (header row) or Parquet file: ``{image_id: (K, 4) float64}``.
+
+    Columns ``image_id, x0, y0, x1, y1``, in original image pixels (x1/y1
+    exclusive); several rows for one image are the union of its boxes. A
+    ``.parquet``/``.pq`` name is read as Parquet, anything else as CSV.
+
+    Raises:
+        InputError: the file is missing or unreadable, lacks a column, has an
+            empty or non-numeric value, or a box with x1 <= x0 or y1 <= y0;
+            the message names the file and, for a bad box, its data row (1-based).
+    """
+    import pyarrow.csv as pacsv
+
+    fs, path = url_to_fs(url, storage_options)
+    try:
+        data = fs.cat_file(path)
+    except FileNotFoundError as e:
+        raise InputError(f"boxes file {url} does not exist; {_BOXES_HINT}") from e
+    except OSError as e:
+        raise InputError(f"cannot read boxes file {url}: {e}") from e
+    try:
+        if path.lower().endswith((".parquet", ".pq")):
+            table = pq.read_table(io.BytesIO(data))
+        else:
+            table = pacsv.read_csv(io.BytesIO(data), convert_options=pacsv.ConvertOptions(
+                column_types={"image_id": pa.string()}, strings_can_be_null=False))
+    except (pa.ArrowInvalid, OSError) as e:
+        raise InputError(f"boxes file {url} is not a readable CSV/Parquet table ({e}); {_BOXES_HINT}") from e
+    names = table.column_names
+    if any(c not in names for c in BOX_COLUMNS):
+        raise InputError(f"boxes file {url} must have columns {', '.join(BOX_COLUMNS)}; got {names}")
+    if len(table) == 0:
+        raise InputError(f"boxes file {url} has no rows; {_BOXES_HINT}")
+    for name in BOX_COLUMNS:
+        nulls = table.column(name).null_count
+        if nulls:
+            raise InputError(f"boxes file {url}: column {name} has {nulls} empty value(s); every row needs all of "
+                             f"{', '.join(BOX_COLUMNS)}")
+    ids = [str(v) for v in table.column("image_id").to_pylist()]
+    try:
+        coords = np.stack([table.column(c).cast(pa.float64()).to_numpy() for c in BOX_COLUMNS[1:]], axis=1)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as e:
+        raise InputError(f"boxes file {url}: x0, y0, x1, y1 must be numbers (pixels) ({e})") from e
+    bad = np.flatnonzero(~np.isfinite(coords).all(axis=1) | (coords[:, 2] <= coords[:, 0])
+                         | (coords[:, 3] <= coords[:, 1]))
+    if bad.size:
+        i = int(bad[0])
+        raise InputError(
+            f"boxes file {url}: data row {i + 1} (image_id {ids[i]!r}) has x0, y0, x1, y1 = "
+            f"{tuple(float(v) for v in coords[i])}; a box needs x0 < x1 and y0 < y1 (x1/y1 exclusive, "
+            f"original image pixels){f' ({bad.size} bad rows in all)' if bad.size > 1 else ''}"
+        )
+    grouped: dict[str, list[np.ndarray]] = {}
+    for image_id, box in zip(ids, coords, strict=True):
+        grouped.setdefault(image_id, []).append(box)
+    return {k: np.stack(v) for k, v in grouped.items()}
 
 
 def _npz_maps(results: Results, part: str, table: pa.Table) -> np.ndarray:

@@ -195,7 +195,8 @@ def _pick_images(config: SweepConfig) -> tuple[Any, ...]:
             config.model or job.get("model") or "demo", config.weights or job.get("weights") or "default",
             job.get("image_size"), noise,
         )
-    assert config.input is not None  # checked in SweepConfig.__post_init__
+    if config.input is None:  # SweepConfig.__post_init__ requires input or results
+        raise ConfigError("sweep needs --input or --results with an input in its manifest")
     specs = plan_shards(config.input, shard_size=1 << 30, storage_options=config.storage_options)
     if any(spec.kind != "images" for spec in specs):
         raise ConfigError(

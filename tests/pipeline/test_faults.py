@@ -265,3 +265,41 @@ def test_node_removed_mid_job_completes_exactly_once(tmp_path):
     finally:
         ray.shutdown()
         cluster.shutdown()
+
+
+@pytest.mark.usefixtures("ray_local")
+def test_transient_storage_errors_on_reads_and_writes_are_retried(tmp_path):
+    ids = _dataset(tmp_path / "in", 4)
+    opts = {"fail_fraction": 0.7, "failures": 2, "error": "slowdown"}
+    result = run_job(JobConfig(input=f"flaky://{tmp_path}/in", output=f"flaky://{tmp_path}/out",
+                               storage_options=opts, **SMALL))
+    df = _assert_exactly_once(tmp_path / "out", ids)
+    assert (df.status == "ok").all() and result.success
+
+
+@pytest.mark.usefixtures("ray_local")
+def test_permanent_read_errors_become_error_rows_naming_the_url(tmp_path):
+    from sgcore.io._flaky import FlakyFileSystem
+
+    ids = _dataset(tmp_path / "in", 4)
+    opts = {"fail_fraction": 0.3, "failures": -1, "error": "permission", "ops": ["cat_file"]}
+    run_job(JobConfig(input=f"flaky://{tmp_path}/in", output=str(tmp_path / "out"),
+                      storage_options=opts, max_error_rate=1.0, **SMALL))
+    df = _assert_exactly_once(tmp_path / "out", ids).set_index("image_id")
+    fs = FlakyFileSystem(**opts)
+    doomed = {i for i in ids if fs.chosen(f"{tmp_path}/in/{i}")}
+    assert doomed and doomed != set(ids)
+    assert set(df.index[df.status == "error"]) == doomed
+    for i in doomed:
+        assert f"{tmp_path}/in/{i}" in df.error[i]
+
+
+def test_permanent_write_failure_is_one_clear_line(tmp_path, capsys):
+    from jobs.smoothgrad import main
+
+    _dataset(tmp_path / "in", 1)
+    # the output sits under a regular file: every write must fail (root ignores modes)
+    code = main(["--input", str(tmp_path / "in"), "--output", str(tmp_path / "in" / "cat" / "cat_0.png" / "x"),
+                 "--model", "resnet18", "--weights", "none", "--image-size", "32", "--quiet"])
+    err = capsys.readouterr().err
+    assert code != 0 and "cat_0.png/x" in err and "Traceback" not in err
