@@ -4,7 +4,7 @@
     python -m jobs.audit                  # audits outputs/demo (after python -m jobs.smoothgrad)
 
 Writes REPORT/index.html (figures beside it, in img/) and REPORT/summary.json:
-per-class statistics, localization against object masks, the cascading
+per-class statistics, localization against object masks (or --boxes), the cascading
 randomization sanity check, deletion/insertion faithfulness, and with
 --compare a ranking of how much the maps changed between two runs.
 """
@@ -26,6 +26,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weights", help="override the manifest's weights")
     p.add_argument("--input", help="re-read images from INPUT/<image_id> instead of their recorded source")
     p.add_argument("--masks", help="object masks at MASKS/<image_id> (default: a masks/ folder beside images/)")
+    p.add_argument("--boxes", metavar="FILE",
+                   help="object boxes instead of masks: CSV or Parquet (any fsspec URL) with columns image_id, "
+                        "x0, y0, x1, y1 in original image pixels; several rows per image are their union")
     p.add_argument("--compare", metavar="URL2", help="second results directory to compare maps with")
     p.add_argument("--sample", type=int, default=64, help="images for the sanity and faithfulness checks")
     p.add_argument("--n-samples", type=int, help="SmoothGrad samples when recomputing maps (default: the run's)")

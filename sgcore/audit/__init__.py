@@ -15,7 +15,12 @@ from sgcore.audit.faithfulness import (
     random_order,
     saliency_order,
 )
-from sgcore.audit.localization import LocalizationScores, box_mask, boxes_to_map_mask, localization_scores
+from sgcore.audit.localization import (
+    LocalizationScores,
+    box_mask,
+    boxes_to_map_mask,
+    localization_scores,
+)
 from sgcore.audit.metrics import (
     auc,
     border_mask,

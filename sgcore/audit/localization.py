@@ -116,5 +116,5 @@ def boxes_to_map_mask(
     for x0, y0, x1, y1 in np.asarray(boxes, dtype=np.float64).reshape(-1, 4):
         # Rounded so that a scale like 0.8 does not turn an exact edge (16.000000000000004) into one more pixel.
         mapped = np.round([x0 * sx - crop_left, y0 * sy - crop_top, x1 * sx - crop_left, y1 * sy - crop_top], 6)
-        mask |= box_mask(tuple(float(v) for v in mapped), height=int(map_height), width=int(map_width))  # type: ignore[arg-type]
+        mask |= box_mask(tuple(float(v) for v in mapped), height=int(map_height), width=int(map_width))
     return mask

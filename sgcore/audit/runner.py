@@ -19,7 +19,12 @@ from sgcore.audit import plots
 from sgcore.audit._workers import Chunk, WorkerSpec, run_chunks
 from sgcore.audit.classes import ClassView
 from sgcore.audit.compare import class_changes, compare_results
-from sgcore.audit.localization import LocalizationScores, localization_scores
+from sgcore.audit.localization import (
+    GEOMETRY_COLUMNS,
+    LocalizationScores,
+    boxes_to_map_mask,
+    localization_scores,
+)
 from sgcore.audit.metrics import border_mask
 from sgcore.audit.report import Report, write_report
 from sgcore.audit.results import (
@@ -29,6 +34,7 @@ from sgcore.audit.results import (
     load_images,
     load_mask,
     open_results,
+    read_boxes,
     read_index,
     read_maps,
     row_classes,
@@ -50,6 +56,10 @@ class AuditConfig:
             ``input/<image_id>``.
         masks: root of binary object masks at ``masks/<image_id>``; None looks
             for a ``masks`` folder beside an input folder named ``images``.
+        boxes: instead of masks, a CSV or Parquet file of object boxes with
+            columns ``image_id, x0, y0, x1, y1`` in original image pixels
+            (several rows per image: their union); drawn into map geometry
+            with each row's geometry columns.
         compare: a second results directory to compare maps with.
         sample: images drawn (by a hash of the audit seed and image id) for
             the sanity and faithfulness checks.
@@ -68,6 +78,7 @@ class AuditConfig:
     weights: str | None = None
     input: str | None = None
     masks: str | None = None
+    boxes: str | None = None
     compare: str | None = None
     sample: int = 64
     sanity: bool = True
@@ -91,6 +102,11 @@ class AuditConfig:
             value = getattr(self, name)
             if not isinstance(value, str) or not value.strip():
                 raise ConfigError(f"{name} must be a non-empty URL or path; got {value!r}")
+        if self.boxes is not None:
+            if not isinstance(self.boxes, str) or not self.boxes.strip():
+                raise ConfigError(f"boxes must be a non-empty URL or path of a CSV/Parquet file; got {self.boxes!r}")
+            if self.masks is not None:
+                raise ConfigError("pass either masks (--masks) or boxes (--boxes) as localization ground truth, not both")
         for name in ("sample", "steps", "chunk_size"):
             _positive(name, getattr(self, name))
         if self.n_samples is not None:
@@ -118,8 +134,12 @@ def run_audit(config: AuditConfig, *, log: Any = print) -> dict[str, Any]:
     if not model:
         raise InputError(f"the manifest of {results.url} names no model; pass --model")
     masks_root = None
-    if config.localization:
+    boxes: dict[str, np.ndarray] | None = None
+    if config.localization and config.boxes:
+        boxes = read_boxes(config.boxes, config.storage_options)  # bad files fail here, before any work
+    elif config.localization:
         masks_root = config.masks or _default_masks(job.get("input"), config.storage_options)
+    truth = "boxes" if boxes is not None else "masks" if masks_root else None
     report = Report(
         title="SmoothGrad audit",
         subtitle=(
@@ -137,12 +157,14 @@ def run_audit(config: AuditConfig, *, log: Any = print) -> dict[str, Any]:
     }
 
     # ---- streaming pass: per-class statistics and localization ----------------
-    log("audit: per-class statistics" + (" and localization" if masks_root else ""))
+    log("audit: per-class statistics" + (f" and localization ({truth})" if truth else ""))
     view = ClassView(examples=config.examples, border_width=config.border_width)
     per_image: list[dict[str, Any]] = []
     loc_parts: list[LocalizationScores] = []
     loc_labels: list[str] = []
-    missing_masks = 0
+    missing = 0  # images without a mask / without a box
+    outside = 0  # images whose boxes all fall outside the map's crop
+    seen_ids: set[str] = set()
     map_shape: tuple[int, int] | None = None
     for meta, maps in iter_parts(results):
         if maps is None or len(meta) == 0:
@@ -156,14 +178,27 @@ def run_audit(config: AuditConfig, *, log: Any = print) -> dict[str, Any]:
                 {"image_id": image_id, "label": labels[i], **{k: float(v[i]) for k, v in stats.items()}}
             )
         start = len(per_image) - len(ids)
-        if masks_root:
+        seen_ids.update(ids)
+        if truth:
             got, keep = [], []
+            geometry = _geometry(meta, results.url) if boxes is not None else None
             for i, image_id in enumerate(ids):
+                if boxes is not None and geometry is not None:
+                    if image_id not in boxes:
+                        missing += 1
+                        continue
+                    mask = boxes_to_map_mask(boxes[image_id], **{k: v[i] for k, v in geometry.items()})
+                    if not mask.any():
+                        outside += 1
+                        continue
+                    got.append(mask)
+                    keep.append(i)
+                    continue
                 try:
                     got.append(load_mask(join(masks_root, image_id), preprocess, config.storage_options))
                     keep.append(i)
                 except InputError:
-                    missing_masks += 1
+                    missing += 1
             if keep:
                 scores = localization_scores(maps[keep], np.stack(got), tolerance=config.pointing_tolerance)
                 loc_parts.append(scores)
@@ -180,12 +215,23 @@ def run_audit(config: AuditConfig, *, log: Any = print) -> dict[str, Any]:
     report.attach("per_image.csv", _csv(per_image))
     index = read_index(results)
     _class_section(report, summary, view, results, index, config, map_shape)
-    if masks_root:
-        _localization_section(report, summary, loc_parts, loc_labels, missing_masks, masks_root)
+    if boxes is not None:
+        info: dict[str, Any] = {
+            "ground_truth": "boxes",
+            "boxes": config.boxes,
+            "missing_boxes": missing,
+            "boxes_outside_map": outside,
+            "boxes_without_result": len(set(boxes) - seen_ids),
+        }
+        _localization_section(report, summary, loc_parts, loc_labels, info)
+    elif masks_root:
+        info = {"ground_truth": "masks", "masks": masks_root, "missing_masks": missing}
+        _localization_section(report, summary, loc_parts, loc_labels, info)
     else:
         summary["localization"] = None
         report.section("Localization").text(
-            "Skipped: no object masks (pass --masks URL with masks at <masks>/<image_id>)."
+            "Skipped: no object masks (pass --masks URL with masks at <masks>/<image_id>, or --boxes FILE, "
+            "a CSV/Parquet file with columns image_id, x0, y0, x1, y1 in original image pixels)."
         )
 
     # ---- heavy checks on a sample, on the actor pool --------------------------
@@ -306,13 +352,25 @@ def _localization_section(
     summary: dict[str, Any],
     parts: list[LocalizationScores],
     labels: list[str],
-    missing: int,
-    masks_root: str,
+    info: dict[str, Any],
 ) -> None:
+    """``info``: where the ground truth came from and how many images lack it (goes into the summary)."""
     s = report.section("Localization")
+    by_boxes = info["ground_truth"] == "boxes"
+    if by_boxes:
+        what = "the object boxes"
+        left_out = f"{info['missing_boxes']} image(s) had no box in {info['boxes']}"
+        if info["boxes_outside_map"]:
+            left_out += f", {info['boxes_outside_map']} only boxes outside the map's crop"
+        if info["boxes_without_result"]:
+            left_out += f"; {info['boxes_without_result']} image id(s) of the boxes file are not in the results"
+    else:
+        what = "the object mask"
+        left_out = f"{info['missing_masks']} image(s) had no mask"
     if not parts:
-        summary["localization"] = {"images": 0, "missing_masks": missing, "masks": masks_root}
-        s.text(f"No masks found under {masks_root} ({missing} images without a mask).")
+        summary["localization"] = {"images": 0, **info}
+        s.text(f"No image could be scored against {what} ({left_out}); do the ids match the results' image_id?"
+               if by_boxes else f"No masks found under {info['masks']} ({left_out}).")
         return
     scores = LocalizationScores(
         mass_in_mask=np.concatenate([p.mass_in_mask for p in parts]),
@@ -328,11 +386,12 @@ def _localization_section(
             mass_in_mask=scores.mass_in_mask[sel], mask_area=scores.mask_area[sel], pointing_hit=scores.pointing_hit[sel]
         ).summary()
         per_class.append({"name": name, **sub})
-    summary["localization"] = {**loc, "missing_masks": missing, "masks": masks_root, "per_class": per_class}
+    summary["localization"] = {**loc, **info, "per_class": per_class}
     s.text(
-        f"Saliency mass inside the object mask: {loc['mass_in_mask']:.3f} on average, for masks that "
+        f"Saliency mass inside {what}: {loc['mass_in_mask']:.3f} on average, for "
+        f"{'boxes' if by_boxes else 'masks'} that "
         f"cover {loc['mask_area']:.3f} of the image ({loc['mass_ratio']:.2f}x their area); "
-        f"pointing game hit rate {loc['pointing_game']:.3f}. {missing} image(s) had no mask."
+        f"pointing game hit rate {loc['pointing_game']:.3f}. {left_out}."
     )
     s.table(per_class, ["name", "images", "mass_in_mask", "mask_area", "mass_ratio", "pointing_game"])
     s.figure(
@@ -459,6 +518,21 @@ def _images_for(results: Results, index: Any, image_ids: list[str], config: Audi
     sources = _sources(index, [position[i] for i in image_ids], config.input)
     return list(load_images(sources, results.preprocess, config.storage_options,
                             image_column=results.config.get("image_column")))
+
+
+def _geometry(meta: Any, url: str) -> dict[str, list[int]]:
+    """The geometry columns of one part's rows, for drawing boxes in map coordinates."""
+    absent = [c for c in GEOMETRY_COLUMNS if c not in meta.column_names]
+    if absent:
+        raise InputError(
+            f"results at {url} lack the geometry columns {absent} that --boxes needs to place boxes on the maps; "
+            "rerun jobs.smoothgrad with this version of sgcore, or pass --masks instead"
+        )
+    columns = {c: meta.column(c).to_pylist() for c in GEOMETRY_COLUMNS}
+    for c, values in columns.items():
+        if any(v is None for v in values):
+            raise InputError(f"results at {url} have ok rows without {c}; --boxes needs every row's geometry")
+    return columns
 
 
 def _default_masks(input_url: str | None, storage_options: dict[str, Any]) -> str | None:
