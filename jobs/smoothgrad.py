@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.input is None and args.output is None:
             from sgcore.demo import ensure_demo_data
 
-            print(f"[sgcore] demo: generating the dataset under {DEMO_DATA}/ (first run only)")
+            print(f"[sgcore] demo: dataset under {DEMO_DATA}/ (generated on the first run), results in {DEMO_OUTPUT}/")
             # smaller shards than the default, so that progress shows on 240 images
             shard_size = DEMO_SHARD_SIZE if args.shard_size == parser.get_default("shard_size") else args.shard_size
             config = config_from_args(args, input=str(ensure_demo_data(DEMO_DATA)), output=DEMO_OUTPUT,
