@@ -23,6 +23,7 @@ from sgcore.errors import InputError
 from sgcore.io import MANIFEST_NAME, SUCCESS_NAME, decode_image, join, url_to_fs
 from sgcore.io import read_source as _io_read_source
 from sgcore.io.decode import resize_and_crop
+from sgcore.io.labels import read_table
 from sgcore.models.preprocess import Preprocess
 from sgcore.seeds import image_seed
 
@@ -282,23 +283,8 @@ def read_boxes(url: str, storage_options: dict[str, Any] | None = None) -> dict[
             empty or non-numeric value, or a box with x1 <= x0 or y1 <= y0;
             the message names the file and, for a bad box, its data row (1-based).
     """
-    import pyarrow.csv as pacsv
-
-    fs, path = url_to_fs(url, storage_options)
-    try:
-        data = fs.cat_file(path)
-    except FileNotFoundError as e:
-        raise InputError(f"boxes file {url} does not exist; {_BOXES_HINT}") from e
-    except OSError as e:
-        raise InputError(f"cannot read boxes file {url}: {e}") from e
-    try:
-        if path.lower().endswith((".parquet", ".pq")):
-            table = pq.read_table(io.BytesIO(data))
-        else:
-            table = pacsv.read_csv(io.BytesIO(data), convert_options=pacsv.ConvertOptions(
-                column_types={"image_id": pa.string()}, strings_can_be_null=False))
-    except (pa.ArrowInvalid, OSError) as e:
-        raise InputError(f"boxes file {url} is not a readable CSV/Parquet table ({e}); {_BOXES_HINT}") from e
+    table = read_table(url, storage_options, what="boxes file", string_columns=("image_id",),
+                       hint=_BOXES_HINT)
     names = table.column_names
     if any(c not in names for c in BOX_COLUMNS):
         raise InputError(f"boxes file {url} must have columns {', '.join(BOX_COLUMNS)}; got {names}")

@@ -19,6 +19,43 @@ KEY_COLUMNS = ("image_id", "path", "file", "filename", "file_name", "image", "ke
 LABEL_COLUMNS = ("label", "class", "cls", "category", "target")
 
 
+def read_table(
+    url: str,
+    storage_options: dict[str, Any] | None = None,
+    *,
+    what: str,
+    string_columns: tuple[str, ...] = (),
+    hint: str = "",
+) -> pa.Table:
+    """Reads a small side table (CSV with a header row, or Parquet by extension).
+
+    Args:
+        what: how errors name the file, e.g. ``"labels file"``.
+        string_columns: CSV columns kept as text (ids such as ``0007``).
+        hint: appended to error messages: how to fix the file.
+
+    Raises:
+        InputError: the file is missing, unreadable or not a CSV/Parquet table.
+    """
+    suffix = f"; {hint}" if hint else ""
+    fs, path = url_to_fs(url, storage_options)
+    try:
+        data = read_bytes(fs, path, url=url)
+    except FileNotFoundError as e:
+        raise InputError(f"{what} {url} does not exist{suffix}") from e
+    except OSError as e:
+        raise InputError(f"cannot read {what} {url}: {e}{suffix}") from e
+    try:
+        if path.lower().endswith((".parquet", ".pq")):
+            return pq.read_table(io.BytesIO(data))
+        options = pacsv.ConvertOptions(
+            column_types={c: pa.string() for c in string_columns}, strings_can_be_null=False
+        )
+        return pacsv.read_csv(io.BytesIO(data), convert_options=options)
+    except (pa.ArrowInvalid, OSError) as e:
+        raise InputError(f"{what} {url} is not a readable CSV/Parquet table: {e}{suffix}") from e
+
+
 def read_labels(url: str, storage_options: dict[str, Any] | None = None) -> dict[str, str]:
     """Reads a path -> label table (CSV with a header row, or Parquet).
 
@@ -31,22 +68,7 @@ def read_labels(url: str, storage_options: dict[str, Any] | None = None) -> dict
     Raises:
         InputError: the file is missing, unreadable, or has fewer than two columns.
     """
-    fs, path = url_to_fs(url, storage_options)
-    try:
-        data = read_bytes(fs, path, url=url)
-    except FileNotFoundError as e:
-        raise InputError(f"labels file {url} does not exist") from e
-    except OSError as e:
-        raise InputError(f"cannot read labels file {url}: {e}") from e
-    try:
-        if path.lower().endswith((".parquet", ".pq")):
-            table = pq.read_table(io.BytesIO(data))
-        else:
-            table = pacsv.read_csv(
-                io.BytesIO(data), convert_options=pacsv.ConvertOptions(strings_can_be_null=False)
-            )
-    except (pa.ArrowInvalid, OSError) as e:
-        raise InputError(f"labels file {url} is not a readable CSV/Parquet table: {e}") from e
+    table = read_table(url, storage_options, what="labels file")
     names = table.column_names
     if len(names) < 2:
         raise InputError(f"labels file {url} needs a path column and a label column; got columns {names}")
