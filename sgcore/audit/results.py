@@ -19,6 +19,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from PIL import Image
 
+from sgcore.audit.localization import GEOMETRY_COLUMNS
 from sgcore.errors import InputError
 from sgcore.io import MANIFEST_NAME, SUCCESS_NAME, decode_image, join, url_to_fs
 from sgcore.io import read_source as _io_read_source
@@ -39,15 +40,8 @@ META_COLUMNS = (
     "predicted_name",
     "score",
     "seed",
-    "map_height",
-    "map_width",
-    # Geometry (sgcore.io.decode.Geometry): where the map sits on the original image; --boxes needs it.
-    "orig_height",
-    "orig_width",
-    "resized_height",
-    "resized_width",
-    "crop_top",
-    "crop_left",
+    # Geometry: where the map sits on the original image; --boxes needs it.
+    *GEOMETRY_COLUMNS,
 )
 
 BOX_COLUMNS = ("image_id", "x0", "y0", "x1", "y1")

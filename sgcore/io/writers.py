@@ -55,7 +55,7 @@ _GEOMETRY: list[tuple[str, pa.DataType]] = [
 ]
 
 
-def part_name(shard_id: str, fmt: str = "parquet") -> str:
+def part_name(shard_id: str) -> str:
     """Deterministic file name of a shard's rows: a retry overwrites it."""
     return f"part-{shard_id}.parquet"
 
