@@ -7,43 +7,49 @@ from collections.abc import Iterator
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
+from torch.overrides import TorchFunctionMode
 
 
-class _PositiveGradient(torch.autograd.Function):
-    """Identity forward; backward lets only positive gradients through."""
-
-    @staticmethod
-    def forward(ctx: object, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
-        # A copy, so that a later in-place op on the ReLU output cannot
-        # invalidate this node (ResNets use ReLU(inplace=True)).
-        return x.clone()
-
-    @staticmethod
-    def backward(ctx: object, grad: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
-        return grad.clamp(min=0)
+def _positive_part(grad: torch.Tensor) -> torch.Tensor:
+    return grad.clamp(min=0)
 
 
-def _guided_hook(module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
-    # ReLU's own backward masks by (input > 0); clamping the incoming gradient
-    # first gives guided backprop's (input > 0) · max(grad, 0).
-    return _PositiveGradient.apply(output)
+# Every way a model can call a ReLU in eager PyTorch: ``nn.ReLU`` modules go
+# through ``F.relu``; forward methods also call the functional and tensor
+# forms directly (torchvision's ResNet uses the module, many others do not).
+_RELUS = frozenset({
+    torch.relu, torch.relu_, F.relu, F.relu_, torch.Tensor.relu, torch.Tensor.relu_,
+})
+
+
+class _GuidedReLUs(TorchFunctionMode):
+    """Clamps the gradient arriving at the output of every ReLU call to >= 0."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN204
+        out = func(*args, **(kwargs or {}))
+        if func in _RELUS and isinstance(out, torch.Tensor) and out.requires_grad:
+            # ReLU's own backward then masks by (input > 0), which gives guided
+            # backprop's (input > 0) * max(grad, 0). A tensor hook also works
+            # for the in-place forms, whose output is the modified input.
+            out.register_hook(_positive_part)
+        return out
 
 
 @contextlib.contextmanager
-def guided_relu_hooks(model: nn.Module) -> Iterator[None]:
-    """Turns every ``nn.ReLU`` of ``model`` into a guided-backprop ReLU for the block.
+def guided_relus() -> Iterator[None]:
+    """Makes every ReLU evaluated inside the block a guided-backprop ReLU.
 
     Guided backpropagation (Springenberg et al. 2015, arXiv:1412.6806) zeroes
-    negative gradients at each ReLU on the way back. The hooks are removed on
-    exit, also after an error.
+    negative gradients at each ReLU on the way back. ``nn.ReLU`` modules and
+    the functional forms (``F.relu``, ``torch.relu``, ``Tensor.relu`` and
+    their in-place variants) are all caught, through a torch function mode;
+    nothing is left on the model after the block, also after an error.
+    Not seen: TorchScript modules and ReLUs written as ``clamp``/``maximum``.
     """
-    handles = [m.register_forward_hook(_guided_hook) for m in model.modules() if isinstance(m, nn.ReLU)]
-    try:
+    with _GuidedReLUs():
         yield
-    finally:
-        for h in handles:
-            h.remove()
 
 
 def integration_rule(steps: int, *, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from sgcore.attribution._bases import (
-    guided_relu_hooks,
+    guided_relus,
     integration_rule,
     prefers_channels_last,
 )
@@ -93,8 +93,8 @@ def smoothgrad(
             ``"integrated_gradients"`` ((x̃ − x') ⊙ ∫₀¹ ∂S_c/∂x(x' + α(x̃ − x')) dα,
             Sundararajan et al. 2017, arXiv:1703.01365; the SmoothGrad paper
             smooths IG too) or ``"guided_backprop"`` (gradient with negative
-            gradients zeroed at every ``nn.ReLU`` module, Springenberg et al.
-            2015, arXiv:1412.6806; functional ReLUs are not seen).
+            gradients zeroed at every ReLU, module or functional, Springenberg
+            et al. 2015, arXiv:1412.6806).
         seeds: ``(B,)`` integer seed per image; the map of an image depends only
             on its own seed, never on its batch neighbours or on ``max_batch``.
             None uses seed 0 for every image.
@@ -162,7 +162,7 @@ def smoothgrad(
     grad_fn = _input_gradient_fn(
         model, precision, x.device, prefers_channels_last(model), int(targets.max())
     )
-    hooks = guided_relu_hooks(model) if base == "guided_backprop" else contextlib.nullcontext()
+    hooks = guided_relus() if base == "guided_backprop" else contextlib.nullcontext()
     with _input_gradients_only(model), _float32_mode(precision, x.device), hooks:
         _run(plan, acc, grad_fn, max_batch)
     return acc.result()

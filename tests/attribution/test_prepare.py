@@ -98,6 +98,12 @@ def test_compiled_model_gives_same_maps(cnn, images, targets, seeds):
     compiled = prepare_model(cnn, compile=True)
     got = smoothgrad(compiled, images, targets, seeds=seeds, n_samples=4)
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+    # The guided ReLUs are a torch function mode: the compiled graph must
+    # honour it, and the plain gradient after it must be plain again.
+    want = smoothgrad(cnn, images, targets, seeds=seeds, n_samples=4, base="guided_backprop")
+    got = smoothgrad(compiled, images, targets, seeds=seeds, n_samples=4, base="guided_backprop")
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+    assert not torch.allclose(got, smoothgrad(compiled, images, targets, seeds=seeds, n_samples=4))
 
 
 @pytest.mark.needs_cuda

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from sgcore.attribution import AGGREGATES, BASES, NOISES, default_max_batch, smoothgrad
@@ -108,11 +109,52 @@ def test_input_and_model_state_untouched(make_cnn, images, targets):
     assert all(not m._forward_hooks and not m._backward_hooks for m in model.modules())
 
 
-def test_guided_backprop_hooks_removed_after_error(make_cnn, images, targets):
+def test_guided_backprop_leaves_nothing_behind_after_error(make_cnn, images, targets, seeds):
     model = make_cnn(0)
+    plain = smoothgrad(model, images, targets, seeds=seeds, n_samples=2)
     with pytest.raises(ValueError, match="below num_classes=5"):
         smoothgrad(model, images, torch.tensor([0, 9, 1]), base="guided_backprop", n_samples=2)
-    assert all(not m._forward_hooks for m in model.modules())
+    assert all(not m._forward_hooks and not m._backward_hooks for m in model.modules())
+    # Were the guided ReLUs still active, the plain gradient would change.
+    assert torch.equal(smoothgrad(model, images, targets, seeds=seeds, n_samples=2), plain)
+    guided = smoothgrad(model, images, targets, seeds=seeds, n_samples=2, base="guided_backprop")
+    assert not torch.allclose(guided, plain)
+
+
+class _FunctionalReLUNet(nn.Module):
+    """TinyCNN's layers, with each ReLU called a different functional way."""
+
+    def __init__(self, net: nn.Module, style: str) -> None:
+        super().__init__()
+        self.net, self.style = net, style
+
+    def _relu(self, x: torch.Tensor) -> torch.Tensor:
+        if self.style == "F.relu":
+            return F.relu(x)
+        if self.style == "F.relu_inplace":
+            return F.relu(x, inplace=True)
+        if self.style == "torch.relu":
+            return torch.relu(x)
+        if self.style == "Tensor.relu":
+            return x.relu()
+        x.relu_()
+        return x
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        conv1, bn1, _, conv2, bn2, _ = self.net.features
+        h = self._relu(bn1(conv1(x)))
+        h = self._relu(bn2(conv2(h)))
+        return self.net.head(h.mean(dim=(2, 3)))
+
+
+@pytest.mark.parametrize("style", ["F.relu", "F.relu_inplace", "torch.relu", "Tensor.relu", "Tensor.relu_"])
+def test_guided_backprop_sees_functional_relus(make_cnn, images, targets, seeds, naive, style):
+    model = _FunctionalReLUNet(make_cnn(4), style).eval()
+    got = smoothgrad(model, images, targets, seeds=seeds, n_samples=3, base="guided_backprop")
+    want = naive(make_cnn(4), images, targets, seeds, n_samples=3, noise_level=0.15, base="guided_backprop")
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6)
+    plain = smoothgrad(model, images, targets, seeds=seeds, n_samples=3)
+    assert not torch.allclose(got, plain)
 
 
 def test_guided_backprop_with_inplace_relu(make_cnn, images, targets, seeds, naive):
