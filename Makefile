@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.sgcore-installed
 
-.PHONY: run test test-all lint bench audit clean install
+.PHONY: run test test-all lint bench audit clean install gpu-deps
 
 install: $(STAMP)
 
@@ -37,3 +37,9 @@ clean:
 
 audit: $(STAMP)
 	$(PY) -m jobs.audit
+
+# Pure-Python wheels a lent GPU machine lacks, for `python -m jobs.gpu_check`
+# (see docs/performance.md); Ray is packed by ../shared/gpu/bundle-ray.sh.
+gpu-deps: $(STAMP)
+	mkdir -p .gpu-deps/whl
+	$(PY) -m pip download --quiet --no-deps -d .gpu-deps/whl captum==0.9.0 tqdm pytest pluggy iniconfig pygments packaging

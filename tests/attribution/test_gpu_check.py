@@ -1,0 +1,68 @@
+"""jobs.gpu_check: the step runner keeps going past failures and within its budget."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+from jobs.gpu_check import Step, main, plan, run_steps, summary_markdown
+
+
+def _py(code: str) -> tuple[str, ...]:
+    return (sys.executable, "-c", code)
+
+
+def test_run_steps_records_failures_timeouts_and_budget(tmp_path):
+    steps = [
+        Step(name="ok", argv=_py("print('hello')"), timeout_s=30),
+        Step(name="fails", argv=_py("raise SystemExit(3)"), timeout_s=30),
+        Step(name="hangs", argv=_py("import time; time.sleep(60)"), timeout_s=2),
+        Step(name="late", argv=_py("print('never')"), timeout_s=30),
+    ]
+    # A step never starts with under 20 s of budget left: after the 2 s hang,
+    # fewer than 19 of these 21 s remain, so "late" is skipped.
+    results = run_steps(steps, tmp_path, budget_s=21, env={})
+    by = {r["step"]: r for r in results}
+    assert by["ok"]["rc"] == 0 and (tmp_path / "ok.log").read_text().strip() == "hello"
+    assert by["fails"]["rc"] == 3
+    assert by["hangs"]["rc"] is None and "timed out after 2 s" in by["hangs"]["note"]
+    assert by["late"]["rc"] is None and by["late"]["note"] == "skipped: budget spent"
+    assert not (tmp_path / "late.log").exists()
+
+
+def test_summary_lists_steps_and_tables(tmp_path):
+    (tmp_path / "benchmark").mkdir()
+    (tmp_path / "benchmark" / "speed-x.md").write_text("| variant | images/s |\n|---|---:|\n| a | 1.0 |\n")
+    text = summary_markdown([{"step": "s1", "rc": 1, "seconds": 2.0, "note": ""}], tmp_path,
+                            {"device_name": "NVIDIA H200", "torch": "2.x"})
+    assert text.startswith("# GPU check on NVIDIA H200 (torch 2.x)")
+    assert "| s1 | 1 | 2.0 |  |" in text and "## speed-x" in text and "| a | 1.0 |" in text
+
+
+def test_full_plan_covers_the_issue_commands(tmp_path):
+    argvs = {s.name: " ".join(s.argv) for s in plan(tmp_path, smoke=False)}
+    assert "-m needs_cuda tests/attribution" in argvs["tests-needs-cuda"]
+    assert "--model resnet50 --image-size 224 --n-samples 50 --batch 64" in argvs["bench-resnet50"]
+    assert "--compile" in argvs["bench-resnet50"]
+    assert "--model vit_b_16" in argvs["bench-vit_b_16"] and "bf16" in argvs["bench-vit_b_16"]
+    assert "--mode fidelity --precisions fp32 bf16 fp16" in argvs["fidelity-demo"]
+    assert sum(s.timeout_s for s in plan(tmp_path, smoke=False)) <= 600
+
+
+def test_refuses_to_measure_without_cuda(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)
+    assert main(["--out", str(tmp_path), "--wheels", str(tmp_path / "none")]) == 2
+    assert "no CUDA device here: use --smoke" in capsys.readouterr().err
+    assert not (tmp_path / "summary.json").exists()
+
+
+def test_smoke_plan_runs_end_to_end(tmp_path, monkeypatch):
+    # The real script, with the steps swapped for instant ones.
+    monkeypatch.setattr("jobs.gpu_check.plan", lambda out, smoke: [
+        Step(name="s", argv=_py("import pathlib,sys; pathlib.Path(sys.argv[1]).mkdir(parents=True)"
+                                "; (pathlib.Path(sys.argv[1]) / 't.md').write_text('| t |')")
+             + (str(out / "benchmark"),), timeout_s=30)])
+    assert main(["--smoke", "--out", str(tmp_path), "--wheels", str(tmp_path / "none")]) == 0
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["smoke"] is True and summary["steps"][0]["rc"] == 0
+    assert "## t" in (tmp_path / "summary.md").read_text()
