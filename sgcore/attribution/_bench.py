@@ -1,7 +1,7 @@
 """Benchmark logic behind ``python -m jobs.benchmark``: speed side by side, and fidelity.
 
 Speed mode runs, on one device and the same images: sgcore at each precision
-(model as given, and prepared: BatchNorm folded, channels_last on CUDA,
+(model as given, and prepared: BatchNorm folded, channels_last,
 optionally compiled), Captum's ``NoiseTunnel(Saliency)``, a per-sample loop,
 and for each sgcore variant the raw forward + input-gradient rate of the same
 model at the same batch (the practical ceiling, DESIGN.md "Performance
@@ -127,14 +127,14 @@ class Report:
                  "Setup: " + ", ".join(f"{k}={v}" for k, v in self.setup.items()), ""]
         if self.speed:
             lines += [
-                "| variant | images/s | ceiling images/s | % of ceiling | peak mem (MiB) | Spearman vs fp32 |",
-                "|---|---:|---:|---:|---:|---:|",
+                "| variant | images/s | ceiling images/s | % of ceiling | peak mem (MiB) | Spearman vs fp32 | note |",
+                "|---|---:|---:|---:|---:|---:|---|",
             ]
             for r in self.speed:
                 pct = f"{100 * r.images_per_s / r.ceiling_images_per_s:.0f}%" if r.ceiling_images_per_s else ""
                 lines.append(
                     f"| {r.variant} | {r.images_per_s:.1f} | {_fmt(r.ceiling_images_per_s, '.1f')} | {pct} "
-                    f"| {_fmt(r.peak_mem_mib, '.0f')} | {_fmt(r.spearman, '.4f')} |"
+                    f"| {_fmt(r.peak_mem_mib, '.0f')} | {_fmt(r.spearman, '.4f')} | {r.note} |"
                 )
             lines.append("")
         if self.fidelity:
@@ -438,7 +438,10 @@ def run_speed(model: nn.Module, images: torch.Tensor, targets: torch.Tensor, con
     return [
         Row(variant=v.name, images_per_s=batch / statistics.median(v.seconds),
             ceiling_images_per_s=batch / statistics.median(v.ceiling_seconds) if v.ceiling_seconds else None,
-            peak_mem_mib=v.peak_mib, spearman=median_spearman(v.maps, reference), note=v.note)
+            peak_mem_mib=v.peak_mib,
+            # The reference against itself would read 1.0000 and prove nothing.
+            spearman=None if v is variants[0] else median_spearman(v.maps, reference),
+            note="; ".join(filter(None, [v.note, "the Spearman reference" if v is variants[0] else ""])))
         for v in variants
     ]
 

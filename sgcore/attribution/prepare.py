@@ -23,8 +23,9 @@ def prepare_model(
       Szegedy 2015, arXiv:1502.03167: in eval mode BN is an affine map, so the
       fold is exact up to float rounding). It halves the memory traffic of
       conv-BN blocks in the forward and backward pass. Needs ``model.eval()``
-      and a model that ``torch.fx`` can trace; otherwise nothing is folded and
-      a warning says why.
+      (a model in training mode is refused with a ``ValueError``) and a model
+      that ``torch.fx`` can trace (otherwise nothing is folded and a warning
+      says why).
     - ``channels_last``: stores 4-D weights channels_last (NHWC), which cuDNN
       tensor cores and oneDNN prefer; ``smoothgrad`` then feeds inputs in the
       same layout. None means: on when the model has a ``Conv2d``. Measured

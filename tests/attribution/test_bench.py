@@ -53,6 +53,10 @@ def test_speed_and_fidelity_run_end_to_end(cnn, tmp_path):
     assert by["sgcore fp32, prepared"].spearman > 0.999
     assert by["per-sample loop fp32"].spearman > 0.999
     assert by["sgcore fp32, model as given"].ceiling_images_per_s > 0
+    reference = by["sgcore fp32, model as given"]
+    assert reference.spearman is None and "the Spearman reference" in reference.note
+    table = report.to_markdown()
+    assert "| note |" in table and "the Spearman reference |" in table
     assert [f["noise"] for f in report.fidelity] == ["gaussian", "antithetic", "sobol"]
     gauss = report.fidelity[0]["spearman_by_n"]
     assert gauss[32] > gauss[2]
