@@ -41,7 +41,7 @@ def test_summary_lists_steps_and_tables(tmp_path):
 
 def test_full_plan_covers_the_issue_commands(tmp_path):
     argvs = {s.name: " ".join(s.argv) for s in plan(tmp_path, smoke=False)}
-    assert "-m needs_cuda tests/attribution" in argvs["tests-needs-cuda"]
+    assert "-m needs_cuda tests/attribution tests/audit" in argvs["tests-needs-cuda"]
     assert "--model resnet50 --image-size 224 --n-samples 50 --batch 64" in argvs["bench-resnet50"]
     assert "--compile" in argvs["bench-resnet50"]
     assert "--model vit_b_16" in argvs["bench-vit_b_16"] and "bf16" in argvs["bench-vit_b_16"]
