@@ -39,9 +39,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-faithfulness", dest="faithfulness", action="store_false")
     p.add_argument("--no-localization", dest="localization", action="store_false")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--num-actors", type=int, help="Ray actors (default: one per CPU; 0: no Ray)")
-    p.add_argument("--gpus-per-actor", type=float, default=0.0)
-    p.add_argument("--address", help="Ray address (default: RAY_ADDRESS, else a local Ray)")
+    p.add_argument("--num-actors", type=int, help="Ray actors (default: one per CPU; 0: in this process, no Ray)")
+    p.add_argument("--gpus-per-actor", type=float, default=0.0,
+                   help="GPUs per actor; > 0 recomputes maps on CUDA (also with --num-actors 0), 0 on the CPU")
+    p.add_argument("--address", help="Ray address (default: RAY_ADDRESS, else a fresh local Ray; "
+                                     "'auto' joins the cluster of `ray start`)")
     p.add_argument("--allow-partial", action="store_true", help="audit results without _SUCCESS")
     p.add_argument("--storage-options", type=json.loads, default={}, help="JSON object for fsspec; never logged")
     return p

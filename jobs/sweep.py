@@ -5,6 +5,8 @@
 
 Writes REPORT/index.html (figures in img/) and REPORT/summary.json, to pick
 --noise-level and --n-samples for a dataset (Smilkov et al. 2017, Figs. 3-4).
+The maps use the aggregate, base map, noise and channel reduction the results'
+manifest recorded, unless flags say otherwise.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import argparse
 import json
 
 from sgcore.cli import DEMO_OUTPUT, run_cli
+from sgcore.config import AGGREGATES, BASES, NOISES, REDUCTIONS
 
 
 def _floats(text: str) -> tuple[float, ...]:
@@ -37,6 +40,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--convergence-counts", type=_ints, default=None, help="comma-separated n for the curve")
     p.add_argument("--reference-samples", type=int, default=500, help="n of the reference map")
     p.add_argument("--convergence-noise", type=float, help="noise level of the curve (default: the run's)")
+    for flag, choices in (("--aggregate", AGGREGATES), ("--base", BASES), ("--noise", NOISES),
+                          ("--reduction", REDUCTIONS)):
+        p.add_argument(flag, choices=choices, help="SmoothGrad setting of every map (default: the run's)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--storage-options", type=json.loads, default={}, help="JSON object for fsspec; never logged")
     return p

@@ -87,30 +87,58 @@ def load_maps(
     if isinstance(results, str):
         results = open_results(results, storage_options)
     wanted = None if image_ids is None else list(dict.fromkeys(str(i) for i in image_ids))
-    column = "saliency_full" if full else "saliency"
-    names = results.schema.names
     flt = pc.field("status") == "ok"
     if wanted is not None:
         flt = flt & pc.field("image_id").isin(wanted)
-    if column in names:
-        table = _select(results, ["image_id", column], flt)
-        ids = table.column("image_id").to_pylist()
-        arr = table.column(column).combine_chunks()
-        stack = arr.to_numpy_ndarray() if len(arr) else np.zeros((0,), np.float16)
-        out = {i: stack[k].astype(np.float32) for k, i in enumerate(ids)}
-    elif "map_key" in names:
-        if url is None:
-            raise InputError("npz results: pass the results URL to load_maps, not a table")
-        table = _select(results, ["image_id", "shard", "map_key"], flt)
-        out = _npz_maps(url, table, full=full, storage_options=storage_options)
-    else:
-        raise InputError(f"results have no {column!r} column; was the job run with --store-full?")
+    names = results.schema.names
+    columns = [c for c in ("image_id", "shard", "saliency_full" if full else "saliency", "map_key") if c in names]
+    table = _select(results, columns, flt)
+    stack = table_maps(table, url, full=full, storage_options=storage_options)
+    out = dict(zip(table.column("image_id").to_pylist(), stack, strict=True))
     if wanted is not None:
         missing = [i for i in wanted if i not in out]
         if missing:
             raise InputError(f"no map for image_id(s) {missing[:5]} (not in the results, or status error)")
         return {i: out[i] for i in wanted}
     return out
+
+
+def table_maps(
+    table: pa.Table,
+    url: str | None = None,
+    *,
+    full: bool = False,
+    storage_options: dict[str, Any] | None = None,
+) -> np.ndarray:
+    """The maps of ``table``'s rows, in row order, as one float32 array.
+
+    Args:
+        table: result rows that all have a map (select ``status == "ok"``
+            first), with ``saliency`` (or ``saliency_full``), or with
+            ``shard`` and ``map_key`` for npz results.
+        url: the results directory; npz results need it to find ``maps/``.
+        full: the per-channel maps of ``--store-full``.
+        storage_options: fsspec options for ``url``.
+
+    Returns:
+        ``(N, H, W)`` float32, or ``(N, C, H, W)`` with ``full``.
+
+    Raises:
+        InputError: no map column (``full`` without ``--store-full``), npz
+            results without ``url``, or a row without a map.
+    """
+    column = "saliency_full" if full else "saliency"
+    names = table.column_names
+    if column in names:
+        arr = table.column(column).combine_chunks()
+        if arr.null_count:
+            raise InputError(f"{arr.null_count} row(s) have no {column!r}; select the status == 'ok' rows")
+        return arr.to_numpy_ndarray().astype(np.float32)
+    if "map_key" not in names:
+        raise InputError(f"results have no {column!r} column; was the job run with --store-full?")
+    if url is None:
+        raise InputError("npz results: pass the results URL to load_maps, not a table")
+    return _npz_maps(url, table, full=full, storage_options=storage_options)
 
 
 def _select(results: pads.Dataset | pa.Table, columns: list[str], flt: Any) -> pa.Table:
@@ -120,23 +148,29 @@ def _select(results: pads.Dataset | pa.Table, columns: list[str], flt: Any) -> p
 
 
 def _npz_maps(url: str, table: pa.Table, *, full: bool,
-              storage_options: dict[str, Any] | None) -> dict[str, np.ndarray]:
-    out: dict[str, np.ndarray] = {}
+              storage_options: dict[str, Any] | None) -> np.ndarray:
+    """The rows' maps from ``maps/part-<shard>.npz``, each file read once."""
+    shards = table.column("shard").to_pylist()
+    keys = table.column("map_key").to_pylist()
+    if None in keys:
+        raise InputError(f"{keys.count(None)} row(s) have no map_key; select the status == 'ok' rows")
     fs, _ = url_to_fs(url, storage_options)
-    by_shard: dict[str, list[str]] = {}
-    for sid, key in zip(table.column("shard").to_pylist(), table.column("map_key").to_pylist(), strict=True):
-        if key is not None:
-            by_shard.setdefault(sid, []).append(key)
-    for sid, keys in sorted(by_shard.items()):
+    out: list[np.ndarray | None] = [None] * len(keys)
+    by_shard: dict[str, list[int]] = {}
+    for i, sid in enumerate(shards):
+        by_shard.setdefault(sid, []).append(i)
+    for sid, rows in sorted(by_shard.items()):
         npz_url = join(url, "maps", f"part-{sid}.npz")
         _, path = url_to_fs(npz_url, storage_options)
         with np.load(io.BytesIO(read_bytes(fs, path, url=npz_url))) as z:
-            for key in keys:
-                name = f"{key}/full" if full else key
+            for i in rows:
+                name = f"{keys[i]}/full" if full else keys[i]
                 if name not in z.files:
                     raise InputError(f"{npz_url} has no map {name!r}; was the job run with --store-full?")
-                out[key] = z[name].astype(np.float32)
-    return out
+                out[i] = z[name].astype(np.float32)
+    if not out:
+        return np.zeros((0, 0, 0), np.float32)
+    return np.stack(out)  # type: ignore[arg-type]
 
 
 def overlay(
@@ -210,13 +244,36 @@ def overlay(
     size = (geo["orig_width"], geo["orig_height"])
     heat = np.asarray(Image.fromarray(canvas, mode="F").resize(size, Image.Resampling.BILINEAR))
     mask = np.asarray(Image.fromarray(cover, mode="F").resize(size, Image.Resampling.NEAREST))
-    top = float(np.abs(heat).max(initial=0.0))
-    norm = np.abs(heat) / top if top > 0 else np.zeros_like(heat)
-    colour = _heat_colours(norm)
-    weight = (alpha * norm * mask)[..., None]
-    pixels = np.asarray(base, dtype=np.float32)
-    out = pixels * (1.0 - weight) + colour * weight
-    return Image.fromarray(out.clip(0, 255).astype(np.uint8), mode="RGB")
+    return Image.fromarray(heat_overlay(np.asarray(base), heat, alpha=alpha, where=mask), mode="RGB")
+
+
+def heat_overlay(
+    image: np.ndarray, saliency: np.ndarray, *, alpha: float = 0.5, where: np.ndarray | None = None
+) -> np.ndarray:
+    """``|saliency|`` as a heat map over an RGB image of the same size.
+
+    The map is scaled by its maximum; the heat map's opacity grows with it,
+    up to ``alpha``. This is the blend :func:`overlay` draws after bringing a
+    map back to the original image; the audit report uses it on the crop.
+
+    Args:
+        image: ``(H, W, 3)`` RGB, uint8 values.
+        saliency: ``(H, W)`` map.
+        alpha: opacity of the heat map where the map is strongest.
+        where: ``(H, W)`` weights in [0, 1] (0: the image alone); None: 1.
+
+    Returns:
+        ``(H, W, 3)`` uint8.
+    """
+    mag = np.abs(np.asarray(saliency, dtype=np.float32))
+    pixels = np.asarray(image, dtype=np.float32)
+    if pixels.shape != (*mag.shape, 3):
+        raise ValueError(f"image must be (H, W, 3) with the map's (H, W) {mag.shape}; got {pixels.shape}")
+    top = float(mag.max(initial=0.0))
+    norm = mag / top if top > 0 else np.zeros_like(mag)
+    weight = alpha * norm * (1.0 if where is None else where)
+    out = pixels * (1.0 - weight[..., None]) + _heat_colours(norm) * weight[..., None]
+    return out.clip(0, 255).astype(np.uint8)
 
 
 def _heat_colours(x: np.ndarray) -> np.ndarray:
@@ -227,15 +284,14 @@ def _heat_colours(x: np.ndarray) -> np.ndarray:
     return np.stack([r, g, b], axis=-1) * 255.0
 
 
-def read_rows(url: str, storage_options: dict[str, Any] | None = None, **kwargs: Any) -> pa.Table:
-    """All rows as one table (small results; for big ones filter :func:`open_results`)."""
-    return open_results(url, storage_options).to_table(**kwargs)
-
-
 def part_files(url: str, storage_options: dict[str, Any] | None = None) -> list[str]:
-    """URLs of the committed part files, sorted."""
-    fs, parts = _part_paths(url, storage_options)
+    """URLs of the ``part-*.parquet`` files under ``url``, sorted.
+
+    Raises:
+        InputError: ``url`` holds no parts.
+    """
+    _, parts = _part_paths(url, storage_options)
     return [join(url, posixpath.basename(p)) for p in parts]
 
 
-__all__ = ["load_maps", "open_results", "overlay", "part_files", "read_rows"]
+__all__ = ["heat_overlay", "load_maps", "open_results", "overlay", "part_files", "table_maps"]

@@ -7,7 +7,8 @@ chunk's images, their seeds and the audit seed, never on which worker ran it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import os
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
@@ -18,11 +19,17 @@ from sgcore.audit.results import load_images
 from sgcore.audit.sanity import MapSettings, cascading_randomization
 from sgcore.models import load_model
 from sgcore.models.preprocess import Preprocess
+from sgcore.pipeline.worker import pick_device
 
 
 @dataclass(frozen=True, kw_only=True)
 class WorkerSpec:
-    """What a worker needs to rebuild the model and the settings."""
+    """What a worker needs to rebuild the model and the settings.
+
+    ``use_gpu``: run on CUDA when torch sees a GPU (the job's rule, see
+    :func:`sgcore.pipeline.worker.pick_device`); otherwise on the CPU, even
+    on a machine with a GPU, since no GPU was asked for.
+    """
 
     model: str
     weights: str
@@ -34,6 +41,7 @@ class WorkerSpec:
     steps: int = 32
     seed: int = 0
     image_column: str | None = None
+    use_gpu: bool = False
     storage_options: dict[str, Any] = field(default_factory=dict, repr=False)
 
 
@@ -53,7 +61,7 @@ class AuditWorker:
     def __init__(self, spec: WorkerSpec) -> None:
         self.spec = spec
         loaded = load_model(spec.model, spec.weights, image_size=spec.image_size, storage_options=spec.storage_options)
-        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self.device = pick_device(spec.use_gpu)
         self.model = loaded.model.to(self.device).eval()
         self.preprocess = Preprocess.from_dict(spec.preprocess)
 
@@ -68,15 +76,10 @@ class AuditWorker:
                 f"stored maps must match the model input size; got maps {tuple(chunk.maps.shape[1:])} "
                 f"and inputs {tuple(x.shape[2:])}"
             )
-        out: dict[str, Any] = {"images": len(chunk.sources)}
+        out: dict[str, Any] = {"images": len(chunk.sources), "device": str(self.device)}
         if spec.sanity:
             r = cascading_randomization(self.model, x, targets, settings=spec.settings, seeds=seeds, seed=spec.seed)
-            out["sanity"] = {
-                "layers": r.layers,
-                "spearman_abs": r.spearman_abs,
-                "spearman_signed": r.spearman_signed,
-                "ssim": r.ssim,
-            }
+            out["sanity"] = asdict(r)
         if spec.faithfulness:
             # The random orders depend on the chunk's first image, not on the worker.
             order_seed = (spec.seed * 1_000_003 + chunk.seeds[0]) % (2**63)
@@ -84,12 +87,7 @@ class AuditWorker:
                 self.model, x, targets, torch.tensor(chunk.maps, device=self.device),
                 steps=spec.steps, seed=order_seed,
             )
-            out["faithfulness"] = {
-                "deletion": f.deletion,
-                "insertion": f.insertion,
-                "deletion_random": f.deletion_random,
-                "insertion_random": f.insertion_random,
-            }
+            out["faithfulness"] = asdict(f)
         return out
 
 
@@ -108,8 +106,10 @@ def run_chunks(
         chunks: work items.
         num_actors: Ray actors (None: one per CPU of the cluster, at most one
             per chunk); 0 runs in this process without Ray.
-        address: Ray cluster address (None: the running one or a local one).
+        address: Ray cluster address; None: ``RAY_ADDRESS``, else a fresh
+            local Ray, shut down afterwards (as the job's driver does).
         gpus_per_actor: GPUs each actor reserves (0 on CPU-only clusters).
+            ``spec.use_gpu`` must say whether it is > 0.
     """
     if not chunks:
         return []
@@ -121,16 +121,39 @@ def run_chunks(
         from ray.util import ActorPool
     except ImportError as e:  # pragma: no cover - ray is a core dependency
         raise ImportError("running the audit on Ray needs ray: pip install 'ray[data]'") from e
-    if not ray.is_initialized():
-        ray.init(address=address, logging_level="WARNING", include_dashboard=False)
-    if num_actors is None:
-        cpus = int(ray.cluster_resources().get("CPU", 1))
-        num_actors = max(1, min(cpus, len(chunks)))
-    remote = ray.remote(num_cpus=1, num_gpus=gpus_per_actor)(AuditWorker)
-    actors = [remote.remote(spec) for _ in range(num_actors)]
-    pool = ActorPool(actors)
+    owns_ray = _init_ray(address)
+    actors: list[Any] = []
     try:
+        if num_actors is None:
+            cpus = int(ray.cluster_resources().get("CPU", 1))
+            num_actors = max(1, min(cpus, len(chunks)))
+        remote = ray.remote(num_cpus=1, num_gpus=gpus_per_actor)(AuditWorker)
+        actors = [remote.remote(spec) for _ in range(num_actors)]
+        pool = ActorPool(actors)
         return list(pool.map(lambda a, c: a.evaluate.remote(c), chunks))
     finally:
         for a in actors:
             ray.kill(a)
+        if owns_ray:
+            ray.shutdown()
+
+
+def _init_ray(address: str | None) -> bool:
+    """Connects to ``address``, else ``RAY_ADDRESS``, else starts a local Ray.
+
+    Returns True when this call initialized Ray, so the caller shuts it down.
+
+    The job's driver does the same: without an address the audit gets a Ray
+    of its own, never whatever cluster ``ray start`` left on the machine
+    (pass ``--address auto`` to join that one).
+    """
+    import ray
+
+    if ray.is_initialized():
+        return False
+    address = address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, logging_level="WARNING")
+    else:
+        ray.init(address="local", logging_level="WARNING", include_dashboard=False)
+    return True

@@ -48,8 +48,12 @@ def saliency_order(maps: torch.Tensor) -> torch.Tensor:
 
 
 def random_order(batch: int, pixels: int, generator: torch.Generator) -> torch.Tensor:
-    """A random pixel order ``(batch, pixels)`` per image from ``generator``."""
-    return torch.stack([torch.randperm(pixels, generator=generator) for _ in range(batch)])
+    """A random pixel order ``(batch, pixels)`` per image from ``generator``, on its device.
+
+    :func:`deletion_insertion` draws it on the CPU, so the order is the same
+    whichever device evaluates the model.
+    """
+    return torch.stack([torch.randperm(pixels, generator=generator, device=generator.device) for _ in range(batch)])
 
 
 def blur(images: torch.Tensor, sigma: float) -> torch.Tensor:
@@ -58,7 +62,7 @@ def blur(images: torch.Tensor, sigma: float) -> torch.Tensor:
         raise ValueError(f"sigma must be > 0; got {sigma}")
     radius = max(1, int(3.0 * sigma + 0.5))
     radius = min(radius, images.shape[-1] - 1, images.shape[-2] - 1)
-    x = torch.arange(-radius, radius + 1, dtype=torch.float32)
+    x = torch.arange(-radius, radius + 1, dtype=torch.float32, device=images.device)
     w = torch.exp(-0.5 * (x / sigma) ** 2)
     w = (w / w.sum()).to(images.dtype)
     c = images.shape[1]
@@ -88,7 +92,7 @@ def perturbation_curve(
         model: classifier returning logits.
         start, end: ``(B, C, H, W)`` model-input images.
         targets: ``(B,)`` classes whose probability is tracked.
-        order: ``(B, H*W)`` pixel indices, most important first.
+        order: ``(B, H*W)`` pixel indices, most important first (any device).
         steps: number of steps; the curve has ``steps + 1`` points.
         max_batch: images per forward pass.
 
@@ -104,22 +108,24 @@ def perturbation_curve(
         raise ValueError(f"order must have shape ({b}, {h * w}); got {tuple(order.shape)}")
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise ValueError(f"steps must be a positive integer; got {steps!r}")
+    device = start.device
     counts = [int(round(k * h * w / steps)) for k in range(steps + 1)]
     # rank[b, p] = position of pixel p in the order; pixel p is switched at
     # step k when rank < counts[k].
+    order = order.to(device)
     rank = torch.empty_like(order)
-    rank.scatter_(1, order, torch.arange(h * w).expand(b, -1).contiguous())
-    thresholds = torch.tensor(counts).view(1, -1, 1)
+    rank.scatter_(1, order, torch.arange(h * w, device=device).expand(b, -1).contiguous())
+    thresholds = torch.tensor(counts, device=device).view(1, -1, 1)
     switched = (rank.unsqueeze(1) < thresholds).view(b, steps + 1, 1, h, w)
-    inputs = torch.where(switched, end.unsqueeze(1), start.unsqueeze(1)).reshape(-1, c, h, w)
-    tgt = targets.repeat_interleave(steps + 1)
+    inputs = torch.where(switched, end.to(device).unsqueeze(1), start.unsqueeze(1)).reshape(-1, c, h, w)
+    tgt = targets.to(device).repeat_interleave(steps + 1)
     probs = []
     with torch.no_grad():
         for i in range(0, inputs.shape[0], max_batch):
             logits = model(inputs[i : i + max_batch]).float()
             p = torch.softmax(logits, dim=1).gather(1, tgt[i : i + max_batch].unsqueeze(1))
             probs.append(p.squeeze(1))
-    return torch.cat(probs).view(b, steps + 1).to(torch.float64).numpy()
+    return torch.cat(probs).view(b, steps + 1).to(torch.float64).cpu().numpy()
 
 
 def deletion_insertion(
@@ -145,7 +151,7 @@ def deletion_insertion(
         model: classifier in eval mode.
         images: ``(B, C, H, W)`` model-input images.
         targets: ``(B,)`` explained classes.
-        maps: ``(B, H, W)`` saliency maps (magnitude gives the order).
+        maps: ``(B, H, W)`` saliency maps (magnitude gives the order), on any device.
         steps: points per curve minus one.
         blur_sigma: insertion start blur in pixels.
         seed: seed of the random orders (per call).

@@ -11,6 +11,10 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+import torch
+
+from sgcore.attribution import clip_percentile
+from sgcore.results import heat_overlay
 
 
 def _plt() -> Any:
@@ -34,19 +38,7 @@ def _png(fig: Any) -> bytes:
 
 def display(m: np.ndarray, q: float = 99.0) -> np.ndarray:
     """``|m|`` scaled to [0, 1] with its ``q``-th percentile at 1 (the paper's view)."""
-    mag = np.abs(np.asarray(m, dtype=np.float64))
-    top = np.percentile(mag, q)
-    return np.clip(mag / top, 0.0, 1.0) if top > 0 else np.zeros_like(mag)
-
-
-def overlay(image: np.ndarray, m: np.ndarray, *, alpha: float = 0.6) -> np.ndarray:
-    """An RGB uint8 ``(H, W, 3)`` picture: the image in grey with the map in red-yellow."""
-    plt = _plt()
-    grey = np.asarray(image, dtype=np.float64).mean(axis=2, keepdims=True) / 255.0
-    heat = plt.get_cmap("inferno")(display(m))[..., :3]
-    a = alpha * display(m)[..., None]
-    out = ((1 - a) * grey + a * heat).clip(0.0, 1.0)
-    return (out * 255).astype(np.uint8)
+    return clip_percentile(torch.from_numpy(np.asarray(m, dtype=np.float32)), q).numpy()
 
 
 def sanity_curve(steps: list[dict[str, Any]]) -> bytes:
@@ -108,7 +100,7 @@ def map_grid(
         if k >= len(maps):
             continue
         if images is not None:
-            ax.imshow(overlay(images[k], maps[k]))
+            ax.imshow(heat_overlay(images[k], maps[k], alpha=0.6))
         else:
             ax.imshow(display(maps[k]), cmap="inferno", vmin=0, vmax=1)
         ax.set_title(titles[k], fontsize=8)

@@ -25,7 +25,6 @@ th, td { border: 1px solid #ddd; padding: .25em .6em; text-align: right; }
 th { background: #f3f3f3; } td:first-child, th:first-child { text-align: left; }
 figure { margin: 1em 0; } figure img { max-width: 100%; border: 1px solid #eee; }
 figcaption { font-size: .85em; color: #555; }
-.verdict-pass { color: #176317; font-weight: bold; } .verdict-fail { color: #a31515; font-weight: bold; }
 .meta { font-size: .85em; color: #555; }
 """
 
@@ -38,10 +37,9 @@ class Section:
     blocks: list[str] = field(default_factory=list)
     figures: dict[str, bytes] = field(default_factory=dict)
 
-    def text(self, content: str, *, css_class: str | None = None) -> None:
+    def text(self, content: str) -> None:
         """A paragraph (escaped)."""
-        cls = f' class="{css_class}"' if css_class else ""
-        self.blocks.append(f"<p{cls}>{html.escape(content)}</p>")
+        self.blocks.append(f"<p>{html.escape(content)}</p>")
 
     def table(self, rows: list[dict[str, Any]], columns: list[str] | None = None) -> None:
         """A table of dict rows; floats get 3 decimals."""

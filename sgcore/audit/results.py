@@ -26,6 +26,7 @@ from sgcore.io import read_source as _io_read_source
 from sgcore.io.decode import resize_and_crop
 from sgcore.io.labels import read_table
 from sgcore.models.preprocess import Preprocess
+from sgcore.results import part_files, table_maps
 from sgcore.seeds import image_seed
 
 # Columns every audit needs besides the map.
@@ -78,10 +79,14 @@ class Results:
         return Preprocess.from_dict(data)
 
 
-def open_results(
+def open_results_dir(
     url: str, *, storage_options: dict[str, Any] | None = None, allow_partial: bool = False
 ) -> Results:
-    """Opens a results directory, checking that it is complete.
+    """Opens a results directory with its manifest, checking that it is complete.
+
+    Unlike :func:`sgcore.results.open_results` (the rows as a pyarrow
+    dataset), this reads ``_manifest.json`` too: the audit needs the model,
+    the preprocessing and the SmoothGrad settings that made the maps.
 
     Args:
         url: the job's ``--output`` URL (any fsspec URL or local path).
@@ -96,9 +101,8 @@ def open_results(
 
     fs, root = url_to_fs(url, storage_options)
     root = root.rstrip("/")
-    manifest_path = posixpath.join(root, MANIFEST_NAME)
     try:
-        manifest = json.loads(fs.cat_file(manifest_path))
+        manifest = json.loads(fs.cat_file(posixpath.join(root, MANIFEST_NAME)))
     except FileNotFoundError as e:
         raise InputError(
             f"no {MANIFEST_NAME} under {url}; is it the --output of jobs.smoothgrad?"
@@ -111,17 +115,10 @@ def open_results(
             f"results at {url} are incomplete (no {SUCCESS_NAME}); wait for the job to finish "
             f"or pass allow_partial=True (--allow-partial)"
         )
-    names = sorted(
-        posixpath.basename(p)
-        for p in fs.ls(root, detail=False)
-        if posixpath.basename(p).startswith("part-") and p.endswith(".parquet")
-    )
-    if not names:
-        raise InputError(f"no part-*.parquet files under {url}")
     return Results(
         url=url,
         manifest=manifest,
-        parts=[join(url, n) for n in names],
+        parts=part_files(url, storage_options),
         complete=complete,
         storage_options=dict(storage_options or {}),
     )
@@ -144,16 +141,7 @@ def read_part(results: Results, part: str, *, with_maps: bool = True) -> tuple[p
     meta = table.select([c for c in META_COLUMNS if c in table.column_names])
     if not with_maps:
         return meta, None
-    if "saliency" in table.column_names:
-        column = table.column("saliency").combine_chunks()
-        maps = column.to_numpy_ndarray().astype(np.float32) if len(table) else None
-        if maps is None:
-            h = int(results.config.get("image_size") or 0)
-            maps = np.zeros((0, h, h), dtype=np.float32)
-        return meta, maps
-    if "map_key" in table.column_names:
-        return meta, _npz_maps(results, part, table)
-    raise InputError(f"{part} has neither a 'saliency' nor a 'map_key' column")
+    return meta, table_maps(table, results.url, storage_options=results.storage_options)
 
 
 def iter_parts(results: Results, *, with_maps: bool = True) -> Iterator[tuple[pa.Table, np.ndarray | None]]:
@@ -307,10 +295,3 @@ def read_boxes(url: str, storage_options: dict[str, Any] | None = None) -> dict[
     for image_id, box in zip(ids, coords, strict=True):
         grouped.setdefault(image_id, []).append(box)
     return {k: np.stack(v) for k, v in grouped.items()}
-
-
-def _npz_maps(results: Results, part: str, table: pa.Table) -> np.ndarray:
-    shard = posixpath.basename(part)[len("part-") : -len(".parquet")]
-    url = join(results.url, "maps", f"part-{shard}.npz")
-    with np.load(io.BytesIO(read_source(url, results.storage_options))) as npz:
-        return np.stack([npz[k].astype(np.float32) for k in table.column("map_key").to_pylist()])

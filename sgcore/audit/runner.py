@@ -19,13 +19,13 @@ from sgcore.audit import plots
 from sgcore.audit._workers import Chunk, WorkerSpec, run_chunks
 from sgcore.audit.classes import ClassView
 from sgcore.audit.compare import class_changes, compare_results
+from sgcore.audit.faithfulness import FaithfulnessResult
 from sgcore.audit.localization import (
     GEOMETRY_COLUMNS,
     LocalizationScores,
     boxes_to_map_mask,
     localization_scores,
 )
-from sgcore.audit.metrics import border_mask
 from sgcore.audit.report import Report, write_report
 from sgcore.audit.results import (
     Results,
@@ -33,7 +33,7 @@ from sgcore.audit.results import (
     iter_parts,
     load_images,
     load_mask,
-    open_results,
+    open_results_dir,
     read_boxes,
     read_index,
     read_maps,
@@ -69,7 +69,13 @@ class AuditConfig:
         border_width: border band width, as a fraction of the shorter side.
         pointing_tolerance: pixels of slack in the pointing game.
         chunk_size: images per work item on the actor pool.
-        num_actors: Ray actors (None: one per CPU); 0 runs without Ray.
+        num_actors: Ray actors (None: one per CPU); 0 runs in this process, without Ray.
+        gpus_per_actor: GPUs each actor reserves. The maps are recomputed on
+            CUDA only when this is > 0 (and torch sees a GPU), in this
+            process too; 0 keeps them on the CPU even on a GPU machine.
+            ``summary.json["device"]`` says where they ran.
+        address: Ray cluster; None: ``RAY_ADDRESS``, else a fresh local Ray
+            (``"auto"`` joins a cluster started with ``ray start``).
     """
 
     results: str
@@ -126,7 +132,7 @@ class AuditConfig:
 def run_audit(config: AuditConfig, *, log: Any = print) -> dict[str, Any]:
     """Audits ``config.results`` and writes the report; returns ``summary.json``'s content."""
     t0 = time.perf_counter()
-    results = open_results(config.results, storage_options=config.storage_options, allow_partial=config.allow_partial)
+    results = open_results_dir(config.results, storage_options=config.storage_options, allow_partial=config.allow_partial)
     job = results.config
     preprocess = results.preprocess
     model = config.model or job.get("model")
@@ -243,17 +249,7 @@ def run_audit(config: AuditConfig, *, log: Any = print) -> dict[str, Any]:
         sources = _sources(index, rows, config.input)
         targets = index.column("target").to_pylist()
         seeds = index.column("seed").to_pylist()
-        settings = MapSettings(
-            n_samples=int(config.n_samples or job.get("n_samples") or 50),
-            noise_level=float(job.get("noise_level", 0.15)),
-            aggregate=str(job.get("aggregate", "mean")),
-            base=str(job.get("base", "gradient")),
-            precision=str(job.get("precision", "fp32")),
-            reduction=str(job.get("reduction", "abs_sum")),
-            max_batch=job.get("max_batch"),
-            noise=str(job.get("noise", "gaussian")),
-            ig_steps=int(job.get("ig_steps", 32)),
-        )
+        settings = MapSettings.from_job(job, n_samples=config.n_samples)
         spec = WorkerSpec(
             model=model,
             weights=weights,
@@ -265,6 +261,7 @@ def run_audit(config: AuditConfig, *, log: Any = print) -> dict[str, Any]:
             steps=config.steps,
             seed=config.seed,
             image_column=job.get("image_column"),
+            use_gpu=config.gpus_per_actor > 0,
             storage_options=config.storage_options,
         )
         chunks = [
@@ -280,6 +277,7 @@ def run_audit(config: AuditConfig, *, log: Any = print) -> dict[str, Any]:
         outputs = run_chunks(
             spec, chunks, num_actors=config.num_actors, address=config.address, gpus_per_actor=config.gpus_per_actor
         )
+        summary["device"] = sorted({o["device"] for o in outputs})
         if config.sanity:
             _sanity_section(report, summary, outputs)
         if config.faithfulness:
@@ -288,7 +286,7 @@ def run_audit(config: AuditConfig, *, log: Any = print) -> dict[str, Any]:
     # ---- comparison -----------------------------------------------------------
     if config.compare:
         log(f"audit: comparing with {config.compare}")
-        other = open_results(config.compare, storage_options=config.storage_options, allow_partial=config.allow_partial)
+        other = open_results_dir(config.compare, storage_options=config.storage_options, allow_partial=config.allow_partial)
         _compare_section(report, summary, results, other, config)
 
     summary["seconds"] = round(time.perf_counter() - t0, 2)
@@ -310,7 +308,7 @@ def _class_section(
     shape: tuple[int, int],
 ) -> None:
     classes = view.summaries()
-    area = float(border_mask(*shape, width_fraction=config.border_width).mean())
+    area = view.border_area(*shape)
     summary["border_area"] = area
     summary["classes"] = [
         {"name": c.name, "count": c.count, "entropy": c.entropy, "gini": c.gini, "border_share": c.border_share}
@@ -434,22 +432,14 @@ def _sanity_section(report: Report, summary: dict[str, Any], outputs: list[dict[
 
 
 def _faithfulness_section(report: Report, summary: dict[str, Any], outputs: list[dict[str, Any]], steps: int) -> None:
-    from sgcore.audit.metrics import auc
-
-    curves = {
-        key: np.concatenate([o["faithfulness"][key] for o in outputs])
-        for key in ("deletion", "insertion", "deletion_random", "insertion_random")
-    }
-    faith = {f"{key}_auc": float(np.mean(auc(c))) for key, c in curves.items()}
+    curves = {key: np.concatenate([o["faithfulness"][key] for o in outputs]) for key in outputs[0]["faithfulness"]}
+    aucs = FaithfulnessResult(**curves).aucs()
     faith = {
         "images": int(curves["deletion"].shape[0]),
         "steps": steps,
-        "deletion_auc": faith["deletion_auc"],
-        "insertion_auc": faith["insertion_auc"],
-        "deletion_auc_random": faith["deletion_random_auc"],
-        "insertion_auc_random": faith["insertion_random_auc"],
-        "deletion_beats_random": float(np.mean(auc(curves["deletion"]) < auc(curves["deletion_random"]))),
-        "insertion_beats_random": float(np.mean(auc(curves["insertion"]) > auc(curves["insertion_random"]))),
+        **{key: float(np.mean(values)) for key, values in aucs.items()},
+        "deletion_beats_random": float(np.mean(aucs["deletion_auc"] < aucs["deletion_auc_random"])),
+        "insertion_beats_random": float(np.mean(aucs["insertion_auc"] > aucs["insertion_auc_random"])),
     }
     summary["faithfulness"] = faith
     s = report.section("Faithfulness: deletion and insertion")

@@ -11,13 +11,23 @@ from __future__ import annotations
 
 import copy
 import math
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from sgcore.attribution import reduce_channels, smoothgrad
+from sgcore.attribution import (
+    AGGREGATES,
+    BASES,
+    NOISES,
+    PRECISIONS,
+    REDUCTIONS,
+    reduce_channels,
+    smoothgrad,
+)
 from sgcore.audit.metrics import minmax, spearman, ssim
 
 
@@ -40,6 +50,44 @@ class MapSettings:
             raise ValueError(f"n_samples must be a positive integer; got {self.n_samples!r}")
         if not 0.0 <= float(self.noise_level) <= 1.0:
             raise ValueError(f"noise_level must be in [0, 1]; got {self.noise_level}")
+        for name, choices in (("aggregate", AGGREGATES), ("base", BASES), ("precision", PRECISIONS),
+                              ("reduction", REDUCTIONS), ("noise", NOISES)):
+            if getattr(self, name) not in choices:
+                raise ValueError(f"{name} must be one of {', '.join(choices)}; got {getattr(self, name)!r}")
+
+    @classmethod
+    def from_job(cls, job: Mapping[str, Any], **overrides: Any) -> MapSettings:
+        """The settings a job recorded (its manifest's ``config``), with ``overrides`` that are not None on top.
+
+        Settings the job did not record keep their defaults (results of older
+        versions lack some).
+        """
+        names = [f.name for f in fields(cls)]
+        unknown = sorted(set(overrides) - set(names))
+        if unknown:
+            raise TypeError(f"overrides must be MapSettings fields; got {unknown}")
+        values = {k: job[k] for k in names if job.get(k) is not None}
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)
+
+    def maps(
+        self, model: nn.Module, images: torch.Tensor, targets: torch.Tensor, seeds: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """SmoothGrad maps ``(B, C, H, W)`` of ``images`` with these settings, on their device."""
+        return smoothgrad(
+            model,
+            images,
+            targets,
+            n_samples=self.n_samples,
+            noise_level=self.noise_level,
+            aggregate=self.aggregate,
+            base=self.base,
+            seeds=seeds,
+            precision=self.precision,
+            max_batch=self.max_batch,
+            noise=self.noise,
+            ig_steps=self.ig_steps,
+        )
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -168,24 +216,11 @@ def _maps(
     settings: MapSettings,
     seeds: torch.Tensor | None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Absolute (the stored reduction) and signed (channel sum) 2-D maps."""
-    full = smoothgrad(
-        model,
-        images,
-        targets,
-        n_samples=settings.n_samples,
-        noise_level=settings.noise_level,
-        aggregate=settings.aggregate,
-        base=settings.base,
-        seeds=seeds,
-        precision=settings.precision,
-        max_batch=settings.max_batch,
-        noise=settings.noise,
-        ig_steps=settings.ig_steps,
-    )
+    """Absolute (the stored reduction) and signed (channel sum) 2-D maps, as float64 numpy."""
+    full = settings.maps(model, images, targets, seeds)
     how = settings.reduction if settings.reduction != "sum" else "abs_sum"
-    absolute = reduce_channels(full, how).numpy().astype(np.float64)
-    signed = reduce_channels(full, "sum").numpy().astype(np.float64)
+    absolute = reduce_channels(full, how).cpu().numpy().astype(np.float64)
+    signed = reduce_channels(full, "sum").cpu().numpy().astype(np.float64)
     return absolute, signed
 
 

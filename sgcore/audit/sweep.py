@@ -10,14 +10,15 @@ distance of an unbiased Monte-Carlo mean falls like 1/sqrt(n).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
 from torch import nn
 
-from sgcore.attribution import reduce_channels, smoothgrad
+from sgcore.attribution import reduce_channels
 from sgcore.audit.metrics import spearman
+from sgcore.audit.sanity import MapSettings
 
 DEFAULT_NOISE_LEVELS: tuple[float, ...] = (0.0, 0.05, 0.10, 0.15, 0.20, 0.30, 0.50)
 DEFAULT_SAMPLE_COUNTS: tuple[int, ...] = (1, 5, 10, 25, 50, 100)
@@ -55,37 +56,32 @@ def sweep_grid(
     noise_levels: tuple[float, ...] = DEFAULT_NOISE_LEVELS,
     sample_counts: tuple[int, ...] = DEFAULT_SAMPLE_COUNTS,
     seeds: torch.Tensor | None = None,
-    aggregate: str = "mean",
-    base: str = "gradient",
-    reduction: str = "abs_sum",
-    max_batch: int | None = None,
+    settings: MapSettings | None = None,
 ) -> SweepGrid:
     """SmoothGrad maps for every (noise level, sample count) pair.
 
     Args:
         model: classifier in eval mode.
-        images: ``(B, C, H, W)`` model-input images.
+        images: ``(B, C, H, W)`` model-input images (on the model's device).
         targets: ``(B,)`` explained classes.
         noise_levels: σ fractions, each in [0, 1].
         sample_counts: n values, each >= 1.
         seeds: ``(B,)`` noise seeds (the same for every cell).
-        aggregate, base: as for :func:`sgcore.smoothgrad`.
-        reduction: channel reduction of the 2-D maps.
-        max_batch: noisy samples per forward pass.
+        settings: the other kernel settings (aggregate, base, noise,
+            reduction of the 2-D maps, ...); each cell replaces its
+            ``noise_level`` and ``n_samples``. None: the defaults.
     """
     levels = tuple(float(v) for v in noise_levels)
     counts = tuple(sample_counts)
     if not levels or not counts:
         raise ValueError(f"noise_levels and sample_counts must not be empty; got {levels} and {counts}")
+    settings = settings or MapSettings()
     rows = []
     for level in levels:
         row = []
         for n in counts:
-            full = smoothgrad(
-                model, images, targets, n_samples=n, noise_level=level, aggregate=aggregate,
-                base=base, seeds=seeds, max_batch=max_batch,
-            )
-            row.append(reduce_channels(full, reduction).numpy())
+            cell = replace(settings, n_samples=n, noise_level=level)
+            row.append(_reduced(cell, model, images, targets, seeds))
         rows.append(np.stack(row))
     return SweepGrid(noise_levels=levels, sample_counts=counts, maps=np.stack(rows).astype(np.float32))
 
@@ -95,35 +91,30 @@ def convergence(
     images: torch.Tensor,
     targets: torch.Tensor,
     *,
-    noise_level: float = 0.15,
     sample_counts: tuple[int, ...] = DEFAULT_CONVERGENCE_COUNTS,
     reference_samples: int = 500,
     seeds: torch.Tensor | None = None,
-    aggregate: str = "mean",
-    base: str = "gradient",
-    reduction: str = "abs_sum",
-    max_batch: int | None = None,
+    settings: MapSettings | None = None,
 ) -> Convergence:
     """Distance of n-sample maps to a ``reference_samples``-sample map, per n.
 
-    The reference uses seeds ``seeds + 1`` (independent noise), so the curve
-    measures Monte-Carlo error rather than agreement of shared samples.
+    The maps use ``settings`` (None: the defaults) at its noise level, with
+    ``n_samples`` replaced by each n. The reference uses seeds ``seeds + 1``
+    (independent noise), so the curve measures Monte-Carlo error rather than
+    agreement of shared samples.
     """
     if reference_samples < max(sample_counts):
         raise ValueError(
             f"reference_samples must be >= the largest sample count {max(sample_counts)}; got {reference_samples}"
         )
+    settings = settings or MapSettings()
     b = images.shape[0]
     seeds = seeds if seeds is not None else torch.zeros(b, dtype=torch.int64)
-    kw = {"noise_level": noise_level, "aggregate": aggregate, "base": base, "max_batch": max_batch}
-    ref = reduce_channels(
-        smoothgrad(model, images, targets, n_samples=reference_samples, seeds=seeds + 1, **kw), reduction
-    ).numpy().astype(np.float64)
+    ref = _reduced(replace(settings, n_samples=reference_samples), model, images, targets, seeds + 1)
     ref_norm = np.linalg.norm(ref.reshape(b, -1), axis=1)
     l2, rho = [], []
     for n in sample_counts:
-        m = reduce_channels(smoothgrad(model, images, targets, n_samples=n, seeds=seeds, **kw), reduction)
-        m = m.numpy().astype(np.float64)
+        m = _reduced(replace(settings, n_samples=n), model, images, targets, seeds)
         diff = np.linalg.norm((m - ref).reshape(b, -1), axis=1)
         l2.append(diff / np.where(ref_norm > 0, ref_norm, 1.0))
         rho.append(np.atleast_1d(spearman(m, ref)))
@@ -133,3 +124,11 @@ def convergence(
         relative_l2=np.stack(l2),
         spearman=np.stack(rho),
     )
+
+
+def _reduced(
+    settings: MapSettings, model: nn.Module, images: torch.Tensor, targets: torch.Tensor, seeds: torch.Tensor | None
+) -> np.ndarray:
+    """2-D maps ``(B, H, W)`` float64 on the CPU, reduced with ``settings.reduction``."""
+    full = settings.maps(model, images, targets, seeds)
+    return reduce_channels(full, settings.reduction).cpu().numpy().astype(np.float64)

@@ -9,6 +9,7 @@ this process.
 
 from __future__ import annotations
 
+import posixpath
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,7 +19,8 @@ import torch
 from sgcore.audit import plots
 from sgcore.audit.classes import map_statistics
 from sgcore.audit.report import Report, write_report
-from sgcore.audit.results import hash_sample, load_images, open_results, read_index, row_classes
+from sgcore.audit.results import hash_sample, load_images, open_results_dir, read_index, row_classes
+from sgcore.audit.sanity import MapSettings
 from sgcore.audit.sweep import (
     DEFAULT_CONVERGENCE_COUNTS,
     DEFAULT_NOISE_LEVELS,
@@ -48,6 +50,10 @@ class SweepConfig:
         convergence_counts, reference_samples: the convergence curve.
         convergence_noise: σ fraction for the convergence curve (None: the
             manifest's, else 0.15).
+        aggregate, base, noise, reduction: SmoothGrad settings of every map
+            (None: the ones the results' manifest recorded, else the defaults
+            of :class:`~sgcore.audit.sanity.MapSettings`); precision,
+            ``ig_steps`` and ``max_batch`` always follow the manifest.
     """
 
     report: str
@@ -61,8 +67,10 @@ class SweepConfig:
     convergence_counts: tuple[int, ...] = DEFAULT_CONVERGENCE_COUNTS
     reference_samples: int = 500
     convergence_noise: float | None = None
-    aggregate: str = "mean"
-    base: str = "gradient"
+    aggregate: str | None = None
+    base: str | None = None
+    noise: str | None = None
+    reduction: str | None = None
     seed: int = 0
     storage_options: dict[str, Any] = field(default_factory=dict, repr=False)
 
@@ -88,31 +96,44 @@ class SweepConfig:
                 f"reference_samples must be >= the largest convergence count "
                 f"{max(self.convergence_counts)}; got {self.reference_samples}"
             )
+        try:
+            self.settings({})
+        except ValueError as e:
+            raise ConfigError(str(e)) from e
+
+    def settings(self, job: dict[str, Any]) -> MapSettings:
+        """The maps' settings: this config's, else those ``job`` (a manifest's config) recorded."""
+        return MapSettings.from_job(
+            job, aggregate=self.aggregate, base=self.base, noise=self.noise, reduction=self.reduction,
+            noise_level=self.convergence_noise,
+        )
 
 
 def run_sweep(config: SweepConfig, *, log: Any = print) -> dict[str, Any]:
     """Runs the sweep and writes the page; returns ``summary.json``'s content."""
     t0 = time.perf_counter()
-    ids, labels, sources, targets, seeds, model_name, weights, image_size, noise = _pick_images(config)
-    loaded = load_model(model_name, weights, image_size=image_size, storage_options=config.storage_options)
+    picked = _pick_images(config)
+    ids, targets, model_name, weights = picked.ids, picked.targets, picked.model, picked.weights
+    settings = config.settings(picked.job)
+    noise = settings.noise_level
+    loaded = load_model(model_name, weights, image_size=picked.image_size, storage_options=config.storage_options)
     preprocess = loaded.preprocess
-    pixels = load_images(sources, preprocess, config.storage_options)
+    pixels = load_images(picked.sources, preprocess, config.storage_options, image_column=picked.job.get("image_column"))
     x = preprocess.normalize(torch.from_numpy(pixels))
     model = loaded.model
     if targets is None:
         with torch.no_grad():
             targets = model(x).argmax(dim=1).tolist()
     t = torch.tensor(targets, dtype=torch.int64)
-    s = torch.tensor(seeds, dtype=torch.int64)
+    s = torch.tensor(picked.seeds, dtype=torch.int64)
     log(f"sweep: {len(ids)} images, {len(config.noise_levels)}x{len(config.sample_counts)} grid")
     grid = sweep_grid(
-        model, x, t, noise_levels=config.noise_levels, sample_counts=config.sample_counts, seeds=s,
-        aggregate=config.aggregate, base=config.base,
+        model, x, t, noise_levels=config.noise_levels, sample_counts=config.sample_counts, seeds=s, settings=settings,
     )
     log("sweep: convergence curve")
     conv = convergence(
-        model, x, t, noise_level=noise, sample_counts=config.convergence_counts,
-        reference_samples=config.reference_samples, seeds=s, aggregate=config.aggregate, base=config.base,
+        model, x, t, sample_counts=config.convergence_counts, reference_samples=config.reference_samples, seeds=s,
+        settings=settings,
     )
 
     cells = []
@@ -131,7 +152,10 @@ def run_sweep(config: SweepConfig, *, log: Any = print) -> dict[str, Any]:
     summary: dict[str, Any] = {
         "model": model_name,
         "weights": weights,
-        "images": [{"image_id": i, "label": lab, "target": tg} for i, lab, tg in zip(ids, labels, targets, strict=True)],
+        "settings": {k: getattr(settings, k) for k in ("aggregate", "base", "noise", "reduction", "precision", "ig_steps")},
+        "images": [
+            {"image_id": i, "label": lab, "target": tg} for i, lab, tg in zip(ids, picked.labels, targets, strict=True)
+        ],
         "grid": {"noise_levels": list(grid.noise_levels), "sample_counts": list(grid.sample_counts), "cells": cells},
         "convergence": {
             "noise_level": noise,
@@ -141,7 +165,11 @@ def run_sweep(config: SweepConfig, *, log: Any = print) -> dict[str, Any]:
         },
     }
 
-    report = Report(title="SmoothGrad parameter sweep", subtitle=f"model {model_name} ({weights}) · {len(ids)} images")
+    report = Report(
+        title="SmoothGrad parameter sweep",
+        subtitle=f"model {model_name} ({weights}) · {len(ids)} images · {settings.aggregate} of {settings.base} "
+        f"maps, {settings.noise} noise, {settings.reduction} over channels",
+    )
     sec = report.section("Noise level × number of samples")
     sec.text(
         "Rows: noise level σ/(x_max − x_min); columns: samples n (Smilkov et al. 2017, Figs. 3–4). "
@@ -172,10 +200,24 @@ def run_sweep(config: SweepConfig, *, log: Any = print) -> dict[str, Any]:
     return summary
 
 
-def _pick_images(config: SweepConfig) -> tuple[Any, ...]:
-    """(ids, labels, sources, targets or None, seeds, model, weights, image_size, noise)."""
+@dataclass(frozen=True, kw_only=True)
+class _Picked:
+    """The sweep's images and where their settings come from."""
+
+    ids: list[str]
+    labels: list[str | None]
+    sources: list[str]
+    targets: list[int] | None  # None: the model's predictions
+    seeds: list[int]
+    model: str
+    weights: str
+    image_size: int | None
+    job: dict[str, Any]  # the results' recorded config ({} for --input)
+
+
+def _pick_images(config: SweepConfig) -> _Picked:
     if config.results is not None:
-        results = open_results(config.results, storage_options=config.storage_options, allow_partial=True)
+        results = open_results_dir(config.results, storage_options=config.storage_options, allow_partial=True)
         job = results.config
         index = read_index(results)
         all_ids = index.column("image_id").to_pylist()
@@ -189,11 +231,10 @@ def _pick_images(config: SweepConfig) -> tuple[Any, ...]:
             sources = [src[r] for r in rows]
         tg = index.column("target").to_pylist()
         sd = index.column("seed").to_pylist()
-        noise = config.convergence_noise if config.convergence_noise is not None else float(job.get("noise_level", 0.15))
-        return (
-            ids, [classes[r] for r in rows], sources, [int(tg[r]) for r in rows], [int(sd[r]) for r in rows],
-            config.model or job.get("model") or "demo", config.weights or job.get("weights") or "default",
-            job.get("image_size"), noise,
+        return _Picked(
+            ids=ids, labels=[classes[r] for r in rows], sources=sources, targets=[int(tg[r]) for r in rows],
+            seeds=[int(sd[r]) for r in rows], model=config.model or job.get("model") or "demo",
+            weights=config.weights or job.get("weights") or "default", image_size=job.get("image_size"), job=job,
         )
     if config.input is None:  # SweepConfig.__post_init__ requires input or results
         raise ConfigError("sweep needs --input or --results with an input in its manifest")
@@ -206,10 +247,9 @@ def _pick_images(config: SweepConfig) -> tuple[Any, ...]:
     found = [(m, join(spec.root, m)) for spec in specs for m in spec.members]
     rows = hash_sample([m for m, _ in found], config.images, config.seed)
     ids = [found[r][0] for r in rows]
-    labels = [i.rsplit("/", 1)[0] if "/" in i else None for i in ids]
-    noise = config.convergence_noise if config.convergence_noise is not None else 0.15
-    return (
-        ids, labels, [found[r][1] for r in rows], None, [image_seed(config.seed, i) for i in ids],
-        config.model or "demo", config.weights or "default", None, noise,
+    return _Picked(
+        # The class is the parent folder's name, as the job's reader labels an images layout.
+        ids=ids, labels=[posixpath.basename(posixpath.dirname(i)) or None for i in ids],
+        sources=[found[r][1] for r in rows], targets=None, seeds=[image_seed(config.seed, i) for i in ids],
+        model=config.model or "demo", weights=config.weights or "default", image_size=None, job={},
     )
-

@@ -36,10 +36,6 @@ class SaliencyActor:
         summary["device"] = str(self.processor.device)
         return summary
 
-    def info(self) -> dict[str, Any]:
-        return {"pid": os.getpid(), "node": ray.get_runtime_context().get_node_id(),
-                "device": str(self.processor.device)}
-
 
 def _decode(spec: ShardSpec, resize_size: int, crop_size: int, interpolation: str,
             storage_options: dict[str, Any]) -> DecodedShard:

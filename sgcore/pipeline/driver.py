@@ -2,9 +2,35 @@
 
 Exactly-once rows (DESIGN.md contract 4) rest on three things: every shard
 writes one part with a deterministic name (a retry overwrites, never adds);
-a part is committed atomically; and a rerun skips shards whose committed part
-carries the same config hash. ``_SUCCESS`` is written last, only when every
-shard is committed.
+a part is committed atomically; and a rerun skips shards whose part carries
+the same config hash and the footer status ``committed``. A shard that failed
+every attempt still gets a part (error rows for its images, status
+``failed``) and is redone by the next run. ``_SUCCESS`` is written last, only
+when every shard is committed.
+
+The manifest (``_manifest.json``) describes the whole output and every
+invocation that wrote to it:
+
+- ``status``: ``running``, ``complete`` (every shard committed), ``failed``
+  (some shard failed every attempt; they are listed in ``failed_shards``) or
+  ``stopped`` (the run raised, e.g. ``--max-error-rate``).
+- ``created``, ``sgcore_version``, ``versions``, ``git_revision``: of the run
+  that created the output; ``finished``: when the latest run ended.
+- ``shards``: one entry per shard: ``status``, ``rows``/``ok``/``errors``,
+  ``attempts``, ``failures``, ``seconds``, ``node``/``pid``/``device``,
+  ``finished`` and ``run`` (1-based index into ``runs``) as recorded by the
+  run that wrote its part; a resume keeps them for the shards it skips.
+- ``runs``: one entry per invocation that reached the plan, appended across
+  resumes of the same config (``--overwrite`` starts a new list):
+  ``started``, ``finished``, ``status``, ``seconds``, ``shards`` (run by it),
+  ``shards_skipped``, ``shards_failed``, ``failed_shards``, ``rows``/``ok``/
+  ``errors`` (written by it), ``actors`` (peak pool size), ``actors_lost``,
+  ``driver_max_rss_mb``, ``worker_max_rss_mb``, ``git_revision``, ``versions``.
+- ``totals``: the output as it stands: ``rows``/``ok``/``errors`` over all
+  parts, ``shards``, ``shards_committed``, ``shards_failed``; and over all
+  runs: ``runs``, ``seconds`` (summed), ``actors`` (largest pool),
+  ``actors_lost`` (summed), ``driver_max_rss_mb``/``worker_max_rss_mb``
+  (peaks).
 """
 
 from __future__ import annotations
@@ -38,7 +64,12 @@ from sgcore.io import (
 )
 from sgcore.models import Preprocess, resolve_preprocess
 from sgcore.pipeline.actors import remote_actor, remote_decode
-from sgcore.pipeline.cluster import node_resources, plan_actors, release_capacity, request_capacity
+from sgcore.pipeline.cluster import (
+    node_resources,
+    plan_for_config,
+    release_capacity,
+    request_capacity,
+)
 from sgcore.pipeline.progress import Progress, format_duration
 from sgcore.pipeline.worker import make_row, summarize, write_part
 
@@ -54,7 +85,11 @@ class JobFailed(RuntimeError):
 
 @dataclass(kw_only=True)
 class JobResult:
-    """What a run did; ``success`` is False when any shard or image failed."""
+    """What a run did; ``success`` is False when a shard failed every attempt.
+
+    ``rows``/``ok``/``errors`` count the whole output (shards skipped as
+    already done included); per-image errors do not make a run unsuccessful.
+    """
 
     output: str
     rows: int = 0
@@ -102,6 +137,7 @@ def run_job(config: JobConfig) -> JobResult:
         JobFailed: more than ``max_error_rate`` of the images failed.
     """
     t0 = time.perf_counter()
+    started = _now()
     preprocess = resolve_preprocess(config.model, config.weights, image_size=config.image_size)
     shards = plan_shards(
         config.input, shard_size=config.shard_size, limit=config.limit,
@@ -112,9 +148,15 @@ def run_job(config: JobConfig) -> JobResult:
     chash = config.config_hash()
     fingerprint = plan_fingerprint(shards)
     _guard_output(config, chash, fingerprint)
-    committed = _committed_shards(config, shards, chash)
+    # --overwrite (or another config) starts a new record; a resume extends it.
+    old = None if config.overwrite else read_manifest(config.output, config.storage_options)
+    if old is not None and old.get("config_hash") != chash:
+        old = None
+    committed = _committed_shards(config, shards, chash, old)
     todo = [s for s in shards if s.shard_id not in committed]
-    manifest = _new_manifest(config, chash, fingerprint, preprocess, shards, committed)
+    run = _new_run(started, shards=len(todo), skipped=len(committed))
+    manifest = _new_manifest(config, chash, fingerprint, preprocess, shards, committed, old, run)
+    manifest["totals"] = _totals(manifest)
     if todo:
         remove_success(config.output, config.storage_options)
         write_manifest(config.output, manifest, config.storage_options)
@@ -127,35 +169,43 @@ def run_job(config: JobConfig) -> JobResult:
         result.rows += entry.get("rows", 0)
         result.ok += entry.get("ok", 0)
         result.errors += entry.get("errors", 0)
+    before = (result.rows, result.ok, result.errors)
 
-    if todo:
-        owns_ray = _init_ray(config)
-        scheduler = None
-        try:
-            scheduler = _Scheduler(config, chash, preprocess, todo, manifest, result, progress)
-            scheduler.run()
-        finally:
-            write_manifest(config.output, manifest, config.storage_options)
-            if scheduler is not None and scheduler.requested_capacity:
-                release_capacity()
-            if owns_ray:
-                ray.shutdown()
-    progress.maybe_print(force=True)
-
-    result.seconds = time.perf_counter() - t0
-    result.images_per_s = progress.images / result.seconds if result.seconds > 0 else 0.0
-    manifest["status"] = "complete"
-    manifest["finished"] = _now()
-    manifest["totals"] = {
-        "rows": result.rows, "ok": result.ok, "errors": result.errors,
-        "shards": result.shards, "shards_failed": result.shards_failed,
-        "actors": result.actors, "actors_lost": result.actors_lost,
-        "worker_max_rss_mb": round(result.worker_max_rss_mb, 1),
-        "driver_max_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-        "seconds": round(result.seconds, 2),
-    }
-    write_manifest(config.output, manifest, config.storage_options)
-    write_success(config.output, config.storage_options)
+    status = "stopped"
+    try:
+        if todo:
+            owns_ray = _init_ray(config)
+            scheduler = None
+            try:
+                scheduler = _Scheduler(config, chash, preprocess, todo, manifest, result, progress)
+                scheduler.run()
+            finally:
+                if scheduler is not None and scheduler.requested_capacity:
+                    release_capacity()
+                if owns_ray:
+                    ray.shutdown()
+        progress.maybe_print(force=True)
+        status = "complete" if result.success else "failed"
+    finally:
+        result.seconds = time.perf_counter() - t0
+        result.images_per_s = progress.images / result.seconds if result.seconds > 0 else 0.0
+        run.update(
+            finished=_now(), status=status, seconds=round(result.seconds, 2),
+            shards_failed=result.shards_failed, failed_shards=list(result.failed_shards),
+            rows=result.rows - before[0], ok=result.ok - before[1], errors=result.errors - before[2],
+            actors=result.actors, actors_lost=result.actors_lost,
+            worker_max_rss_mb=round(result.worker_max_rss_mb, 1),
+            driver_max_rss_mb=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        )
+        manifest["status"] = status
+        manifest["finished"] = run["finished"]
+        manifest["failed_shards"] = sorted(
+            sid for sid, e in manifest["shards"].items() if e.get("status") == "failed"
+        )
+        manifest["totals"] = _totals(manifest)
+        write_manifest(config.output, manifest, config.storage_options)
+    if status == "complete":
+        write_success(config.output, config.storage_options)
     return result
 
 
@@ -175,12 +225,8 @@ class _Scheduler:
         self.manifest = manifest
         self.result = result
         self.progress = progress
-        self.plan = plan_actors(
-            ray.cluster_resources(), gpus_per_actor=config.gpus_per_actor,
-            cpus_per_actor=config.cpus_per_actor, num_actors=config.num_actors,
-            min_actors=config.min_actors, max_actors=config.max_actors, num_shards=len(todo),
-            nodes=node_resources(),
-        )
+        self.plan = plan_for_config(config, ray.cluster_resources(), num_shards=len(todo),
+                                    nodes=node_resources())
         log.info("actor pool: %s", self.plan.describe())
         # CPU replicas share each node's cores, the decoding spare included.
         cpus = ray.cluster_resources().get("CPU", 1.0)
@@ -287,7 +333,7 @@ class _Scheduler:
         rows = _error_rows(self.config, spec, decoded, message, self.preprocess.crop_size)
         write_part(self.config, spec.shard_id, rows, config_hash=self.chash,
                    map_shape=(self.preprocess.crop_size,) * 2,
-                   channels=3 if self.config.store_full else None)
+                   channels=3 if self.config.store_full else None, status="failed")
         self.result.shards_failed += 1
         self.result.failed_shards.append(spec.shard_id)
         self._record(spec, summarize(spec.shard_id, rows, attempt=attempt), status="failed")
@@ -295,7 +341,8 @@ class _Scheduler:
     def _record(self, spec: ShardSpec, summary: dict[str, Any], *, status: str) -> None:
         entry = self.manifest["shards"][spec.shard_id]
         entry.update(status=status, rows=summary["rows"], ok=summary["ok"],
-                     errors=summary["errors"], seconds=round(summary.get("seconds", 0.0), 3))
+                     errors=summary["errors"], seconds=round(summary.get("seconds", 0.0), 3),
+                     run=len(self.manifest["runs"]))
         for key in ("node", "pid", "device", "finished"):
             if key in summary:
                 entry[key] = summary[key]
@@ -378,50 +425,98 @@ def _clear_output(config: JobConfig) -> None:
     remove_success(config.output, config.storage_options)
 
 
-def _committed_shards(config: JobConfig, shards: list[ShardSpec], chash: str) -> dict[str, dict[str, Any]]:
-    """Shards whose part exists and was written under this config hash -> its metadata."""
+def _committed_shards(config: JobConfig, shards: list[ShardSpec], chash: str,
+                      old: dict[str, Any] | None) -> dict[str, dict[str, Any]]:
+    """Shards whose part was committed under this config hash -> its footer metadata.
+
+    A part whose footer says ``failed`` (error rows of a shard that failed
+    every attempt) is not done: the run redoes that shard and overwrites it.
+    """
     fs, path = url_to_fs(config.output, config.storage_options)
     try:
         existing = {p.rsplit("/", 1)[-1] for p in fs.glob(f"{path.rstrip('/')}/part-*.parquet")}
     except (FileNotFoundError, OSError):
         return {}
+    old_shards = (old or {}).get("shards", {})
     done: dict[str, dict[str, Any]] = {}
     for s in shards:
         name = part_name(s.shard_id)
-        if name in existing:
-            meta = read_part_metadata(join(config.output, name), config.storage_options)
-            if meta and meta.get("config_hash") == chash and meta.get("rows") is not None:
-                done[s.shard_id] = meta
+        if name not in existing:
+            continue
+        meta = read_part_metadata(join(config.output, name), config.storage_options)
+        if not meta or meta.get("config_hash") != chash or meta.get("rows") is None:
+            continue
+        status = meta.get("status")
+        if status is None:  # a part from before footers recorded it: ask the manifest
+            status = "failed" if old_shards.get(s.shard_id, {}).get("status") == "failed" else "committed"
+        if status == "committed":
+            done[s.shard_id] = meta
     return done
 
 
 def _new_manifest(config: JobConfig, chash: str, fingerprint: str, preprocess: Preprocess,
-                  shards: list[ShardSpec], committed: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    old = read_manifest(config.output, config.storage_options) or {}
-    old_shards = old.get("shards", {}) if old.get("config_hash") == chash else {}
+                  shards: list[ShardSpec], committed: dict[str, dict[str, Any]],
+                  old: dict[str, Any] | None, run: dict[str, Any]) -> dict[str, Any]:
+    """The manifest with ``run`` appended to ``old``'s runs (same config, not --overwrite)."""
+    old = old or {}
+    old_shards = old.get("shards", {})
     entries: dict[str, Any] = {}
     for s in shards:
         entry: dict[str, Any] = {"images": s.size, "first": s.members[0], "status": "pending"}
         if s.shard_id in committed:
-            prev = old_shards.get(s.shard_id, {})
-            entry.update({k: prev[k] for k in ("seconds", "attempts", "failures") if k in prev})
+            # What the run that wrote the part recorded; the counts from its footer.
+            entry = {**old_shards.get(s.shard_id, {}), **entry, "status": "committed"}
             entry.update({k: committed[s.shard_id][k] for k in ("rows", "ok", "errors")})
-            entry["status"] = prev.get("status", "committed")
-            if entry["status"] not in ("committed", "failed"):
-                entry["status"] = "committed"
         entries[s.shard_id] = entry
     return {
-        "sgcore_version": package_versions().get("sgcore"),
-        "created": old.get("created", _now()),
+        "sgcore_version": old.get("sgcore_version", run["versions"].get("sgcore")),
+        "created": old.get("created", run["started"]),
         "status": "running",
         "config": config.public_dict(),
         "config_hash": chash,
         "preprocess": preprocess.to_dict(),
-        "versions": package_versions(),
-        "git_revision": git_revision(),
+        "versions": old.get("versions", run["versions"]),
+        "git_revision": old.get("git_revision", run["git_revision"]),
         "plan": {"shards": len(shards), "images": sum(s.size for s in shards),
                  "fingerprint": fingerprint},
         "shards": entries,
+        "failed_shards": [],
+        "runs": [*old.get("runs", []), run],
+    }
+
+
+def _new_run(started: str, *, shards: int, skipped: int) -> dict[str, Any]:
+    """The ``runs`` entry of this invocation; completed when it ends."""
+    return {
+        "started": started, "finished": None, "status": "running", "seconds": None,
+        "shards": shards, "shards_skipped": skipped, "shards_failed": 0, "failed_shards": [],
+        "rows": 0, "ok": 0, "errors": 0, "actors": 0, "actors_lost": 0,
+        "driver_max_rss_mb": None, "worker_max_rss_mb": None,
+        "git_revision": git_revision(), "versions": package_versions(),
+    }
+
+
+def _totals(manifest: dict[str, Any]) -> dict[str, Any]:
+    """The whole output: counts over every part, work over every run."""
+    entries = [e for e in manifest["shards"].values() if e.get("status") in ("committed", "failed")]
+    runs = manifest["runs"]
+
+    def peak(key: str) -> float:
+        return max((r.get(key) or 0.0 for r in runs), default=0.0)
+
+    return {
+        "rows": sum(e.get("rows", 0) for e in entries),
+        "ok": sum(e.get("ok", 0) for e in entries),
+        "errors": sum(e.get("errors", 0) for e in entries),
+        "shards": len(manifest["shards"]),
+        "shards_committed": sum(e["status"] == "committed" for e in entries),
+        "shards_failed": sum(e["status"] == "failed" for e in entries),
+        "runs": len(runs),
+        "seconds": round(sum(r.get("seconds") or 0.0 for r in runs), 2),
+        "actors": max((r.get("actors") or 0 for r in runs), default=0),
+        "actors_lost": sum(r.get("actors_lost") or 0 for r in runs),
+        "driver_max_rss_mb": peak("driver_max_rss_mb"),
+        "worker_max_rss_mb": peak("worker_max_rss_mb"),
     }
 
 

@@ -19,6 +19,9 @@ from sgcore.models import LoadedModel, load_model
 from sgcore.seeds import image_seed
 
 METHOD_NAMES = {"mean": "smoothgrad", "square": "smoothgrad_sq", "var": "vargrad"}
+# A part's footer status: processed (skipped on resume), or error rows of a
+# shard that failed every attempt (redone on resume).
+PART_STATUSES = ("committed", "failed")
 
 
 def pick_device(want_gpu: bool) -> torch.device:
@@ -182,9 +185,19 @@ def write_part(
     config_hash: str,
     map_shape: tuple[int, int],
     channels: int | None = None,
+    status: str = "committed",
 ) -> None:
-    """Encodes and commits one shard (npz first, so the Parquet part marks commit)."""
-    meta = {"config_hash": config_hash, **summarize(shard_id, rows)}
+    """Encodes and commits one shard (npz first, so the Parquet part marks commit).
+
+    Args:
+        status: recorded in the part's footer next to ``config_hash`` and the
+            counts: ``"committed"`` when the shard was processed (per-image
+            errors included), ``"failed"`` when its rows are error rows for a
+            shard that failed every attempt. A rerun skips only committed parts.
+    """
+    if status not in PART_STATUSES:
+        raise ValueError(f"status must be one of {', '.join(PART_STATUSES)}; got {status!r}")
+    meta = {"config_hash": config_hash, "status": status, **summarize(shard_id, rows)}
     parquet, npz = encode_part(rows, map_shape=map_shape, metadata=meta, fmt=config.format,
                                channels=channels)
     if npz is not None:

@@ -1,17 +1,20 @@
-"""Results directories written the way jobs.smoothgrad writes them, on the demo.
+"""Results directories written by the job's own code, on the demo.
 
-The rows are computed here with sgcore.smoothgrad on the shipped demo model
-and encoded with sgcore.io.encode_part, so the audit reads exactly the
-format the job writes, without running the Ray job itself.
+:func:`write_results` runs what a job's actors run, without Ray: the shard
+plan, the decode task and :class:`sgcore.pipeline.ShardProcessor` (rows by
+``make_row``, parts committed by ``write_part``), so the audit tests read the
+parts ``jobs.smoothgrad`` writes. The manifest holds the fields the audit
+reads (config, its hash, preprocessing), each from the job's own code;
+``test_runner.py::test_audit_reads_a_real_job_run`` audits a whole Ray run.
 """
 
 from __future__ import annotations
 
-import json
 import re
 import shutil
 import subprocess
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -19,13 +22,12 @@ import numpy as np
 import pytest
 import torch
 
-from sgcore import smoothgrad
-from sgcore.attribution import reduce_channels
-from sgcore.io import decode_image, encode_part, join, write_bytes
-from sgcore.models import load_model
-from sgcore.seeds import image_seed
+from sgcore.config import JobConfig
+from sgcore.io import decode_shard, package_versions, plan_shards, write_manifest, write_success
+from sgcore.pipeline import ShardProcessor, plan_fingerprint
 
 N_SAMPLES = 8  # enough for the checks below on the 64 px demo, fast on 2 CPUs
+GONE = "gone.png"  # listed, then unreadable: the job writes an error row for it
 
 
 def write_results(
@@ -35,71 +37,34 @@ def write_results(
     weights: str = "default",
     n_samples: int = N_SAMPLES,
     shard_size: int = 8,
-    seed: int = 0,
+    limit: int | None = None,
+    **settings: Any,
 ) -> Path:
-    """Computes maps for every image under ``images_root`` and writes a results dir."""
-    loaded = load_model("demo", weights)
-    pre = loaded.preprocess
-    members = sorted(str(p.relative_to(images_root)) for p in images_root.rglob("*.png"))
-    shards: dict[str, Any] = {}
-    for s in range(0, len(members), shard_size):
-        shard = f"{s // shard_size:05d}"
-        chunk = members[s : s + shard_size]
-        pixels, geos = zip(
-            *(
-                decode_image((images_root / m).read_bytes(), resize_size=pre.resize_size,
-                             crop_size=pre.crop_size, interpolation=pre.interpolation)
-                for m in chunk
-            ),
-            strict=True,
-        )
-        x = pre.normalize(torch.from_numpy(np.stack(pixels)))
-        with torch.no_grad():
-            probs = torch.softmax(loaded.model(x), dim=1)
-        predicted = probs.argmax(dim=1)
-        seeds = torch.tensor([image_seed(seed, m) for m in chunk], dtype=torch.int64)
-        maps = reduce_channels(
-            smoothgrad(loaded.model, x, predicted, n_samples=n_samples, noise_level=0.15, seeds=seeds)
-        ).numpy()
-        rows = []
-        for i, m in enumerate(chunk):
-            label = m.split("/")[0]
-            p = int(predicted[i])
-            rows.append(
-                {
-                    "image_id": m, "source": str(images_root / m), "shard": shard, "status": "ok",
-                    "error": None, "label": label, "label_index": loaded.categories.index(label),
-                    "target": p, "target_name": loaded.categories[p], "predicted": p,
-                    "predicted_name": loaded.categories[p], "score": float(probs[i, p]),
-                    "method": "smoothgrad", "base": "gradient", "noise_level": 0.15,
-                    "n_samples": n_samples, "seed": int(seeds[i]), "saliency": maps[i].astype(np.float16),
-                    "map_height": pre.crop_size, "map_width": pre.crop_size,
-                    "orig_height": geos[i].orig_height, "orig_width": geos[i].orig_width,
-                    "resized_height": geos[i].resized_height, "resized_width": geos[i].resized_width,
-                    "crop_top": geos[i].crop_top, "crop_left": geos[i].crop_left,
-                }
-            )
-        if s == 0:  # one failed row, as the job writes for a corrupt file
-            rows.append({"image_id": "broken.png", "source": str(images_root / "broken.png"), "shard": shard,
-                         "status": "error", "error": "not a recognised image format", "label": None,
-                         "saliency": None, "map_height": pre.crop_size, "map_width": pre.crop_size})
-        data, _ = encode_part(rows, map_shape=(pre.crop_size, pre.crop_size), metadata={"shard": shard})
-        write_bytes(join(str(out), f"part-{shard}.parquet"), data)
-        shards[shard] = {"status": "done", "rows": len(rows)}
+    """Runs the job's shard processing over ``images_root`` into ``out``, then its manifest and ``_SUCCESS``.
+
+    ``settings``: further :class:`~sgcore.config.JobConfig` fields (aggregate, base, format, ...).
+    The first shard also lists :data:`GONE`, an image deleted after listing, which becomes an error row.
+    """
+    config = JobConfig(input=str(images_root), output=str(out), model="demo", weights=weights,
+                       n_samples=n_samples, shard_size=shard_size, limit=limit, progress=False, **settings)
+    shards = plan_shards(config.input, shard_size=config.shard_size, limit=config.limit)
+    shards[0] = replace(shards[0], members=(*shards[0].members, GONE), count=shards[0].size + 1)
+    processor = ShardProcessor(config)
+    pre = processor.loaded.preprocess
+    chash = config.config_hash()
+    entries = {}
+    for spec in shards:
+        decoded = decode_shard(spec, resize_size=pre.resize_size, crop_size=pre.crop_size,
+                               interpolation=pre.interpolation)
+        summary = processor.process(decoded, config_hash=chash)
+        entries[spec.shard_id] = {"status": "committed", **{k: summary[k] for k in ("rows", "ok", "errors")}}
     manifest = {
-        "sgcore_version": "test",
-        "config": {
-            "input": str(images_root), "output": str(out), "model": "demo", "weights": weights,
-            "image_size": None, "n_samples": n_samples, "noise_level": 0.15, "noise": "gaussian",
-            "aggregate": "mean", "base": "gradient", "precision": "fp32", "seed": seed,
-            "target": "predicted", "reduction": "abs_sum",
-        },
-        "config_hash": f"test-{weights}",
-        "preprocess": pre.to_dict(),
-        "shards": shards,
+        "status": "complete", "config": config.public_dict(), "config_hash": chash, "preprocess": pre.to_dict(),
+        "versions": package_versions(), "plan": {"shards": len(shards), "fingerprint": plan_fingerprint(shards)},
+        "shards": entries,
     }
-    (out / "_manifest.json").write_text(json.dumps(manifest))
-    (out / "_SUCCESS").write_text("")
+    write_manifest(config.output, manifest)
+    write_success(config.output)
     return out
 
 
@@ -139,10 +104,6 @@ def _browser() -> str | None:
         if path:
             return path
     return None
-
-
-BROWSER_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--no-first-run", "--hide-scrollbars"]
 
 
 def _render(pages: list[Path], out: Path) -> tuple[list[dict[str, tuple[int, int]]], np.ndarray]:
@@ -190,7 +151,6 @@ def image_sizes(report: str) -> dict[str, tuple[int, int]]:
             w, _, h = size.partition("x")
             sizes[src] = (int(w), int(h))
     return sizes
-
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from torch import nn
 
-from sgcore.audit import AuditConfig, open_results, read_index, read_maps, run_audit
+from sgcore.audit import AuditConfig, open_results_dir, read_index, read_maps, run_audit
 from sgcore.audit._workers import Chunk, WorkerSpec, run_chunks
 from sgcore.audit.sanity import MapSettings
 from sgcore.errors import ConfigError, InputError
@@ -89,7 +89,7 @@ def test_compare_ranks_changes(demo_results: Path, random_results: Path, tmp_pat
 
 @pytest.mark.slow
 def test_ray_actor_pool_matches_in_process(demo_results: Path, ray_local: None) -> None:
-    results = open_results(str(demo_results))
+    results = open_results_dir(str(demo_results))
     index = read_index(results)
     rows = [0, 9]
     maps = read_maps(results, index, rows)
@@ -112,10 +112,10 @@ def test_incomplete_results_are_refused(demo_results: Path, tmp_path: Path) -> N
     shutil.copytree(demo_results, partial)
     (partial / "_SUCCESS").unlink()
     with pytest.raises(InputError, match=r"results at .*partial are incomplete \(no _SUCCESS\)"):
-        open_results(str(partial))
-    assert open_results(str(partial), allow_partial=True).complete is False
+        open_results_dir(str(partial))
+    assert open_results_dir(str(partial), allow_partial=True).complete is False
     with pytest.raises(InputError, match=r"no _manifest.json under .*; is it the --output of jobs.smoothgrad\?"):
-        open_results(str(tmp_path / "nothing"))
+        open_results_dir(str(tmp_path / "nothing"))
 
 
 def test_audit_config_errors(tmp_path: Path) -> None:

@@ -15,7 +15,7 @@ from sgcore.audit import (
     localization_scores,
     map_change,
     map_statistics,
-    open_results,
+    open_results_dir,
     read_index,
     read_maps,
 )
@@ -100,7 +100,7 @@ def test_map_change() -> None:
 
 
 def test_read_results(demo_results: Path) -> None:
-    results = open_results(str(demo_results))
+    results = open_results_dir(str(demo_results))
     assert results.complete and len(results.parts) == 3
     assert results.preprocess.crop_size == 64
     index = read_index(results)

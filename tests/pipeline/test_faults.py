@@ -22,6 +22,7 @@ import ray
 import torch
 
 from sgcore.config import JobConfig
+from sgcore.io import read_part_metadata
 from sgcore.pipeline import JobFailed, run_job
 from tests.conftest import write_images
 
@@ -32,12 +33,13 @@ SMALL = dict(model="resnet18", weights="none", image_size=32, n_samples=4, shard
 
 @pytest.fixture(scope="module")
 def ray_faulty():
-    """A local Ray whose workers inject faults for images named crash-me / poison."""
+    """A local Ray whose workers inject faults for images named crash-me / poison / doomed."""
     if ray.is_initialized():
         ray.shutdown()
     ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="WARNING",
-             runtime_env={"env_vars": {"SGCORE_INJECT_FAULTS": "exit:crash-me@0,raise:poison",
-                                       "OMP_NUM_THREADS": "1"}})
+             runtime_env={"env_vars": {
+                 "SGCORE_INJECT_FAULTS": "exit:crash-me@0,raise:poison,raise:doomed@0",
+                 "OMP_NUM_THREADS": "1"}})
     yield
     ray.shutdown()
 
@@ -61,10 +63,10 @@ def _mtimes(out: Path) -> dict[str, int]:
     return {p.name: p.stat().st_mtime_ns for p in out.glob("part-*.parquet")}
 
 
-def _assert_exactly_once(out: Path, ids: list[str]) -> pd.DataFrame:
+def _assert_exactly_once(out: Path, ids: list[str], *, success: bool = True) -> pd.DataFrame:
     df = _rows(out)
     assert sorted(df.image_id) == ids, "every image exactly once"
-    assert (out / "_SUCCESS").exists()
+    assert (out / "_SUCCESS").exists() == success
     return df
 
 
@@ -73,7 +75,8 @@ def test_actor_exit_is_retried_and_poison_shard_becomes_error_rows(tmp_path):
     ids = _dataset(tmp_path / "in", 3, extra=("crash-me.png", "poison.png"))
     out = tmp_path / "out"
     result = run_job(JobConfig(input=str(tmp_path / "in"), output=str(out), max_retries=1, **SMALL))
-    df = _assert_exactly_once(out, ids)
+    # a failed shard: every row is there, but the output is not complete
+    df = _assert_exactly_once(out, ids, success=False)
     manifest = json.loads((out / "_manifest.json").read_text())
     crash_shard = df.set_index("image_id").loc["crash-me.png", "shard"]
     poison_shard = df.set_index("image_id").loc["poison.png", "shard"]
@@ -86,9 +89,58 @@ def test_actor_exit_is_retried_and_poison_shard_becomes_error_rows(tmp_path):
     poison = df[df.shard == poison_shard]
     assert (poison.status == "error").all() and poison.error.str.contains("injected fault").all()
     assert manifest["shards"][poison_shard]["status"] == "failed"
+    assert manifest["status"] == "failed" and manifest["failed_shards"] == [poison_shard]
     assert not result.success and result.failed_shards == [poison_shard]
     assert result.actors_lost >= 1
     assert (df[~df.shard.isin([poison_shard])].status == "ok").all()
+
+
+@pytest.mark.usefixtures("ray_faulty")
+def test_failed_shard_is_redone_by_the_rerun_and_only_it(tmp_path):
+    # sorted ids: [cat/broken.jpg, cat/cat_0.png] [cat/cat_1.jpg, cat/doomed.png] [dog/...]
+    ids = _dataset(tmp_path / "in", 2, extra=("cat/doomed.png",))
+    (tmp_path / "in" / "cat" / "broken.jpg").write_bytes(b"not a jpeg")
+    ids = sorted([*ids, "cat/broken.jpg"])
+    out = tmp_path / "out"
+    cfg = dict(input=str(tmp_path / "in"), output=str(out), max_error_rate=1.0, **SMALL)
+    # raise:doomed@0: the shard fails the first attempt of every run; with no
+    # retry the first run gives up on it, the rerun (retries are not part of
+    # the config hash) gets past it.
+    first = run_job(JobConfig(max_retries=0, **cfg))
+    df = _assert_exactly_once(out, ids, success=False).set_index("image_id")
+    doomed = df.loc["cat/doomed.png", "shard"]
+    assert not first.success and first.shards_failed == 1 and first.failed_shards == [doomed]
+    assert list(df.index[df.shard == doomed]) == ["cat/cat_1.jpg", "cat/doomed.png"]
+    assert (df[df.shard == doomed].status == "error").all()
+    assert df[df.shard == doomed].error.str.contains("injected fault").all()
+    # a corrupt file is a per-image error, not a shard failure
+    assert df.loc["cat/broken.jpg", "status"] == "error"
+    assert (df[(df.shard != doomed) & (df.index != "cat/broken.jpg")].status == "ok").all()
+    manifest = json.loads((out / "_manifest.json").read_text())
+    assert manifest["status"] == "failed" and manifest["failed_shards"] == [doomed]
+    assert manifest["shards"][doomed]["status"] == "failed"
+    assert manifest["totals"]["shards_failed"] == 1 and manifest["totals"]["rows"] == 6
+    footers = {p.name: read_part_metadata(str(p))["status"] for p in out.glob("part-*.parquet")}
+    assert footers == {"part-00000.parquet": "committed", f"part-{doomed}.parquet": "failed",
+                       "part-00002.parquet": "committed"}
+    before = {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in out.glob("part-*.parquet")}
+
+    second = run_job(JobConfig(max_retries=1, **cfg))
+    df = _assert_exactly_once(out, ids, success=True).set_index("image_id")
+    assert second.success and second.shards_skipped == 2 and second.rows == 6
+    after = {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in out.glob("part-*.parquet")}
+    redone = f"part-{doomed}.parquet"
+    assert {k: v for k, v in after.items() if k != redone} == {
+        k: v for k, v in before.items() if k != redone}, "committed parts untouched"
+    assert after[redone][1] != before[redone][1]
+    assert list(df.index[df.status == "error"]) == ["cat/broken.jpg"]
+    manifest = json.loads((out / "_manifest.json").read_text())
+    assert manifest["status"] == "complete" and manifest["failed_shards"] == []
+    assert manifest["shards"][doomed]["status"] == "committed"
+    assert [r["status"] for r in manifest["runs"]] == ["failed", "complete"]
+    assert manifest["runs"][1]["shards"] == 1 and manifest["runs"][1]["rows"] == 2
+    assert manifest["totals"]["rows"] == 6 and manifest["totals"]["ok"] == 5
+    assert read_part_metadata(str(out / redone))["status"] == "committed"
 
 
 @pytest.mark.usefixtures("ray_faulty")

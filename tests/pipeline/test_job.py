@@ -6,11 +6,13 @@ import json
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
 
 from sgcore import smoothgrad
+from sgcore.attribution import prepare_model, reduce_channels
 from sgcore.config import JobConfig
 from sgcore.errors import ConfigError
 from sgcore.io import decode_image
@@ -74,12 +76,77 @@ def test_rerun_resumes_and_a_different_config_is_refused(image_dir, tmp_path):
     cfg = JobConfig(input=str(image_dir), output=str(out), **SMALL)
     run_job(cfg)
     stamps = {p.name: p.stat().st_mtime_ns for p in out.glob("part-*.parquet")}
+    first = json.loads((out / "_manifest.json").read_text())
     again = run_job(cfg)
     assert again.shards_skipped == 3 and again.rows == 7
     assert {p.name: p.stat().st_mtime_ns for p in out.glob("part-*.parquet")} == stamps
+    # the rerun is appended to the record; the first run's entry, the shards it
+    # wrote and the output's versions stay as they were
+    manifest = json.loads((out / "_manifest.json").read_text())
+    assert len(first["runs"]) == 1 and len(manifest["runs"]) == 2
+    assert manifest["runs"][0] == first["runs"][0]
+    assert first["runs"][0]["seconds"] > 0 and first["runs"][0]["actors"] >= 1
+    assert first["runs"][0]["rows"] == 7 and first["runs"][0]["shards"] == 3
+    assert first["runs"][0]["worker_max_rss_mb"] > 0 and first["runs"][0]["versions"]["torch"]
+    assert manifest["runs"][1]["shards"] == 0 and manifest["runs"][1]["rows"] == 0
+    assert manifest["runs"][1]["shards_skipped"] == 3 and manifest["runs"][1]["actors"] == 0
+    assert manifest["shards"] == first["shards"]
+    assert all(e["run"] == 1 and e["seconds"] > 0 for e in manifest["shards"].values())
+    assert (manifest["created"], manifest["git_revision"], manifest["versions"]) == (
+        first["created"], first["git_revision"], first["versions"])
+    totals = manifest["totals"]
+    assert (totals["rows"], totals["ok"], totals["errors"], totals["shards"]) == (7, 6, 1, 3)
+    assert totals["seconds"] >= first["totals"]["seconds"] and totals["runs"] == 2
+    assert totals["actors"] == first["totals"]["actors"] >= 1
+    assert totals["worker_max_rss_mb"] == first["totals"]["worker_max_rss_mb"] > 0
+    assert manifest["status"] == "complete" and (out / "_SUCCESS").exists()
     with pytest.raises(ConfigError, match="holds results of another config.*n_samples: 4 -> 5"):
         run_job(JobConfig(input=str(image_dir), output=str(out), **{**SMALL, "n_samples": 5}))
     assert {p.name: p.stat().st_mtime_ns for p in out.glob("part-*.parquet")} == stamps
+    # --overwrite starts a new record
+    run_job(JobConfig(input=str(image_dir), output=str(out), overwrite=True, **SMALL))
+    manifest = json.loads((out / "_manifest.json").read_text())
+    assert len(manifest["runs"]) == 1 and manifest["runs"][0]["shards"] == 3
+
+
+FLAGS = [
+    dict(aggregate="var", noise="sobol", base="integrated_gradients", ig_steps=4,
+         reduction="max_abs", precision="fp32"),
+    dict(aggregate="square", noise="antithetic", base="guided_backprop", reduction="sum",
+         precision="bf16"),
+]
+
+
+@pytest.mark.parametrize("flags", FLAGS, ids=lambda f: f"{f['aggregate']}-{f['base']}")
+def test_method_flags_reach_the_kernel(image_dir, tmp_path, flags):
+    out = tmp_path / "out"
+    run_job(JobConfig(input=str(image_dir), output=str(out), **{**SMALL, **flags}))
+    table = pa.concat_tables([pq.read_table(p) for p in sorted(out.glob("part-*.parquet"))])
+    rows = [r for r in table.to_pylist() if r["status"] == "ok"]
+    assert len(rows) == 6
+    method = {"var": "vargrad", "square": "smoothgrad_sq"}[flags["aggregate"]]
+    assert {(r["method"], r["base"], r["n_samples"]) for r in rows} == {(method, flags["base"], 4)}
+    config = json.loads((out / "_manifest.json").read_text())["config"]
+    assert {k: config[k] for k in flags} == flags
+    # The kernel called directly on the same tensors, seeds and targets, with
+    # the model prepared as the actor prepares it (BatchNorm folded).
+    loaded = load_model("resnet18", "none", image_size=32)
+    pre = loaded.preprocess
+    model = prepare_model(loaded.model.eval(), fold_bn=True)
+    pixels = np.stack([
+        decode_image((image_dir / r["image_id"]).read_bytes(), resize_size=pre.resize_size,
+                     crop_size=pre.crop_size, interpolation=pre.interpolation)[0] for r in rows])
+    x = pre.normalize(torch.from_numpy(pixels))
+    seeds = torch.tensor([image_seed(0, r["image_id"]) for r in rows])
+    assert seeds.tolist() == [r["seed"] for r in rows]
+    maps = smoothgrad(model, x, torch.tensor([r["target"] for r in rows]), n_samples=4,
+                      seeds=seeds, aggregate=flags["aggregate"], base=flags["base"],
+                      noise=flags["noise"], ig_steps=flags.get("ig_steps", 32),
+                      precision=flags["precision"])
+    expected = reduce_channels(maps, flags["reduction"]).numpy()
+    got = np.stack([np.asarray(r["saliency"], dtype=np.float32).reshape(32, 32) for r in rows])
+    for g, e in zip(got, expected, strict=True):
+        np.testing.assert_allclose(g, e, rtol=2e-3, atol=1e-3 * float(np.abs(e).max()))
 
 
 @pytest.mark.slow
