@@ -6,6 +6,7 @@
     python -m jobs.benchmark --mode pipeline --images 480      # the whole job vs the bare kernel
 
 Writes outputs/benchmark/<stem>.md and .json and prints the Markdown table.
+Exit status: 0 done, 2 bad arguments (one line on stderr naming the flag).
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ from sgcore.attribution._bench import (
     synthetic_images,
     write_report,
 )
+from sgcore.cli import run_cli
+from sgcore.errors import ConfigError
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -61,10 +64,41 @@ def _model_and_images(name: str, size: int, batch: int) -> tuple[torch.nn.Module
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    return run_cli(lambda: _bench(args))
+
+
+def _check_args(args: argparse.Namespace) -> torch.device:
+    """Refuses bad numbers and devices before any model is built; returns the device."""
+    # image_size >= 2: the synthetic images pin a 0 and a 1 pixel in their first row.
+    for flag, low in (("batch", 1), ("images", 1), ("repeats", 1), ("n_samples", 1), ("image_size", 2)):
+        value = getattr(args, flag)
+        if value < low:
+            raise ConfigError(f"--{flag.replace('_', '-')} must be >= {low}; got {value}")
+    return _device(args.device)
+
+
+def _device(text: str) -> torch.device:
+    if text == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(text)
+    except RuntimeError:
+        device = None
+    if device is None or device.type not in ("cpu", "cuda"):
+        raise ConfigError(f"--device must be auto, cpu, cuda or cuda:N; got {text!r}")
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"--device {text}: no CUDA GPU is visible here; use --device cpu (or auto)")
+        count = torch.cuda.device_count()
+        if device.index is not None and device.index >= count:
+            raise ConfigError(f"--device {text}: only {count} CUDA device(s) here (cuda:0..cuda:{count - 1})")
+    return device
+
+
+def _bench(args: argparse.Namespace) -> int:
+    device = _check_args(args)
     if args.mode == "pipeline":
         return _pipeline(args)
-    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
-                          "cpu" if args.device == "auto" else args.device)
     precisions = args.precisions or default_precisions(device)
     config = BenchConfig(mode=args.mode, n_samples=args.n_samples, precisions=tuple(precisions),
                          compile=args.compile, repeats=args.repeats, loop=not args.no_loop)

@@ -105,12 +105,22 @@ def run_cli(main: Callable[[], int]) -> int:
     except (ConfigError, InputError, ImportError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    except OSError as e:  # storage that stays broken after the retries: name it, no traceback
-        print(f"error: storage failure: {e}", file=sys.stderr)
-        return 1
     except KeyboardInterrupt:
         print("interrupted; rerun the same command to resume", file=sys.stderr)
         return 130
+    except Exception as e:
+        # Missing or refused storage credentials that reached us unwrapped (botocore's
+        # NoCredentialsError is not an OSError): the user's to fix, so exit 2.
+        from sgcore.io import storage_auth_error
+
+        auth = storage_auth_error(e, "access storage")
+        if auth is not None:
+            print(f"error: {auth}", file=sys.stderr)
+            return 2
+        if isinstance(e, OSError):  # storage that stays broken after the retries: name it
+            print(f"error: storage failure: {e}", file=sys.stderr)
+            return 1
+        raise
 
 
 def _json_object(text: str) -> dict[str, Any]:

@@ -4,7 +4,14 @@ Never imports Ray: everything here runs the same in a Ray task or a plain proces
 """
 
 from sgcore.io._fs import join, open_input, read_bytes, url_to_fs
-from sgcore.io._retry import DEFAULT_POLICY, RetryPolicy, is_transient, retry_call
+from sgcore.io._retry import (
+    DEFAULT_POLICY,
+    RetryPolicy,
+    StorageAuthError,
+    is_transient,
+    retry_call,
+    storage_auth_error,
+)
 from sgcore.io.decode import IMAGE_EXTENSIONS, DecodeError, Geometry, decode_image
 from sgcore.io.labels import read_labels
 from sgcore.io.manifest import (
@@ -52,6 +59,7 @@ __all__ = [
     "RawSample",
     "RetryPolicy",
     "ShardSpec",
+    "StorageAuthError",
     "decode_image",
     "decode_shard",
     "encode_part",
@@ -74,6 +82,7 @@ __all__ = [
     "remove_success",
     "result_schema",
     "retry_call",
+    "storage_auth_error",
     "url_to_fs",
     "write_bytes",
     "write_manifest",

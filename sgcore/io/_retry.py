@@ -17,6 +17,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
+from sgcore.errors import InputError
+
 log = logging.getLogger("sgcore")
 
 T = TypeVar("T")
@@ -47,6 +49,23 @@ _TRANSIENT_CLASS_NAMES = frozenset({
 })
 _PERMANENT_TYPES = (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError,
                     FileExistsError)
+# botocore exceptions (by class name, botocore is never imported) that mean "no usable
+# credentials on this machine": raised while signing, before any request is sent.
+_NO_CREDENTIALS_CLASS_NAMES = frozenset({
+    "NoCredentialsError", "PartialCredentialsError", "CredentialRetrievalError",
+    "ProfileNotFound", "NoAuthTokenError", "TokenRetrievalError", "SSOError",
+    "UnknownCredentialError",
+})
+# S3 error codes of a request that was signed but refused: wrong, expired or
+# unauthorised credentials (s3fs turns most of them into PermissionError).
+AUTH_CODES = frozenset({
+    "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken",
+    "InvalidToken", "TokenRefreshRequired", "InvalidSecurity", "AllAccessDisabled",
+    "AccountProblem", "NotSignedUp", "RequestTimeTooSkewed", "InvalidClientTokenId",
+    "UnrecognizedClientException", "ExpiredTokenException", "AccessDeniedException", "403",
+})
+CREDENTIALS_FIX = ("set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, a profile (AWS_PROFILE), or "
+                   "--storage-options '{\"key\": ..., \"secret\": ...}'")
 # Phrases of throttling/5xx messages, for backends that flatten errors into plain text.
 _TRANSIENT_PHRASES = ("slowdown", "slow down", "reduce your request rate", "throttl",
                       "service unavailable", "internal error", "timed out", "timeout",
@@ -101,6 +120,59 @@ def _classify(e: BaseException) -> bool | None:
     return None
 
 
+class StorageAuthError(InputError, PermissionError):
+    """Object storage refused us for want of (valid) credentials; the message says how to fix it.
+
+    An :class:`InputError` (the jobs exit 2 with its one line) and a
+    ``PermissionError`` (storage code that handles permission errors still does).
+    """
+
+
+def storage_auth_error(exc: BaseException, what: str) -> StorageAuthError | None:
+    """A :class:`StorageAuthError` for ``exc`` when it is a credentials problem, else None.
+
+    Recognises botocore's "no credentials" family (``NoCredentialsError``,
+    ``PartialCredentialsError``, ``ProfileNotFound``, ...) and S3 responses
+    refusing the signed request (``InvalidAccessKeyId``, ``SignatureDoesNotMatch``,
+    ``AccessDenied``, ``ExpiredToken``, ...), also behind the ``PermissionError``
+    that s3fs makes of them (the cause chain is followed).
+
+    Args:
+        exc: the error raised by the storage call.
+        what: what was being done, with the URL ("read s3://b/k").
+    """
+    if isinstance(exc, StorageAuthError):
+        return exc
+    seen: set[int] = set()
+    e: BaseException | None = exc
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        names = {cls.__name__ for cls in type(e).__mro__}
+        if names & _NO_CREDENTIALS_CLASS_NAMES:
+            detail = "" if "NoCredentialsError" in names else f" ({_short(e)})"
+            return StorageAuthError(f"no AWS credentials to {what}{detail}: {CREDENTIALS_FIX}")
+        response = getattr(e, "response", None)
+        if isinstance(response, dict):
+            err = response.get("Error") or {}
+            code = str(err.get("Code", ""))
+            status = (response.get("ResponseMetadata") or {}).get("HTTPStatusCode")
+            if code in AUTH_CODES or (status == 403 and code not in TRANSIENT_CODES):
+                message = str(err.get("Message") or "").strip()
+                reason = f"{code}: {message}" if message else code or "403 Forbidden"
+                return StorageAuthError(
+                    f"storage refused to {what} ({reason}): check the credentials "
+                    f"(AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, AWS_PROFILE or --storage-options) "
+                    "and that they may read it"
+                )
+        e = e.__cause__ or e.__context__
+    return None
+
+
+def _short(e: BaseException) -> str:
+    text = " ".join(str(e).split()) or type(e).__name__
+    return text if len(text) <= 200 else text[:200] + "..."
+
+
 @dataclass(frozen=True, kw_only=True)
 class RetryPolicy:
     """Capped exponential backoff with full jitter.
@@ -146,6 +218,8 @@ def retry_call(
         sleep: injectable for tests.
 
     Raises:
+        StorageAuthError: missing or refused credentials (see :func:`storage_auth_error`),
+            at once, naming ``what`` and the fix.
         The permanent error at once, or the last transient one after ``policy.attempts``
         tries, re-raised as the same type where it can be, with the URL and the count
         in the message.
@@ -154,6 +228,9 @@ def retry_call(
         try:
             return fn()
         except Exception as e:
+            auth = storage_auth_error(e, what)
+            if auth is not None and auth is not e:
+                raise auth from e
             if not is_transient(e):
                 raise
             if attempt + 1 >= policy.attempts:
@@ -173,4 +250,11 @@ def _gave_up(e: Exception, what: str, attempts: int) -> Exception:
     return OSError(message)
 
 
-__all__ = ["DEFAULT_POLICY", "RetryPolicy", "is_transient", "retry_call"]
+__all__ = [
+    "DEFAULT_POLICY",
+    "RetryPolicy",
+    "StorageAuthError",
+    "is_transient",
+    "retry_call",
+    "storage_auth_error",
+]

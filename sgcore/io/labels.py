@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import io
 import json
+from dataclasses import dataclass
 from typing import Any
 
 import pyarrow as pa
@@ -15,7 +16,8 @@ from sgcore.errors import InputError
 from sgcore.io._fs import read_bytes, url_to_fs
 
 # Column names tried, in order, when the file does not name them our way.
-KEY_COLUMNS = ("image_id", "path", "file", "filename", "file_name", "image", "key", "source", "url")
+KEY_COLUMNS = ("image_id", "path", "file", "filename", "file_name", "image", "key", "source", "url",
+               "id")
 LABEL_COLUMNS = ("label", "class", "cls", "category", "target")
 
 
@@ -41,6 +43,8 @@ def read_table(
     fs, path = url_to_fs(url, storage_options)
     try:
         data = read_bytes(fs, path, url=url)
+    except InputError:
+        raise  # missing credentials: the message already names the URL and the fix
     except FileNotFoundError as e:
         raise InputError(f"{what} {url} does not exist{suffix}") from e
     except OSError as e:
@@ -56,29 +60,60 @@ def read_table(
         raise InputError(f"{what} {url} is not a readable CSV/Parquet table: {e}{suffix}") from e
 
 
-def read_labels(url: str, storage_options: dict[str, Any] | None = None) -> dict[str, str]:
+@dataclass(frozen=True, kw_only=True)
+class LabelsFile:
+    """A labels file as read: the mapping, and which of its columns gave keys and labels."""
+
+    url: str
+    mapping: dict[str, str]
+    key_column: str
+    label_column: str
+    columns: tuple[str, ...]
+
+    def describe(self) -> str:
+        """Which columns were used, for error messages."""
+        return (f"path column {self.key_column!r}, label column {self.label_column!r}; "
+                f"columns: {', '.join(self.columns)}")
+
+
+def load_labels(url: str, storage_options: dict[str, Any] | None = None) -> LabelsFile:
     """Reads a path -> label table (CSV with a header row, or Parquet).
 
     The key column is the first of ``image_id, path, file, filename, file_name,
-    image, key, source, url`` present (else the first column); the label column
-    the first of ``label, class, cls, category, target`` (else the second).
-    Keys are matched against the image id (path relative to the input root) and
-    then against the full source URL.
+    image, key, source, url, id`` present (else the first column); the label column
+    the first of ``label, class, cls, category, target`` (else the next column).
+    Empty cells are no label. Keys are matched against the image id (path relative
+    to the input root) and then against the full source URL. CSV keys and labels
+    in those columns stay text (``0007`` is not the number 7).
 
     Raises:
         InputError: the file is missing, unreadable, or has fewer than two columns.
     """
-    table = read_table(url, storage_options, what="labels file")
+    table = read_table(url, storage_options, what="labels file",
+                       string_columns=KEY_COLUMNS + LABEL_COLUMNS)
     names = table.column_names
+    expected = (f"a path column (one of {', '.join(KEY_COLUMNS)}) and a label column "
+                f"(one of {', '.join(LABEL_COLUMNS)})")
     if len(names) < 2:
-        raise InputError(f"labels file {url} needs a path column and a label column; got columns {names}")
-    key = next((c for c in KEY_COLUMNS if c in names), names[0])
+        raise InputError(f"labels file {url} needs {expected}; found columns: {', '.join(names) or 'none'}")
+    key = next((c for c in KEY_COLUMNS if c in names), None)
     label = next((c for c in LABEL_COLUMNS if c in names and c != key), None)
-    if label is None:
-        label = next(c for c in names if c != key)
+    key = key or next(c for c in names if c != label)
+    label = label or next(c for c in names if c != key)
     keys = table.column(key).to_pylist()
     values = table.column(label).to_pylist()
-    return {str(k): str(v) for k, v in zip(keys, values, strict=True) if k is not None and v is not None}
+    mapping = {str(k): str(v) for k, v in zip(keys, values, strict=True) if k not in (None, "")
+               and v not in (None, "")}
+    return LabelsFile(url=url, mapping=mapping, key_column=key, label_column=label, columns=tuple(names))
+
+
+def read_labels(url: str, storage_options: dict[str, Any] | None = None) -> dict[str, str]:
+    """The path -> label mapping of a labels file (see :func:`load_labels`).
+
+    Raises:
+        InputError: the file is missing, unreadable, or has fewer than two columns.
+    """
+    return load_labels(url, storage_options).mapping
 
 
 @functools.lru_cache(maxsize=4)
@@ -97,4 +132,5 @@ def lookup(labels: dict[str, str], image_id: str, source: str) -> str | None:
     return found if found is not None else labels.get(source)
 
 
-__all__ = ["cached_labels", "lookup", "read_labels"]
+__all__ = ["KEY_COLUMNS", "LABEL_COLUMNS", "LabelsFile", "cached_labels", "load_labels", "lookup",
+           "read_labels"]

@@ -34,10 +34,6 @@ class ParquetLayout:
     label_column: str | None
     class_names: tuple[str, ...] | None = None
 
-    @property
-    def num_rows(self) -> int:
-        return sum(self.row_group_rows)
-
 
 def is_parquet(name: str) -> bool:
     return name.lower().endswith(PARQUET_EXTENSIONS)
@@ -107,11 +103,23 @@ def hf_class_names(schema: pa.Schema, column: str | None) -> tuple[str, ...] | N
     return tuple(str(n) for n in names) if isinstance(names, list) else None
 
 
-def inspect_file(f: Any, *, image_column: str | None, label_column: str | None, url: str) -> ParquetLayout:
-    """Reads only the footer of an open Parquet file."""
+def check_id_column(schema: pa.Schema, id_column: str | None, url: str) -> None:
+    """Raises InputError when ``id_column`` is given and not a column of ``schema``."""
+    if id_column is not None and id_column not in schema.names:
+        raise InputError(f"--id-column {id_column!r} is not in {url}; columns: {', '.join(schema.names)}")
+
+
+def inspect_file(f: Any, *, image_column: str | None, label_column: str | None, url: str,
+                 id_column: str | None = None) -> ParquetLayout:
+    """Reads only the footer of an open Parquet file.
+
+    Raises:
+        InputError: a named column (image, label or id) is missing, or no image column.
+    """
     pf = pq.ParquetFile(f)
     schema = pf.schema_arrow
     image, label = resolve_columns(schema, image_column=image_column, label_column=label_column, url=url)
+    check_id_column(schema, id_column, url)
     rows = tuple(pf.metadata.row_group(i).num_rows for i in range(pf.metadata.num_row_groups))
     return ParquetLayout(row_group_rows=rows, image_column=image, label_column=label,
                          class_names=hf_class_names(schema, label))
@@ -137,8 +145,7 @@ def iter_rows(
     pf = pq.ParquetFile(f)
     schema = pf.schema_arrow
     image, label = resolve_columns(schema, image_column=image_column, label_column=label_column, url=url)
-    if id_column is not None and id_column not in schema.names:
-        raise InputError(f"id column {id_column!r} is not in {url}; columns: {', '.join(schema.names)}")
+    check_id_column(schema, id_column, url)
     names = hf_class_names(schema, label)
     columns = [c for c in dict.fromkeys([image, label, id_column]) if c is not None]
     index = first_row
@@ -170,6 +177,7 @@ __all__ = [
     "LABEL_COLUMN_NAMES",
     "PARQUET_EXTENSIONS",
     "ParquetLayout",
+    "check_id_column",
     "hf_class_names",
     "inspect_file",
     "is_parquet",

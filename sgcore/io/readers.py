@@ -21,6 +21,7 @@ rows, never a crashed job.
 
 from __future__ import annotations
 
+import logging
 import posixpath
 import tarfile
 from collections.abc import Iterator, Sequence
@@ -33,7 +34,7 @@ import numpy as np
 from sgcore.errors import InputError
 from sgcore.io import parquet_input, webdataset
 from sgcore.io._fs import full_url, join, open_input, read_bytes, url_to_fs
-from sgcore.io._retry import retry_call
+from sgcore.io._retry import retry_call, storage_auth_error
 from sgcore.io.decode import (
     DEFAULT_MAX_PIXELS,
     IMAGE_EXTENSIONS,
@@ -41,7 +42,9 @@ from sgcore.io.decode import (
     Geometry,
     decode_image,
 )
-from sgcore.io.labels import cached_labels, lookup, read_labels
+from sgcore.io.labels import LabelsFile, cached_labels, load_labels, lookup
+
+log = logging.getLogger("sgcore")
 
 INPUT_FORMATS = ("auto", "images", "webdataset", "parquet")
 _GLOB_CHARS = ("*", "?", "[")
@@ -146,9 +149,16 @@ def plan_shards(
 
     Files of other types are skipped, not failed.
 
+    A labels file is read here, once: one that labels none of the planned images
+    is refused, one that labels only some of them logs a warning with the count
+    (tar samples are only checked for a matching ``<tar path>/`` prefix, and ids
+    from an ``id_column`` not at all, as neither is known before reading).
+
     Raises:
-        InputError: the input does not exist, holds nothing usable, or mixes layouts
-            under ``auto``.
+        InputError: the input (or one URL of a list) does not exist, holds nothing
+            usable, or mixes layouts under ``auto``; a named Parquet column is
+            missing; the labels file is unusable or matches no image; storage
+            credentials are missing or refused (:class:`StorageAuthError`).
         ValueError: a bad ``input_format``, ``shard_size`` or ``limit``.
     """
     if input_format not in INPUT_FORMATS:
@@ -160,16 +170,25 @@ def plan_shards(
     shown = url if isinstance(url, str) else ", ".join(url)
     fs, root, names, root_url = _list_input(url, storage_options)
     kind = _choose_layout(names, input_format, shown)
+    # Read (and so check) the labels file here, before any work is scheduled.
+    table = load_labels(labels, storage_options) if labels else None
     if kind == "images":
-        return _plan_images(names, root_url, shown, shard_size=shard_size, limit=limit,
-                            labels=labels, storage_options=storage_options)
-    if kind == "webdataset":
+        shards = _plan_images(names, root_url, shown, shard_size=shard_size, limit=limit,
+                              labels=table)
+    elif kind == "webdataset":
         tars = [n for n in names if webdataset.is_tar(n)]
-        return _plan_tars(fs, root, root_url, tars, limit=limit, labels=labels)
-    files = [n for n in names if parquet_input.is_parquet(n) and not _hidden(n)]
-    return _plan_parquet(fs, root, root_url, files, shard_size=shard_size, limit=limit,
-                         image_column=image_column, label_column=label_column,
-                         id_column=id_column, labels=labels)
+        shards = _plan_tars(fs, root, root_url, tars, limit=limit, labels=labels)
+        if table is not None:
+            _check_tar_labels(table, root_url, [s.file or s.members[0] for s in shards])
+    else:
+        files = [n for n in names if parquet_input.is_parquet(n) and not _hidden(n)]
+        shards = _plan_parquet(fs, root, root_url, files, shard_size=shard_size, limit=limit,
+                               image_column=image_column, label_column=label_column,
+                               id_column=id_column, labels=labels)
+        if table is not None and id_column is None:
+            _check_labels(table, [(m, f"{join(root_url, m.rsplit('#', 1)[0])}#{m.rsplit('#', 1)[1]}")
+                                  for s in shards for m in s.members if "#" in m])
+    return shards
 
 
 # ----------------------------------------------------------------- listing
@@ -197,10 +216,11 @@ def _list_input(url: str | Sequence[str], storage_options: dict[str, Any] | None
     for u in urls:
         fs, path = url_to_fs(u, storage_options)
         found = _expand(fs, path, u)
+        if not found[0] and not found[1]:
+            # One missing URL of a list must not shrink the dataset silently.
+            raise InputError(f"input {u} does not exist; check the URL and credentials")
         files.update(found[0])
         dirs.extend(found[1])
-    if not files and not dirs:
-        raise InputError(f"input {', '.join(urls)} does not exist; check the URL and credentials")
     if len(urls) == 1 and len(dirs) == 1 and not _has_magic(urls[0]):
         root = dirs[0].rstrip("/")
     else:
@@ -234,12 +254,19 @@ def _expand(fs: Any, path: str, url: str) -> tuple[list[str], list[str]]:
         if not found and not fs.exists(path):
             return [], []
         return list(found), [path]
+    except InputError:
+        raise  # already names the URL and the fix (a StorageAuthError included)
     except FileNotFoundError as e:
         raise InputError(f"input {url} does not exist; check the URL and credentials") from e
-    except PermissionError as e:
-        raise InputError(f"input {url} is not readable: {e}; check credentials") from e
-    except OSError as e:
-        raise InputError(f"cannot list input {url}: {type(e).__name__}: {e}") from e
+    except Exception as e:
+        auth = storage_auth_error(e, f"list {url}")
+        if auth is not None:
+            raise auth from e
+        if isinstance(e, PermissionError):
+            raise InputError(f"input {url} is not readable: {e}; check credentials") from e
+        if isinstance(e, OSError):
+            raise InputError(f"cannot list input {url}: {type(e).__name__}: {e}") from e
+        raise
 
 
 def _has_magic(path: str) -> bool:
@@ -288,11 +315,13 @@ def _choose_layout(names: list[str], input_format: str, url: str) -> str:
 
 # ---------------------------------------------------------------- planning
 def _plan_images(names: list[str], root_url: str, url: str, *, shard_size: int, limit: int | None,
-                 labels: str | None, storage_options: dict[str, Any] | None) -> list[ShardSpec]:
+                 labels: LabelsFile | None) -> list[ShardSpec]:
     images = [n for n in names if _is_image(n)]
     if limit is not None:
         images = images[:limit]
-    mapping = read_labels(labels, storage_options) if labels else None
+    mapping = labels.mapping if labels is not None else None
+    if labels is not None:
+        _check_labels(labels, [(m, join(root_url, m)) for m in images])
     shards = []
     for i in range(0, len(images), shard_size):
         members = tuple(images[i : i + shard_size])
@@ -301,6 +330,52 @@ def _plan_images(names: list[str], root_url: str, url: str, *, shard_size: int, 
         shards.append(ShardSpec(shard_id=f"{i // shard_size:05d}", kind="images", root=root_url,
                                 members=members, count=len(members), labels=labs))
     return shards
+
+
+def _check_labels(labels: LabelsFile, images: list[tuple[str, str]]) -> None:
+    """Refuses a labels file that labels none of ``images`` ((id, source) pairs); warns if some miss.
+
+    Raises:
+        InputError: not one image id (or source URL) is a key of the file.
+    """
+    if not images:
+        return
+    missed = [image_id for image_id, source in images if lookup(labels.mapping, image_id, source) is None]
+    if not missed:
+        return
+    n = len(images)
+    if len(missed) == n:
+        raise InputError(
+            f"labels file {labels.url}: 0 of {n} image ids matched ({_file_ids(labels)}, image ids "
+            f"e.g. {images[0][0]!r}); its path column must hold image ids or full URLs "
+            f"({labels.describe()})"
+        )
+    log.warning("labels file %s: %d of %d image ids matched; the other %d get no label (e.g. %r)",
+                labels.url, n - len(missed), n, len(missed), missed[0])
+
+
+def _check_tar_labels(labels: LabelsFile, root_url: str, tars: list[str]) -> None:
+    """Refuses a labels file none of whose keys can name a sample of ``tars``.
+
+    Sample ids are only known once the tars are read, so this checks the prefixes
+    (``<tar path>/`` or ``<tar URL>#``); a partial match shows only in the results.
+    """
+    if not tars:
+        return
+    prefixes = tuple(f"{t}/" for t in tars) + tuple(f"{join(root_url, t)}#" for t in tars)
+    if any(k.startswith(prefixes) for k in labels.mapping):
+        return
+    raise InputError(
+        f"labels file {labels.url}: 0 of its {len(labels.mapping)} ids name a sample of the "
+        f"{len(tars)} .tar shard(s) ({_file_ids(labels)}, image ids look like "
+        f"{tars[0] + '/<sample key>'!r}); its path column must hold image ids or full URLs "
+        f"({labels.describe()})"
+    )
+
+
+def _file_ids(labels: LabelsFile) -> str:
+    first = next(iter(labels.mapping), None)
+    return f"file ids e.g. {first!r}" if first is not None else "the file has no labelled rows"
 
 
 def _plan_tars(fs: Any, root: str, root_url: str, tars: list[str], *, limit: int | None,
@@ -337,7 +412,8 @@ def _plan_parquet(fs: Any, root: str, root_url: str, files: list[str], *, shard_
         try:
             with open_input(fs, path, url=url, buffer_size=1 << 16) as f:
                 return parquet_input.inspect_file(f, image_column=image_column,
-                                                  label_column=label_column, url=url)
+                                                  label_column=label_column, id_column=id_column,
+                                                  url=url)
         except InputError:
             raise
         except Exception as e:  # unreadable footer: one error row for the file, at decode
@@ -482,8 +558,9 @@ def _read_parquet(spec: ShardSpec, storage_options: dict[str, Any] | None) -> It
     except Exception as e:
         message = f"cannot read {url}: {type(e).__name__}: {e}"
         pending = [m for m in spec.members if "#" in m and int(m.rsplit("#", 1)[1]) not in done]
-        if spec.id_column is None and pending:
-            # The rows are known from the plan: one error row per image that was not read.
+        if pending:
+            # The rows are known from the plan: one error row per image that was not read
+            # (named <file>#<row>, as the plan names them, when the id column was not reached).
             for m in pending:
                 yield RawSample(image_id=m, source=f"{url}#{m.rsplit('#', 1)[1]}", label=None, error=message)
         else:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import difflib
 import io
+import pickle
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -340,15 +341,63 @@ def _read_checkpoint(url: str, storage_options: dict | None) -> Any:
         raise ConfigError(f"checkpoint {shown} not found") from e
     except Exception as e:  # any backend error; `from None`: its text may hold secrets
         reason = _redact(_reason(e), storage_options)
+        if {c.__name__ for c in type(e).__mro__} & _NO_CREDENTIALS:  # botocore, matched by name
+            reason += ("; set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, a profile (AWS_PROFILE), "
+                       "or --storage-options")
         raise ConfigError(f"could not read checkpoint {shown}: {reason}") from None
+    if not data:
+        raise ConfigError(f"checkpoint {shown} is empty (0 bytes)")
     try:
         return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as e:  # unpickling errors have many types
-        reason = _redact(_reason(e).splitlines()[0], storage_options)
-        raise ConfigError(
-            f"checkpoint {shown} is not a PyTorch state_dict loadable with "
-            f"torch.load(weights_only=True) (save model.state_dict(), not the model): {reason}"
-        ) from None
+        raise ConfigError(_load_failure(shown, data, e, storage_options)) from None
+
+
+_NO_CREDENTIALS = frozenset({"NoCredentialsError", "PartialCredentialsError", "ProfileNotFound"})
+# How torch.save files begin: a zip archive whose first member is <name>/data.pkl, or
+# (legacy format) a pickle of torch's magic number 0x1950a86a20f9469cfc6c.
+_ZIP_MAGIC = b"PK\x03\x04"
+_LEGACY_MAGIC = b"\x80\x02\x8a\x0a\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8\x50\x19"
+
+
+def _load_failure(shown: str, data: bytes, e: Exception, storage_options: dict | None) -> str:
+    """Why torch.load(weights_only=True) failed, in one line.
+
+    torch's own message always suggests ``weights_only=False``. That advice only
+    fits a torch file that pickles Python objects (a whole model); for random
+    bytes, a plain pickle or a damaged file it would invite running untrusted
+    code for nothing, so it is kept for that case alone.
+    """
+    refused = re.search(r"Unsupported global: GLOBAL (\S+)", str(e))
+    if refused:
+        return (f"checkpoint {shown} is not a PyTorch state_dict loadable with torch.load(weights_only=True) "
+                f"(save model.state_dict(), not the model): it pickles {refused.group(1)}; "
+                "torch.load(weights_only=False) would load it, but only do that for a file you trust")
+    reason = _redact(_short_torch_reason(e), storage_options)
+    torch_file = (data.startswith(_ZIP_MAGIC) and b"data.pkl" in data[:4096]) or data.startswith(_LEGACY_MAGIC)
+    if torch_file and isinstance(e, pickle.UnpicklingError):
+        return (f"checkpoint {shown} is not a PyTorch state_dict loadable with torch.load(weights_only=True) "
+                f"(save model.state_dict(), not the model): {reason}")
+    if torch_file:
+        return f"checkpoint {shown} is a damaged PyTorch file (torch.load: {reason}); save or copy it again"
+    return (f"checkpoint {shown} is not a PyTorch checkpoint (torch.load: {reason}); "
+            "write one with torch.save(model.state_dict(), path)")
+
+
+def _short_torch_reason(e: BaseException) -> str:
+    """The informative part of a torch.load error, without its boilerplate advice."""
+    text = str(e)
+    inner = re.search(r"WeightsUnpickler error:\s*(.+?)(?:\n\s*\n|$)", text, re.S)
+    if inner:
+        text = inner.group(1)
+    # "PytorchStreamReader failed reading zip archive: not a ZIP archive. This is an internal ..."
+    text = " ".join(text.split())
+    text = text.split(". This is an internal")[0].split(". Check the documentation")[0]
+    if not text:
+        return type(e).__name__
+    if isinstance(e, IndexError | EOFError | KeyError | ValueError | TypeError):
+        text = f"{type(e).__name__}: {text}"
+    return text if len(text) < 200 else text[:200] + "..."
 
 
 def _split_checkpoint(url: str, obj: Any) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:

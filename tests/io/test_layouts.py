@@ -1,5 +1,6 @@
 """Every input layout: image prefixes, WebDataset tars, Parquet tables; globs, lists, labels."""
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -27,14 +28,25 @@ def _records(shards, **kw):
 def test_messy_prefix_one_record_per_image_broken_ones_flagged(tmp_path):
     expected = write_messy_prefix(tmp_path)
     shards = plan_shards(str(tmp_path), shard_size=5)
-    recs = {r["image_id"]: r for r in _records(shards)}
+    decoded = [decode_shard(s, resize_size=16, crop_size=16) for s in shards]
+    recs = {r["image_id"]: r for d in decoded for r in d.records}
+    pixels = {r["image_id"]: d.images[r["index"]].astype(int)
+              for d in decoded for r in d.records if r["index"] >= 0}
     assert sorted(recs) == sorted(expected)  # README.txt, meta.json skipped, nothing else
     for image_id, err in expected.items():
         if err is None:
             assert recs[image_id]["error"] is None and recs[image_id]["index"] >= 0, image_id
+            assert pixels[image_id].shape == (16, 16, 3), image_id
         else:
             assert err in recs[image_id]["error"] and image_id in recs[image_id]["error"], image_id
     assert recs["good/exif.jpg"]["geometry"].orig_height == 30  # portrait after EXIF transpose
+    # The pixels, not just "no error": a palette whose only index is transparent
+    # composites to white; 16-bit 40000 is 40000 / 65535 · 255 = 155.6; grey stays grey.
+    assert (pixels["good/palette.png"] == 255).all()
+    assert np.abs(pixels["good/deep16.png"] - 40000 / 65535 * 255).max() <= 1
+    grey = pixels["good/gray.png"]
+    assert (grey[..., 0] == grey[..., 1]).all() and (grey[..., 1] == grey[..., 2]).all()
+    assert (pixels["good/tiny.png"] == (5, 6, 7)).all()
 
 
 def test_glob_and_list_inputs_ids_relative_to_common_folder(tmp_path):
@@ -69,7 +81,8 @@ def test_labels_file_maps_path_to_label(image_dir, tmp_path, ext):
 
 @pytest.mark.parametrize("content, match", [
     (None, "labels file .* does not exist"),
-    ("only_one_column\nx\n", r"needs a path column and a label column; got columns \['only_one_column'\]"),
+    ("only_one_column\nx\n", r"labels file .*labels.csv needs a path column \(one of image_id, path, .*\) and a "
+                              r"label column \(one of label, class, .*\); found columns: only_one_column$"),
 ])
 def test_bad_labels_file_is_named(image_dir, tmp_path, content, match):
     path = tmp_path / "labels.csv"

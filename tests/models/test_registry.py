@@ -1,3 +1,5 @@
+import io
+import pickle
 import socket
 import urllib.error
 
@@ -290,11 +292,37 @@ def test_checkpoint_that_is_not_a_state_dict(tmp_path):
         load_model("demo", path)
     garbage = tmp_path / "garbage.pt"
     garbage.write_bytes(b"this is not a checkpoint")
-    with pytest.raises(ConfigError, match=r"garbage\.pt is not a PyTorch state_dict loadable with torch\.load\(weights_only=True\) \(save model\.state_dict\(\), not the model\)"):
+    with pytest.raises(ConfigError, match=r"garbage\.pt is not a PyTorch checkpoint \(torch\.load: IndexError: pop from empty list\); write one with torch\.save\(model\.state_dict\(\), path\)$"):
         load_model("demo", str(garbage))
     whole = _save(DemoNet(), tmp_path / "whole.pt")
-    with pytest.raises(ConfigError, match=r"whole\.pt is not a PyTorch state_dict loadable with torch\.load\(weights_only=True\)"):
+    with pytest.raises(ConfigError, match=r"whole\.pt is not a PyTorch state_dict loadable with torch\.load\(weights_only=True\) \(save model\.state_dict\(\), not the model\): it pickles sgcore\.models\.demo_net\.DemoNet; torch\.load\(weights_only=False\) would load it, but only do that for a file you trust$"):
         load_model("demo", whole)
+
+
+def _bytes_of(obj, **kw) -> bytes:
+    buf = io.BytesIO()
+    torch.save(obj, buf, **kw)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize(("data", "match"), [
+    (b"", r"empty\.pt is empty \(0 bytes\)$"),
+    (bytes(range(256)) * 8, r"is not a PyTorch checkpoint \(torch\.load: Unsupported operand 0\); write one with"),
+    (b"PK\x03\x04 not a zip", r"is not a PyTorch checkpoint \(torch\.load: PytorchStreamReader failed reading zip "
+                              r"archive: not a ZIP archive\); write one with torch\.save"),
+    (pickle.dumps({"a": 1}), r"is not a PyTorch checkpoint \(torch\.load: Unsupported operand 149\)"),
+    (_bytes_of({"w": torch.zeros(3)})[:300], r"is a damaged PyTorch file \(torch\.load: PytorchStreamReader failed "
+                                            r"reading zip archive: failed finding central directory\); save or copy it again$"),
+    (_bytes_of({"w": torch.zeros(3)}, _use_new_zipfile_serialization=False)[:100],
+     r"is a damaged PyTorch file \(torch\.load: EOFError\)"),
+])
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
+def test_unloadable_checkpoint_gets_a_short_reason_without_weights_only_advice(tmp_path, data, match):
+    path = tmp_path / "empty.pt"
+    path.write_bytes(data)
+    with pytest.raises(ConfigError, match=match) as e:
+        load_model("demo", str(path))
+    assert "weights_only=False" not in str(e.value) and "\n" not in str(e.value)
 
 
 def test_checkpoint_with_mismatched_keys(tmp_path):

@@ -258,7 +258,7 @@ class _FakeClient:
         yield "log line\n"
 
 
-@pytest.mark.parametrize(("final", "code"), [("SUCCEEDED", 0), ("FAILED", 1), ("STOPPED", 2)])
+@pytest.mark.parametrize(("final", "code"), [("SUCCEEDED", 0), ("FAILED", 1), ("STOPPED", 1)])
 def test_main_exits_with_the_job_status(monkeypatch, capsys, tmp_path, final, code):
     import jobs.submit as js
 
@@ -301,3 +301,121 @@ def test_main_usage_errors(capsys, argv, message):
         js.main(argv)
     assert e.value.code == 2
     assert re.search(message, capsys.readouterr().err)
+
+
+# ---- jobs.submit that cannot submit: exit 2 and one line, no cluster needed -------
+
+
+def _closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]  # nothing listens once the socket is closed
+
+
+def _no_ray_env(monkeypatch) -> None:
+    for var in ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS"):
+        monkeypatch.delenv(var, raising=False)
+
+
+def test_unreachable_dashboard_is_one_line_exit_2(monkeypatch, capsys):
+    import jobs.submit as js
+
+    _no_ray_env(monkeypatch)
+    url = f"http://127.0.0.1:{_closed_port()}"
+    assert js.main(["--address", url, "--no-working-dir", "--", "echo", "hi"]) == 2
+    err = capsys.readouterr().err
+    assert err.strip() == (f"error: cannot reach the Ray dashboard at {url} ([Errno 111] Connection refused); "
+                           "check --address and that the cluster is up")
+
+
+def test_explicit_address_wins_over_ray_address(monkeypatch, capsys):
+    import jobs.submit as js
+
+    # Ray alone would use RAY_ADDRESS and ignore the argument.
+    monkeypatch.setenv("RAY_ADDRESS", f"http://127.0.0.1:{_closed_port()}")
+    url = f"http://127.0.0.1:{_closed_port()}"
+    assert js.main(["--address", url, "--no-working-dir", "--", "echo", "hi"]) == 2
+    assert f"cannot reach the Ray dashboard at {url} (" in capsys.readouterr().err
+
+
+def test_no_address_and_no_local_cluster_is_one_line_exit_2(monkeypatch, capsys):
+    import ray._private.services as services
+
+    import jobs.submit as js
+
+    _no_ray_env(monkeypatch)
+    # Other Ray instances may run on this machine: make auto-detection find none.
+    nothing = lambda *a, **k: None  # noqa: E731
+    none_found = lambda: []  # noqa: E731
+    none_found.cache_clear = nothing
+    monkeypatch.setattr(services, "find_bootstrap_address", nothing)
+    monkeypatch.setattr(services, "find_gcs_addresses", none_found)
+    assert js.main(["--no-working-dir", "--", "echo", "hi"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "error: no --address and no RAY_ADDRESS (Could not find any running Ray instance): "
+        "pass --address http://<head>:8265")
+
+
+@pytest.mark.parametrize(("status", "said"), [(401, "Authentication required"), (403, "Authentication failed")])
+def test_refused_token_is_one_line_exit_2(monkeypatch, capsys, status, said):
+    import http.server
+    import threading
+
+    import jobs.submit as js
+
+    class Dashboard(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 - the http.server API
+            if self.path == "/api/version":  # the client's connection check passes ...
+                body = json.dumps({"ray_version": "2.60.0", "version": "x", "session_name": "s"}).encode()
+                self.send_response(200)
+            else:
+                body, _ = b"no", self.send_response(status)
+            self.end_headers()
+            self.wfile.write(body)
+
+        def do_POST(self):  # noqa: N802 - ... the submission is refused
+            self.send_response(status)
+            self.end_headers()
+            self.wfile.write(b"token missing or wrong")
+
+        def log_message(self, *args):
+            pass
+
+    _no_ray_env(monkeypatch)
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Dashboard)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        assert js.main(["--address", url, "--no-working-dir", "--", "echo", "hi"]) == 2
+    finally:
+        server.shutdown()
+        server.server_close()
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: the Ray dashboard at {url} rejected the token ({said}: "), err
+    assert err.endswith("set RAY_AUTH_TOKEN to the cluster's token (`ray get-auth-token` on the head) "
+                        "or RAY_AUTH_TOKEN_PATH") and "\n" not in err
+
+
+def test_bad_working_dir_is_one_line_exit_2(capsys, tmp_path):
+    import jobs.submit as js
+
+    missing = tmp_path / "nope"
+    assert js.main(["--address", "http://127.0.0.1:9", "--working-dir", str(missing), "--", "echo"]) == 2
+    assert capsys.readouterr().err.strip() == f"error: --working-dir: working_dir must be a directory; got {str(missing)!r}"
+
+
+def test_lost_dashboard_while_waiting_exits_3(monkeypatch, capsys):
+    import jobs.submit as js
+
+    class Lost(_FakeClient):
+        def get_job_status(self, job_id):
+            raise ConnectionError("Failed to connect to Ray at address: http://x:8265.")
+
+        async def tail_job_logs(self, job_id):
+            return
+            yield
+
+    monkeypatch.setattr(js, "job_client", lambda address: Lost("RUNNING"))
+    assert js.main(["--no-working-dir", "--", "python", "-V"]) == 3
+    assert "job raysubmit_42 may still be running (ray job status raysubmit_42)" in capsys.readouterr().err

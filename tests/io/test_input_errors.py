@@ -1,0 +1,132 @@
+"""Bad inputs are refused at planning time with one line naming the input and the fix."""
+
+import logging
+import re
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from sgcore.errors import InputError
+from sgcore.io import decode_shard, parquet_input, plan_shards
+from tests.io.datasets import encode, rgb, tar_samples, write_tar
+
+
+def _images(root, n=6):
+    root.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        (root / f"img{i}.png").write_bytes(encode(rgb(i)))
+    return root
+
+
+def _table(root):
+    root.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.table({"image": [encode(rgb(i)) for i in range(6)],
+                             "name": [f"n{i}" for i in range(6)],
+                             "label": ["a", "b"] * 3}), root / "data.parquet")
+    return root
+
+
+# ------------------------------------------------------------------ --id-column
+def test_missing_id_column_is_refused_when_planning(tmp_path):
+    root = _table(tmp_path / "t")
+    with pytest.raises(InputError, match=r"^--id-column 'nosuchcol' is not in .*/t/data\.parquet; "
+                                         r"columns: image, name, label$"):
+        plan_shards(str(root), shard_size=10, id_column="nosuchcol")
+    shards = plan_shards(str(root), shard_size=10, id_column="name")
+    assert [r["image_id"] for r in decode_shard(shards[0], resize_size=8, crop_size=8).records] == [
+        f"n{i}" for i in range(6)]
+
+
+def test_id_column_message_is_the_same_when_reading(tmp_path):
+    root = _table(tmp_path / "t")
+    with open(root / "data.parquet", "rb") as f, pytest.raises(
+            InputError, match=r"^--id-column 'uid' is not in x\.parquet; columns: image, name, label$"):
+        next(parquet_input.iter_rows(f, row_groups=None, first_row=0, stop_row=None, image_column=None,
+                                     label_column=None, id_column="uid", url="x.parquet"))
+
+
+def test_parquet_with_id_column_failing_mid_read_keeps_one_row_per_image(tmp_path):
+    root = _table(tmp_path / "t")
+    (shard,) = plan_shards(str(root), shard_size=10, id_column="name")
+    (root / "data.parquet").write_bytes(b"PAR1 gone")  # replaced after planning
+    recs = decode_shard(shard, resize_size=8, crop_size=8).records
+    assert [r["image_id"] for r in recs] == [f"data.parquet#{i}" for i in range(6)]
+    assert all(r["error"].startswith(f"cannot read {root}/data.parquet:") for r in recs)
+
+
+# ----------------------------------------------------------------------- --labels
+def test_labels_matching_no_image_is_refused(tmp_path):
+    root = _images(tmp_path / "imgs")
+    labels = tmp_path / "labels.csv"
+    labels.write_text("path,label\nzzz.png,cat\nyyy.png,dog\n")
+    with pytest.raises(InputError, match=re.escape(
+            f"labels file {labels}: 0 of 6 image ids matched (file ids e.g. 'zzz.png', image ids e.g. "
+            "'img0.png'); its path column must hold image ids or full URLs (path column 'path', label "
+            "column 'label'; columns: path, label)")):
+        plan_shards(str(root), shard_size=4, labels=str(labels))
+
+
+def test_labels_with_unexpected_columns_name_the_columns_used(tmp_path):
+    root = _images(tmp_path / "imgs")
+    labels = tmp_path / "labels.csv"
+    labels.write_text("species,fname\ncat,img0.png\n")  # label first, unknown names: guessed wrong
+    with pytest.raises(InputError, match=r"0 of 6 image ids matched \(file ids e\.g\. 'cat', .*\(path column "
+                                         r"'species', label column 'fname'; columns: species, fname\)$"):
+        plan_shards(str(root), shard_size=4, labels=str(labels))
+    labels.write_text("label,id\ncat,img0.png\n")  # 'id' is a known path column now
+    shards = plan_shards(str(root), shard_size=10, labels=str(labels))
+    assert shards[0].labels[0] == "cat"
+
+
+def test_labels_matching_some_images_warn_with_the_count(tmp_path, caplog):
+    root = _images(tmp_path / "imgs")
+    labels = tmp_path / "labels.csv"
+    labels.write_text("image_id,label\nimg0.png,cat\nimg3.png,dog\n0007,owl\n")
+    with caplog.at_level(logging.WARNING, logger="sgcore"):
+        shards = plan_shards(str(root), shard_size=10, labels=str(labels))
+    assert shards[0].labels == ("cat", None, None, "dog", None, None)
+    assert caplog.messages == [f"labels file {labels}: 2 of 6 image ids matched; the other 4 get no "
+                               "label (e.g. 'img1.png')"]
+
+
+def test_labels_matching_no_parquet_row_or_tar_sample_are_refused(tmp_path):
+    table = _table(tmp_path / "t")
+    labels = tmp_path / "labels.csv"
+    labels.write_text("path,label\nzzz.png,cat\n")
+    with pytest.raises(InputError, match=r"0 of 6 image ids matched \(file ids e\.g\. 'zzz\.png', image ids "
+                                         r"e\.g\. 'data\.parquet#0'\)"):
+        plan_shards(str(table), shard_size=10, labels=str(labels))
+    labels.write_text("path,label\ndata.parquet#2,cat\n")
+    assert len(plan_shards(str(table), shard_size=10, labels=str(labels))) == 1
+
+    tars = tmp_path / "tars"
+    write_tar(tars / "a.tar", tar_samples("s", 2))
+    labels.write_text("path,label\nzzz.png,cat\n")
+    with pytest.raises(InputError, match=r"0 of its 1 ids name a sample of the 1 \.tar shard\(s\) \(file ids "
+                                         r"e\.g\. 'zzz\.png', image ids look like 'a\.tar/<sample key>'\)"):
+        plan_shards(str(tars), shard_size=10, labels=str(labels))
+    labels.write_text("path,label\na.tar/s0001,cat\n")
+    assert len(plan_shards(str(tars), shard_size=10, labels=str(labels))) == 1
+
+
+def test_labels_file_without_rows_is_refused(tmp_path):
+    root = _images(tmp_path / "imgs")
+    labels = tmp_path / "labels.csv"
+    labels.write_text("path,label\n")
+    with pytest.raises(InputError, match=r"0 of 6 image ids matched \(the file has no labelled rows, "):
+        plan_shards(str(root), shard_size=4, labels=str(labels))
+
+
+# ------------------------------------------------------------ --input a,b,...
+def test_one_missing_url_of_a_list_is_refused(tmp_path):
+    a = _images(tmp_path / "a", 2)
+    nope = tmp_path / "nope"
+    with pytest.raises(InputError, match=f"^input {re.escape(str(nope))} does not exist; check the URL and "
+                                         "credentials$"):
+        plan_shards(f"{a},{nope}", shard_size=4)
+    with pytest.raises(InputError, match=f"^input {re.escape(str(nope))} does not exist; check the URL and "
+                                         "credentials$"):
+        plan_shards(str(nope), shard_size=4)
+    (tmp_path / "empty").mkdir()  # an existing, empty folder is not an error
+    assert plan_shards(f"{a},{tmp_path / 'empty'}", shard_size=4)[0].members == ("a/img0.png", "a/img1.png")
