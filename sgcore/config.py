@@ -13,6 +13,11 @@ InputFormat = Literal["auto", "images", "webdataset", "parquet"]
 OutputFormat = Literal["parquet", "npz"]
 Target = Literal["predicted", "label"]
 
+# Copies of the owners' tuples (sgcore.io.readers.INPUT_FORMATS; AGGREGATES, BASES,
+# PRECISIONS, NOISES in sgcore.attribution.smoothgrad; REDUCTIONS in
+# sgcore.attribution.postprocess): importing them would make `import sgcore.config`
+# (and the CLI that only submits a job) pull torch, PIL and pyarrow.
+# tests/test_config.py holds the copies equal to the owners.
 INPUT_FORMATS = ("auto", "images", "webdataset", "parquet")
 OUTPUT_FORMATS = ("parquet", "npz")
 TARGETS = ("predicted", "label")

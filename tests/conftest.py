@@ -10,7 +10,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 # Ray workers must never reach out; keep their logs quiet and their CPUs few.
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
@@ -18,12 +17,20 @@ os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Skips every ``needs_cuda`` test, in any test folder, on a machine without CUDA.
+
+    The one place that does so: a folder's conftest needs nothing of its own.
+    """
+    gpu_tests = [item for item in items if item.get_closest_marker("needs_cuda")]
+    if not gpu_tests:
+        return
+    import torch  # only when a GPU test was collected: the I/O tests need no torch
+
     if torch.cuda.is_available():
         return
     skip = pytest.mark.skip(reason="needs a CUDA GPU")
-    for item in items:
-        if "needs_cuda" in item.keywords:
-            item.add_marker(skip)
+    for item in gpu_tests:
+        item.add_marker(skip)
 
 
 @pytest.fixture
@@ -91,14 +98,23 @@ def s3_server() -> Iterator[str]:
     os.environ.update(AWS_ENDPOINT_URL=endpoint, AWS_ACCESS_KEY_ID="testing",
                       AWS_SECRET_ACCESS_KEY="testing-secret", AWS_DEFAULT_REGION="us-east-1")
     deadline = time.time() + 10
-    while time.time() < deadline:
+    up = False
+    while not up and time.time() < deadline:
         try:
             socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            break
+            up = True
         except OSError:
             time.sleep(0.1)
+    if not up:
+        server.stop()
+        _restore_env(saved)
+        pytest.fail(f"moto S3 server did not accept connections on {endpoint} within 10 s")
     yield endpoint
     server.stop()
+    _restore_env(saved)
+
+
+def _restore_env(saved: dict[str, str | None]) -> None:
     for k, v in saved.items():
         if v is None:
             os.environ.pop(k, None)

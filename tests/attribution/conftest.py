@@ -12,12 +12,6 @@ from torch import nn
 from sgcore.attribution._noise import standard_noise
 
 
-@pytest.fixture(autouse=True)
-def _skip_without_cuda(request: pytest.FixtureRequest) -> None:
-    if request.node.get_closest_marker("needs_cuda") and not torch.cuda.is_available():
-        pytest.skip("needs a CUDA GPU")
-
-
 class TinyCNN(nn.Module):
     """conv-BN-ReLU ×2, average pool, linear: small enough for n in the thousands."""
 

@@ -7,16 +7,20 @@ job reaches a MinIO or a real S3 endpoint.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import logging
 import os
 import subprocess
 import sys
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
@@ -33,6 +37,10 @@ from tests.io.datasets import encode, rgb, write_messy_prefix, write_parquet, wr
 
 BUCKET = "sgcore-e2e"
 SECRET = "testing-secret"  # set by the s3_server fixture; must never reach an output
+# Passed to the jobs below through --storage-options (moto accepts any key and secret),
+# so that it really sits in JobConfig.storage_options and travels to every worker.
+OPT_SECRET = "sgcore-opt-secret-0b7e1c"
+STORAGE_OPTIONS = ["--storage-options", json.dumps({"key": "testing", "secret": OPT_SECRET})]
 WEIGHTS = f"s3://{BUCKET}/models/demo-random.pt"  # a checkpoint read through the same endpoint
 ARGS = ["--model", "demo", "--weights", WEIGHTS, "--n-samples", "2", "--shard-size", "4",
         "--batch-size", "8", "--quiet"]
@@ -62,9 +70,88 @@ def _demo_images(tmp: Path, n_per_class: int = 2) -> Path:
     return generate_dataset(tmp / "demo", n_per_class=n_per_class, seed=7)
 
 
-def _secret_free(fs, url: str) -> None:
+def _no_secret(text: str | bytes, where: str) -> None:
+    blob = text.encode() if isinstance(text, str) else text
+    for secret in (SECRET, OPT_SECRET):
+        assert secret.encode() not in blob, f"secret {secret!r} found in {where}"
+
+
+def _secret_free(fs, url: str) -> dict[str, int]:
+    """No secret in any object under ``url``: raw bytes, and decoded where they are compressed.
+
+    Returns how many manifests, Parquet parts and npz files were checked.
+    """
+    seen = {"manifest": 0, "parquet": 0, "npz": 0}
     for path in fs.find(url):
-        assert SECRET.encode() not in fs.cat_file(path), path
+        data = fs.cat_file(path)
+        _no_secret(data, path)
+        if path.endswith("_manifest.json"):
+            _no_secret(json.dumps(json.loads(data)), path)
+            seen["manifest"] += 1
+        elif path.endswith(".parquet"):
+            # Data pages may be compressed: look at the footer and at every decoded value.
+            meta = pq.read_metadata(io.BytesIO(data))
+            for k, v in (meta.metadata or {}).items():
+                _no_secret(k + b"=" + v, f"{path} footer metadata")
+            table = pq.read_table(io.BytesIO(data))
+            for name in table.column_names:
+                if not pa.types.is_floating(table.schema.field(name).type):
+                    _no_secret(repr(table.column(name).to_pylist()), f"{path} column {name}")
+            seen["parquet"] += 1
+        elif path.endswith(".npz"):
+            with np.load(io.BytesIO(data), allow_pickle=False) as npz:
+                for key in npz.files:
+                    _no_secret(key, f"{path} key")
+                    if npz[key].dtype.kind in "SUO":
+                        _no_secret(repr(npz[key].tolist()), f"{path}[{key}]")
+            seen["npz"] += 1
+    return seen
+
+
+@contextlib.contextmanager
+def _captured_output() -> Iterator[dict[str, str]]:
+    """Everything the job says while the block runs: Python and fd-level stdout and
+    stderr, and every record of the ``sgcore`` loggers down to DEBUG."""
+    out: dict[str, str] = {}
+    records: list[str] = []
+
+    class _Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            records.append(self.format(record))
+
+    handler, logger = _Keep(level=logging.DEBUG), logging.getLogger("sgcore")
+    saved_level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG)
+    py_out, py_err = io.StringIO(), io.StringIO()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved_fds = os.dup(1), os.dup(2)
+    with tempfile.TemporaryFile() as fd_file:
+        os.dup2(fd_file.fileno(), 1)
+        os.dup2(fd_file.fileno(), 2)
+        try:
+            with contextlib.redirect_stdout(py_out), contextlib.redirect_stderr(py_err):
+                yield out
+        finally:
+            os.dup2(saved_fds[0], 1)
+            os.dup2(saved_fds[1], 2)
+            for fd in saved_fds:
+                os.close(fd)
+            logger.removeHandler(handler)
+            logger.setLevel(saved_level)
+            fd_file.seek(0)
+            out.update(stdout=py_out.getvalue(), stderr=py_err.getvalue(),
+                       fd=fd_file.read().decode(errors="replace"), log="\n".join(records))
+
+
+def _ray_worker_logs() -> str:
+    """The stdout/stderr files of this session's Ray workers (what log_to_driver relays)."""
+    import ray
+
+    logs = Path(ray._private.worker._global_node.get_logs_dir_path())
+    return "\n".join(p.read_text(errors="replace") for p in sorted(logs.glob("worker-*"))
+                     if p.suffix in (".out", ".err"))
 
 
 def _kernel_map(image_bytes: bytes, target: int, image_id: str) -> np.ndarray:
@@ -84,7 +171,7 @@ def messy(s3, tmp_path_factory):
     expected = write_messy_prefix(local)
     url = _upload(s3, local, "messy")
     out = f"s3://{BUCKET}/out/messy"
-    assert main(["--input", url, "--output", out, *ARGS]) == 0
+    assert main(["--input", url, "--output", out, *ARGS, *STORAGE_OPTIONS]) == 0
     return url, out, expected
 
 
@@ -154,13 +241,36 @@ def test_webdataset_on_s3_maps_equal_the_kernel(s3, tmp_path):
     assert np.corrcoef(got.ravel(), expected.ravel())[0, 1] > 0.999
 
 
-def test_parquet_on_s3_npz_store_full_and_overlay(s3, tmp_path):
+@pytest.fixture(scope="module")
+def npz_job(s3, tmp_path_factory):
+    """(output URL, what it said) of a Parquet-input job writing npz maps, with the
+    secret in --storage-options and progress lines on."""
+    local = tmp_path_factory.mktemp("pq")
     images = [encode(rgb(i, (40 + 4 * i, 30))) for i in range(5)] + [b"\x89PNG broken"]
-    write_parquet(tmp_path / "pq" / "part-a.parquet", images, labels=[0, 1, 2, 0, 1, 2], hf=True,
+    write_parquet(local / "part-a.parquet", images, labels=[0, 1, 2, 0, 1, 2], hf=True,
                   row_group_size=2)
-    url = _upload(s3, tmp_path / "pq", "pq")
+    url = _upload(s3, local, "pq")
     out = f"s3://{BUCKET}/out/pq"
-    assert main(["--input", url, "--output", out, "--format", "npz", "--store-full", *ARGS]) == 0
+    args = [a for a in ARGS if a != "--quiet"]
+    with _captured_output() as said:
+        code = main(["--input", url, "--output", out, "--format", "npz", "--store-full", *args,
+                     *STORAGE_OPTIONS])
+    assert code == 0, said
+    return out, said
+
+
+def test_storage_options_secret_reaches_no_output_or_log(s3, npz_job):
+    out, said = npz_job
+    seen = _secret_free(s3, out)
+    assert seen["manifest"] == 1 and seen["parquet"] >= 1 and seen["npz"] >= 1, seen
+    assert "[sgcore] done:" in said["stdout"]  # the capture did see the job talk
+    for stream, text in said.items():
+        _no_secret(text, f"the job's {stream}")
+    _no_secret(_ray_worker_logs(), "the Ray workers' stdout/stderr files")
+
+
+def test_parquet_on_s3_npz_store_full_and_overlay(s3, npz_job):
+    out, _ = npz_job
     df = open_results(out).to_table().to_pandas().sort_values("image_id")
     assert list(df.image_id) == [f"part-a.parquet#{i}" for i in range(6)]
     assert list(df.label) == ["cat", "dog", "fox", "cat", "dog", "fox"]
