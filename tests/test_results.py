@@ -2,12 +2,13 @@
 
 import numpy as np
 import pandas as pd
+import pyarrow.compute as pc
 import pytest
 from PIL import Image
 
 from sgcore.errors import InputError
 from sgcore.io import decode_image, encode_part, join, write_bytes, write_manifest, write_success
-from sgcore.results import load_maps, open_results, overlay
+from sgcore.results import heat_overlay, load_maps, open_results, overlay, part_files, table_maps
 from tests.io.datasets import encode
 
 
@@ -112,3 +113,42 @@ def test_pandas_reads_the_directory_directly(tmp_path):
     out, _ = _write_results(tmp_path)
     df = pd.read_parquet(out)  # _manifest.json and _SUCCESS are skipped by their "_" prefix
     assert len(df) == 3 and df.saliency[0].reshape(32, 32).shape == (32, 32)
+
+
+def test_part_files_lists_the_parts_sorted(tmp_path):
+    out, _ = _write_results(tmp_path)
+    write_bytes(join(out, "part-00002.parquet"), (tmp_path / "out" / "part-00000.parquet").read_bytes())
+    assert part_files(out) == [join(out, "part-00000.parquet"), join(out, "part-00002.parquet")]
+    with pytest.raises(InputError, match=r"no part-\*.parquet files under .*in; is it a results directory"):
+        part_files(str(tmp_path / "in"))
+
+
+@pytest.mark.parametrize("fmt", ["parquet", "npz"])
+def test_table_maps_keep_the_row_order(tmp_path, fmt):
+    out, rows = _write_results(tmp_path, fmt=fmt, full=True)
+    table = open_results(out).to_table()
+    ok = table.filter(pc.equal(table.column("status"), "ok")).take([1, 0])
+    maps = table_maps(ok, out)
+    assert maps.dtype == np.float32 and maps.shape == (2, 32, 32)
+    np.testing.assert_allclose(maps[0], rows[1]["saliency"], atol=1e-3)
+    np.testing.assert_allclose(maps[1], rows[0]["saliency"], atol=1e-3)
+    assert table_maps(ok, out, full=True).shape == (2, 3, 32, 32)
+    with pytest.raises(InputError, match="1 row\\(s\\) have no .*; select the status == 'ok' rows"):
+        table_maps(table, out)
+    if fmt == "npz":
+        with pytest.raises(InputError, match="npz results: pass the results URL"):
+            table_maps(ok)
+
+
+def test_heat_overlay_hand_case():
+    image = np.full((2, 3, 3), 100, np.uint8)
+    m = np.array([[0.0, -2.0, 1.0], [0.0, 0.0, 0.0]])
+    out = heat_overlay(image, m, alpha=0.5)
+    # |m| / max: 1 at (0, 1) (white-hot), 0.5 at (0, 2) (red, r = 1.5 -> 1, g = 0.5, b = 0), 0 elsewhere.
+    np.testing.assert_array_equal(out[0, 1], [177, 177, 177])  # 100 * 0.5 + 255 * 0.5
+    # weight 0.25: 100 * 0.75 + (255, 127.5, 0) * 0.25 = (138.75, 106.875, 75), truncated to uint8.
+    np.testing.assert_array_equal(out[0, 2], [138, 106, 75])
+    assert (out[1] == 100).all() and (out[0, 0] == 100).all()
+    np.testing.assert_array_equal(heat_overlay(image, m, where=np.zeros((2, 3))), image)
+    with pytest.raises(ValueError, match=r"image must be \(H, W, 3\) with the map's \(H, W\) \(2, 3\); got \(3, 3, 3\)"):
+        heat_overlay(np.zeros((3, 3, 3)), m)

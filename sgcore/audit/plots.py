@@ -100,7 +100,10 @@ def map_grid(
         if k >= len(maps):
             continue
         if images is not None:
-            ax.imshow(heat_overlay(images[k], maps[k], alpha=0.6))
+            # The image in grey, so that the heat stands out on colourful scenes; the map at the
+            # 99th-percentile scale, so that more than its few strongest pixels show.
+            grey = np.repeat(np.asarray(images[k], dtype=np.float32).mean(axis=2, keepdims=True), 3, axis=2)
+            ax.imshow(heat_overlay(grey, display(maps[k]), alpha=0.6))
         else:
             ax.imshow(display(maps[k]), cmap="inferno", vmin=0, vmax=1)
         ax.set_title(titles[k], fontsize=8)

@@ -243,6 +243,7 @@ def run_audit(config: AuditConfig, *, log: Any = print) -> dict[str, Any]:
     # ---- heavy checks on a sample, on the actor pool --------------------------
     summary["sanity"] = None
     summary["faithfulness"] = None
+    summary["device"] = None  # where the maps were recomputed, when they were
     if config.sanity or config.faithfulness:
         rows = hash_sample(index.column("image_id").to_pylist(), config.sample, config.seed)
         sampled_maps = read_maps(results, index, rows)

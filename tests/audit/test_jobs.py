@@ -6,9 +6,20 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from jobs import audit as audit_job
 from jobs import sweep as sweep_job
+from sgcore.audit import (
+    MapSettings,
+    load_images,
+    map_statistics,
+    open_results_dir,
+    read_index,
+    sweep_grid,
+)
+from sgcore.models import load_model
+from tests.audit.job_output import write_results
 
 
 def test_audit_job_writes_the_report(demo_results: Path, tmp_path: Path) -> None:
@@ -18,6 +29,7 @@ def test_audit_job_writes_the_report(demo_results: Path, tmp_path: Path) -> None
     assert code == 0
     summary = json.loads((out / "summary.json").read_text())
     assert len(summary["sanity"]) == 7 and summary["faithfulness"]["images"] == 2
+    assert summary["device"] == ["cpu"]  # no --gpus-per-actor: the CPU
     assert summary["localization"]["images"] == 24
     assert (out / "index.html").stat().st_size > 1000
 
@@ -50,3 +62,67 @@ def test_sweep_job_from_an_image_folder(demo_root: Path, tmp_path: Path) -> None
     assert code == 0
     summary = json.loads((out / "summary.json").read_text())
     assert summary["images"][0]["label"] in ("circle", "square", "triangle", "cross")
+
+
+RUN_SETTINGS = {"aggregate": "square", "base": "input_x_gradient", "noise": "antithetic", "reduction": "max_abs"}
+SWEEP_ARGS = ["--images", "2", "--noise-levels", "0.1", "--sample-counts", "3", "--convergence-counts", "1,2",
+              "--reference-samples", "4"]
+
+
+@pytest.fixture(scope="module")
+def square_results(demo_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Results of a run with non-default SmoothGrad settings (8 images)."""
+    return write_results(tmp_path_factory.mktemp("square"), demo_root / "images", limit=8, n_samples=2,
+                         noise_level=0.3, **RUN_SETTINGS)
+
+
+def _expected_gini(results: Path, summary: dict, settings: MapSettings) -> float:
+    """Mean Gini of the sweep's one cell, recomputed from the images the sweep names."""
+    run = open_results_dir(str(results))
+    index = read_index(run)
+    position = {i: k for k, i in enumerate(index.column("image_id").to_pylist())}
+    rows = [position[im["image_id"]] for im in summary["images"]]
+    src, seeds = index.column("source").to_pylist(), index.column("seed").to_pylist()
+    loaded = load_model("demo", "default")
+    x = loaded.preprocess.normalize(torch.from_numpy(load_images([src[r] for r in rows], loaded.preprocess)))
+    t = torch.tensor([im["target"] for im in summary["images"]])
+    grid = sweep_grid(loaded.model, x, t, noise_levels=(0.1,), sample_counts=(3,), settings=settings,
+                      seeds=torch.tensor([seeds[r] for r in rows]))
+    return float(map_statistics(grid.maps[0, 0])["gini"].mean())
+
+
+def test_sweep_uses_the_runs_settings_unless_flags_say_otherwise(square_results: Path, tmp_path: Path) -> None:
+    code = sweep_job.main(["--results", str(square_results), "--report", str(tmp_path / "run"), *SWEEP_ARGS])
+    assert code == 0
+    run = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert {k: run["settings"][k] for k in RUN_SETTINGS} == RUN_SETTINGS
+    assert run["convergence"]["noise_level"] == 0.3  # the run's noise level
+    gini = run["grid"]["cells"][0]["gini"]
+    assert gini == pytest.approx(_expected_gini(square_results, run, MapSettings(**RUN_SETTINGS)), rel=1e-6)
+
+    flags = ["--aggregate", "mean", "--base", "gradient", "--noise", "gaussian", "--reduction", "abs_sum"]
+    code = sweep_job.main(["--results", str(square_results), "--report", str(tmp_path / "flags"), *SWEEP_ARGS, *flags])
+    assert code == 0
+    over = json.loads((tmp_path / "flags" / "summary.json").read_text())
+    assert over["settings"]["aggregate"] == "mean" and over["settings"]["reduction"] == "abs_sum"
+    assert over["grid"]["cells"][0]["gini"] == pytest.approx(_expected_gini(square_results, over, MapSettings()),
+                                                             rel=1e-6)
+    assert over["grid"]["cells"][0]["gini"] != pytest.approx(gini, rel=1e-3)
+
+
+def test_sweep_labels_images_as_the_job_does(tmp_path: Path) -> None:
+    """The class of an image under --input is its folder's name, as the job's reader has it, not the whole path."""
+    from PIL import Image
+
+    from sgcore.io import plan_shards, read_shard
+
+    root = tmp_path / "data"
+    (root / "set1" / "cat").mkdir(parents=True)
+    Image.new("RGB", (40, 40), (200, 30, 30)).save(root / "set1" / "cat" / "a.png")
+    code = sweep_job.main(["--input", str(root), "--model", "demo", "--report", str(tmp_path / "out"),
+                           "--images", "1", "--noise-levels", "0", "--sample-counts", "1",
+                           "--convergence-counts", "1", "--reference-samples", "1"])
+    assert code == 0
+    label = json.loads((tmp_path / "out" / "summary.json").read_text())["images"][0]["label"]
+    (sample,) = read_shard(plan_shards(str(root), shard_size=8)[0])
+    assert label == sample.label == "cat"

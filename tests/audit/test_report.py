@@ -58,3 +58,13 @@ def test_write_report_to_memory_filesystem() -> None:
     assert written[0] == "memory://reports/r1/index.html"
     fs = fsspec.filesystem("memory")
     assert fs.cat_file("/reports/r1/img/maps.png").startswith(b"\x89PNG")
+
+
+def test_display_scales_by_the_99th_percentile() -> None:
+    """The paper's view: |m| over its 99th percentile, clipped to [0, 1] (sgcore.clip_percentile)."""
+    m = np.random.default_rng(1).normal(size=(20, 30))
+    mag = np.abs(m)
+    expected = np.clip(mag / np.percentile(mag, 99), 0, 1)
+    np.testing.assert_allclose(plots.display(m), expected, rtol=1e-5)
+    assert plots.display(m).max() == 1.0 and (plots.display(m) == 1.0).sum() >= 6  # the top 1 % of 600 clip
+    np.testing.assert_array_equal(plots.display(np.zeros((4, 4))), np.zeros((4, 4)))

@@ -159,3 +159,60 @@ def test_localization_negative_control(audit: tuple[dict, Path], random_results:
     trained = audit[0]["localization"]
     assert untrained["mass_ratio"] < 1.5 < trained["mass_ratio"]
     assert untrained["pointing_game"] < trained["pointing_game"]
+
+
+class _Stop(Exception):
+    pass
+
+
+@pytest.mark.parametrize(
+    ("address", "env", "expected"),
+    [
+        (None, None, "local"),  # a fresh Ray, never the `ray start` cluster that address=None would join
+        (None, "ray://head:10001", "ray://head:10001"),
+        ("auto", "ray://head:10001", "auto"),
+    ],
+)
+def test_ray_address_as_the_job_driver_picks_it(
+    address: str | None, env: str | None, expected: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import ray
+
+    calls: list[dict] = []
+
+    def init(**kwargs: object) -> None:
+        calls.append(kwargs)
+        raise _Stop
+
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", init)
+    if env is None:
+        monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    else:
+        monkeypatch.setenv("RAY_ADDRESS", env)
+    spec = WorkerSpec(model="demo", weights="default", image_size=None, preprocess={}, settings=MapSettings())
+    chunk = Chunk(sources=["x.png"], targets=[0], seeds=[0], maps=np.zeros((1, 4, 4), np.float32))
+    with pytest.raises(_Stop):
+        run_chunks(spec, [chunk], num_actors=1, address=address)
+    assert [c["address"] for c in calls] == [expected]
+
+
+@pytest.mark.slow
+def test_audit_reads_a_real_job_run(demo_root: Path, demo_results: Path, ray_local: None, tmp_path: Path) -> None:
+    """The job itself on Ray, then the audit: the fixtures' results stand for this output."""
+    from sgcore.config import JobConfig
+    from sgcore.pipeline import run_job
+
+    out = tmp_path / "job"
+    job = JobConfig(input=str(demo_root / "images"), output=str(out), limit=6, shard_size=3, n_samples=2,
+                    num_actors=1, gpus_per_actor=0, progress=False)
+    assert run_job(job).success
+    summary = run_audit(AuditConfig(results=str(out), report=str(tmp_path / "report"), sample=2, n_samples=2,
+                                    steps=4, examples=1, num_actors=0), log=lambda m: None)
+    assert summary["images"]["ok"] == 6 and summary["localization"]["images"] == 6
+    assert summary["faithfulness"]["images"] == 2 and summary["config_hash"] == job.config_hash()
+    # The fixtures' manifest says what the job's says where the audit reads it.
+    real = json.loads((out / "_manifest.json").read_text())
+    ours = json.loads((demo_results / "_manifest.json").read_text())
+    assert set(ours["config"]) == set(real["config"]) and set(ours["preprocess"]) == set(real["preprocess"])
+    assert {e["status"] for e in real["shards"].values()} == {e["status"] for e in ours["shards"].values()}

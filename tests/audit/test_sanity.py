@@ -107,3 +107,16 @@ def test_map_settings_errors() -> None:
         MapSettings(noise_level=1.5)
     with pytest.raises(ValueError, match="n_samples must be a positive integer; got 0"):
         MapSettings(n_samples=0)
+
+
+def test_map_settings_from_a_job_with_overrides() -> None:
+    job = {"n_samples": 20, "noise_level": 0.3, "aggregate": "var", "base": "guided_backprop", "noise": "sobol",
+           "reduction": "sum", "precision": "bf16", "max_batch": None, "ig_steps": 8, "model": "demo"}
+    s = MapSettings.from_job(job, n_samples=None, reduction="max_abs")
+    assert (s.n_samples, s.noise_level, s.aggregate, s.base, s.noise) == (20, 0.3, "var", "guided_backprop", "sobol")
+    assert (s.reduction, s.precision, s.ig_steps, s.max_batch) == ("max_abs", "bf16", 8, None)
+    assert MapSettings.from_job({}) == MapSettings()  # nothing recorded: the defaults
+    with pytest.raises(TypeError, match=r"overrides must be MapSettings fields; got \['model'\]"):
+        MapSettings.from_job(job, model="other")
+    with pytest.raises(ValueError, match="base must be one of gradient, .*; got 'lrp'"):
+        MapSettings.from_job({"base": "lrp"})

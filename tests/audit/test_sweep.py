@@ -11,7 +11,7 @@ from torch import nn
 
 from sgcore import smoothgrad
 from sgcore.attribution import reduce_channels
-from sgcore.audit import SweepConfig, convergence, sweep_grid
+from sgcore.audit import MapSettings, SweepConfig, convergence, sweep_grid
 from sgcore.errors import ConfigError
 
 
@@ -34,12 +34,36 @@ def test_grid_cells_equal_direct_kernel_calls() -> None:
     np.testing.assert_allclose(grid.maps[0, 0], grid.maps[0, 1], rtol=1e-6)
 
 
+def test_grid_uses_every_setting() -> None:
+    """Aggregate, base map, noise kind and reduction reach the kernel; each cell sets n and the noise level."""
+    model = _model()
+    x = torch.randn(2, 3, 12, 12)
+    t = torch.tensor([1, 0])
+    seeds = torch.tensor([3, 9])
+    settings = MapSettings(n_samples=99, noise_level=0.9, aggregate="square", base="input_x_gradient",
+                           noise="antithetic", reduction="max_abs")
+    grid = sweep_grid(model, x, t, noise_levels=(0.1,), sample_counts=(4,), seeds=seeds, settings=settings)
+    direct = smoothgrad(model, x, t, n_samples=4, noise_level=0.1, aggregate="square", base="input_x_gradient",
+                        noise="antithetic", seeds=seeds)
+    np.testing.assert_allclose(grid.maps[0, 0], reduce_channels(direct, "max_abs").numpy(), rtol=1e-6)
+    default = sweep_grid(model, x, t, noise_levels=(0.1,), sample_counts=(4,), seeds=seeds)
+    assert not np.allclose(default.maps, grid.maps, rtol=0.1)
+    conv = convergence(model, x, t, sample_counts=(4,), reference_samples=8, seeds=seeds, settings=settings)
+    ref = smoothgrad(model, x, t, n_samples=8, noise_level=0.9, aggregate="square", base="input_x_gradient",
+                     noise="antithetic", seeds=seeds + 1)
+    m4 = reduce_channels(smoothgrad(model, x, t, n_samples=4, noise_level=0.9, aggregate="square",
+                                    base="input_x_gradient", noise="antithetic", seeds=seeds), "max_abs")
+    ref2 = reduce_channels(ref, "max_abs")
+    expected = ((m4 - ref2).flatten(1).norm(dim=1) / ref2.flatten(1).norm(dim=1)).numpy()
+    np.testing.assert_allclose(conv.relative_l2[0], expected, rtol=1e-5)
+
+
 def test_convergence_error_falls_with_n() -> None:
     model = _model()
     x = torch.randn(3, 3, 12, 12)
     t = torch.tensor([0, 1, 2])
-    conv = convergence(model, x, t, noise_level=0.3, sample_counts=(1, 4, 32), reference_samples=256,
-                       seeds=torch.tensor([1, 2, 3]))
+    conv = convergence(model, x, t, sample_counts=(1, 4, 32), reference_samples=256,
+                       seeds=torch.tensor([1, 2, 3]), settings=MapSettings(noise_level=0.3))
     err = conv.relative_l2.mean(axis=1)
     assert conv.relative_l2.shape == (3, 3)
     assert err[0] > err[1] > err[2]
@@ -63,3 +87,7 @@ def test_sweep_config_errors(tmp_path: Path) -> None:
         SweepConfig(report=str(tmp_path), input="x", sample_counts=(0, 10))
     with pytest.raises(ConfigError, match="reference_samples must be >= the largest convergence count 100; got 10"):
         SweepConfig(report=str(tmp_path), input="x", reference_samples=10)
+    with pytest.raises(ConfigError, match="aggregate must be one of mean, square, var; got 'median'"):
+        SweepConfig(report=str(tmp_path), input="x", aggregate="median")
+    with pytest.raises(ConfigError, match="reduction must be one of abs_sum, sum, max_abs; got 'l2'"):
+        SweepConfig(report=str(tmp_path), input="x", reduction="l2")

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
@@ -21,6 +22,7 @@ from sgcore.audit import (
 )
 from sgcore.audit.results import iter_parts
 from sgcore.models import Preprocess
+from tests.audit.job_output import GONE, write_results
 
 
 def _spot(h: int, w: int, r: int, c: int) -> np.ndarray:
@@ -109,3 +111,22 @@ def test_read_results(demo_results: Path) -> None:
     by_part = np.concatenate([m for _, m in iter_parts(results)])
     np.testing.assert_array_equal(maps, by_part[[5, 0, 17]])
     assert maps.dtype == np.float32 and maps.shape == (3, 64, 64)
+
+
+def test_npz_results_read_as_parquet_results(demo_root: Path, tmp_path: Path) -> None:
+    """--format npz: the audit finds the maps in maps/part-<shard>.npz through sgcore.results."""
+    kw = {"limit": 6, "n_samples": 1, "shard_size": 3}
+    parquet = open_results_dir(str(write_results(tmp_path / "pq", demo_root / "images", **kw)))
+    npz_dir = write_results(tmp_path / "npz", demo_root / "images", format="npz", **kw)
+    npz = open_results_dir(str(npz_dir))
+    assert sorted(p.name for p in (npz_dir / "maps").iterdir()) == ["part-00000.npz", "part-00001.npz"]
+    a, b = read_index(parquet), read_index(npz)
+    assert a.column("image_id").to_pylist() == b.column("image_id").to_pylist() and a.num_rows == 6
+    maps = read_maps(npz, b, [4, 0, 3])
+    assert maps.dtype == np.float32 and maps.shape == (3, 64, 64) and maps.any()
+    np.testing.assert_array_equal(maps, read_maps(parquet, a, [4, 0, 3]))
+    # The first part also holds the job's error row for the image that was gone; the audit leaves it out.
+    raw = pq.read_table(npz.parts[0])
+    assert raw.column("status").to_pylist().count("error") == 1 and GONE in raw.column("image_id").to_pylist()
+    meta, part_maps = next(iter_parts(npz))
+    assert GONE not in meta.column("image_id").to_pylist() and part_maps.shape == (3, 64, 64)
