@@ -2,7 +2,8 @@
 
 The manifest records what made the results: the config (without storage
 options, which may hold secrets), its hash, package versions, the git
-revision, and per-shard status, counts and timings.
+revision, per-shard status, counts and timings, one entry per run that wrote
+to the output, and totals (the schema: :mod:`sgcore.pipeline.driver`).
 """
 
 from __future__ import annotations
