@@ -72,12 +72,6 @@ def write_success(output: str, storage_options: dict[str, Any] | None = None) ->
     write_bytes(join(output, SUCCESS_NAME), b"", storage_options)
 
 
-def has_success(output: str, storage_options: dict[str, Any] | None = None) -> bool:
-    url = join(output, SUCCESS_NAME)
-    fs, path = url_to_fs(url, storage_options)
-    return bool(retry_call(lambda: fs.exists(path), what=f"check {url}"))
-
-
 def remove_success(output: str, storage_options: dict[str, Any] | None = None) -> None:
     url = join(output, SUCCESS_NAME)
     fs, path = url_to_fs(url, storage_options)
