@@ -213,6 +213,9 @@ class _Plan:
         self.noise = noise
         self.base = base
         self.steps = steps
+        # IG with one step is the midpoint rule, not the plain gradient: the
+        # shortcuts below are for the one-row-per-sample bases only.
+        self.integrated = base == "integrated_gradients"
         self.baseline = baseline
         self.rows_per_image = n * steps
         alphas, weights = integration_rule(steps, device=x.device)
@@ -238,7 +241,7 @@ class _Plan:
 
     def rows(self, i: int, r0: int, r1: int) -> torch.Tensor:
         """Model inputs for rows ``r0:r1`` of image ``i``."""
-        if self.steps == 1:
+        if not self.integrated:
             return self.noisy(i, r0, r1)
         r = torch.arange(r0, r1, device=self.x.device)
         k0 = r0 // self.steps
@@ -309,7 +312,7 @@ def _fold(
 ) -> tuple[int, int, torch.Tensor] | None:
     """Turns the gradients of rows ``r0:r1`` of image ``i`` into per-sample maps."""
     steps = plan.steps
-    if steps == 1:
+    if not plan.integrated:
         if plan.base == "input_x_gradient":
             grads = grads * plan.noisy(i, r0, r1)
         acc.add(i, grads)

@@ -109,6 +109,17 @@ def test_input_and_model_state_untouched(make_cnn, images, targets):
     assert all(not m._forward_hooks and not m._backward_hooks for m in model.modules())
 
 
+@pytest.mark.parametrize("ig_steps", [1, 2, 3])
+def test_integrated_gradients_with_few_steps(cnn, images, targets, seeds, naive, ig_steps):
+    # One step is the midpoint rule, (x̃ − x') ⊙ ∇S(x' + (x̃ − x')/2), not the plain gradient.
+    kw = dict(n_samples=3, noise_level=0.1, base="integrated_gradients")
+    got = smoothgrad(cnn, images, targets, seeds=seeds, ig_steps=ig_steps, max_batch=2, **kw)
+    want = naive(cnn, images, targets, seeds, ig_steps=ig_steps, **kw)
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6)
+    assert not torch.allclose(got, smoothgrad(cnn, images, targets, seeds=seeds, n_samples=3, noise_level=0.1),
+                              atol=1e-6)
+
+
 def test_guided_backprop_leaves_nothing_behind_after_error(make_cnn, images, targets, seeds):
     model = make_cnn(0)
     plain = smoothgrad(model, images, targets, seeds=seeds, n_samples=2)
