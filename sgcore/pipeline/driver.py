@@ -38,6 +38,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import re
 import resource
 import time
 from collections import deque
@@ -47,7 +48,7 @@ from typing import Any
 import ray
 
 from sgcore.config import JobConfig
-from sgcore.errors import ConfigError
+from sgcore.errors import ConfigError, InputError
 from sgcore.io import (
     ShardSpec,
     git_revision,
@@ -296,6 +297,11 @@ class _Scheduler:
         try:
             summary = ray.get(fut)
         except ray.exceptions.RayActorError as e:
+            fatal = _setup_error(e)
+            if fatal is not None:
+                # Bad settings (a checkpoint of another architecture, say) fail
+                # every replica alike: stop now with the replica's own message.
+                raise fatal from None
             log.warning("actor for shard %s died (%s)", spec.shard_id, _short(e))
             self._drop_actor(slot, actor)
             self._retry(spec, attempt, f"actor died: {_short(e)}", decoded)
@@ -394,12 +400,20 @@ def _init_ray(config: JobConfig) -> bool:
 
 def _guard_output(config: JobConfig, chash: str, fingerprint: str) -> None:
     """Refuses to mix two configs (or two input listings) in one output."""
+    from fsspec.implementations.local import LocalFileSystem
+
+    fs, path = url_to_fs(config.output, config.storage_options)
+    # (On object stores a key and a prefix of the same name can coexist.)
+    if isinstance(fs, LocalFileSystem) and fs.isfile(path):
+        raise ConfigError(f"--output {config.output} is a file; give a directory for the results")
     old = read_manifest(config.output, config.storage_options)
     if old is None:
         return
     if config.overwrite:
         _clear_output(config)
         return
+    if not _has_parts(config):
+        return  # a run that stopped before writing anything (bad weights, say)
     if old.get("config_hash") != chash:
         changed = _diff(old.get("config", {}), config.result_fields())
         raise ConfigError(
@@ -411,6 +425,15 @@ def _guard_output(config: JobConfig, chash: str, fingerprint: str) -> None:
             f"the input listing of {config.input} changed since {config.output} was written "
             "(files added or removed); use a new --output, or pass --overwrite"
         )
+
+
+def _has_parts(config: JobConfig) -> bool:
+    """Whether the output holds any result part (a manifest alone protects nothing)."""
+    fs, path = url_to_fs(config.output, config.storage_options)
+    try:
+        return bool(fs.glob(f"{path.rstrip('/')}/part-*.parquet"))
+    except (FileNotFoundError, OSError):
+        return False
 
 
 def _diff(old: dict[str, Any], new: dict[str, Any]) -> str:
@@ -518,6 +541,20 @@ def _totals(manifest: dict[str, Any]) -> dict[str, Any]:
         "driver_max_rss_mb": peak("driver_max_rss_mb"),
         "worker_max_rss_mb": peak("worker_max_rss_mb"),
     }
+
+
+_USER_ERROR = re.compile(r"(?:sgcore\.errors\.)?(ConfigError|InputError): (.+)")
+
+
+def _setup_error(e: BaseException) -> ConfigError | InputError | None:
+    """The ConfigError/InputError a replica raised while starting, if that is why it died."""
+    if not getattr(e, "actor_init_failed", False):
+        return None
+    found = [m for m in map(_USER_ERROR.search, str(e).splitlines()) if m]
+    if not found:
+        return None
+    kind, message = found[-1].groups()
+    return (ConfigError if kind == "ConfigError" else InputError)(message.strip())
 
 
 def _short(e: BaseException) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 import numpy as np
 import pandas as pd
@@ -103,6 +104,34 @@ def test_rerun_resumes_and_a_different_config_is_refused(image_dir, tmp_path):
     with pytest.raises(ConfigError, match="holds results of another config.*n_samples: 4 -> 5"):
         run_job(JobConfig(input=str(image_dir), output=str(out), **{**SMALL, "n_samples": 5}))
     assert {p.name: p.stat().st_mtime_ns for p in out.glob("part-*.parquet")} == stamps
+
+
+def test_checkpoint_of_another_model_stops_the_job_at_once(image_dir, tmp_path):
+    # The demo net's weights for a resnet18: every replica would fail to start.
+    from sgcore.models import DEMO_WEIGHTS_PATH
+
+    out = tmp_path / "out"
+    cfg = JobConfig(input=str(image_dir), output=str(out), **{**SMALL, "weights": str(DEMO_WEIGHTS_PATH)})
+    t0 = time.perf_counter()
+    with pytest.raises(ConfigError, match=r"does not fit resnet18") as e:
+        run_job(cfg)
+    assert "\n" not in str(e.value) and "Traceback" not in str(e.value)
+    assert time.perf_counter() - t0 < 60  # before: 4 attempts, then error rows
+    assert not list(out.glob("part-*.parquet")) and not (out / "_SUCCESS").exists()
+    manifest = json.loads((out / "_manifest.json").read_text())
+    assert manifest["status"] == "stopped"
+    assert not any(e.get("failures") for e in manifest["shards"].values())
+    # Nothing was written, so the fixed command is not refused as "another config".
+    run_job(JobConfig(input=str(image_dir), output=str(out), **SMALL))
+    assert (out / "_SUCCESS").exists() and len(_read(out)) == 7
+
+
+def test_output_that_is_a_file_is_refused(image_dir, tmp_path):
+    out = tmp_path / "results.parquet"
+    out.write_bytes(b"not a folder")
+    with pytest.raises(ConfigError, match=r"--output .*results.parquet is a file; give a directory"):
+        run_job(JobConfig(input=str(image_dir), output=str(out), **SMALL))
+    assert out.read_bytes() == b"not a folder"
 
 
 # Each setting away from its default, so that a flag dropped on the way to the
