@@ -504,8 +504,25 @@ def _new_manifest(config: JobConfig, chash: str, fingerprint: str, preprocess: P
                  "fingerprint": fingerprint},
         "shards": entries,
         "failed_shards": [],
-        "runs": [*old.get("runs", []), run],
+        "runs": [*_previous_runs(old), run],
     }
+
+
+def _previous_runs(old: dict[str, Any]) -> list[dict[str, Any]]:
+    """``old``'s runs; a manifest from before runs were kept gives its totals as one run."""
+    if "runs" in old or "totals" not in old:
+        return list(old.get("runs", []))
+    t = old["totals"]
+    return [{
+        "started": old.get("created"), "finished": old.get("finished"), "status": old.get("status"),
+        "seconds": t.get("seconds"), "shards": t.get("shards"), "shards_skipped": None,
+        "shards_failed": t.get("shards_failed", 0), "failed_shards": [],
+        "rows": t.get("rows", 0), "ok": t.get("ok", 0), "errors": t.get("errors", 0),
+        "actors": t.get("actors", 0), "actors_lost": t.get("actors_lost", 0),
+        "driver_max_rss_mb": t.get("driver_max_rss_mb"), "worker_max_rss_mb": t.get("worker_max_rss_mb"),
+        "git_revision": old.get("git_revision"), "versions": old.get("versions", {}),
+        "note": "rebuilt from the totals of a manifest written before runs were recorded",
+    }]
 
 
 def _new_run(started: str, *, shards: int, skipped: int) -> dict[str, Any]:
