@@ -36,6 +36,7 @@ from sgcore.attribution._bases import prefers_channels_last
 from sgcore.attribution._noise import NOISE_KINDS, standard_noise
 from sgcore.attribution.postprocess import reduce_channels
 from sgcore.attribution.prepare import prepare_model
+from sgcore.attribution.ranks import spearman
 from sgcore.attribution.smoothgrad import PRECISIONS, default_max_batch, smoothgrad
 
 MODES = ("speed", "fidelity", "both")
@@ -177,22 +178,6 @@ def synthetic_images(batch: int, size: int, *, seed: int = 0) -> torch.Tensor:
     mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
     std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
     return (x - mean) / std
-
-
-def spearman(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Spearman rank correlation per image of two ``(B, H, W)`` maps (ties: random order)."""
-    ra = _ranks(a.flatten(1).double())
-    rb = _ranks(b.flatten(1).double())
-    ra = ra - ra.mean(dim=1, keepdim=True)
-    rb = rb - rb.mean(dim=1, keepdim=True)
-    return (ra * rb).sum(1) / (ra.norm(dim=1) * rb.norm(dim=1))
-
-
-def _ranks(x: torch.Tensor) -> torch.Tensor:
-    order = x.argsort(dim=1)
-    ranks = torch.empty_like(x)
-    ranks.scatter_(1, order, torch.arange(x.shape[1], dtype=x.dtype).expand_as(x).contiguous())
-    return ranks
 
 
 def median_spearman(maps: torch.Tensor, reference: torch.Tensor) -> float:

@@ -10,6 +10,10 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import torch
+
+from sgcore.attribution.ranks import average_ranks
+from sgcore.attribution.ranks import spearman as rank_correlation
 
 _EPS = 1e-12
 
@@ -95,18 +99,7 @@ def border_share(maps: np.ndarray, *, width_fraction: float = 0.125) -> np.ndarr
 def rankdata(values: np.ndarray) -> np.ndarray:
     """Ranks (1-based, ties get their average rank) along the last axis."""
     v = np.asarray(values, dtype=np.float64)
-    flat = v.reshape(-1, v.shape[-1])
-    out = np.empty_like(flat)
-    for i, row in enumerate(flat):
-        order = np.argsort(row, kind="mergesort")
-        sorted_row = row[order]
-        # Start index of each run of equal values, then the mean rank of the run.
-        starts = np.flatnonzero(np.r_[True, sorted_row[1:] != sorted_row[:-1]])
-        ends = np.r_[starts[1:], len(row)]
-        avg = (starts + ends + 1) / 2.0
-        ranks = np.repeat(avg, ends - starts)
-        out[i, order] = ranks
-    return out.reshape(v.shape)
+    return average_ranks(torch.from_numpy(v)).numpy()
 
 
 def spearman(a: np.ndarray, b: np.ndarray) -> np.ndarray | float:
@@ -123,13 +116,8 @@ def spearman(a: np.ndarray, b: np.ndarray) -> np.ndarray | float:
     x, single = _batch(a, "a")
     y, _ = _batch(b, "b")
     _same_shape(x, y)
-    rx = rankdata(x)
-    ry = rankdata(y)
-    rx -= rx.mean(axis=1, keepdims=True)
-    ry -= ry.mean(axis=1, keepdims=True)
-    den = np.sqrt((rx * rx).sum(axis=1) * (ry * ry).sum(axis=1))
-    with np.errstate(divide="ignore", invalid="ignore"):
-        rho = np.where(den > 0, (rx * ry).sum(axis=1) / np.where(den > 0, den, 1.0), np.nan)
+    rho = rank_correlation(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float64)),
+                           torch.from_numpy(np.ascontiguousarray(y, dtype=np.float64))).numpy()
     return _unbatch(rho, single)
 
 
