@@ -55,5 +55,5 @@ def spearman(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     ra = ra - ra.mean(dim=1, keepdim=True)
     rb = rb - rb.mean(dim=1, keepdim=True)
     den = ra.norm(dim=1) * rb.norm(dim=1)
-    rho = (ra * rb).sum(dim=1) / den.clamp(min=torch.finfo(torch.float64).tiny)
+    rho = ((ra * rb).sum(dim=1) / den.clamp(min=torch.finfo(torch.float64).tiny)).clamp(-1.0, 1.0)
     return torch.where(den > 0, rho, torch.full_like(rho, float("nan")))
