@@ -7,7 +7,6 @@ chunk's images, their seeds and the audit seed, never on which worker ran it.
 
 from __future__ import annotations
 
-import os
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -119,9 +118,11 @@ def run_chunks(
     try:
         import ray
         from ray.util import ActorPool
+
+        from sgcore.pipeline.cluster import connect_ray
     except ImportError as e:  # pragma: no cover - ray is a core dependency
         raise ImportError("running the audit on Ray needs ray: pip install 'ray[data]'") from e
-    owns_ray = _init_ray(address)
+    owns_ray = connect_ray(address)
     actors: list[Any] = []
     try:
         if num_actors is None:
@@ -138,22 +139,3 @@ def run_chunks(
             ray.shutdown()
 
 
-def _init_ray(address: str | None) -> bool:
-    """Connects to ``address``, else ``RAY_ADDRESS``, else starts a local Ray.
-
-    Returns True when this call initialized Ray, so the caller shuts it down.
-
-    The job's driver does the same: without an address the audit gets a Ray
-    of its own, never whatever cluster ``ray start`` left on the machine
-    (pass ``--address auto`` to join that one).
-    """
-    import ray
-
-    if ray.is_initialized():
-        return False
-    address = address or os.environ.get("RAY_ADDRESS")
-    if address:
-        ray.init(address=address, logging_level="WARNING")
-    else:
-        ray.init(address="local", logging_level="WARNING", include_dashboard=False)
-    return True

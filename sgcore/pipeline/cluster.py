@@ -292,6 +292,31 @@ def release_capacity() -> None:
     request_resources(bundles=[])
 
 
+def connect_ray(address: str | None) -> bool:
+    """Connects to ``address``, else ``RAY_ADDRESS``, else starts a Ray of its own.
+
+    Without an address the caller gets a fresh local Ray, never whatever
+    cluster ``ray start`` left on the machine (``address="auto"`` joins that
+    one). The job's driver and the audit both connect this way.
+
+    Returns:
+        True when this call initialized Ray, so the caller shuts it down.
+    """
+    import logging
+
+    import ray
+
+    if ray.is_initialized():
+        return False
+    address = address or os.environ.get("RAY_ADDRESS")
+    kwargs: dict[str, Any] = {"logging_level": logging.WARNING, "log_to_driver": True}
+    if address:
+        ray.init(address=address, **kwargs)
+    else:
+        ray.init(address="local", include_dashboard=False, **kwargs)
+    return True
+
+
 def node_resources() -> list[dict[str, float]]:
     """Total resources of each alive node of the connected Ray cluster."""
     import ray

@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import re
 import resource
 import time
@@ -66,6 +65,7 @@ from sgcore.io import (
 from sgcore.models import Preprocess, resolve_preprocess
 from sgcore.pipeline.actors import remote_actor, remote_decode
 from sgcore.pipeline.cluster import (
+    connect_ray,
     node_resources,
     plan_for_config,
     release_capacity,
@@ -175,7 +175,7 @@ def run_job(config: JobConfig) -> JobResult:
     status = "stopped"
     try:
         if todo:
-            owns_ray = _init_ray(config)
+            owns_ray = connect_ray(config.address)
             scheduler = None
             try:
                 scheduler = _Scheduler(config, chash, preprocess, todo, manifest, result, progress)
@@ -381,21 +381,6 @@ def _error_rows(config: JobConfig, spec: ShardSpec, decoded: Any, message: str,
     except Exception:  # the decode itself failed: fall back to the plan
         records = [{"image_id": m, "source": join(spec.root, m), "label": None} for m in spec.members]
     return [make_row(config, spec.shard_id, rec, crop=crop, error=message) for rec in records]
-
-
-def _init_ray(config: JobConfig) -> bool:
-    """Connects to --address / RAY_ADDRESS, or starts a local Ray. True if we started it."""
-    if ray.is_initialized():
-        return False
-    address = config.address or os.environ.get("RAY_ADDRESS")
-    kwargs: dict[str, Any] = {"logging_level": logging.WARNING, "log_to_driver": True}
-    if address:
-        ray.init(address=address, **kwargs)
-        return True
-    # "local": a fresh Ray for this job, never whatever else runs on the machine
-    # (pass --address auto to join a cluster started with `ray start`).
-    ray.init(address="local", include_dashboard=False, **kwargs)
-    return True
 
 
 def _guard_output(config: JobConfig, chash: str, fingerprint: str) -> None:
