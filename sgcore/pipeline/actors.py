@@ -10,6 +10,7 @@ import ray
 import torch
 
 from sgcore.config import JobConfig
+from sgcore.errors import ConfigError, InputError
 from sgcore.io import DecodedShard, ShardSpec, decode_shard
 from sgcore.pipeline._faults import maybe_inject
 from sgcore.pipeline.worker import ShardProcessor, pick_device
@@ -25,9 +26,18 @@ class SaliencyActor:
             # grant the replica the CPUs kept for decoding as well.
             cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1.0)
             torch.set_num_threads(max(1, cpu_threads or int(round(cpus))))
-        self.processor = ShardProcessor(config, device=pick_device(use_gpu))
+        # Bad settings (weights of another architecture, say) come back to the
+        # driver as the error of the first task, which stops the job with this
+        # message; an actor dying in __init__ would print its traceback first.
+        self.setup_error: ConfigError | InputError | None = None
+        try:
+            self.processor = ShardProcessor(config, device=pick_device(use_gpu))
+        except (ConfigError, InputError) as e:
+            self.setup_error = e
 
     def process(self, decoded: DecodedShard, config_hash: str, attempt: int) -> dict[str, Any]:
+        if self.setup_error is not None:
+            raise self.setup_error
         maybe_inject((r["image_id"] for r in decoded.records), attempt)
         summary = self.processor.process(decoded, config_hash=config_hash, attempt=attempt)
         summary["max_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

@@ -306,6 +306,11 @@ class _Scheduler:
             self._drop_actor(slot, actor)
             self._retry(spec, attempt, f"actor died: {_short(e)}", decoded)
             return
+        except ray.exceptions.RayTaskError as e:
+            if isinstance(e.cause, ConfigError | InputError):
+                raise e.cause from None  # the replica could not start: bad settings
+            self._retry(spec, attempt, _short(e), decoded)
+            return
         except ray.exceptions.RayError as e:
             self._retry(spec, attempt, _short(e), decoded)
             return
