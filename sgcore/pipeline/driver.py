@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import re
 import resource
 import time
 from collections import deque
@@ -297,11 +296,6 @@ class _Scheduler:
         try:
             summary = ray.get(fut)
         except ray.exceptions.RayActorError as e:
-            fatal = _setup_error(e)
-            if fatal is not None:
-                # Bad settings (a checkpoint of another architecture, say) fail
-                # every replica alike: stop now with the replica's own message.
-                raise fatal from None
             log.warning("actor for shard %s died (%s)", spec.shard_id, _short(e))
             self._drop_actor(slot, actor)
             self._retry(spec, attempt, f"actor died: {_short(e)}", decoded)
@@ -548,20 +542,6 @@ def _totals(manifest: dict[str, Any]) -> dict[str, Any]:
         "driver_max_rss_mb": peak("driver_max_rss_mb"),
         "worker_max_rss_mb": peak("worker_max_rss_mb"),
     }
-
-
-_USER_ERROR = re.compile(r"(?:sgcore\.errors\.)?(ConfigError|InputError): (.+)")
-
-
-def _setup_error(e: BaseException) -> ConfigError | InputError | None:
-    """The ConfigError/InputError a replica raised while starting, if that is why it died."""
-    if not getattr(e, "actor_init_failed", False):
-        return None
-    found = [m for m in map(_USER_ERROR.search, str(e).splitlines()) if m]
-    if not found:
-        return None
-    kind, message = found[-1].groups()
-    return (ConfigError if kind == "ConfigError" else InputError)(message.strip())
 
 
 def _short(e: BaseException) -> str:
