@@ -57,12 +57,25 @@ def main(argv: list[str] | None = None) -> int:
 
         config = AuditConfig(**{k: v for k, v in vars(args).items() if k in AuditConfig.__dataclass_fields__})
         summary = run_audit(config, log=lambda m: print(f"[sgcore] {m}", flush=True))
-        sanity = summary.get("sanity") or [{}]
-        print(f"[sgcore] audited {summary['images']['ok']} images; fully randomized spearman_abs "
-              f"{sanity[-1].get('spearman_abs')}; faithfulness {summary.get('faithfulness')}")
+        print(f"[sgcore] {headline(summary)}", flush=True)
         return 0
 
     return run_cli(job)
+
+
+def headline(summary: dict) -> str:
+    """One line of the figures that matter, for the console; the rest is in the report."""
+    parts = [f"audited {summary['images']['ok']} images"]
+    if sanity := summary.get("sanity"):
+        parts.append(f"sanity: spearman_abs {sanity[0]['spearman_abs']:.2f} ({sanity[0]['layer']} randomized) "
+                     f"-> {sanity[-1]['spearman_abs']:.2f} (fully randomized)")
+    if (loc := summary.get("localization")) and "mass_in_mask" in loc:
+        what = loc.get("ground_truth", "masks")  # masks, or boxes with --boxes
+        parts.append(f"saliency inside the {what} {loc['mass_in_mask']:.2f} vs their area {loc['mask_area']:.2f}")
+    if f := summary.get("faithfulness"):
+        parts.append(f"deletion AUC {f['deletion_auc']:.2f} vs {f['deletion_auc_random']:.2f} random, "
+                     f"insertion {f['insertion_auc']:.2f} vs {f['insertion_auc_random']:.2f}")
+    return " | ".join(parts)
 
 
 if __name__ == "__main__":

@@ -126,3 +126,19 @@ def test_sweep_labels_images_as_the_job_does(tmp_path: Path) -> None:
     label = json.loads((tmp_path / "out" / "summary.json").read_text())["images"][0]["label"]
     (sample,) = read_shard(plan_shards(str(root), shard_size=8)[0])
     assert label == sample.label == "cat"
+
+
+def test_headline_reads_the_summary_and_skips_missing_sections():
+    from jobs.audit import headline
+
+    summary = {
+        "images": {"ok": 240},
+        "sanity": [{"layer": "classifier", "spearman_abs": 0.7786}, {"layer": "features.0", "spearman_abs": 0.1907}],
+        "localization": {"ground_truth": "boxes", "mass_in_mask": 0.6712, "mask_area": 0.3561},
+        "faithfulness": {"deletion_auc": 0.3279, "deletion_auc_random": 0.4995, "insertion_auc": 0.9116,
+                         "insertion_auc_random": 0.8411},
+    }
+    assert headline(summary) == (
+        "audited 240 images | sanity: spearman_abs 0.78 (classifier randomized) -> 0.19 (fully randomized) | "
+        "saliency inside the boxes 0.67 vs their area 0.36 | deletion AUC 0.33 vs 0.50 random, insertion 0.91 vs 0.84")
+    assert headline({"images": {"ok": 3}, "sanity": [], "localization": None}) == "audited 3 images"
