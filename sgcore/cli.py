@@ -59,18 +59,21 @@ def add_job_arguments(parser: argparse.ArgumentParser) -> None:
                    help="class to explain: the model's prediction, or the image's label")
 
     k = parser.add_argument_group("SmoothGrad")
-    k.add_argument("--n-samples", type=int, default=d.n_samples)
+    k.add_argument("--n-samples", type=int, default=d.n_samples, help="noisy samples per image")
     k.add_argument("--noise-level", type=float, default=d.noise_level,
                    help="sigma as a fraction of each image's value range")
-    k.add_argument("--noise", choices=NOISES, default=d.noise)
+    k.add_argument("--noise", choices=NOISES, default=d.noise,
+                   help="gaussian (the paper), antithetic pairs, or sobol (quasi-random; fewer samples at large n)")
     k.add_argument("--aggregate", choices=AGGREGATES, default=d.aggregate,
                    help="mean: SmoothGrad; square: SmoothGrad^2; var: VarGrad")
-    k.add_argument("--base", choices=BASES, default=d.base)
-    k.add_argument("--ig-steps", type=int, default=d.ig_steps)
-    k.add_argument("--precision", choices=PRECISIONS, default=d.precision)
+    k.add_argument("--base", choices=BASES, default=d.base, help="the map that is smoothed")
+    k.add_argument("--ig-steps", type=int, default=d.ig_steps,
+                   help="integration points (Gauss-Legendre) of integrated_gradients")
+    k.add_argument("--precision", choices=PRECISIONS, default=d.precision,
+                   help="fp32 (strict, TF32 off), tf32, or bf16/fp16 autocast with float32 accumulation")
     k.add_argument("--reduction", choices=REDUCTIONS, default=d.reduction,
                    help="how the stored 2-D map reduces colour channels")
-    k.add_argument("--seed", type=int, default=d.seed)
+    k.add_argument("--seed", type=int, default=d.seed, help="run seed; each image's seed derives from it and its id")
     k.add_argument("--batch-size", type=int, default=d.batch_size, help="images per kernel call")
     k.add_argument("--max-batch", type=int, help="noisy samples per forward pass (default: automatic)")
     k.add_argument("--no-fold-bn", dest="fold_bn", action="store_false",
@@ -80,11 +83,13 @@ def add_job_arguments(parser: argparse.ArgumentParser) -> None:
     r = parser.add_argument_group("cluster")
     r.add_argument("--address", help="Ray address, or 'auto' for a cluster started with `ray start` on this machine (default: RAY_ADDRESS, else a new local Ray)")
     r.add_argument("--num-actors", type=int, help="fixed number of model replicas")
-    r.add_argument("--min-actors", type=int)
-    r.add_argument("--max-actors", type=int)
-    r.add_argument("--gpus-per-actor", type=float, default=d.gpus_per_actor)
-    r.add_argument("--cpus-per-actor", type=float, default=d.cpus_per_actor)
-    r.add_argument("--max-retries", type=int, default=d.max_retries)
+    r.add_argument("--min-actors", type=int, help="start only with at least this many replicas")
+    r.add_argument("--max-actors", type=int, help="grow up to this many replicas (asks the autoscaler)")
+    r.add_argument("--gpus-per-actor", type=float, default=d.gpus_per_actor,
+                   help="GPUs per replica (0.5 packs two on one GPU)")
+    r.add_argument("--cpus-per-actor", type=float, default=d.cpus_per_actor, help="CPUs reserved per replica")
+    r.add_argument("--max-retries", type=int, default=d.max_retries,
+                   help="retries per shard before its images become error rows")
     r.add_argument("--max-error-rate", type=float, default=d.max_error_rate,
                    help="stop when more than this share of images fail")
     r.add_argument("--quiet", dest="progress", action="store_false", help="no progress lines")
