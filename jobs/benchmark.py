@@ -41,6 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="default: all on CUDA; fp32 (+ bf16 with AVX512-BF16/AMX) on the CPU")
     p.add_argument("--compile", action="store_true", help="also time torch.compile-d models")
     p.add_argument("--no-loop", action="store_true", help="skip the per-sample loop")
+    p.add_argument("--no-captum", action="store_true", help="skip Captum's NoiseTunnel baseline")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
     p.add_argument("--out", default="outputs/benchmark")
@@ -74,6 +75,12 @@ def _check_args(args: argparse.Namespace) -> torch.device:
         value = getattr(args, flag)
         if value < low:
             raise ConfigError(f"--{flag.replace('_', '-')} must be >= {low}; got {value}")
+    if args.mode in ("speed", "both") and not args.no_captum:
+        import importlib.util
+
+        if importlib.util.find_spec("captum") is None:
+            raise ConfigError("the Captum baseline needs captum: pip install 'sgcore[test]' (or captum), "
+                              "or pass --no-captum")
     return _device(args.device)
 
 
@@ -101,7 +108,8 @@ def _bench(args: argparse.Namespace) -> int:
         return _pipeline(args)
     precisions = args.precisions or default_precisions(device)
     config = BenchConfig(mode=args.mode, n_samples=args.n_samples, precisions=tuple(precisions),
-                         compile=args.compile, repeats=args.repeats, loop=not args.no_loop)
+                         compile=args.compile, repeats=args.repeats, loop=not args.no_loop,
+                         captum=not args.no_captum)
     model, images, weights = _model_and_images(args.model, args.image_size, args.batch)
     model, images = model.to(device), images.to(device)
     with torch.no_grad():

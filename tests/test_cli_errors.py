@@ -54,3 +54,20 @@ def test_benchmark_cuda_without_a_gpu_exits_2(capsys, tmp_path, device):
     assert benchmark.main(["--device", device, "--out", str(tmp_path)]) == 2
     assert capsys.readouterr().err == (f"error: --device {device}: no CUDA GPU is visible here; use --device "
                                        "cpu (or auto)\n")
+
+
+def test_benchmark_without_captum_stops_before_timing(capsys, tmp_path, monkeypatch):
+    import importlib.util
+
+    from jobs import benchmark
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "captum" else real(name, *a))
+    assert benchmark.main(["--n-samples", "1", "--repeats", "1", "--out", str(tmp_path)]) == 2
+    assert capsys.readouterr().err.startswith("error: the Captum baseline needs captum")
+    assert not any(tmp_path.iterdir())
+    # --no-captum times the rest (the fidelity mode never needs it).
+    assert benchmark.main(["--no-captum", "--no-loop", "--image-size", "16", "--batch", "1", "--n-samples", "1",
+                           "--repeats", "1", "--out", str(tmp_path)]) == 0
+    table = next(tmp_path.glob("speed-*.md")).read_text()
+    assert "sgcore fp32, prepared" in table and "captum" not in table
