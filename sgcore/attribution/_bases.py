@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import warnings
 from collections.abc import Iterator
 
 import numpy as np
@@ -27,9 +28,14 @@ _RELUS = frozenset({
 class _GuidedReLUs(TorchFunctionMode):
     """Clamps the gradient arriving at the output of every ReLU call to >= 0."""
 
+    def __init__(self) -> None:
+        super().__init__()
+        self.relus_seen = 0
+
     def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN204
         out = func(*args, **(kwargs or {}))
         if func in _RELUS and isinstance(out, torch.Tensor) and out.requires_grad:
+            self.relus_seen += 1
             # ReLU's own backward then masks by (input > 0), which gives guided
             # backprop's (input > 0) * max(grad, 0). A tensor hook also works
             # for the in-place forms, whose output is the modified input.
@@ -38,7 +44,7 @@ class _GuidedReLUs(TorchFunctionMode):
 
 
 @contextlib.contextmanager
-def guided_relus() -> Iterator[None]:
+def guided_relus(model: nn.Module) -> Iterator[None]:
     """Makes every ReLU evaluated inside the block a guided-backprop ReLU.
 
     Guided backpropagation (Springenberg et al. 2015, arXiv:1412.6806) zeroes
@@ -47,9 +53,19 @@ def guided_relus() -> Iterator[None]:
     their in-place variants) are all caught, through a torch function mode;
     nothing is left on the model after the block, also after an error.
     Not seen: TorchScript modules and ReLUs written as ``clamp``/``maximum``.
+    A model in which no ReLU ran (GELU transformers, say) gets a warning: its
+    guided maps are plain gradients. (A compiled model runs its graph without
+    calling the mode again, so it is not checked.)
     """
-    with _GuidedReLUs():
+    mode = _GuidedReLUs()
+    with mode:
         yield
+    if mode.relus_seen == 0 and not isinstance(model, torch._dynamo.eval_frame.OptimizedModule):
+        warnings.warn(
+            f"guided_backprop: no ReLU ran in {type(model).__name__}, so its maps are plain "
+            "gradients; guided backprop is defined for ReLU networks",
+            RuntimeWarning, stacklevel=4,
+        )
 
 
 def integration_rule(steps: int, *, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:

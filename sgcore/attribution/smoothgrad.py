@@ -162,7 +162,7 @@ def smoothgrad(
     grad_fn = _input_gradient_fn(
         model, precision, x.device, prefers_channels_last(model), int(targets.max())
     )
-    hooks = guided_relus() if base == "guided_backprop" else contextlib.nullcontext()
+    hooks = guided_relus(model) if base == "guided_backprop" else contextlib.nullcontext()
     with _input_gradients_only(model), _float32_mode(precision, x.device), hooks:
         _run(plan, acc, grad_fn, max_batch)
     return acc.result()

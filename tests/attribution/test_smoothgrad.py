@@ -120,6 +120,21 @@ def test_integrated_gradients_with_few_steps(cnn, images, targets, seeds, naive,
                               atol=1e-6)
 
 
+def test_guided_backprop_warns_when_no_relu_ran(images, targets, seeds, make_cnn):
+    torch.manual_seed(0)
+    gelu_net = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.GELU(), nn.Flatten(), nn.Linear(4 * 36, 5)).eval()
+    with pytest.warns(RuntimeWarning, match="guided_backprop: no ReLU ran in Sequential, so its maps are plain"):
+        got = smoothgrad(gelu_net, images, targets, seeds=seeds, n_samples=2, base="guided_backprop")
+    torch.testing.assert_close(got, smoothgrad(gelu_net, images, targets, seeds=seeds, n_samples=2))
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a ReLU net, module or functional: no warning
+        smoothgrad(make_cnn(0), images, targets, seeds=seeds, n_samples=2, base="guided_backprop")
+        smoothgrad(_FunctionalReLUNet(make_cnn(0), "F.relu").eval(), images, targets, seeds=seeds, n_samples=2,
+                   base="guided_backprop")
+
+
 def test_guided_backprop_leaves_nothing_behind_after_error(make_cnn, images, targets, seeds):
     model = make_cnn(0)
     plain = smoothgrad(model, images, targets, seeds=seeds, n_samples=2)
