@@ -109,6 +109,21 @@ def test_overlay_refuses_error_rows_and_bad_arguments(tmp_path):
     assert overlay(no_map, saliency=np.ones((32, 32))).size == (120, 90)
 
 
+def test_overlay_reads_an_image_file_named_like_a_tar_member(tmp_path):
+    import tarfile
+
+    src = tmp_path / "in"
+    src.mkdir()
+    data = _square_image()
+    (src / "x.tar#0.png").write_bytes(data)
+    with tarfile.open(src / "x.tar", "w") as tar:  # a real tar of that name, without the member
+        tar.add(src / "x.tar#0.png", arcname="other.png")
+    row = _row("x.tar#0.png", str(src / "x.tar#0.png"), data)
+    img = overlay(row, alpha=1.0)
+    assert img.size == (120, 90)
+    assert np.asarray(img)[40, 60].min() > 200  # the square, read from the file itself
+
+
 def test_pandas_reads_the_directory_directly(tmp_path):
     out, _ = _write_results(tmp_path)
     df = pd.read_parquet(out)  # _manifest.json and _SUCCESS are skipped by their "_" prefix

@@ -599,6 +599,8 @@ def read_source(
         OSError: the object cannot be read (after retries), naming the URL.
     """
     base, _, frag = source.rpartition("#")
+    if base and (webdataset.is_tar(base) or parquet_input.is_parquet(base)) and _is_file(source, storage_options):
+        base = ""  # an image file named like a member (x.tar#0.png): a file is a file
     if base and webdataset.is_tar(base):
         fs, path = url_to_fs(base, storage_options)
         with open_input(fs, path, url=base) as f, tarfile.open(fileobj=f, mode="r|*") as tar:
@@ -627,6 +629,14 @@ def read_source(
         raise InputError(f"{base} has no row {row}")
     fs, path = url_to_fs(source, storage_options)
     return read_bytes(fs, path, url=source)
+
+
+def _is_file(url: str, storage_options: dict[str, Any] | None) -> bool:
+    fs, path = url_to_fs(url, storage_options)
+    try:
+        return bool(retry_call(lambda: fs.isfile(path), what=f"stat {url}"))
+    except Exception:  # cannot tell: read it as the member it looks like
+        return False
 
 
 def decode_shard(

@@ -368,11 +368,17 @@ def _load_failure(shown: str, data: bytes, e: Exception, storage_options: dict |
     bytes, a plain pickle or a damaged file it would invite running untrusted
     code for nothing, so it is kept for that case alone.
     """
+    # Never repeat torch's advice to pass weights_only=False: that disables the guard
+    # that just refused to run the file's code (a pickled os.system, say).
+    blocked = re.search(r"unsupported GLOBAL (\S+) whose module (\S+) is blocked", str(e))
+    if blocked:
+        return (f"checkpoint {shown} was refused by torch.load(weights_only=True): unsupported GLOBAL "
+                f"{blocked.group(1)} (module {blocked.group(2)} is blocked); it is not a state_dict of "
+                "tensors: save model.state_dict()")
     refused = re.search(r"Unsupported global: GLOBAL (\S+)", str(e))
     if refused:
         return (f"checkpoint {shown} is not a PyTorch state_dict loadable with torch.load(weights_only=True) "
-                f"(save model.state_dict(), not the model): it pickles {refused.group(1)}; "
-                "torch.load(weights_only=False) would load it, but only do that for a file you trust")
+                f"(save model.state_dict(), not the model): it pickles {refused.group(1)}")
     reason = _redact(_short_torch_reason(e), storage_options)
     torch_file = (data.startswith(_ZIP_MAGIC) and b"data.pkl" in data[:4096]) or data.startswith(_LEGACY_MAGIC)
     if torch_file and isinstance(e, pickle.UnpicklingError):

@@ -238,6 +238,10 @@ def test_read_source_returns_the_original_bytes_in_every_layout(tmp_path):
     assert read_source(f"{tmp_path}/a.tar#s0001.jpg") == samples[1][1]["jpg"]
     assert read_source(f"{tmp_path}/p.parquet#2") == images[2]
     assert read_source(str(tmp_path / "x.png")) == images[0]
+    (tmp_path / "a.tar#s0001.jpg").write_bytes(images[1])  # a file named like a member is a file
+    assert read_source(f"{tmp_path}/a.tar#s0001.jpg") == images[1]
+    (tmp_path / "p.parquet#0").write_bytes(images[2])
+    assert read_source(f"{tmp_path}/p.parquet#0") == images[2]
     with pytest.raises(InputError, match=r"'nope.jpg' is not a member of .*a.tar"):
         read_source(f"{tmp_path}/a.tar#nope.jpg")
     with pytest.raises(InputError, match=r"p.parquet has no row 7"):

@@ -1,5 +1,7 @@
 import io
+import os
 import pickle
+import re
 import socket
 import urllib.error
 
@@ -295,8 +297,27 @@ def test_checkpoint_that_is_not_a_state_dict(tmp_path):
     with pytest.raises(ConfigError, match=r"garbage\.pt is not a PyTorch checkpoint \(torch\.load: IndexError: pop from empty list\); write one with torch\.save\(model\.state_dict\(\), path\)$"):
         load_model("demo", str(garbage))
     whole = _save(DemoNet(), tmp_path / "whole.pt")
-    with pytest.raises(ConfigError, match=r"whole\.pt is not a PyTorch state_dict loadable with torch\.load\(weights_only=True\) \(save model\.state_dict\(\), not the model\): it pickles sgcore\.models\.demo_net\.DemoNet; torch\.load\(weights_only=False\) would load it, but only do that for a file you trust$"):
+    with pytest.raises(ConfigError, match=r"whole\.pt is not a PyTorch state_dict loadable with torch\.load\(weights_only=True\) \(save model\.state_dict\(\), not the model\): it pickles sgcore\.models\.demo_net\.DemoNet$"):
         load_model("demo", whole)
+
+
+class _Evil:
+    def __reduce__(self):
+        return (os.system, ("echo pwned",))
+
+
+@pytest.mark.parametrize("wrap", [lambda x: pickle.dumps(x, protocol=2), lambda x: _bytes_of({"w": x})])
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
+def test_refused_pickle_checkpoint_names_the_global_never_the_advice(tmp_path, wrap):
+    path = tmp_path / "evil.pt"
+    path.write_bytes(wrap(_Evil()))
+    with pytest.raises(ConfigError) as e:
+        load_model("demo", str(path))
+    text = str(e.value)
+    assert "weights_only=False" not in text and "\n" not in text
+    assert re.search(r"evil\.pt was refused by torch\.load\(weights_only=True\): unsupported GLOBAL "
+                     r"posix\.system \(module posix is blocked\); it is not a state_dict of tensors: "
+                     r"save model\.state_dict\(\)$", text), text
 
 
 def _bytes_of(obj, **kw) -> bytes:
