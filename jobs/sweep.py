@@ -15,7 +15,7 @@ import argparse
 import json
 
 from sgcore.cli import DEMO_OUTPUT, run_cli
-from sgcore.config import AGGREGATES, BASES, NOISES, REDUCTIONS
+from sgcore.settings import AGGREGATES, BASES, NOISES, REDUCTIONS
 
 
 def _floats(text: str) -> tuple[float, ...]:

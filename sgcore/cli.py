@@ -9,18 +9,9 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from sgcore.config import (
-    AGGREGATES,
-    BASES,
-    INPUT_FORMATS,
-    NOISES,
-    OUTPUT_FORMATS,
-    PRECISIONS,
-    REDUCTIONS,
-    TARGETS,
-    JobConfig,
-)
+from sgcore.config import INPUT_FORMATS, OUTPUT_FORMATS, TARGETS, JobConfig
 from sgcore.errors import ConfigError, InputError
+from sgcore.settings import AGGREGATES, BASES, NOISES, PRECISIONS, REDUCTIONS
 
 DEMO_DATA = "data/demo"
 DEMO_OUTPUT = "outputs/demo"

@@ -5,27 +5,25 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import asdict, dataclass, field, fields
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from sgcore.errors import ConfigError
+from sgcore.settings import (
+    SmoothGradSettings,
+    check_choices,
+    check_non_negative,
+    check_positive,
+    check_unit_interval,
+    check_url,
+)
 
 InputFormat = Literal["auto", "images", "webdataset", "parquet"]
 OutputFormat = Literal["parquet", "npz"]
 Target = Literal["predicted", "label"]
 
-# Copies of the owners' tuples (sgcore.io.readers.INPUT_FORMATS; AGGREGATES, BASES,
-# PRECISIONS, NOISES in sgcore.attribution.smoothgrad; REDUCTIONS in
-# sgcore.attribution.postprocess): importing them would make `import sgcore.config`
-# (and the CLI that only submits a job) pull torch, PIL and pyarrow.
-# tests/test_config.py holds the copies equal to the owners.
-INPUT_FORMATS = ("auto", "images", "webdataset", "parquet")
-OUTPUT_FORMATS = ("parquet", "npz")
-TARGETS = ("predicted", "label")
-AGGREGATES = ("mean", "square", "var")
-BASES = ("gradient", "input_x_gradient", "integrated_gradients", "guided_backprop")
-PRECISIONS = ("fp32", "tf32", "bf16", "fp16")
-NOISES = ("gaussian", "antithetic", "sobol")
-REDUCTIONS = ("abs_sum", "sum", "max_abs")
+INPUT_FORMATS: tuple[str, ...] = get_args(InputFormat)
+OUTPUT_FORMATS: tuple[str, ...] = get_args(OutputFormat)
+TARGETS: tuple[str, ...] = get_args(Target)
 
 # Fields that change the maps or the rows: they make up the config hash that
 # guards resume. Everything else (where to run, how fast) may change freely.
@@ -57,8 +55,12 @@ _RESULT_FIELDS = (
 
 
 @dataclass(frozen=True, kw_only=True)
-class JobConfig:
-    """Everything one SmoothGrad job needs; see ``python -m jobs.smoothgrad --help``."""
+class JobConfig(SmoothGradSettings):
+    """Everything one SmoothGrad job needs; see ``python -m jobs.smoothgrad --help``.
+
+    The map's settings (``n_samples``, ``noise_level``, ``aggregate``, ...) are
+    the fields of :class:`~sgcore.settings.SmoothGradSettings`.
+    """
 
     input: str
     output: str
@@ -73,19 +75,10 @@ class JobConfig:
     weights: str = "default"
     image_size: int | None = None
     target: Target = "predicted"
-    n_samples: int = 50
-    noise_level: float = 0.15
-    noise: str = "gaussian"
-    aggregate: str = "mean"
-    base: str = "gradient"
-    ig_steps: int = 32
-    precision: str = "fp32"
-    reduction: str = "abs_sum"
     seed: int = 0
     format: OutputFormat = "parquet"
     store_full: bool = False
     batch_size: int = 16
-    max_batch: int | None = None
     fold_bn: bool = True
     compile: bool = False
     # Execution: where and how wide, not what.
@@ -103,31 +96,13 @@ class JobConfig:
     storage_options: dict[str, Any] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
-        for name in ("input", "output"):
-            value = getattr(self, name)
-            if not isinstance(value, str) or not value.strip():
-                raise ConfigError(f"{name} must be a non-empty URL or path; got {value!r}")
-        _choice("input_format", self.input_format, INPUT_FORMATS)
-        _choice("format", self.format, OUTPUT_FORMATS)
-        _choice("target", self.target, TARGETS)
-        _choice("aggregate", self.aggregate, AGGREGATES)
-        _choice("base", self.base, BASES)
-        _choice("precision", self.precision, PRECISIONS)
-        _choice("noise", self.noise, NOISES)
-        _choice("reduction", self.reduction, REDUCTIONS)
-        _positive("n_samples", self.n_samples)
-        _positive("shard_size", self.shard_size)
-        _positive("batch_size", self.batch_size)
-        _positive("ig_steps", self.ig_steps)
-        for name in ("limit", "max_batch", "image_size", "num_actors", "min_actors", "max_actors"):
-            if getattr(self, name) is not None:
-                _positive(name, getattr(self, name))
-        if self.max_retries < 0:
-            raise ConfigError(f"max_retries must be >= 0; got {self.max_retries}")
-        if not 0.0 <= float(self.noise_level) <= 1.0:
-            raise ConfigError(f"noise_level must be in [0, 1]; got {self.noise_level}")
-        if not 0.0 <= float(self.max_error_rate) <= 1.0:
-            raise ConfigError(f"max_error_rate must be in [0, 1]; got {self.max_error_rate}")
+        check_url(self, "input", "output")
+        check_choices(self)
+        super().__post_init__()
+        check_positive(self, "shard_size", "batch_size")
+        check_positive(self, "limit", "image_size", "num_actors", "min_actors", "max_actors", optional=True)
+        check_non_negative(self, "max_retries")
+        check_unit_interval(self, "max_error_rate")
         if self.gpus_per_actor < 0 or self.cpus_per_actor < 0:
             raise ConfigError(
                 "gpus_per_actor and cpus_per_actor must be >= 0; "
@@ -161,12 +136,3 @@ class JobConfig:
     def field_names(cls) -> list[str]:
         return [f.name for f in fields(cls)]
 
-
-def _choice(name: str, value: object, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        raise ConfigError(f"{name} must be one of {', '.join(choices)}; got {value!r}")
-
-
-def _positive(name: str, value: object) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigError(f"{name} must be a positive integer; got {value!r}")

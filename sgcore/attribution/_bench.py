@@ -27,7 +27,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 import torch
 from torch import nn
@@ -37,9 +37,12 @@ from sgcore.attribution._noise import NOISE_KINDS, standard_noise
 from sgcore.attribution.postprocess import reduce_channels
 from sgcore.attribution.prepare import prepare_model
 from sgcore.attribution.ranks import spearman
-from sgcore.attribution.smoothgrad import PRECISIONS, default_max_batch, smoothgrad
+from sgcore.attribution.smoothgrad import default_max_batch, smoothgrad
+from sgcore.errors import ConfigError
+from sgcore.settings import PRECISIONS, check_choices, check_positive, check_unit_interval
 
-MODES = ("speed", "fidelity", "both")
+Mode = Literal["speed", "fidelity", "both"]
+MODES: tuple[str, ...] = get_args(Mode)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -63,7 +66,7 @@ class BenchConfig:
         fidelity_repeats: independent seed sets averaged in fidelity mode.
     """
 
-    mode: str = "speed"
+    mode: Mode = "speed"
     n_samples: int = 16
     noise_level: float = 0.15
     precisions: tuple[str, ...] = ("fp32", "bf16")
@@ -78,15 +81,12 @@ class BenchConfig:
     fidelity_repeats: int = 2
 
     def __post_init__(self) -> None:
-        if self.mode not in MODES:
-            raise ValueError(f"mode must be one of {', '.join(MODES)}; got {self.mode!r}")
+        check_choices(self)
         for p in self.precisions:
             if p not in PRECISIONS:
-                raise ValueError(f"precisions must be drawn from {', '.join(PRECISIONS)}; got {p!r}")
-        for name in ("n_samples", "repeats", "reference_n", "fidelity_repeats"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be an int >= 1; got {value!r}")
+                raise ConfigError(f"precisions must be drawn from {', '.join(PRECISIONS)}; got {p!r}")
+        check_positive(self, "n_samples", "repeats", "reference_n", "fidelity_repeats")
+        check_unit_interval(self, "noise_level")
         if not self.grid or any(not isinstance(n, int) or n < 1 for n in self.grid):
             raise ValueError(f"grid must be positive ints; got {self.grid!r}")
         if not 0.0 < self.threshold < 1.0:

@@ -33,12 +33,12 @@ Kinds (all standard normal per element, before scaling by σ):
 
 from __future__ import annotations
 
-from typing import Literal
-
 import torch
 
-NoiseKind = Literal["gaussian", "antithetic", "sobol"]
-NOISE_KINDS: tuple[str, ...] = ("gaussian", "antithetic", "sobol")
+from sgcore.settings import NOISES, Noise
+
+NoiseKind = Noise
+NOISE_KINDS: tuple[str, ...] = NOISES
 
 _BITS = 32
 

@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Literal
-
 import torch
 
-Reduction = Literal["abs_sum", "sum", "max_abs"]
-REDUCTIONS: tuple[str, ...] = ("abs_sum", "sum", "max_abs")
+from sgcore.settings import REDUCTIONS, Reduction  # noqa: F401 - the owner; re-exported
 
 
 def reduce_channels(maps: torch.Tensor, how: Reduction = "abs_sum") -> torch.Tensor:

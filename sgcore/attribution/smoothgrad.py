@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator
-from typing import Literal
 
 import torch
 from torch import nn
@@ -22,22 +21,20 @@ from sgcore.attribution._bases import (
     integration_rule,
     prefers_channels_last,
 )
-from sgcore.attribution._noise import NOISE_KINDS, standard_noise
+from sgcore.attribution._noise import standard_noise
 
-Aggregate = Literal["mean", "square", "var"]
-Base = Literal["gradient", "input_x_gradient", "integrated_gradients", "guided_backprop"]
-Precision = Literal["fp32", "tf32", "bf16", "fp16"]
-Noise = Literal["gaussian", "antithetic", "sobol"]
-
-AGGREGATES: tuple[str, ...] = ("mean", "square", "var")
-BASES: tuple[str, ...] = (
-    "gradient",
-    "input_x_gradient",
-    "integrated_gradients",
-    "guided_backprop",
+# The choices have one owner, the torch-free sgcore.settings (the job's config
+# and the CLI read them without importing torch); re-exported here.
+from sgcore.settings import (  # noqa: F401 - re-exported
+    AGGREGATES,
+    BASES,
+    NOISES,
+    PRECISIONS,
+    Aggregate,
+    Base,
+    Noise,
+    Precision,
 )
-PRECISIONS: tuple[str, ...] = ("fp32", "tf32", "bf16", "fp16")
-NOISES: tuple[str, ...] = NOISE_KINDS
 
 # Upper bound on rows per forward pass on the CPU when the caller gives none:
 # float32 input elements per chunk (32 MiB of input; activations are ~100x).

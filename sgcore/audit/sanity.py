@@ -19,41 +19,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from sgcore.attribution import (
-    AGGREGATES,
-    BASES,
-    NOISES,
-    PRECISIONS,
-    REDUCTIONS,
-    reduce_channels,
-    smoothgrad,
-)
+from sgcore.attribution import reduce_channels, smoothgrad
 from sgcore.audit.metrics import minmax, spearman, ssim
+from sgcore.settings import SmoothGradSettings
 
 
 @dataclass(frozen=True, kw_only=True)
-class MapSettings:
+class MapSettings(SmoothGradSettings):
     """SmoothGrad settings used to recompute maps (from the results manifest)."""
-
-    n_samples: int = 50
-    noise_level: float = 0.15
-    aggregate: str = "mean"
-    base: str = "gradient"
-    precision: str = "fp32"
-    reduction: str = "abs_sum"
-    max_batch: int | None = None
-    noise: str = "gaussian"
-    ig_steps: int = 32
-
-    def __post_init__(self) -> None:
-        if isinstance(self.n_samples, bool) or not isinstance(self.n_samples, int) or self.n_samples < 1:
-            raise ValueError(f"n_samples must be a positive integer; got {self.n_samples!r}")
-        if not 0.0 <= float(self.noise_level) <= 1.0:
-            raise ValueError(f"noise_level must be in [0, 1]; got {self.noise_level}")
-        for name, choices in (("aggregate", AGGREGATES), ("base", BASES), ("precision", PRECISIONS),
-                              ("reduction", REDUCTIONS), ("noise", NOISES)):
-            if getattr(self, name) not in choices:
-                raise ValueError(f"{name} must be one of {', '.join(choices)}; got {getattr(self, name)!r}")
 
     @classmethod
     def from_job(cls, job: Mapping[str, Any], **overrides: Any) -> MapSettings:
@@ -74,20 +47,7 @@ class MapSettings:
         self, model: nn.Module, images: torch.Tensor, targets: torch.Tensor, seeds: torch.Tensor | None = None
     ) -> torch.Tensor:
         """SmoothGrad maps ``(B, C, H, W)`` of ``images`` with these settings, on their device."""
-        return smoothgrad(
-            model,
-            images,
-            targets,
-            n_samples=self.n_samples,
-            noise_level=self.noise_level,
-            aggregate=self.aggregate,
-            base=self.base,
-            seeds=seeds,
-            precision=self.precision,
-            max_batch=self.max_batch,
-            noise=self.noise,
-            ig_steps=self.ig_steps,
-        )
+        return smoothgrad(model, images, targets, seeds=seeds, **self.kernel_arguments())
 
 
 @dataclass(frozen=True, kw_only=True)

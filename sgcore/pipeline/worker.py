@@ -96,19 +96,8 @@ class ShardProcessor:
         if not keep:
             return
         seeds = torch.tensor([rows[chunk[j]]["seed"] for j in keep], dtype=torch.int64)
-        maps = smoothgrad(
-            self.model,
-            x[keep],
-            torch.tensor(targets, dtype=torch.int64, device=self.device),
-            n_samples=cfg.n_samples,
-            noise_level=cfg.noise_level,
-            aggregate=cfg.aggregate,
-            base=cfg.base,
-            seeds=seeds,
-            precision=cfg.precision,
-            max_batch=cfg.max_batch,
-            **_extra_kernel_args(cfg),
-        )
+        maps = smoothgrad(self.model, x[keep], torch.tensor(targets, dtype=torch.int64, device=self.device),
+                          seeds=seeds, **cfg.kernel_arguments())
         reduced = reduce_channels(maps, cfg.reduction).cpu().numpy()
         full = maps.cpu().numpy() if cfg.store_full else None
         for k, j in enumerate(keep):
@@ -214,8 +203,4 @@ def _prepare(model: torch.nn.Module, config: JobConfig, device: torch.device) ->
     """Once per replica: on the device, eval mode, BatchNorm folded, channels_last."""
     return prepare_model(model.to(device).eval(), fold_bn=config.fold_bn, compile=config.compile)
 
-
-def _extra_kernel_args(config: JobConfig) -> dict[str, Any]:
-    """Kernel options beyond the contract signature."""
-    return {"noise": config.noise, "ig_steps": config.ig_steps}
 

@@ -81,7 +81,7 @@ def test_cost_model_counts_conv_flops(cnn):
     [
         (dict(mode="fast"), r"mode must be one of speed, fidelity, both; got 'fast'"),
         (dict(precisions=("fp64",)), r"precisions must be drawn from fp32, tf32, bf16, fp16; got 'fp64'"),
-        (dict(n_samples=0), r"n_samples must be an int >= 1; got 0"),
+        (dict(n_samples=0), r"n_samples must be a positive integer; got 0"),
         (dict(grid=()), r"grid must be positive ints; got \(\)"),
         (dict(threshold=1.0), r"threshold must be in \(0, 1\); got 1.0"),
     ],
