@@ -221,22 +221,20 @@ def load_images(
     *,
     image_column: str | None = None,
 ) -> np.ndarray:
-    """Decodes images exactly as the job did: ``(N, crop, crop, 3)`` uint8."""
+    """Decodes images exactly as the job did: ``(N, H, W, C)`` uint8."""
     arrays = []
     for source in sources:
         arr, _ = decode_image(
             read_source(source, storage_options, image_column=image_column),
-            resize_size=preprocess.resize_size,
-            crop_size=preprocess.crop_size,
-            interpolation=preprocess.interpolation,
+            **preprocess.decode_kwargs(),
         )
         arrays.append(arr)
-    size = preprocess.crop_size
-    return np.stack(arrays) if arrays else np.zeros((0, size, size, 3), np.uint8)
+    h, w = preprocess.map_shape
+    return np.stack(arrays) if arrays else np.zeros((0, h, w, preprocess.channels), np.uint8)
 
 
 def load_mask(url: str, preprocess: Preprocess, storage_options: dict[str, Any] | None = None) -> np.ndarray:
-    """A binary object mask brought into map geometry: ``(crop, crop)`` bool.
+    """A binary object mask brought into map geometry: ``(H, W)`` bool.
 
     The mask goes through the same shorter-side resize and centre crop as
     its image (nearest neighbour, so it stays binary); pixels > 127 are in.
@@ -247,9 +245,8 @@ def load_mask(url: str, preprocess: Preprocess, storage_options: dict[str, Any] 
             grey = img.convert("L").convert("RGB")
     except OSError as e:
         raise InputError(f"cannot decode mask {url}: {e}") from e
-    arr, _ = resize_and_crop(
-        grey, resize_size=preprocess.resize_size, crop_size=preprocess.crop_size, interpolation="nearest"
-    )
+    geometry = {**preprocess.decode_kwargs(), "interpolation": "nearest", "channels": 3, "fill": 0}
+    arr, _ = resize_and_crop(grey, **geometry)
     return arr[..., 0] > 127
 
 

@@ -1,8 +1,9 @@
 """Image decoding: bytes -> RGB uint8 array at model size, plus the geometry.
 
-Resizing follows torchvision's ``ImageClassification`` preset: the shorter side
-goes to ``resize_size``, then a centre crop of ``crop_size``. The geometry that
-comes back lets a map of ``crop_size`` be laid exactly onto the original image.
+Resizing follows one of the modes of :class:`sgcore.models.Preprocess`
+(torchvision's shorter side + centre crop by default, squash, letterbox), then a
+centre crop (or pad) to ``crop_size``. The geometry that comes back lets a map
+of ``crop_size`` be laid exactly onto the original image.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import io
 import warnings
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -22,7 +24,12 @@ _RESAMPLE = {
     "bilinear": Image.Resampling.BILINEAR,
     "bicubic": Image.Resampling.BICUBIC,
     "nearest": Image.Resampling.NEAREST,
+    "lanczos": Image.Resampling.LANCZOS,
+    "box": Image.Resampling.BOX,
+    "hamming": Image.Resampling.HAMMING,
 }
+RESIZE_MODES = ("center_crop", "squash", "letterbox")
+Size = int | tuple[int, int]
 
 
 class DecodeError(ValueError):
@@ -33,9 +40,10 @@ class DecodeError(ValueError):
 class Geometry:
     """How a ``crop_size`` map sits on the original image.
 
-    The map pixel (r, c) covers resized pixel (r + crop_top, c + crop_left);
-    resized (y, x) covers original (y * orig_height / resized_height,
-    x * orig_width / resized_width).
+    The map pixel (r, c) covers resized pixel (r + crop_top, c + crop_left)
+    (negative offsets: padding before the image); resized (y, x) covers
+    original (y * orig_height / resized_height, x * orig_width / resized_width),
+    each axis scaled on its own (a squash scales them differently).
     """
 
     orig_height: int
@@ -49,15 +57,19 @@ class Geometry:
 def decode_image(
     data: bytes,
     *,
-    resize_size: int,
-    crop_size: int,
+    resize_size: Size,
+    crop_size: Size,
     interpolation: str = "bilinear",
     max_pixels: int = DEFAULT_MAX_PIXELS,
+    **geometry: Any,
 ) -> tuple[np.ndarray, Geometry]:
     """Decodes, orients (EXIF), converts to RGB, resizes and centre-crops.
 
+    ``geometry``: ``mode``, ``fill``, ``channels``, ``crop_offset`` of
+    :func:`resize_and_crop` (``Preprocess.decode_kwargs()`` gives them all).
+
     Returns:
-        ``(crop_size, crop_size, 3)`` uint8 array and its :class:`Geometry`.
+        ``(H, W, C)`` uint8 array (``crop_size``) and its :class:`Geometry`.
 
     Raises:
         DecodeError: empty, truncated, non-image or oversized data.
@@ -84,25 +96,86 @@ def decode_image(
         raise DecodeError(f"decompression bomb guard: {e}") from e
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombWarning) as e:
         raise DecodeError(f"cannot decode image: {e}") from e
-    return resize_and_crop(rgb, resize_size=resize_size, crop_size=crop_size, interpolation=interpolation)
+    return resize_and_crop(rgb, resize_size=resize_size, crop_size=crop_size,
+                           interpolation=interpolation, **geometry)
+
+
+def _pair(size: Size) -> tuple[int, int]:
+    return (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+
+
+def resized_size(h: int, w: int, resize_size: Size, mode: str = "center_crop") -> tuple[int, int]:
+    """``(height, width)`` an ``h x w`` image is resized to before the crop.
+
+    ``center_crop`` with a square target: the shorter side to it, the longer
+    truncated (torchvision's ``Resize(int)``); with an ``(H, W)`` target: the
+    smallest aspect-keeping size covering it, rounded (timm's ``ResizeKeepRatio``).
+    ``squash``: the target. ``letterbox``: the largest aspect-keeping size
+    inside the target, rounded (timm's ``ResizeKeepRatio(longest=1)``).
+    """
+    rh, rw = _pair(resize_size)
+    if mode == "squash":
+        return rh, rw
+    if mode == "center_crop" and rh == rw:
+        if w < h:
+            return max(1, int(rh * h / w)), rh
+        return rh, max(1, int(rh * w / h))
+    if mode not in RESIZE_MODES:
+        raise ValueError(f"mode must be one of {', '.join(RESIZE_MODES)}; got {mode!r}")
+    ratios = (h / rh, w / rw)
+    ratio = max(ratios) if mode == "letterbox" else min(ratios)
+    return max(1, round(h / ratio)), max(1, round(w / ratio))
+
+
+def _offset(size: int, crop: int, rounding: str) -> int:
+    """Where the crop starts on one axis; negative = padding before the image.
+
+    Padding splits like torchvision's ``CenterCrop`` (the extra pixel after).
+    """
+    if crop > size:
+        return -((crop - size) // 2)
+    return (size - crop) // 2 if rounding == "floor" else int(round((size - crop) / 2.0))
 
 
 def resize_and_crop(
-    img: Image.Image, *, resize_size: int, crop_size: int, interpolation: str = "bilinear"
+    img: Image.Image,
+    *,
+    resize_size: Size,
+    crop_size: Size,
+    interpolation: str = "bilinear",
+    mode: str = "center_crop",
+    fill: int | tuple[int, ...] = 0,
+    channels: int = 3,
+    crop_offset: str = "round",
 ) -> tuple[np.ndarray, Geometry]:
-    """Shorter side to ``resize_size``, then a centre crop (zero-padded if small)."""
+    """Resize (``mode``, see :func:`resized_size`), then a centre crop or pad.
+
+    Args:
+        img: an RGB image.
+        resize_size: the resize target, an int (square) or ``(H, W)``.
+        crop_size: the output, an int (square) or ``(H, W)``.
+        interpolation: PIL filter name.
+        mode: ``center_crop``, ``squash`` or ``letterbox``.
+        fill: padding value(s) where the crop is larger than the resized image.
+        channels: 3 (RGB) or 1 (greyscale, PIL's ``"L"``, converted before the resize).
+        crop_offset: ``"round"`` (torchvision, timm) or ``"floor"`` (Hugging Face).
+
+    Returns:
+        ``(H, W, channels)`` uint8 and the :class:`Geometry`.
+    """
+    if channels == 1:
+        img = img.convert("L")
     w, h = img.size
-    if w < h:
-        new_w, new_h = resize_size, max(1, int(resize_size * h / w))
-    else:
-        new_w, new_h = max(1, int(resize_size * w / h)), resize_size
+    new_h, new_w = resized_size(h, w, resize_size, mode)
     if (new_w, new_h) != (w, h):
         img = img.resize((new_w, new_h), _RESAMPLE[interpolation])
-    arr = np.asarray(img, dtype=np.uint8)
-    top = int(round((new_h - crop_size) / 2.0))
-    left = int(round((new_w - crop_size) / 2.0))
-    out = np.zeros((crop_size, crop_size, 3), dtype=np.uint8)
-    src = arr[max(top, 0) : max(top, 0) + crop_size, max(left, 0) : max(left, 0) + crop_size]
+    arr = np.asarray(img, dtype=np.uint8).reshape(new_h, new_w, channels)
+    ch, cw = _pair(crop_size)
+    top = _offset(new_h, ch, crop_offset)
+    left = _offset(new_w, cw, crop_offset)
+    out = np.empty((ch, cw, channels), dtype=np.uint8)
+    out[...] = np.asarray(fill, dtype=np.uint8).reshape(-1)[:channels] if np.ndim(fill) else fill
+    src = arr[max(top, 0) : max(top, 0) + ch, max(left, 0) : max(left, 0) + cw]
     out[max(-top, 0) : max(-top, 0) + src.shape[0], max(-left, 0) : max(-left, 0) + src.shape[1]] = src
     geo = Geometry(
         orig_height=h,

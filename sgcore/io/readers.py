@@ -642,13 +642,18 @@ def _is_file(url: str, storage_options: dict[str, Any] | None) -> bool:
 def decode_shard(
     spec: ShardSpec,
     *,
-    resize_size: int,
-    crop_size: int,
+    resize_size: int | tuple[int, int],
+    crop_size: int | tuple[int, int],
     interpolation: str = "bilinear",
     max_pixels: int = DEFAULT_MAX_PIXELS,
     storage_options: dict[str, Any] | None = None,
+    **geometry: Any,
 ) -> DecodedShard:
-    """Reads and decodes a whole shard; a bad sample becomes an error record."""
+    """Reads and decodes a whole shard; a bad sample becomes an error record.
+
+    ``geometry``: the other keywords of :func:`decode_image` (resize mode,
+    fill, channels, crop offset).
+    """
     arrays: list[np.ndarray] = []
     records: list[dict[str, Any]] = []
     for sample in read_shard(spec, storage_options):
@@ -668,6 +673,7 @@ def decode_shard(
                     crop_size=crop_size,
                     interpolation=interpolation,
                     max_pixels=max_pixels,
+                    **geometry,
                 )
             except DecodeError as e:
                 rec["error"] = f"{e} ({sample.source})"
@@ -676,8 +682,9 @@ def decode_shard(
                 rec["geometry"] = geo
                 arrays.append(arr)
         records.append(rec)
+    ch, cw = (crop_size, crop_size) if isinstance(crop_size, int) else crop_size
     images = (
-        np.stack(arrays) if arrays else np.zeros((0, crop_size, crop_size, 3), dtype=np.uint8)
+        np.stack(arrays) if arrays else np.zeros((0, ch, cw, geometry.get("channels", 3)), dtype=np.uint8)
     )
     return DecodedShard(shard_id=spec.shard_id, images=images, records=records)
 

@@ -47,10 +47,9 @@ class SaliencyActor:
         return summary
 
 
-def _decode(spec: ShardSpec, resize_size: int, crop_size: int, interpolation: str,
-            storage_options: dict[str, Any]) -> DecodedShard:
-    return decode_shard(spec, resize_size=resize_size, crop_size=crop_size,
-                        interpolation=interpolation, storage_options=storage_options)
+def _decode(spec: ShardSpec, geometry: dict[str, Any], storage_options: dict[str, Any]) -> DecodedShard:
+    """``geometry``: ``Preprocess.decode_kwargs()``."""
+    return decode_shard(spec, **geometry, storage_options=storage_options)
 
 
 remote_actor = ray.remote(SaliencyActor)

@@ -44,7 +44,7 @@ def run_pipeline_bench(*, model: str = "demo", images: int = 240, n_samples: int
     pre = loaded.preprocess
     shards = plan_shards(str(src), shard_size=shard_size, limit=images)
     pixels = np.concatenate([
-        decode_shard(s, resize_size=pre.resize_size, crop_size=pre.crop_size).images for s in shards
+        decode_shard(s, **pre.decode_kwargs()).images for s in shards
     ])
     x = pre.normalize(torch.from_numpy(pixels))
     net = prepare_model(loaded.model.eval())

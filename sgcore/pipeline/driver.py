@@ -266,8 +266,7 @@ class _Scheduler:
         # Decode tasks reserve no CPU: the window above bounds how many run, and
         # a reservation could deadlock once a lost node takes the spare CPUs with it.
         decoded = remote_decode.options(num_cpus=0).remote(
-            spec, self.preprocess.resize_size, self.preprocess.crop_size,
-            self.preprocess.interpolation, self.config.storage_options,
+            spec, self.preprocess.decode_kwargs(), self.config.storage_options,
         )
         actor = self.actors[slot]
         fut = actor.process.remote(decoded, self.chash, attempt)
@@ -335,9 +334,9 @@ class _Scheduler:
             self.pending.appendleft((spec, attempt + 1))
             return
         message = f"shard failed after {attempt + 1} attempt(s): {reason}"
-        rows = _error_rows(self.config, spec, decoded, message, self.preprocess.crop_size)
+        rows = _error_rows(self.config, spec, decoded, message, self.preprocess.map_shape)
         write_part(self.config, spec.shard_id, rows, config_hash=self.chash,
-                   map_shape=(self.preprocess.crop_size,) * 2,
+                   map_shape=self.preprocess.map_shape,
                    channels=3 if self.config.store_full else None, status="failed")
         self.result.shards_failed += 1
         self.result.failed_shards.append(spec.shard_id)
@@ -373,7 +372,7 @@ class _Scheduler:
 
 
 def _error_rows(config: JobConfig, spec: ShardSpec, decoded: Any, message: str,
-                crop: int) -> list[dict[str, Any]]:
+                crop: int | tuple[int, int]) -> list[dict[str, Any]]:
     """Error rows for every image of a shard that could not be processed."""
     try:
         records = ray.get(decoded, timeout=60).records

@@ -61,7 +61,7 @@ class ShardProcessor:
 
     def _base_row(self, shard_id: str, rec: dict[str, Any]) -> dict[str, Any]:
         label = rec.get("label")
-        return make_row(self.config, shard_id, rec, crop=self.loaded.preprocess.crop_size,
+        return make_row(self.config, shard_id, rec, crop=self.loaded.preprocess.map_shape,
                         label_index=self._index.get(label) if label is not None else None)
 
     def _compute_batch(self, decoded: DecodedShard, chunk: list[int], rows: list[dict[str, Any]]) -> None:
@@ -126,16 +126,20 @@ class ShardProcessor:
         rows = self.compute_rows(decoded)
         seconds_compute = time.perf_counter() - t0
         write_part(self.config, decoded.shard_id, rows, config_hash=config_hash,
-                   channels=3 if self.config.store_full else None,
-                   map_shape=(self.loaded.preprocess.crop_size,) * 2)
+                   channels=self.loaded.preprocess.channels if self.config.store_full else None,
+                   map_shape=self.loaded.preprocess.map_shape)
         return summarize(decoded.shard_id, rows, seconds=time.perf_counter() - t0,
                          seconds_compute=seconds_compute, attempt=attempt, finished=time.time())
 
 
-def make_row(config: JobConfig, shard_id: str, rec: dict[str, Any], *, crop: int,
+def make_row(config: JobConfig, shard_id: str, rec: dict[str, Any], *, crop: int | tuple[int, int],
              label_index: int | None = None, error: str | None = None) -> dict[str, Any]:
-    """The row of one input record before the model runs (status from the record)."""
+    """The row of one input record before the model runs (status from the record).
+
+    ``crop``: the map's size, an int (square) or ``(H, W)``.
+    """
     err = rec.get("error") or error
+    map_h, map_w = (crop, crop) if isinstance(crop, int) else crop
     row: dict[str, Any] = {
         "image_id": rec["image_id"],
         "source": rec["source"],
@@ -149,8 +153,8 @@ def make_row(config: JobConfig, shard_id: str, rec: dict[str, Any], *, crop: int
         "noise_level": float(config.noise_level),
         "n_samples": int(config.n_samples),
         "seed": image_seed(config.seed, rec["image_id"]),
-        "map_height": crop,
-        "map_width": crop,
+        "map_height": map_h,
+        "map_width": map_w,
         "saliency": None,
     }
     geo = rec.get("geometry")

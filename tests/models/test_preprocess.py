@@ -58,7 +58,14 @@ def test_normalize_rejects_bad_input(images, error, match):
         ({"mean": (0.5, 0.5)}, r"mean must be 3 finite numbers \(one per RGB channel\); got \(0\.5, 0\.5\)"),
         ({"mean": 0.5}, r"mean must be 3 numbers \(one per RGB channel\); got 0\.5"),
         ({"std": (0.2, 0.0, 0.2)}, r"std must be > 0 for every channel; got \(0\.2, 0\.0, 0\.2\)"),
-        ({"interpolation": "lanczos"}, r"interpolation must be one of bilinear, bicubic, nearest; got 'lanczos'"),
+        ({"interpolation": "spline"}, r"interpolation must be one of bilinear, bicubic, nearest, lanczos, box, hamming; got 'spline'"),
+        ({"resize_mode": "stretch"}, r"resize_mode must be one of center_crop, squash, letterbox; got 'stretch'"),
+        ({"crop_size": (224, 0)}, r"crop_size must be a positive integer or \[height, width\]; got \(224, 0\)"),
+        ({"crop_pct": 1.5}, r"crop_pct must be in \(0, 1\]; got 1\.5"),
+        ({"channels": 2}, r"channels must be 1 \(greyscale\) or 3 \(RGB\); got 2"),
+        ({"channels": 1}, r"mean must be 1 finite numbers \(one per channel, 1\)"),
+        ({"scale": 0}, r"scale must be a positive number"),
+        ({"fill": (0, 0, 300)}, r"fill must be 3 integers in \[0, 255\]; got \(0, 0, 300\)"),
     ],
 )
 def test_preprocess_validates_fields(overrides, match):
@@ -72,11 +79,47 @@ def test_to_dict_is_json_and_round_trips():
     assert data == {
         "resize_size": 256,
         "crop_size": 224,
+        "resize_mode": "center_crop",
+        "crop_pct": None,
+        "interpolation": "bicubic",
+        "channels": 3,
+        "scale": 1 / 255,
         "mean": list(IMAGENET_MEAN),
         "std": list(IMAGENET_STD),
-        "interpolation": "bicubic",
+        "fill": None,
+        "crop_offset": "round",
     }
     assert Preprocess.from_dict(data) == pre
+    wide = _pre(crop_size=(160, 320), resize_mode="letterbox", crop_pct=0.875, resize_size=None)
+    assert wide.resize_size == (182, 365) and wide.map_shape == (160, 320)
+    assert Preprocess.from_dict(json.loads(json.dumps(wide.to_dict()))) == wide
+
+
+def test_old_manifest_dict_still_reads():
+    old = {"resize_size": 256, "crop_size": 224, "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD),
+           "interpolation": "bilinear"}
+    assert Preprocess.from_dict(old) == imagenet_preprocess()
+
+
+def test_overrides_replace_fields_and_keep_the_resize_margin():
+    pre = imagenet_preprocess()
+    assert pre.with_overrides(None) is pre
+    assert pre.with_overrides({"crop_size": 112}).resize_size == 128
+    assert pre.with_overrides({"crop_pct": 0.95}).resize_size == 235
+    both = pre.with_overrides({"crop_size": [96, 128], "resize_mode": "squash", "resize_size": [96, 128]})
+    assert both.map_shape == (96, 128) and both.resize_mode == "squash"
+    grey = pre.with_overrides({"channels": 1, "mean": [0.5], "std": [0.25], "scale": 1.0})
+    x = grey.normalize(torch.tensor([[[[1]]]], dtype=torch.uint8))
+    torch.testing.assert_close(x.flatten(), torch.tensor([2.0]))
+    with pytest.raises(ConfigError, match=r"unknown preprocess field\(s\) size; choose from crop_size, mean"):
+        pre.with_overrides({"size": 3})
+
+
+def test_letterbox_fill_is_the_mean_colour():
+    pre = _pre(resize_mode="letterbox")
+    assert pre.pad_fill() == (124, 116, 104)  # round(255 * mean), as timm's "border" mode
+    assert _pre().pad_fill() == (0, 0, 0)
+    assert _pre(fill=(1, 2, 3)).pad_fill() == (1, 2, 3)
 
 
 def test_from_dict_reports_missing_keys():
