@@ -1,4 +1,4 @@
-"""Reading a job's results: a pyarrow dataset, maps as numpy arrays, overlays.
+"""Reading a job's results: the one reader of a results directory.
 
     from sgcore.results import open_results, load_maps, overlay
 
@@ -10,27 +10,61 @@
 The output layout (DESIGN.md contract 5): ``part-<shard>.parquet`` files, and
 with ``--format npz`` the maps in ``maps/part-<shard>.npz`` keyed by
 ``image_id``; ``_manifest.json`` and ``_SUCCESS`` are not data and are left out.
+
+Two ways in: :func:`open_results` (the rows as a pyarrow dataset, for any
+analysis) and :func:`open_results_dir` (a :class:`Results` with the manifest,
+read part by part, as the audit and the renderer do).
 """
 
 from __future__ import annotations
 
 import io
+import json
 import posixpath
-from collections.abc import Iterable, Mapping
-from typing import Any
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as pads
+import pyarrow.parquet as pq
 from PIL import Image, ImageOps
 
 from sgcore.errors import InputError
-from sgcore.io import join, read_bytes, read_source, url_to_fs
+from sgcore.io import (
+    GEOMETRY_COLUMNS,
+    MANIFEST_NAME,
+    SUCCESS_NAME,
+    join,
+    read_bytes,
+    read_source,
+    url_to_fs,
+)
 from sgcore.io._fs import is_local
 from sgcore.io.decode import _to_rgb
 
-_GEOMETRY = ("orig_height", "orig_width", "resized_height", "resized_width", "crop_top", "crop_left")
+if TYPE_CHECKING:
+    from sgcore.models.preprocess import Preprocess
+
+# The geometry beyond the map's own size: where the crop sits on the original image.
+_PLACEMENT = tuple(c for c in GEOMETRY_COLUMNS if c not in ("map_height", "map_width"))
+
+# Columns a per-part reader keeps besides the map.
+META_COLUMNS = (
+    "image_id",
+    "source",
+    "status",
+    "label",
+    "target",
+    "target_name",
+    "predicted",
+    "predicted_name",
+    "score",
+    "seed",
+    *GEOMETRY_COLUMNS,
+)
 
 
 def _part_paths(url: str, storage_options: dict[str, Any] | None) -> tuple[Any, list[str]]:
@@ -208,9 +242,9 @@ def overlay(
     get = row.get if hasattr(row, "get") else (lambda k, d=None: getattr(row, k, d))
     if get("status") not in (None, "ok"):
         raise ValueError(f"row {get('image_id')!r} is an error row ({get('error')}); it has no map")
-    geo = {k: get(k) for k in _GEOMETRY}
+    geo = {k: get(k) for k in _PLACEMENT}
     if any(v is None or (isinstance(v, float) and np.isnan(v)) for v in geo.values()):
-        raise ValueError(f"row {get('image_id')!r} lacks the geometry columns {', '.join(_GEOMETRY)}")
+        raise ValueError(f"row {get('image_id')!r} lacks the geometry columns {', '.join(_PLACEMENT)}")
     geo = {k: int(v) for k, v in geo.items()}
     h, w = int(get("map_height")), int(get("map_width"))
     m = saliency if saliency is not None else get("saliency")
@@ -294,4 +328,170 @@ def part_files(url: str, storage_options: dict[str, Any] | None = None) -> list[
     return [join(url, posixpath.basename(p)) for p in parts]
 
 
-__all__ = ["heat_overlay", "load_maps", "open_results", "overlay", "part_files", "table_maps"]
+# --------------------------------------------------------------------------- a results directory
+
+
+@dataclass(frozen=True, kw_only=True)
+class Results:
+    """An opened results directory.
+
+    Attributes:
+        url: the directory URL as given.
+        manifest: the parsed ``_manifest.json``.
+        parts: URLs of the ``part-*.parquet`` files, sorted.
+        complete: whether ``_SUCCESS`` is present.
+    """
+
+    url: str
+    manifest: dict[str, Any]
+    parts: list[str]
+    complete: bool
+    storage_options: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    @property
+    def config(self) -> dict[str, Any]:
+        return dict(self.manifest.get("config") or {})
+
+    @property
+    def preprocess(self) -> Preprocess:
+        """The preprocessing that produced the maps, from the manifest."""
+        from sgcore.models.preprocess import Preprocess
+
+        data = self.manifest.get("preprocess")
+        if not data:
+            raise InputError(f"results at {self.url} have no 'preprocess' in {MANIFEST_NAME}")
+        return Preprocess.from_dict(data)
+
+
+def open_results_dir(
+    url: str, *, storage_options: dict[str, Any] | None = None, allow_partial: bool = False
+) -> Results:
+    """Opens a results directory with its manifest, checking that it is complete.
+
+    Unlike :func:`open_results` (the rows as a pyarrow dataset), this reads
+    ``_manifest.json`` too: the audit needs the model, the preprocessing and
+    the SmoothGrad settings that made the maps.
+
+    Args:
+        url: the job's ``--output`` URL (any fsspec URL or local path).
+        storage_options: fsspec options (credentials); never echoed.
+        allow_partial: accept a directory without ``_SUCCESS`` (a running or
+            failed job); by default that is refused.
+
+    Raises:
+        InputError: no manifest, no part files, or no ``_SUCCESS``.
+    """
+    fs, root = url_to_fs(url, storage_options)
+    root = root.rstrip("/")
+    try:
+        manifest = json.loads(fs.cat_file(posixpath.join(root, MANIFEST_NAME)))
+    except FileNotFoundError as e:
+        raise InputError(f"no {MANIFEST_NAME} under {url}; is it the --output of jobs.smoothgrad?") from e
+    except (OSError, ValueError) as e:
+        raise InputError(f"cannot read {join(url, MANIFEST_NAME)}: {e}") from e
+    complete = fs.exists(posixpath.join(root, SUCCESS_NAME))
+    if not complete and not allow_partial:
+        raise InputError(
+            f"results at {url} are incomplete (no {SUCCESS_NAME}); wait for the job to finish "
+            f"or pass allow_partial=True (--allow-partial)"
+        )
+    return Results(url=url, manifest=manifest, parts=part_files(url, storage_options), complete=complete,
+                   storage_options=dict(storage_options or {}))
+
+
+def _read_part_table(results: Results, part: str, columns: Iterable[str] | None) -> pa.Table:
+    fs, path = url_to_fs(part, results.storage_options)
+    try:
+        with fs.open(path, "rb") as f:
+            if columns is None:
+                return pq.read_table(f)
+            names = pq.ParquetFile(f).schema_arrow.names
+            f.seek(0)
+            return pq.read_table(f, columns=[c for c in names if c in set(columns)])
+    except (OSError, pa.ArrowInvalid) as e:
+        raise InputError(f"cannot read {part}: {e}") from e
+
+
+def read_part(results: Results, part: str, *, with_maps: bool = True) -> tuple[pa.Table, np.ndarray | None]:
+    """One part's ok rows (:data:`META_COLUMNS`) and their maps ``(N, H, W)`` float32."""
+    columns = None if with_maps else META_COLUMNS
+    table = _read_part_table(results, part, columns)
+    table = table.filter(pc.equal(table.column("status"), "ok"))
+    meta = table.select([c for c in META_COLUMNS if c in table.column_names])
+    if not with_maps:
+        return meta, None
+    return meta, table_maps(table, results.url, storage_options=results.storage_options)
+
+
+def iter_parts(results: Results, *, with_maps: bool = True) -> Iterator[tuple[pa.Table, np.ndarray | None]]:
+    """Yields :func:`read_part` for every part, in shard order."""
+    for part in results.parts:
+        yield read_part(results, part, with_maps=with_maps)
+
+
+def read_index(results: Results) -> pa.Table:
+    """Metadata of every ok row (no maps), with a ``part`` column."""
+    tables = []
+    for part in results.parts:
+        meta, _ = read_part(results, part, with_maps=False)
+        tables.append(meta.append_column("part", pa.array([part] * len(meta), pa.string())))
+    return pa.concat_tables(tables, promote_options="permissive")
+
+
+def read_errors(results: Results) -> list[dict[str, Any]]:
+    """The error rows (``image_id``, ``source``, ``error``) of every part, in shard order."""
+    out: list[dict[str, Any]] = []
+    for part in results.parts:
+        table = _read_part_table(results, part, ("image_id", "source", "status", "error"))
+        table = table.filter(pc.not_equal(table.column("status"), "ok"))
+        for row in table.select([c for c in ("image_id", "source", "error") if c in table.column_names]).to_pylist():
+            out.append({"image_id": row.get("image_id"), "source": row.get("source"), "error": row.get("error")})
+    return out
+
+
+def read_maps(results: Results, index: pa.Table, rows: list[int]) -> np.ndarray:
+    """Maps ``(len(rows), H, W)`` float32 of the given rows of :func:`read_index`."""
+    parts = index.column("part").to_pylist()
+    ids = index.column("image_id").to_pylist()
+    wanted: dict[str, list[int]] = {}
+    for r in rows:
+        wanted.setdefault(parts[r], []).append(r)
+    out: dict[int, np.ndarray] = {}
+    for part, rs in wanted.items():
+        meta, maps = read_part(results, part)
+        position = {image_id: i for i, image_id in enumerate(meta.column("image_id").to_pylist())}
+        for r in rs:
+            out[r] = maps[position[ids[r]]]  # type: ignore[index]
+    return np.stack([out[r] for r in rows]) if rows else np.zeros((0, 0, 0), np.float32)
+
+
+def row_classes(meta: pa.Table) -> list[str]:
+    """Class of each row: its label, else the target's name, else the target index."""
+    n = len(meta)
+
+    def col(name: str) -> list:
+        return meta.column(name).to_pylist() if name in meta.column_names else [None] * n
+
+    return [
+        str(lab if lab is not None else name if name is not None else t)
+        for lab, name, t in zip(col("label"), col("target_name"), col("target"), strict=True)
+    ]
+
+
+__all__ = [
+    "META_COLUMNS",
+    "Results",
+    "heat_overlay",
+    "iter_parts",
+    "load_maps",
+    "open_results",
+    "open_results_dir",
+    "overlay",
+    "part_files",
+    "read_errors",
+    "read_index",
+    "read_maps",
+    "read_part",
+    "row_classes",
+    "table_maps",
+]

@@ -167,3 +167,20 @@ def test_heat_overlay_hand_case():
     np.testing.assert_array_equal(heat_overlay(image, m, where=np.zeros((2, 3))), image)
     with pytest.raises(ValueError, match=r"image must be \(H, W, 3\) with the map's \(H, W\) \(2, 3\); got \(3, 3, 3\)"):
         heat_overlay(np.zeros((3, 3, 3)), m)
+
+
+def test_one_reader_for_the_directory_its_ok_rows_and_its_error_rows(tmp_path):
+    from sgcore.io import GEOMETRY_COLUMNS, result_schema
+    from sgcore.results import META_COLUMNS, open_results_dir, read_errors, read_index, read_maps
+
+    out, rows = _write_results(tmp_path)
+    results = open_results_dir(out)
+    index = read_index(results)
+    assert index.column("image_id").to_pylist() == ["sq.png", "other.png"]  # ok rows only
+    np.testing.assert_allclose(read_maps(results, index, [0])[0], rows[0]["saliency"], atol=1e-3)
+    assert read_errors(results) == [{"image_id": "bad.png", "source": str(tmp_path / "in" / "bad.png"),
+                                     "error": "cannot decode image"}]
+    # The geometry is the writer's: every geometry column of the schema, and the reader keeps them all.
+    written = [n for n in result_schema((32, 32)).names if n.startswith(("map_", "orig_", "resized_", "crop_"))]
+    assert sorted(GEOMETRY_COLUMNS) == sorted(written)
+    assert set(GEOMETRY_COLUMNS) <= set(META_COLUMNS) and set(GEOMETRY_COLUMNS) <= set(index.column_names)

@@ -36,16 +36,7 @@ from sgcore.audit.metrics import (
     ssim,
 )
 from sgcore.audit.report import Report, Section, write_report
-from sgcore.audit.results import (
-    Results,
-    iter_parts,
-    load_images,
-    load_mask,
-    open_results_dir,
-    read_boxes,
-    read_index,
-    read_maps,
-)
+from sgcore.audit.results import load_images, load_mask, read_boxes
 from sgcore.audit.runner import AuditConfig, run_audit
 from sgcore.audit.sanity import (
     MapSettings,
@@ -56,6 +47,7 @@ from sgcore.audit.sanity import (
 )
 from sgcore.audit.sweep import Convergence, SweepGrid, convergence, sweep_grid
 from sgcore.audit.sweep_runner import SweepConfig, run_sweep
+from sgcore.results import Results, iter_parts, open_results_dir, read_index, read_maps
 
 __all__ = [
     "AuditConfig",

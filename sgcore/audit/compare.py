@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from sgcore.audit.metrics import minmax, spearman, ssim
-from sgcore.audit.results import Results, iter_parts, read_index, read_maps, row_classes
+from sgcore.results import Results, iter_parts, read_index, read_maps, row_classes
 
 
 @dataclass(frozen=True, kw_only=True)

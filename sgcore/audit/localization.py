@@ -72,17 +72,6 @@ def box_mask(
     return mask
 
 
-# Columns of a results row that place its map on the original image (sgcore.io.decode.Geometry).
-GEOMETRY_COLUMNS = (
-    "orig_height",
-    "orig_width",
-    "resized_height",
-    "resized_width",
-    "crop_top",
-    "crop_left",
-    "map_height",
-    "map_width",
-)
 
 
 def boxes_to_map_mask(

@@ -21,27 +21,23 @@ from sgcore.audit.classes import ClassView
 from sgcore.audit.compare import class_changes, compare_results
 from sgcore.audit.faithfulness import FaithfulnessResult
 from sgcore.audit.localization import (
-    GEOMETRY_COLUMNS,
     LocalizationScores,
     boxes_to_map_mask,
     localization_scores,
 )
 from sgcore.audit.report import Report, write_report
-from sgcore.audit.results import (
+from sgcore.audit.results import hash_sample, load_images, load_mask, read_boxes
+from sgcore.audit.sanity import MapSettings
+from sgcore.errors import ConfigError, InputError
+from sgcore.io import GEOMETRY_COLUMNS, join, url_to_fs
+from sgcore.results import (
     Results,
-    hash_sample,
     iter_parts,
-    load_images,
-    load_mask,
     open_results_dir,
-    read_boxes,
     read_index,
     read_maps,
     row_classes,
 )
-from sgcore.audit.sanity import MapSettings
-from sgcore.errors import ConfigError, InputError
-from sgcore.io import join, url_to_fs
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -19,7 +19,7 @@ import torch
 from sgcore.audit import plots
 from sgcore.audit.classes import map_statistics
 from sgcore.audit.report import Report, write_report
-from sgcore.audit.results import hash_sample, load_images, open_results_dir, read_index, row_classes
+from sgcore.audit.results import hash_sample, load_images
 from sgcore.audit.sanity import MapSettings
 from sgcore.audit.sweep import (
     DEFAULT_CONVERGENCE_COUNTS,
@@ -31,6 +31,7 @@ from sgcore.audit.sweep import (
 from sgcore.errors import ConfigError
 from sgcore.io import join, plan_shards
 from sgcore.models import load_model
+from sgcore.results import open_results_dir, read_index, row_classes
 from sgcore.seeds import image_seed
 
 

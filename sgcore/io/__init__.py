@@ -35,6 +35,7 @@ from sgcore.io.readers import (
     read_source,
 )
 from sgcore.io.writers import (
+    GEOMETRY_COLUMNS,
     PART_METADATA_KEY,
     encode_part,
     npz_name,
@@ -47,6 +48,7 @@ from sgcore.io.writers import (
 
 __all__ = [
     "DEFAULT_POLICY",
+    "GEOMETRY_COLUMNS",
     "IMAGE_EXTENSIONS",
     "INPUT_FORMATS",
     "MANIFEST_NAME",

@@ -53,6 +53,9 @@ _GEOMETRY: list[tuple[str, pa.DataType]] = [
     ("crop_top", pa.int32()),
     ("crop_left", pa.int32()),
 ]
+# The columns that place a row's map on its original image (see sgcore.io.decode.Geometry);
+# every reader takes them from here.
+GEOMETRY_COLUMNS: tuple[str, ...] = tuple(name for name, _ in _GEOMETRY)
 
 
 def part_name(shard_id: str) -> str:

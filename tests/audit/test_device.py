@@ -18,9 +18,9 @@ from sgcore.audit import AuditConfig, run_audit
 from sgcore.audit._workers import AuditWorker, Chunk, WorkerSpec
 from sgcore.audit.faithfulness import deletion_insertion
 from sgcore.audit.metrics import spearman
-from sgcore.audit.results import open_results_dir, read_index, read_maps
 from sgcore.audit.sanity import MapSettings, cascading_randomization
 from sgcore.audit.sweep import convergence, sweep_grid
+from sgcore.results import open_results_dir, read_index, read_maps
 
 EXACT = MapSettings(n_samples=1, noise_level=0.0)
 CUDA = torch.device("cuda")

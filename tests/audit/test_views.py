@@ -20,8 +20,8 @@ from sgcore.audit import (
     read_index,
     read_maps,
 )
-from sgcore.audit.results import iter_parts
 from sgcore.models import Preprocess
+from sgcore.results import iter_parts
 from tests.audit.job_output import GONE, write_results
 
 
