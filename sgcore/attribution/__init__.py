@@ -2,11 +2,13 @@
 
 from sgcore.attribution.postprocess import REDUCTIONS, clip_percentile, reduce_channels
 from sgcore.attribution.prepare import fold_batchnorm, prepare_model
+from sgcore.attribution.reliability import split_half_reliability, step_up
 from sgcore.attribution.smoothgrad import (
     AGGREGATES,
     BASES,
     NOISES,
     PRECISIONS,
+    SmoothGradResult,
     default_max_batch,
     smoothgrad,
 )
@@ -17,10 +19,13 @@ __all__ = [
     "NOISES",
     "PRECISIONS",
     "REDUCTIONS",
+    "SmoothGradResult",
     "clip_percentile",
     "default_max_batch",
     "fold_batchnorm",
     "prepare_model",
     "reduce_channels",
     "smoothgrad",
+    "split_half_reliability",
+    "step_up",
 ]

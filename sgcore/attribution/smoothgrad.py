@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator
+from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -22,6 +23,8 @@ from sgcore.attribution._bases import (
     prefers_channels_last,
 )
 from sgcore.attribution._noise import standard_noise
+from sgcore.attribution.postprocess import REDUCTIONS, reduce_channels
+from sgcore.attribution.reliability import bootstrap_reliability, half_mask
 
 # The choices have one owner, the torch-free sgcore.settings (the job's config
 # and the CLI read them without importing torch); re-exported here.
@@ -48,6 +51,23 @@ _CUDA_BYTES_PER_INPUT_BYTE = 300
 _FP16_GRAD_SCALE = 1024.0
 
 
+class SmoothGradResult(NamedTuple):
+    """Maps with their Monte Carlo reliability (``smoothgrad(..., return_reliability=True)``).
+
+    Attributes:
+        maps: float32 ``(B, C, H, W)``, the same tensor ``smoothgrad`` returns.
+        reliability: float32 ``(B,)``, the estimated Spearman correlation of
+            each 2-D map with its converged map (``sgcore.attribution.reliability``);
+            1 where ``noise_level=0`` (exact), NaN where it cannot be estimated
+            (one sample, or a constant half-map).
+        n_samples: int64 ``(B,)``, samples each map averages.
+    """
+
+    maps: torch.Tensor
+    reliability: torch.Tensor
+    n_samples: torch.Tensor
+
+
 def smoothgrad(
     model: nn.Module,
     images: torch.Tensor,
@@ -63,7 +83,9 @@ def smoothgrad(
     noise: Noise = "gaussian",
     ig_steps: int = 32,
     ig_baseline: float | torch.Tensor = 0.0,
-) -> torch.Tensor:
+    return_reliability: bool = False,
+    reliability_reduction: str = "abs_sum",
+) -> torch.Tensor | SmoothGradResult:
     """SmoothGrad maps for a batch of images.
 
     Smilkov et al. 2017 ("SmoothGrad: removing noise by adding noise",
@@ -110,9 +132,17 @@ def smoothgrad(
             (Gauss–Legendre quadrature on [0, 1], as Captum's default).
         ig_baseline: the baseline ``x'`` of ``integrated_gradients``: a number,
             or a tensor broadcastable to ``(B, C, H, W)``.
+        return_reliability: also estimate, from the same samples, how well each
+            map has converged (split-half, ``sgcore.attribution.reliability``);
+            the maps are bit-for-bit those of ``return_reliability=False``.
+        reliability_reduction: channel reduction of the 2-D map whose
+            reliability is estimated (``abs_sum``, ``sum``, ``max_abs``), as
+            the stored map is reduced.
 
     Returns:
-        float32 tensor ``(B, C, H, W)`` on the device of ``images``.
+        float32 tensor ``(B, C, H, W)`` on the device of ``images``; with
+        ``return_reliability=True`` a ``SmoothGradResult`` (maps, reliability,
+        n_samples).
 
     Raises:
         TypeError: an argument has the wrong type.
@@ -126,6 +156,9 @@ def smoothgrad(
     _check_choice("base", base, BASES)
     _check_choice("precision", precision, PRECISIONS)
     _check_choice("noise", noise, NOISES)
+    _check_choice("reliability_reduction", reliability_reduction, REDUCTIONS)
+    if not isinstance(return_reliability, bool):
+        raise TypeError(f"return_reliability must be a bool; got {type(return_reliability).__name__}")
     n_samples = _check_int("n_samples", n_samples, minimum=1)
     noise_level = _check_noise_level(noise_level)
     steps = _check_int("ig_steps", ig_steps, minimum=1) if base == "integrated_gradients" else 1
@@ -156,13 +189,24 @@ def smoothgrad(
         baseline=baseline,
     )
     acc = _Accumulator(aggregate, batch, shape, x.device)
+    if return_reliability and n > 1:
+        acc.split(noise, blocked=False)
     grad_fn = _input_gradient_fn(
         model, precision, x.device, prefers_channels_last(model), int(targets.max())
     )
     hooks = guided_relus(model) if base == "guided_backprop" else contextlib.nullcontext()
     with _input_gradients_only(model), _float32_mode(precision, x.device), hooks:
         _run(plan, acc, grad_fn, max_batch)
-    return acc.result()
+    maps = acc.result()
+    if not return_reliability:
+        return maps
+    counts = torch.full((batch,), n, dtype=torch.int64)
+    if n == 1:
+        fill = 1.0 if noise_level == 0.0 else float("nan")
+        rel = torch.full((batch,), fill, dtype=torch.float32, device=maps.device)
+    else:
+        rel = acc.reliability(reliability_reduction, seeds=seed_list).to(torch.float32)
+    return SmoothGradResult(maps, rel, counts)
 
 
 def default_max_batch(device: torch.device, shape: tuple[int, ...]) -> int:
@@ -312,7 +356,7 @@ def _fold(
     if not plan.integrated:
         if plan.base == "input_x_gradient":
             grads = grads * plan.noisy(i, r0, r1)
-        acc.add(i, grads)
+        acc.add(i, grads, r0)
         return None
     r = torch.arange(r0, r1, device=grads.device)
     k_first, k_last = r0 // steps, (r1 - 1) // steps
@@ -331,7 +375,7 @@ def _fold(
         if plan.baseline is None:  # only integrated_gradients plans get here
             raise RuntimeError("integrated_gradients plan without a baseline")
         delta = plan.noisy(i, k_first, k_stop) - plan.baseline[i].unsqueeze(0)
-        acc.add(i, sums * delta)
+        acc.add(i, sums * delta, k_first)
     return carry
 
 
@@ -347,9 +391,43 @@ class _Accumulator:
         self.count = [0] * batch
         self.mean = torch.zeros((batch, *shape), dtype=torch.float32, device=device)
         self.m2 = torch.zeros_like(self.mean) if aggregate == "var" else None
+        self.halves: tuple[_Accumulator, _Accumulator] | None = None
+        self.noise = "gaussian"
+        self.blocked = False
 
-    def add(self, i: int, block: torch.Tensor) -> None:
-        """Merges per-sample maps ``(m, C, H, W)`` of image ``i``."""
+    def split(self, noise: str, *, blocked: bool) -> None:
+        """Also keeps the two split halves (``reliability.half_mask``) apart."""
+        batch, shape = self.mean.shape[0], tuple(self.mean.shape[1:])
+        self.halves = tuple(  # type: ignore[assignment]
+            _Accumulator(self.aggregate, batch, shape, self.mean.device) for _ in range(2)
+        )
+        self.noise, self.blocked = noise, blocked
+
+    def reliability(
+        self, reduction: str, rows: list[int] | None = None, *, seeds: list[int] | None = None
+    ) -> torch.Tensor:
+        """Reliability of images ``rows`` (all by default), float64 (``reliability`` module)."""
+        if self.halves is None:
+            raise RuntimeError("reliability needs an accumulator that was split")
+        rows = list(range(self.mean.shape[0])) if rows is None else rows
+        a, b = self.halves
+        m_a = torch.tensor([a.count[i] for i in rows], dtype=torch.float64)
+        m_b = torch.tensor([b.count[i] for i in rows], dtype=torch.float64)
+        both = (m_a > 0) & (m_b > 0)
+        rel = bootstrap_reliability(
+            self.result(rows), a.result(rows), b.result(rows), m_a.clamp(min=1), m_b.clamp(min=1),
+            reduction=reduction, seeds=None if seeds is None else [seeds[i] for i in rows],
+        )
+        # A half without samples has no estimate.
+        return torch.where(both.to(rel.device), rel, torch.nan)
+
+    def add(self, i: int, block: torch.Tensor, k0: int = 0) -> None:
+        """Merges per-sample maps ``(m, C, H, W)`` of image ``i``, samples ``k0:k0+m``."""
+        if self.halves is not None:
+            in_a = half_mask(k0, k0 + block.shape[0], self.noise, blocked=self.blocked, device=block.device)
+            for half, mask in zip(self.halves, (in_a, ~in_a), strict=True):
+                if bool(mask.any()):
+                    half.add(i, block[mask])
         n_b = block.shape[0]
         if self.aggregate == "square":
             block = block * block
@@ -363,11 +441,14 @@ class _Accumulator:
         self.mean[i] += delta * (n_b / total)
         self.count[i] = total
 
-    def result(self) -> torch.Tensor:
+    def result(self, rows: list[int] | None = None) -> torch.Tensor:
+        mean = self.mean if rows is None else self.mean[rows]
         if self.m2 is not None:
-            counts = torch.tensor(self.count, dtype=torch.float32, device=self.m2.device)
-            return self.m2 / counts.view(-1, *([1] * (self.m2.dim() - 1)))
-        return self.mean
+            count = self.count if rows is None else [self.count[i] for i in rows]
+            counts = torch.tensor(count, dtype=torch.float32, device=self.m2.device).clamp(min=1)
+            m2 = self.m2 if rows is None else self.m2[rows]
+            return m2 / counts.view(-1, *([1] * (m2.dim() - 1)))
+        return mean
 
 
 # --------------------------------------------------------------------------- #
