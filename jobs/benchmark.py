@@ -4,6 +4,7 @@
     python -m jobs.benchmark --model resnet50 --image-size 224 --n-samples 50 --batch 64 --compile
     python -m jobs.benchmark --model demo --mode fidelity
     python -m jobs.benchmark --mode pipeline --images 480      # the whole job vs the bare kernel
+    python -m jobs.benchmark --mode calibration --model demo   # reliability estimate vs n=4096 maps
 
 Writes outputs/benchmark/<stem>.md and .json and prints the Markdown table.
 Exit status: 0 done, 2 bad arguments (one line on stderr naming the flag).
@@ -31,8 +32,10 @@ from sgcore.errors import ConfigError
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m jobs.benchmark", description=__doc__.splitlines()[0])
     p.add_argument("--model", default="resnet18", help="'demo' (trained, shipped) or a torchvision name, random weights")
-    p.add_argument("--mode", choices=(*MODES, "pipeline"), default="speed",
-                   help="pipeline: the whole job (demo model) against the bare kernel")
+    p.add_argument("--mode", choices=(*MODES, "pipeline", "calibration"), default="speed",
+                   help="pipeline: the whole job (demo model) against the bare kernel; calibration: "
+                        "the per-map reliability estimate against long reference maps (--model demo or digits)")
+    p.add_argument("--reference-n", type=int, default=4096, help="calibration mode: samples of the reference maps")
     p.add_argument("--images", type=int, default=480, help="pipeline mode: demo images")
     p.add_argument("--image-size", type=int, default=64)
     p.add_argument("--batch", type=int, default=8, help="images per call")
@@ -51,6 +54,10 @@ def build_parser() -> argparse.ArgumentParser:
 def _model_and_images(name: str, size: int, batch: int) -> tuple[torch.nn.Module, torch.Tensor, str]:
     from sgcore.models import DEMO_PREPROCESS, DEMO_WEIGHTS_PATH, load_model
 
+    if name == "digits":
+        from sgcore.demo.digits import load_digits_data, load_digits_model
+
+        return load_digits_model(), load_digits_data().test_x[:batch], "digits-shipped"
     if name != "demo":
         return load_model(name, "none", image_size=size).model, synthetic_images(batch, size), "random"
     from sgcore.demo import HELDOUT_SEED, TrainConfig, make_split, train_demo_model
@@ -71,7 +78,8 @@ def main(argv: list[str] | None = None) -> int:
 def _check_args(args: argparse.Namespace) -> torch.device:
     """Refuses bad numbers and devices before any model is built; returns the device."""
     # image_size >= 2: the synthetic images pin a 0 and a 1 pixel in their first row.
-    for flag, low in (("batch", 1), ("images", 1), ("repeats", 1), ("n_samples", 1), ("image_size", 2)):
+    for flag, low in (("batch", 1), ("images", 1), ("repeats", 1), ("n_samples", 1), ("image_size", 2),
+                      ("reference_n", 2)):
         value = getattr(args, flag)
         if value < low:
             raise ConfigError(f"--{flag.replace('_', '-')} must be >= {low}; got {value}")
@@ -106,6 +114,8 @@ def _bench(args: argparse.Namespace) -> int:
     device = _check_args(args)
     if args.mode == "pipeline":
         return _pipeline(args)
+    if args.mode == "calibration":
+        return _calibration(args, device)
     precisions = args.precisions or default_precisions(device)
     config = BenchConfig(mode=args.mode, n_samples=args.n_samples, precisions=tuple(precisions),
                          compile=args.compile, repeats=args.repeats, loop=not args.no_loop,
@@ -136,6 +146,41 @@ def _pipeline(args: argparse.Namespace) -> int:
     (out / "pipeline-demo.json").write_text(json.dumps(result, indent=2))
     (out / "pipeline-demo.md").write_text(to_markdown(result) + "\n")
     print(to_markdown(result))
+    return 0
+
+
+
+
+def _calibration(args: argparse.Namespace, device: torch.device) -> int:
+    import json
+    from pathlib import Path
+
+    from sgcore.attribution import prepare_model
+    from sgcore.attribution.calibration import calibrate, plot, reliability_cost, to_markdown
+
+    if args.model not in ("demo", "digits"):
+        raise ConfigError(f"--mode calibration needs a trained model: --model demo or digits; got {args.model!r}")
+    model, images, _ = _model_and_images(args.model, args.image_size, args.batch)
+    model, images = prepare_model(model).to(device), images.to(device)
+    with torch.no_grad():
+        targets = model(images).argmax(dim=1)
+    results = []
+    for noise in ("gaussian", "antithetic", "sobol"):
+        res = calibrate(model, images, targets, reference_n=args.reference_n, repeats=args.repeats,
+                        noise=noise, log=print)
+        results.append({"model": args.model, "images": images.shape[0], **res})
+    cost = reliability_cost(model, images, targets, repeats=args.repeats + 3)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"calibration-{args.model}-cost.json").write_text(json.dumps(cost, indent=2))
+    print(f"cost of the estimate at n=50: {cost['seconds_with_reliability']:.3f} s against "
+          f"{cost['seconds_plain']:.3f} s, {100 * cost['share']:.1f} % of the kernel time")
+    stem = f"calibration-{args.model}-ref{args.reference_n}"
+    (out / f"{stem}.json").write_text(json.dumps(results, indent=2))
+    (out / f"{stem}.md").write_text(to_markdown(results) + "\n")
+    plot(results, str(out / f"{stem}.png"))
+    print(to_markdown(results))
+    print(f"wrote {out / stem}.md, .json and .png")
     return 0
 
 

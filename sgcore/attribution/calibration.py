@@ -16,6 +16,7 @@ predicts the measured correlation.
 from __future__ import annotations
 
 import statistics
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -84,3 +85,64 @@ def calibrate(
             f"|err| {rows[-1]['abs_error']:.4f} (x ref {rows[-1]['abs_error_vs_ref']:.4f})")
     return {"reference_n": reference_n, "noise": noise,
             "reference_reliability": float(ref_rel.mean()), "rows": rows, "points": points}
+
+
+def to_markdown(results: list[dict[str, Any]]) -> str:
+    """One table row per (model, noise, n) of ``calibrate`` results tagged with ``model``."""
+    lines = [
+        "| model | noise | n | images × repeats | estimate (mean) | measured vs reference (mean) "
+        "| mean abs(estimate − measured) | mean abs(estimate·ρ_ref − measured) |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for res in results:
+        for row in res["rows"]:
+            count = sum(1 for p in res["points"] if p["n"] == row["n"])
+            lines.append(
+                f"| {res.get('model', '')} | {res['noise']} | {row['n']} | {count} | {row['estimate']:.4f} "
+                f"| {row['measured']:.4f} | {row['abs_error']:.4f} | {row['abs_error_vs_ref']:.4f} |"
+            )
+    return "\n".join(lines)
+
+
+def plot(results: list[dict[str, Any]], path: str) -> None:
+    """Estimate against measured correlation, one point per map, one panel per model."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError as e:
+        raise ImportError("the calibration plot needs matplotlib: pip install 'sgcore[plots]'") from e
+    models = sorted({r.get("model", "") for r in results})
+    fig, axes = plt.subplots(1, len(models), figsize=(5 * len(models), 4.6), squeeze=False)
+    for ax, model in zip(axes[0], models, strict=True):
+        for res in (r for r in results if r.get("model", "") == model):
+            xs = [p["measured"] for p in res["points"]]
+            ys = [p["estimate"] for p in res["points"]]
+            ax.scatter(xs, ys, s=10, alpha=0.6, label=res["noise"])
+        ax.plot([0.5, 1.0], [0.5, 1.0], "k--", lw=1)
+        ax.set_xlabel(f"measured Spearman vs n={results[0]['reference_n']} reference")
+        ax.set_ylabel("estimated reliability")
+        ax.set_title(f"{model}: n = 16, 32, 64, 128")
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def reliability_cost(model: nn.Module, images: torch.Tensor, targets: torch.Tensor, *,
+                     n_samples: int = 50, repeats: int = 5) -> dict[str, float]:
+    """Kernel seconds with and without the estimate, interleaved, medians of ``repeats``."""
+    seeds = torch.arange(images.shape[0])
+    smoothgrad(model, images, targets, n_samples=4, seeds=seeds, return_reliability=True)  # warm-up
+    plain, rated = [], []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        smoothgrad(model, images, targets, n_samples=n_samples, seeds=seeds)
+        t1 = time.perf_counter()
+        smoothgrad(model, images, targets, n_samples=n_samples, seeds=seeds, return_reliability=True)
+        rated.append(time.perf_counter() - t1)
+        plain.append(t1 - t0)
+    p, r = statistics.median(plain), statistics.median(rated)
+    return {"n_samples": n_samples, "images": images.shape[0], "seconds_plain": p,
+            "seconds_with_reliability": r, "share": (r - p) / r}

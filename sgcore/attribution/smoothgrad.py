@@ -23,7 +23,7 @@ from sgcore.attribution._bases import (
     prefers_channels_last,
 )
 from sgcore.attribution._noise import standard_noise
-from sgcore.attribution.postprocess import REDUCTIONS, reduce_channels
+from sgcore.attribution.postprocess import REDUCTIONS
 from sgcore.attribution.reliability import bootstrap_reliability, half_mask
 
 # The choices have one owner, the torch-free sgcore.settings (the job's config
@@ -414,8 +414,15 @@ class _Accumulator:
         m_a = torch.tensor([a.count[i] for i in rows], dtype=torch.float64)
         m_b = torch.tensor([b.count[i] for i in rows], dtype=torch.float64)
         both = (m_a > 0) & (m_b > 0)
+        whole, half_a = self.result(rows), a.result(rows)
+        if self.m2 is None:
+            view = (-1,) + (1,) * (whole.dim() - 1)
+            n_all = (m_a + m_b).to(whole).view(view)
+            half_b = (n_all * whole - m_a.to(whole).view(view) * half_a) / m_b.clamp(min=1).to(whole).view(view)
+        else:
+            half_b = b.result(rows)
         rel = bootstrap_reliability(
-            self.result(rows), a.result(rows), b.result(rows), m_a.clamp(min=1), m_b.clamp(min=1),
+            whole, half_a, half_b, m_a.clamp(min=1), m_b.clamp(min=1),
             reduction=reduction, seeds=None if seeds is None else [seeds[i] for i in rows],
         )
         # A half without samples has no estimate.
@@ -425,9 +432,14 @@ class _Accumulator:
         """Merges per-sample maps ``(m, C, H, W)`` of image ``i``, samples ``k0:k0+m``."""
         if self.halves is not None:
             in_a = half_mask(k0, k0 + block.shape[0], self.noise, blocked=self.blocked, device=block.device)
-            for half, mask in zip(self.halves, (in_a, ~in_a), strict=True):
-                if bool(mask.any()):
-                    half.add(i, block[mask])
+            # For means only half A is kept: B follows from the whole (see reliability()).
+            a, b = self.halves
+            if bool(in_a.any()):
+                a.add(i, block[in_a])
+            if self.m2 is None:
+                b.count[i] += int((~in_a).sum())
+            elif not bool(in_a.all()):
+                b.add(i, block[~in_a])
         n_b = block.shape[0]
         if self.aggregate == "square":
             block = block * block
