@@ -142,6 +142,9 @@ def test_download_failure_is_a_config_error(monkeypatch, tmp_path):
         load_model("resnet18", "IMAGENET1K_V1")
 
 
+# It reaches for the network (download.pytorch.org): never in `make test`, whose
+# tests need no network; test_download_failure_is_a_config_error covers the message.
+@pytest.mark.slow
 def test_real_download_failure_offline(monkeypatch, tmp_path):
     """The real hub download (smallest weights), bounded by a socket timeout."""
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
