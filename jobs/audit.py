@@ -12,40 +12,54 @@ randomization sanity check, deletion/insertion faithfulness, and with
 from __future__ import annotations
 
 import argparse
-import json
 
-from sgcore.cli import DEMO_OUTPUT, run_cli
+from sgcore.cli import (
+    DEMO_OUTPUT,
+    add_model_arguments,
+    add_ray_arguments,
+    add_smoothgrad_arguments,
+    add_storage_arguments,
+    config_from_args,
+    make_parser,
+    run_cli,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m jobs.audit", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = make_parser("python -m jobs.audit", __doc__)
     p.add_argument("--results", default=DEMO_OUTPUT, help="results directory (the job's --output)")
     p.add_argument("--report", default="outputs/audit", help="output directory of the report")
-    p.add_argument("--model", help="override the manifest's model")
-    p.add_argument("--weights", help="override the manifest's weights")
-    p.add_argument("--input", help="re-read images from INPUT/<image_id> instead of their recorded source")
-    p.add_argument("--masks", help="object masks at MASKS/<image_id> (default: a masks/ folder beside images/)")
-    p.add_argument("--boxes", metavar="FILE",
-                   help="object boxes instead of masks: CSV or Parquet (any fsspec URL) with columns image_id, "
-                        "x0, y0, x1, y1 in original image pixels; several rows per image are their union")
-    p.add_argument("--compare", metavar="URL2", help="second results directory to compare maps with")
-    p.add_argument("--sample", type=int, default=64, help="images for the sanity and faithfulness checks")
-    p.add_argument("--n-samples", type=int, help="SmoothGrad samples when recomputing maps (default: the run's)")
-    p.add_argument("--steps", type=int, default=32, help="points per deletion/insertion curve")
-    p.add_argument("--examples", type=int, default=3, help="most/least concentrated examples per class")
-    p.add_argument("--pointing-tolerance", type=int, default=0, help="pixels of slack in the pointing game")
-    p.add_argument("--no-sanity", dest="sanity", action="store_false")
-    p.add_argument("--no-faithfulness", dest="faithfulness", action="store_false")
-    p.add_argument("--no-localization", dest="localization", action="store_false")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--num-actors", type=int, help="Ray actors (default: one per CPU; 0: in this process, no Ray)")
-    p.add_argument("--gpus-per-actor", type=float, default=0.0,
-                   help="GPUs per actor; > 0 recomputes maps on CUDA (also with --num-actors 0), 0 on the CPU")
-    p.add_argument("--address", help="Ray address (default: RAY_ADDRESS, else a fresh local Ray; "
-                                     "'auto' joins the cluster of `ray start`)")
+    p.add_argument("--input", help="re-read images from INPUT/<image_id> (default: their recorded source)")
     p.add_argument("--allow-partial", action="store_true", help="audit results without _SUCCESS")
-    p.add_argument("--storage-options", type=json.loads, default={}, help="JSON object for fsspec; never logged")
+    add_storage_arguments(p)
+    add_model_arguments(p)
+    add_smoothgrad_arguments(p, only=["n_samples"], title="maps recomputed by the sanity and faithfulness checks")
+
+    c = p.add_argument_group("checks (the sanity and faithfulness checks are the costly part: they recompute "
+                             "maps on the actor pool)")
+    c.add_argument("--no-sanity", dest="sanity", action="store_false",
+                   help="skip the cascading randomization sanity check (the costliest: (weight layers + 1) "
+                        "x n-samples forward and backward passes per sample image)")
+    c.add_argument("--no-faithfulness", dest="faithfulness", action="store_false",
+                   help="skip the deletion/insertion faithfulness curves (costly: about 4 x (steps + 1) "
+                        "forward passes per sample image, by saliency and at random)")
+    c.add_argument("--no-localization", dest="localization", action="store_false",
+                   help="skip the saliency-inside-the-object scores (cheap: reads the stored maps and masks)")
+    c.add_argument("--sample", type=int, default=64, help="images for the sanity and faithfulness checks")
+    c.add_argument("--steps", type=int, default=32, help="points per deletion/insertion curve")
+    c.add_argument("--seed", type=int, default=0,
+                   help="seed of the image sample and of the randomized weights")
+    c.add_argument("--examples", type=int, default=3, help="most/least concentrated examples per class")
+    c.add_argument("--masks", help="object masks at MASKS/<image_id> (default: a masks/ folder beside images/)")
+    c.add_argument("--boxes", metavar="FILE",
+                   help="object boxes instead of masks: CSV or Parquet (any fsspec URL) with columns image_id, "
+                        "x0, y0, x1, y1 in original image pixels; several rows per image are their union "
+                        "(default: masks)")
+    c.add_argument("--pointing-tolerance", type=int, default=0, help="pixels of slack in the pointing game")
+    c.add_argument("--compare", metavar="URL2",
+                   help="second results directory to compare maps with (default: no comparison)")
+    add_ray_arguments(p, gpus_per_actor=0.0,
+                      num_actors_help="Ray actors (default: one per CPU; 0: in this process, no Ray)")
     return p
 
 
@@ -55,8 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     def job() -> int:
         from sgcore.audit import AuditConfig, run_audit
 
-        config = AuditConfig(**{k: v for k, v in vars(args).items() if k in AuditConfig.__dataclass_fields__})
-        summary = run_audit(config, log=lambda m: print(f"[sgcore] {m}", flush=True))
+        summary = run_audit(config_from_args(AuditConfig, args), log=lambda m: print(f"[sgcore] {m}", flush=True))
         print(f"[sgcore] {headline(summary)}", flush=True)
         return 0
 

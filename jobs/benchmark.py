@@ -25,29 +25,29 @@ from sgcore.attribution._bench import (
     synthetic_images,
     write_report,
 )
-from sgcore.cli import run_cli
+from sgcore.cli import make_parser, run_cli
 from sgcore.errors import ConfigError
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m jobs.benchmark", description=__doc__.splitlines()[0])
+    p = make_parser("python -m jobs.benchmark", __doc__)
     p.add_argument("--model", default="resnet18", help="'demo' (trained, shipped) or a torchvision name, random weights")
     p.add_argument("--mode", choices=(*MODES, "pipeline", "calibration"), default="speed",
                    help="pipeline: the whole job (demo model) against the bare kernel; calibration: "
                         "the per-map reliability estimate against long reference maps (--model demo or digits)")
     p.add_argument("--reference-n", type=int, default=4096, help="calibration mode: samples of the reference maps")
     p.add_argument("--images", type=int, default=480, help="pipeline mode: demo images")
-    p.add_argument("--image-size", type=int, default=64)
+    p.add_argument("--image-size", type=int, default=64, help="side of the square synthetic images")
     p.add_argument("--batch", type=int, default=8, help="images per call")
-    p.add_argument("--n-samples", type=int, default=16)
+    p.add_argument("--n-samples", type=int, default=16, help="SmoothGrad samples per image")
     p.add_argument("--precisions", nargs="+", choices=PRECISIONS, default=None,
-                   help="default: all on CUDA; fp32 (+ bf16 with AVX512-BF16/AMX) on the CPU")
+                   help="sgcore precisions to time (default: all on CUDA; fp32, + bf16 with AVX512-BF16/AMX, on the CPU)")
     p.add_argument("--compile", action="store_true", help="also time torch.compile-d models")
     p.add_argument("--no-loop", action="store_true", help="skip the per-sample loop")
     p.add_argument("--no-captum", action="store_true", help="skip Captum's NoiseTunnel baseline")
-    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--repeats", type=int, default=3, help="timed rounds per variant (the median is reported)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
-    p.add_argument("--out", default="outputs/benchmark")
+    p.add_argument("--out", default="outputs/benchmark", help="folder of the .md and .json tables")
     return p
 
 

@@ -16,7 +16,6 @@ that folder exists; fetch them here first with ``make gpu-deps``.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import subprocess
@@ -24,6 +23,8 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+from sgcore.cli import make_parser
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -123,8 +124,9 @@ def summary_markdown(results: list[dict], out: Path, machine: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m jobs.gpu_check", description=__doc__.splitlines()[0])
-    p.add_argument("--out", default=os.environ.get("OUT", "outputs/gpu_check"))
+    p = make_parser("python -m jobs.gpu_check", __doc__)
+    p.add_argument("--out", default=os.environ.get("OUT", "outputs/gpu_check"),
+                   help="where the tables and the summary go ($OUT on the GPU machine)")
     p.add_argument("--budget", type=float, default=540.0, help="seconds for all steps together")
     p.add_argument("--wheels", default=".gpu-deps/whl", help="folder of wheels to install if missing")
     p.add_argument("--smoke", action="store_true", help="tiny sizes: checks this script, measures nothing")

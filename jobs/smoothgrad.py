@@ -15,14 +15,15 @@ from sgcore.cli import (
     DEMO_SHARD_SIZE,
     add_job_arguments,
     config_from_args,
+    make_parser,
     run_cli,
 )
+from sgcore.config import JobConfig
 from sgcore.errors import ConfigError
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m jobs.smoothgrad", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = make_parser("python -m jobs.smoothgrad", __doc__)
     add_job_arguments(parser)
     return parser
 
@@ -40,12 +41,12 @@ def main(argv: list[str] | None = None) -> int:
             print(f"[sgcore] demo: dataset under {DEMO_DATA}/ (generated on the first run), results in {DEMO_OUTPUT}/")
             # smaller shards than the default, so that progress shows on 240 images
             shard_size = DEMO_SHARD_SIZE if args.shard_size == parser.get_default("shard_size") else args.shard_size
-            config = config_from_args(args, input=str(ensure_demo_data(DEMO_DATA)), output=DEMO_OUTPUT,
+            config = config_from_args(JobConfig, args, input=str(ensure_demo_data(DEMO_DATA)), output=DEMO_OUTPUT,
                                       shard_size=shard_size)
         elif args.input is None or args.output is None:
             raise ConfigError("--input and --output go together (omit both to run the demo)")
         else:
-            config = config_from_args(args)
+            config = config_from_args(JobConfig, args)
         try:
             result = run_job(config)
         except JobFailed as e:

@@ -20,6 +20,7 @@ import re
 import shlex
 import sys
 
+from sgcore.cli import make_parser
 from sgcore.pipeline.cluster import follow, job_client, runtime_env_for, submit
 
 EXIT = {"SUCCEEDED": 0, "FAILED": 1, "STOPPED": 1}
@@ -28,8 +29,7 @@ NO_STATUS = 3
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m jobs.submit", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = make_parser("python -m jobs.submit", __doc__)
     p.add_argument("--address", default=None,
                    help="dashboard URL; wins over RAY_ADDRESS (default: RAY_API_SERVER_ADDRESS / RAY_ADDRESS)")
     p.add_argument("--working-dir", default=".", help="directory to upload (default: .)")
@@ -37,11 +37,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="upload nothing: the cluster image already has the code")
     p.add_argument("--env", action="append", default=[], metavar="KEY=VALUE",
                    help="environment for the job (repeatable; not for secrets)")
-    p.add_argument("--submission-id", default=None)
-    p.add_argument("--entrypoint-num-cpus", type=float, default=None)
+    p.add_argument("--submission-id", default=None, help="the job's id (default: one Ray picks)")
+    p.add_argument("--entrypoint-num-cpus", type=float, default=None,
+                   help="CPUs reserved for the driver command (default: none reserved)")
     p.add_argument("--no-wait", action="store_true", help="print the job id and return")
-    p.add_argument("--timeout", type=float, default=None, help="seconds to wait before giving up")
-    p.add_argument("entrypoint", nargs=argparse.REMAINDER, help="-- command to run on the cluster")
+    p.add_argument("--timeout", type=float, default=None, help="seconds to wait before giving up (default: wait until it ends)")
+    p.add_argument("entrypoint", nargs=argparse.REMAINDER, help="-- command to run on the cluster")  # positional: no default
     return p
 
 

@@ -12,10 +12,16 @@ manifest recorded, unless flags say otherwise.
 from __future__ import annotations
 
 import argparse
-import json
 
-from sgcore.cli import DEMO_OUTPUT, run_cli
-from sgcore.settings import AGGREGATES, BASES, NOISES, REDUCTIONS
+from sgcore.cli import (
+    DEMO_OUTPUT,
+    add_model_arguments,
+    add_smoothgrad_arguments,
+    add_storage_arguments,
+    config_from_args,
+    make_parser,
+    run_cli,
+)
 
 
 def _floats(text: str) -> tuple[float, ...]:
@@ -27,24 +33,27 @@ def _ints(text: str) -> tuple[int, ...]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m jobs.sweep", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--results", help=f"results directory to take images/model from (e.g. {DEMO_OUTPUT})")
-    p.add_argument("--input", help="image folder URL (without --results), or a new root for the results' images")
-    p.add_argument("--model", help="model (default: the manifest's, else demo)")
-    p.add_argument("--weights", help="weights (default: the manifest's, else default)")
+    p = make_parser("python -m jobs.sweep", __doc__)
+    p.add_argument("--results", help=f"results directory to take images/model from (default: {DEMO_OUTPUT} "
+                                     "when --input is not given either)")
+    p.add_argument("--input", help="image folder URL (without --results), or a new root for the results' images "
+                                   "(default: the results' recorded sources)")
     p.add_argument("--report", default="outputs/sweep", help="output directory")
-    p.add_argument("--images", type=int, default=4, help="how many images")
-    p.add_argument("--noise-levels", type=_floats, default=None, help="comma-separated, e.g. 0,0.1,0.2,0.5")
-    p.add_argument("--sample-counts", type=_ints, default=None, help="comma-separated, e.g. 1,10,50,100")
-    p.add_argument("--convergence-counts", type=_ints, default=None, help="comma-separated n for the curve")
-    p.add_argument("--reference-samples", type=int, default=500, help="n of the reference map")
-    p.add_argument("--convergence-noise", type=float, help="noise level of the curve (default: the run's)")
-    for flag, choices in (("--aggregate", AGGREGATES), ("--base", BASES), ("--noise", NOISES),
-                          ("--reduction", REDUCTIONS)):
-        p.add_argument(flag, choices=choices, help="SmoothGrad setting of every map (default: the run's)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--storage-options", type=json.loads, default={}, help="JSON object for fsspec; never logged")
+    add_storage_arguments(p)
+    add_model_arguments(p, what="the manifest's, else demo and default")
+    g = p.add_argument_group("grid (cost: images x the sum of the sample counts, per noise level, plus the "
+                             "reference map and the convergence curve)")
+    g.add_argument("--images", type=int, default=4, help="how many images")
+    g.add_argument("--noise-levels", type=_floats, help="comma-separated, e.g. 0,0.1,0.2,0.5 "
+                                                        "(default: 0,0.05,0.1,0.15,0.2,0.3,0.5)")
+    g.add_argument("--sample-counts", type=_ints, help="comma-separated, e.g. 1,10,50,100 (default: 1,5,10,25,50,100)")
+    g.add_argument("--convergence-counts", type=_ints,
+                   help="comma-separated n for the curve (default: 1,2,5,10,20,50,100)")
+    g.add_argument("--reference-samples", type=int, default=500, help="n of the reference map (the costliest map)")
+    g.add_argument("--convergence-noise", type=float, help="noise level of the curve (default: the run's)")
+    g.add_argument("--seed", type=int, default=0, help="seed of the image choice")
+    add_smoothgrad_arguments(p, only=["aggregate", "base", "noise", "reduction"],
+                             title="SmoothGrad settings of every map")
     return p
 
 
@@ -54,10 +63,8 @@ def main(argv: list[str] | None = None) -> int:
     def job() -> int:
         from sgcore.audit import SweepConfig, run_sweep
 
-        if args.results is None and args.input is None:
-            args.results = DEMO_OUTPUT
-        values = {k: v for k, v in vars(args).items() if k in SweepConfig.__dataclass_fields__ and v is not None}
-        summary = run_sweep(SweepConfig(**values), log=lambda m: print(f"[sgcore] {m}", flush=True))
+        demo = {"results": DEMO_OUTPUT} if args.results is None and args.input is None else {}
+        summary = run_sweep(config_from_args(SweepConfig, args, **demo), log=lambda m: print(f"[sgcore] {m}", flush=True))
         print(f"[sgcore] n for Spearman >= 0.95: {summary['convergence']['n_for_spearman_0.95']}")
         return 0
 

@@ -9,13 +9,14 @@ import argparse
 
 import torch
 
+from sgcore.cli import make_parser
 from sgcore.demo import TrainConfig, evaluate, save_demo_checkpoint, train_demo_model
 from sgcore.demo.train import config_dict
 from sgcore.models import DEMO_WEIGHTS_PATH
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m jobs.train_demo", description=__doc__.splitlines()[0])
+    parser = make_parser("python -m jobs.train_demo", __doc__)
     defaults = TrainConfig()
     parser.add_argument("--out", default=str(DEMO_WEIGHTS_PATH), help="checkpoint path (default: %(default)s)")
     parser.add_argument("--epochs", type=int, default=defaults.epochs, help="default: %(default)s")

@@ -1,21 +1,159 @@
-"""Command-line plumbing shared by the jobs: flags <-> JobConfig, error reporting."""
+"""Command-line plumbing shared by the jobs: flag groups, flags -> config, error reporting.
+
+Every job builds its parser from the same groups (:func:`add_storage_arguments`,
+:func:`add_ray_arguments`, :func:`add_model_arguments`,
+:func:`add_smoothgrad_arguments`) and turns parsed flags into its config with
+:func:`config_from_args`, so a flag means the same and fails the same way in
+every job.
+"""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import sys
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Iterable
+from typing import Any, TypeVar
 
 from sgcore.config import INPUT_FORMATS, OUTPUT_FORMATS, TARGETS, JobConfig
 from sgcore.errors import ConfigError, InputError
-from sgcore.settings import AGGREGATES, BASES, NOISES, PRECISIONS, REDUCTIONS
+from sgcore.settings import AGGREGATES, BASES, NOISES, PRECISIONS, REDUCTIONS, SmoothGradSettings
 
 DEMO_DATA = "data/demo"
 DEMO_OUTPUT = "outputs/demo"
 DEMO_SHARD_SIZE = 30
+
+C = TypeVar("C")
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Keeps the description's layout and ends each option's help with its default.
+
+    Options whose default is None say in their own help what happens without
+    them; on/off flags need no default.
+    """
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        if (not action.option_strings or "(default" in text or default is None or isinstance(default, bool)
+                or default is argparse.SUPPRESS):
+            return text
+        if isinstance(default, (tuple, list)):
+            return f"{text} (default: {' '.join(map(str, default)) or 'none'})"
+        return f"{text} (default: %(default)s)"
+
+
+def make_parser(prog: str, doc: str | None) -> argparse.ArgumentParser:
+    """A job's parser: its module docstring as the description, defaults in the help."""
+    return argparse.ArgumentParser(prog=prog, description=doc, formatter_class=HelpFormatter)
+
+
+def add_storage_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    """``--storage-options JSON``: parsed by :func:`config_from_args`, never echoed.
+
+    ``type=str`` on purpose: argparse prints an invalid value back in its
+    error, and this one holds secrets.
+    """
+    parser.add_argument("--storage-options", metavar="JSON", default=None,
+                        help="JSON object of fsspec options, e.g. '{\"anon\": true}' or an endpoint and keys "
+                             "(default: none; credentials from the standard chains). Never logged or echoed")
+
+
+def add_ray_arguments(parser: argparse.ArgumentParser, *, gpus_per_actor: float,
+                      cpus_per_actor: float | None = None,
+                      num_actors_help: str = "fixed number of model replicas (default: autoscale between "
+                                             "--min-actors and --max-actors, one replica per GPU)",
+                      ) -> argparse._ArgumentGroup:
+    """Where the work runs: ``--address``, ``--num-actors``, ``--gpus-per-actor``.
+
+    Args:
+        gpus_per_actor: its default (the config's; the tests hold them equal).
+        cpus_per_actor: its default; given, the pool is elastic: also
+            ``--min-actors``, ``--max-actors`` and ``--cpus-per-actor``.
+    """
+    elastic = cpus_per_actor is not None
+    r = parser.add_argument_group("cluster")
+    r.add_argument("--address", help="Ray address, or 'auto' for a cluster started with `ray start` on this "
+                   "machine (default: RAY_ADDRESS, else a new local Ray)")
+    r.add_argument("--num-actors", type=int, help=num_actors_help)
+    if elastic:
+        r.add_argument("--min-actors", type=int, help="start only with at least this many replicas "
+                       "(default: 1)")
+        r.add_argument("--max-actors", type=int, help="grow up to this many replicas, asking the autoscaler "
+                       "(default: what fits now)")
+    r.add_argument("--gpus-per-actor", type=float, default=gpus_per_actor,
+                   help="GPUs per replica (0.5 packs two on one GPU; 0: on the CPU)")
+    if elastic:
+        r.add_argument("--cpus-per-actor", type=float, default=cpus_per_actor,
+                       help="CPUs reserved per replica")
+    return r
+
+
+def add_model_arguments(parser: argparse.ArgumentParser, *, defaults: JobConfig | None = None,
+                        what: str = "the manifest's") -> argparse._ArgumentGroup:
+    """``--model``, ``--weights``, ``--image-size``.
+
+    Args:
+        defaults: the config whose defaults the flags show; None: the flags
+            override ``what`` (a results manifest) and default to None.
+    """
+    m = parser.add_argument_group("model")
+    model_help = "'demo' or a torchvision architecture (resnet50, vit_b_16, ...)"
+    weights_help = "'default', 'none', a torchvision weight name (IMAGENET1K_V2) or a checkpoint URL"
+    size_help = "crop size override (maps have this size)"
+    if defaults is None:
+        m.add_argument("--model", help=f"{model_help} (default: {what})")
+        m.add_argument("--weights", help=f"{weights_help} (default: {what})")
+    else:
+        m.add_argument("--model", default=defaults.model, help=model_help)
+        m.add_argument("--weights", default=defaults.weights, help=weights_help)
+        m.add_argument("--image-size", type=int, help=f"{size_help} (default: the model's own)")
+    return m
+
+
+_SMOOTHGRAD_HELP = {
+    "n_samples": "noisy samples per image (cost grows linearly with it)",
+    "noise_level": "sigma as a fraction of each image's value range",
+    "noise": "gaussian (the paper), antithetic pairs, or sobol (quasi-random; fewer samples at large n)",
+    "aggregate": "mean: SmoothGrad; square: SmoothGrad^2; var: VarGrad",
+    "base": "the map that is smoothed",
+    "ig_steps": "integration points (Gauss-Legendre) of integrated_gradients (cost grows linearly with it)",
+    "precision": "fp32 (strict, TF32 off), tf32, or bf16/fp16 autocast with float32 accumulation",
+    "reduction": "how the stored 2-D map reduces colour channels",
+    "max_batch": "noisy samples per forward pass",
+}
+_SMOOTHGRAD_TYPES: dict[str, Any] = {
+    "n_samples": int, "noise_level": float, "noise": NOISES, "aggregate": AGGREGATES, "base": BASES,
+    "ig_steps": int, "precision": PRECISIONS, "reduction": REDUCTIONS, "max_batch": int,
+}
+
+
+def add_smoothgrad_arguments(parser: argparse.ArgumentParser, *, defaults: SmoothGradSettings | None = None,
+                             only: Iterable[str] | None = None, what: str = "the run's",
+                             title: str = "SmoothGrad") -> argparse._ArgumentGroup:
+    """The flags of :class:`~sgcore.settings.SmoothGradSettings` (``--n-samples``, ``--aggregate``, ...).
+
+    Args:
+        defaults: settings whose values are the defaults; None: every flag
+            defaults to None, meaning ``what`` (the settings a run recorded).
+        only: the fields to offer (default: all).
+        title: the group's heading in ``--help``.
+    """
+    g = parser.add_argument_group(title)
+    names = list(only) if only is not None else list(_SMOOTHGRAD_HELP)
+    for name in names:
+        kind = _SMOOTHGRAD_TYPES[name]
+        flag = "--" + name.replace("_", "-")
+        text = _SMOOTHGRAD_HELP[name]
+        default = getattr(defaults, name) if defaults is not None else None
+        if default is None:
+            text += " (default: automatic)" if defaults is not None else f" (default: {what})"
+        kw: dict[str, Any] = {"choices": kind} if isinstance(kind, tuple) else {"type": kind}
+        g.add_argument(flag, default=default, help=text, **kw)
+    return g
 
 
 def add_job_arguments(parser: argparse.ArgumentParser) -> None:
@@ -23,62 +161,39 @@ def add_job_arguments(parser: argparse.ArgumentParser) -> None:
     d = JobConfig(input="-", output="-")  # defaults, in one place
     io = parser.add_argument_group("input and output")
     io.add_argument("--input", help="fsspec URL or path of the images (s3://, gs://, file://, a "
-                    "local folder). Omit both --input and --output to run the embedded demo.")
-    io.add_argument("--output", help="URL or path of the results directory")
-    io.add_argument("--input-format", choices=INPUT_FORMATS, default=d.input_format)
-    io.add_argument("--image-column", help="Parquet inputs: column holding the image bytes")
-    io.add_argument("--label-column", help="Parquet inputs: column holding the label")
-    io.add_argument("--id-column", help="Parquet inputs: column holding a stable image id")
-    io.add_argument("--labels", help="CSV/Parquet file mapping image path -> label")
-    io.add_argument("--limit", type=int, help="only the first N images (sorted order)")
+                    "local folder). Omit both --input and --output to run the embedded demo "
+                    "(default: the demo)")
+    io.add_argument("--output", help=f"URL or path of the results directory (default: the demo's, {DEMO_OUTPUT})")
+    io.add_argument("--input-format", choices=INPUT_FORMATS, default=d.input_format,
+                    help="dataset layout; auto detects it from the files")
+    io.add_argument("--image-column", help="Parquet inputs: column holding the image bytes (default: detected)")
+    io.add_argument("--label-column", help="Parquet inputs: column holding the label (default: none)")
+    io.add_argument("--id-column", help="Parquet inputs: column holding a stable image id "
+                    "(default: file and row number)")
+    io.add_argument("--labels", help="CSV/Parquet file mapping image path -> label (default: the parent folder)")
+    io.add_argument("--limit", type=int, help="only the first N images, sorted order (default: all)")
     io.add_argument("--shard-size", type=int, default=d.shard_size,
-                    help="images per shard: the unit of work, retry and output file")
+                    help=f"images per shard: the unit of work, retry and output file (the demo uses "
+                         f"{DEMO_SHARD_SIZE}; default: %(default)s)")
     io.add_argument("--format", choices=OUTPUT_FORMATS, default=d.format,
                     help="parquet: maps in the table; npz: maps in maps/part-<shard>.npz")
     io.add_argument("--store-full", action="store_true", help="also keep per-channel (C, H, W) maps")
-    io.add_argument("--storage-options", type=_json_object, default={},
-                    help="JSON object passed to fsspec (e.g. '{\"anon\": true}'); never logged")
+    add_storage_arguments(io)
     io.add_argument("--overwrite", action="store_true",
                     help="replace results of a different config in --output instead of refusing")
 
-    m = parser.add_argument_group("model")
-    m.add_argument("--model", default=d.model, help="'demo' or a torchvision architecture (resnet50, vit_b_16, ...)")
-    m.add_argument("--weights", default=d.weights,
-                   help="'default', 'none', a torchvision weight name (IMAGENET1K_V2) or a checkpoint URL")
-    m.add_argument("--image-size", type=int, help="crop size override (maps have this size)")
+    m = add_model_arguments(parser, defaults=d)
     m.add_argument("--target", choices=TARGETS, default=d.target,
                    help="class to explain: the model's prediction, or the image's label")
 
-    k = parser.add_argument_group("SmoothGrad")
-    k.add_argument("--n-samples", type=int, default=d.n_samples, help="noisy samples per image")
-    k.add_argument("--noise-level", type=float, default=d.noise_level,
-                   help="sigma as a fraction of each image's value range")
-    k.add_argument("--noise", choices=NOISES, default=d.noise,
-                   help="gaussian (the paper), antithetic pairs, or sobol (quasi-random; fewer samples at large n)")
-    k.add_argument("--aggregate", choices=AGGREGATES, default=d.aggregate,
-                   help="mean: SmoothGrad; square: SmoothGrad^2; var: VarGrad")
-    k.add_argument("--base", choices=BASES, default=d.base, help="the map that is smoothed")
-    k.add_argument("--ig-steps", type=int, default=d.ig_steps,
-                   help="integration points (Gauss-Legendre) of integrated_gradients")
-    k.add_argument("--precision", choices=PRECISIONS, default=d.precision,
-                   help="fp32 (strict, TF32 off), tf32, or bf16/fp16 autocast with float32 accumulation")
-    k.add_argument("--reduction", choices=REDUCTIONS, default=d.reduction,
-                   help="how the stored 2-D map reduces colour channels")
+    k = add_smoothgrad_arguments(parser, defaults=d)
     k.add_argument("--seed", type=int, default=d.seed, help="run seed; each image's seed derives from it and its id")
     k.add_argument("--batch-size", type=int, default=d.batch_size, help="images per kernel call")
-    k.add_argument("--max-batch", type=int, help="noisy samples per forward pass (default: automatic)")
     k.add_argument("--no-fold-bn", dest="fold_bn", action="store_false",
                    help="keep BatchNorm layers instead of folding them into convolutions")
     k.add_argument("--compile", action="store_true", help="torch.compile the model")
 
-    r = parser.add_argument_group("cluster")
-    r.add_argument("--address", help="Ray address, or 'auto' for a cluster started with `ray start` on this machine (default: RAY_ADDRESS, else a new local Ray)")
-    r.add_argument("--num-actors", type=int, help="fixed number of model replicas")
-    r.add_argument("--min-actors", type=int, help="start only with at least this many replicas")
-    r.add_argument("--max-actors", type=int, help="grow up to this many replicas (asks the autoscaler)")
-    r.add_argument("--gpus-per-actor", type=float, default=d.gpus_per_actor,
-                   help="GPUs per replica (0.5 packs two on one GPU)")
-    r.add_argument("--cpus-per-actor", type=float, default=d.cpus_per_actor, help="CPUs reserved per replica")
+    r = add_ray_arguments(parser, gpus_per_actor=d.gpus_per_actor, cpus_per_actor=d.cpus_per_actor)
     r.add_argument("--max-retries", type=int, default=d.max_retries,
                    help="retries per shard before its images become error rows")
     r.add_argument("--max-error-rate", type=float, default=d.max_error_rate,
@@ -86,11 +201,46 @@ def add_job_arguments(parser: argparse.ArgumentParser) -> None:
     r.add_argument("--quiet", dest="progress", action="store_false", help="no progress lines")
 
 
-def config_from_args(args: argparse.Namespace, **overrides: Any) -> JobConfig:
-    """Builds the JobConfig from parsed flags (flags named like its fields)."""
-    values = {name: getattr(args, name) for name in JobConfig.field_names() if hasattr(args, name)}
+def config_from_args(cls: type[C], args: argparse.Namespace, **overrides: Any) -> C:
+    """Builds the config ``cls`` (a dataclass) from parsed flags named like its fields.
+
+    Flags left at None keep the dataclass's default; ``--storage-options`` is
+    parsed here (see :func:`parse_storage_options`); ``overrides`` win.
+    """
+    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    values = {k: v for k, v in vars(args).items() if k in names and v is not None}
+    if "storage_options" in names:
+        values["storage_options"] = parse_storage_options(getattr(args, "storage_options", None))
     values.update(overrides)
-    return JobConfig(**values)
+    return cls(**values)
+
+
+def parse_storage_options(text: str | dict[str, Any] | None) -> dict[str, Any]:
+    """The JSON object of ``--storage-options``; errors never show the text (it holds secrets)."""
+    if text is None:
+        return {}
+    if isinstance(text, dict):
+        return text
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"--storage-options must be a JSON object; it is not valid JSON ({e.msg} at "
+                          f"character {e.pos}); the value is not shown, it may hold secrets") from None
+    if not isinstance(value, dict):
+        raise ConfigError(f"--storage-options must be a JSON object; got a JSON {_json_kind(value)}")
+    return value
+
+
+def _json_kind(value: object) -> str:
+    if isinstance(value, list):
+        return "array"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, bool):
+        return "boolean"
+    if value is None:
+        return "null"
+    return "number"
 
 
 def run_cli(main: Callable[[], int]) -> int:
@@ -118,12 +268,3 @@ def run_cli(main: Callable[[], int]) -> int:
             return 1
         raise
 
-
-def _json_object(text: str) -> dict[str, Any]:
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise argparse.ArgumentTypeError(f"must be a JSON object; got {text!r} ({e.msg})") from e
-    if not isinstance(value, dict):
-        raise argparse.ArgumentTypeError(f"must be a JSON object; got {text!r}")
-    return value

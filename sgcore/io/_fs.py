@@ -8,7 +8,7 @@ from typing import Any
 import fsspec
 from fsspec.spec import AbstractFileSystem
 
-from sgcore.errors import InputError
+from sgcore.errors import ConfigError, InputError
 from sgcore.io._retry import DEFAULT_POLICY, RetryPolicy, retry_call
 
 # Protocols whose fsspec backend lives in a separate package.
@@ -21,6 +21,9 @@ _BACKENDS = {
     "abfs": ("adlfs", "adlfs"),
 }
 
+# Backends that build a client session lazily, with a ``connect()`` that builds it.
+_SESSIONS = ("s3", "s3a")
+
 
 def url_to_fs(url: str, storage_options: dict[str, Any] | None = None) -> tuple[AbstractFileSystem, str]:
     """Resolves ``url`` to (filesystem, path), failing with the package to install."""
@@ -29,13 +32,29 @@ def url_to_fs(url: str, storage_options: dict[str, Any] | None = None) -> tuple[
         from sgcore.io._flaky import register
 
         register()
+    options = storage_options or {}
     try:
-        return fsspec.core.url_to_fs(url, **(storage_options or {}))
+        fs, path = fsspec.core.url_to_fs(url, **options)
+        if options and protocol in _SESSIONS:
+            # The backend only builds its client, and so only uses the options,
+            # at the first request: build it now, so that a bad option fails
+            # here with one line instead of deep inside the first listing.
+            fs.connect()
     except ImportError as e:
         module, extra = _BACKENDS.get(protocol, (protocol, protocol))
         raise ImportError(f"reading {protocol}:// needs {module}: pip install '{extra}'") from e
-    except ValueError as e:
-        raise InputError(f"cannot open {url}: {e}") from e
+    except (TypeError, ValueError, AttributeError, KeyError) as e:
+        if options:
+            # The backend's message may quote an option's value, a secret: name the keys only.
+            raise ConfigError(
+                f"--storage-options were refused by the {protocol}:// filesystem ({type(e).__name__}) "
+                f"for {url}; the options given: {', '.join(sorted(map(str, options)))}. Check their names "
+                "and types against the backend's documentation (values are not shown: they may hold secrets)"
+            ) from None
+        if isinstance(e, ValueError):
+            raise InputError(f"cannot open {url}: {e}") from e
+        raise
+    return fs, path
 
 
 def full_url(fs: AbstractFileSystem, path: str) -> str:
