@@ -16,148 +16,31 @@ that folder exists; fetch them here first with ``make gpu-deps``.
 
 from __future__ import annotations
 
-import json
+import argparse
 import os
-import subprocess
-import sys
-import time
-from dataclasses import dataclass
-from pathlib import Path
 
-from sgcore.cli import make_parser
+from sgcore.cli import make_parser, run_cli
 
 
-@dataclass(frozen=True, kw_only=True)
-class Step:
-    """One command of the check and the most seconds it may take."""
-
-    name: str
-    argv: tuple[str, ...]
-    timeout_s: int
-
-
-def plan(out: Path, *, smoke: bool) -> list[Step]:
-    """The steps, with their outputs under ``out``; ``smoke`` shrinks every size."""
-    py = sys.executable
-    bench = (py, "-m", "jobs.benchmark", "--out", str(out / "benchmark"))
-    if smoke:
-        return [
-            Step(name="bench-resnet18", timeout_s=240, argv=(
-                *bench, "--model", "resnet18", "--image-size", "32", "--n-samples", "2",
-                "--batch", "2", "--repeats", "1", "--no-loop")),
-            Step(name="fidelity-demo", timeout_s=240, argv=(
-                *bench, "--model", "demo", "--mode", "fidelity", "--batch", "2", "--precisions", "fp32")),
-        ]
-    return [
-        Step(name="tests-needs-cuda", timeout_s=120, argv=(
-            # The GPU machine has no Ray: a test module that imports it is
-            # skipped at collection, the rest still run.
-            py, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "needs_cuda", "tests/attribution",
-            "tests/audit", "--continue-on-collection-errors", f"--junitxml={out / 'needs_cuda.xml'}")),
-        # Compiling costs a minute or so per precision: fp32 (the strict
-        # target) and bf16 (the fastest) only.
-        Step(name="bench-resnet50", timeout_s=270, argv=(
-            *bench, "--model", "resnet50", "--image-size", "224", "--n-samples", "50", "--batch", "64",
-            "--repeats", "3", "--compile", "--precisions", "fp32", "bf16")),
-        Step(name="bench-vit_b_16", timeout_s=120, argv=(
-            *bench, "--model", "vit_b_16", "--image-size", "224", "--n-samples", "50", "--batch", "32",
-            "--repeats", "3", "--no-loop", "--precisions", "fp32", "bf16", "fp16")),
-        Step(name="fidelity-demo", timeout_s=90, argv=(
-            *bench, "--model", "demo", "--mode", "fidelity", "--precisions", "fp32", "bf16", "fp16")),
-    ]
-
-
-def install_wheels(wheels: Path, site: Path) -> list[str]:
-    """Installs the wheels in ``wheels`` that are not importable yet into ``site``.
-
-    Returns:
-        The wheel files installed (none when every module is already there).
-    """
-    missing = [w for w in sorted(wheels.glob("*.whl")) if not _importable(w.name.split("-")[0])]
-    if missing:
-        site.mkdir(parents=True, exist_ok=True)
-        subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-index", "--no-deps",
-                        "--target", str(site), *map(str, missing)], check=True)
-    return [w.name for w in missing]
-
-
-def _importable(dist: str) -> bool:
-    import importlib.util
-
-    return importlib.util.find_spec(dist.lower().replace("-", "_")) is not None
-
-
-def run_steps(steps: list[Step], out: Path, *, budget_s: float, env: dict[str, str]) -> list[dict]:
-    """Runs ``steps`` in order within ``budget_s`` seconds in all; logs go to ``out``."""
-    deadline = time.monotonic() + budget_s
-    results = []
-    for step in steps:
-        left = deadline - time.monotonic()
-        if left < 20:
-            results.append({"step": step.name, "rc": None, "seconds": 0.0, "note": "skipped: budget spent"})
-            continue
-        limit = min(step.timeout_s, left)
-        log = out / f"{step.name}.log"
-        print(f"[gpu_check] {step.name} (limit {limit:.0f} s): {' '.join(step.argv[1:])}", flush=True)
-        t0 = time.monotonic()
-        with log.open("w") as fh:
-            try:
-                rc = subprocess.run(step.argv, stdout=fh, stderr=subprocess.STDOUT, env=env,
-                                    timeout=limit).returncode
-                note = ""
-            except subprocess.TimeoutExpired:
-                rc, note = None, f"timed out after {limit:.0f} s"
-        seconds = time.monotonic() - t0
-        results.append({"step": step.name, "rc": rc, "seconds": round(seconds, 1), "note": note})
-        print(f"[gpu_check] {step.name}: rc={rc} in {seconds:.0f} s {note}", flush=True)
-    return results
-
-
-def summary_markdown(results: list[dict], out: Path, machine: dict) -> str:
-    """The summary: machine, one line per step, then every benchmark table."""
-    lines = [f"# GPU check on {machine['device_name']} (torch {machine['torch']})", "",
-             "| step | exit | seconds | note |", "|---|---:|---:|---|"]
-    lines += [f"| {r['step']} | {r['rc']} | {r['seconds']} | {r['note']} |" for r in results]
-    for md in sorted((out / "benchmark").glob("*.md")):
-        lines += ["", f"## {md.stem}", "", md.read_text().strip()]
-    return "\n".join(lines) + "\n"
-
-
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     p = make_parser("python -m jobs.gpu_check", __doc__)
     p.add_argument("--out", default=os.environ.get("OUT", "outputs/gpu_check"),
                    help="where the tables and the summary go ($OUT on the GPU machine)")
     p.add_argument("--budget", type=float, default=540.0, help="seconds for all steps together")
     p.add_argument("--wheels", default=".gpu-deps/whl", help="folder of wheels to install if missing")
     p.add_argument("--smoke", action="store_true", help="tiny sizes: checks this script, measures nothing")
-    args = p.parse_args(argv)
-    if args.budget <= 0:
-        p.error(f"--budget must be > 0 seconds; got {args.budget}")
+    return p
 
-    import torch
 
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    env = dict(os.environ)
-    site = Path("/tmp/sgcore-gpu-site")
-    if Path(args.wheels).is_dir():
-        installed = install_wheels(Path(args.wheels), site)
-        print(f"[gpu_check] installed from {args.wheels}: {', '.join(installed) or 'nothing needed'}")
-    if site.is_dir():
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(site), env.get("PYTHONPATH", "")]))
-    cuda = torch.cuda.is_available()
-    machine = {"device_name": torch.cuda.get_device_name(0) if cuda else "CPU (no CUDA)",
-               "torch": torch.__version__, "cuda": torch.version.cuda, "python": sys.version.split()[0]}
-    if not cuda and not args.smoke:
-        print("[gpu_check] no CUDA device here: use --smoke to check the script on the CPU", file=sys.stderr)
-        return 2
-    results = run_steps(plan(out, smoke=args.smoke), out, budget_s=args.budget, env=env)
-    (out / "summary.json").write_text(json.dumps({"machine": machine, "steps": results,
-                                                  "smoke": args.smoke}, indent=2) + "\n")
-    text = summary_markdown(results, out, machine)
-    (out / "summary.md").write_text(text)
-    print(text)
-    return 0 if all(r["rc"] == 0 for r in results) else 1
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+
+    def job() -> int:
+        from sgcore.bench.gpu_check import run_gpu_check
+
+        return run_gpu_check(**vars(args))
+
+    return run_cli(job)
 
 
 if __name__ == "__main__":

@@ -199,6 +199,10 @@ def add_job_arguments(parser: argparse.ArgumentParser) -> None:
     r.add_argument("--max-error-rate", type=float, default=d.max_error_rate,
                    help="stop when more than this share of images fail")
     r.add_argument("--quiet", dest="progress", action="store_false", help="no progress lines")
+    r.add_argument("--inject-faults", metavar="SPEC",
+                   help="drills only: actors fail on purpose, e.g. 'exit:crash-me@0,raise:poison' (an actor "
+                        "exits on the first attempt of a shard holding an id with crash-me; shards with poison "
+                        "raise); see sgcore/pipeline/_faults.py (default: no faults)")
 
 
 def config_from_args(cls: type[C], args: argparse.Namespace, **overrides: Any) -> C:

@@ -92,6 +92,8 @@ class JobConfig(SmoothGradSettings):
     max_error_rate: float = 0.5
     overwrite: bool = False
     progress: bool = True
+    # Drills and tests only: faults the actors inject (sgcore.pipeline._faults).
+    inject_faults: str | None = None
     # Secrets may live here: never written to a manifest, a log or the hash.
     storage_options: dict[str, Any] = field(default_factory=dict, repr=False)
 

@@ -28,10 +28,6 @@ _SESSIONS = ("s3", "s3a")
 def url_to_fs(url: str, storage_options: dict[str, Any] | None = None) -> tuple[AbstractFileSystem, str]:
     """Resolves ``url`` to (filesystem, path), failing with the package to install."""
     protocol = url.split("://", 1)[0] if "://" in url else "file"
-    if protocol == "flaky" and "flaky" not in fsspec.registry:
-        from sgcore.io._flaky import register
-
-        register()
     options = storage_options or {}
     try:
         fs, path = fsspec.core.url_to_fs(url, **options)

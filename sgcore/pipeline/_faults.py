@@ -1,4 +1,4 @@
-"""Fault injection for resilience tests and drills (``SGCORE_INJECT_FAULTS``).
+"""Fault injection for resilience tests and drills (``JobConfig.inject_faults``, ``--inject-faults``).
 
 A comma-separated list of ``<fault>:<marker>[@<attempt>]``. Before an actor
 processes a shard it checks whether any image id of the shard contains
@@ -8,7 +8,7 @@ processes a shard it checks whether any image id of the shard contains
   shard's first attempt, as if killed by the OOM killer or a spot reclaim;
 - ``raise:poison``     processing the shard raises, on every attempt.
 
-Off unless the variable is set in the workers' environment.
+Off unless the job's config asks for it: nothing is read from the environment.
 """
 
 from __future__ import annotations
@@ -16,24 +16,32 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable
 
-ENV = "SGCORE_INJECT_FAULTS"
+KINDS = ("exit", "raise")
 
 
 class InjectedFault(RuntimeError):
     """Raised by a ``raise:`` fault."""
 
 
-def maybe_inject(image_ids: Iterable[str], attempt: int) -> None:
-    spec = os.environ.get(ENV, "")
-    if not spec:
-        return
-    ids = list(image_ids)
+def parse_faults(spec: str) -> list[tuple[str, str, int | None]]:
+    """``(kind, marker, attempt or None)`` per item of ``spec``; ValueError names a bad item."""
+    faults = []
     for item in filter(None, (s.strip() for s in spec.split(","))):
         kind, _, where = item.partition(":")
         marker, _, at = where.partition("@")
-        if not any(marker in i for i in ids) or (at and int(at) != attempt):
+        if kind not in KINDS or not marker or (at and not at.isdigit()):
+            raise ValueError(f"inject_faults items must be exit:<marker>[@<attempt>] or raise:<marker>[@<attempt>]; "
+                             f"got {item!r}")
+        faults.append((kind, marker, int(at) if at else None))
+    return faults
+
+
+def maybe_inject(spec: str, image_ids: Iterable[str], attempt: int) -> None:
+    """Injects the faults of ``spec`` whose marker is in one of ``image_ids``."""
+    ids = list(image_ids)
+    for kind, marker, at in parse_faults(spec):
+        if not any(marker in i for i in ids) or (at is not None and at != attempt):
             continue
         if kind == "exit":
             os._exit(137)
-        if kind == "raise":
-            raise InjectedFault(f"injected fault ({item}) on attempt {attempt}")
+        raise InjectedFault(f"injected fault ({kind}:{marker}{'' if at is None else f'@{at}'}) on attempt {attempt}")

@@ -38,7 +38,8 @@ class SaliencyActor:
     def process(self, decoded: DecodedShard, config_hash: str, attempt: int) -> dict[str, Any]:
         if self.setup_error is not None:
             raise self.setup_error
-        maybe_inject((r["image_id"] for r in decoded.records), attempt)
+        if self.processor.config.inject_faults:
+            maybe_inject(self.processor.config.inject_faults, (r["image_id"] for r in decoded.records), attempt)
         summary = self.processor.process(decoded, config_hash=config_hash, attempt=attempt)
         summary["max_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         summary["pid"] = os.getpid()

@@ -62,6 +62,7 @@ from sgcore.io import (
     write_success,
 )
 from sgcore.models import Preprocess, resolve_preprocess
+from sgcore.pipeline._faults import parse_faults
 from sgcore.pipeline.actors import remote_actor, remote_decode
 from sgcore.pipeline.cluster import (
     connect_ray,
@@ -138,6 +139,11 @@ def run_job(config: JobConfig) -> JobResult:
     """
     t0 = time.perf_counter()
     started = _now()
+    if config.inject_faults:
+        try:
+            parse_faults(config.inject_faults)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
     preprocess = resolve_preprocess(config.model, config.weights, image_size=config.image_size)
     shards = plan_shards(
         config.input, shard_size=config.shard_size, limit=config.limit,

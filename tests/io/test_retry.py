@@ -210,3 +210,14 @@ def test_manifest_success_and_part_metadata_survive_transient_errors(tmp_path):
         ("open", f"{root}/part-00000.parquet"): 3,
     }
     assert fs.injected == 10
+
+
+def test_the_job_knows_no_flaky_filesystem(tmp_path):
+    # flaky:// is registered by the test support only (tests/conftest.py), never by sgcore itself.
+    import subprocess
+    import sys
+
+    code = f"from sgcore.io import url_to_fs; url_to_fs('flaky://{tmp_path}')"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 1 and "InputError: cannot open flaky://" in out.stderr
+    assert "Protocol not known: flaky" in out.stderr

@@ -1,8 +1,9 @@
 """Real faults, real processes: exactly one row per image whatever happens.
 
-Faults come from outside the job (SIGKILL of an actor process, of the whole job
-process group, removal of a Ray node) or from SGCORE_INJECT_FAULTS in the
-workers' environment (an actor that exits abruptly, a shard that always raises).
+Faults come from outside the job (SIGKILL of an actor process of this test's
+own job, of the whole job process group, removal of a Ray node) or from the
+job's ``inject_faults`` option (an actor that exits abruptly, a shard that
+always raises).
 """
 
 from __future__ import annotations
@@ -31,17 +32,8 @@ SMALL = dict(model="resnet18", weights="none", image_size=32, n_samples=4, shard
              batch_size=2, progress=False)
 
 
-@pytest.fixture(scope="module")
-def ray_faulty():
-    """A local Ray whose workers inject faults for images named crash-me / poison / doomed."""
-    if ray.is_initialized():
-        ray.shutdown()
-    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="WARNING",
-             runtime_env={"env_vars": {
-                 "SGCORE_INJECT_FAULTS": "exit:crash-me@0,raise:poison,raise:doomed@0",
-                 "OMP_NUM_THREADS": "1"}})
-    yield
-    ray.shutdown()
+# Faults the actors inject for images named crash-me / poison / doomed.
+FAULTS = "exit:crash-me@0,raise:poison,raise:doomed@0"
 
 
 def _rows(out: Path) -> pd.DataFrame:
@@ -70,11 +62,12 @@ def _assert_exactly_once(out: Path, ids: list[str], *, success: bool = True) -> 
     return df
 
 
-@pytest.mark.usefixtures("ray_faulty")
+@pytest.mark.usefixtures("ray_local")
 def test_actor_exit_is_retried_and_poison_shard_becomes_error_rows(tmp_path):
     ids = _dataset(tmp_path / "in", 3, extra=("crash-me.png", "poison.png"))
     out = tmp_path / "out"
-    result = run_job(JobConfig(input=str(tmp_path / "in"), output=str(out), max_retries=1, **SMALL))
+    result = run_job(JobConfig(input=str(tmp_path / "in"), output=str(out), max_retries=1, inject_faults=FAULTS,
+                               **SMALL))
     # a failed shard: every row is there, but the output is not complete
     df = _assert_exactly_once(out, ids, success=False)
     manifest = json.loads((out / "_manifest.json").read_text())
@@ -95,14 +88,14 @@ def test_actor_exit_is_retried_and_poison_shard_becomes_error_rows(tmp_path):
     assert (df[~df.shard.isin([poison_shard])].status == "ok").all()
 
 
-@pytest.mark.usefixtures("ray_faulty")
+@pytest.mark.usefixtures("ray_local")
 def test_failed_shard_is_redone_by_the_rerun_and_only_it(tmp_path):
     # sorted ids: [cat/broken.jpg, cat/cat_0.png] [cat/cat_1.jpg, cat/doomed.png] [dog/...]
     ids = _dataset(tmp_path / "in", 2, extra=("cat/doomed.png",))
     (tmp_path / "in" / "cat" / "broken.jpg").write_bytes(b"not a jpeg")
     ids = sorted([*ids, "cat/broken.jpg"])
     out = tmp_path / "out"
-    cfg = dict(input=str(tmp_path / "in"), output=str(out), max_error_rate=1.0, **SMALL)
+    cfg = dict(input=str(tmp_path / "in"), output=str(out), max_error_rate=1.0, inject_faults=FAULTS, **SMALL)
     # raise:doomed@0: the shard fails the first attempt of every run; with no
     # retry the first run gives up on it, the rerun (retries are not part of
     # the config hash) gets past it.
@@ -143,19 +136,19 @@ def test_failed_shard_is_redone_by_the_rerun_and_only_it(tmp_path):
     assert read_part_metadata(str(out / redone))["status"] == "committed"
 
 
-@pytest.mark.usefixtures("ray_faulty")
+@pytest.mark.usefixtures("ray_local")
 def test_job_cli_exits_nonzero_naming_failed_shards(tmp_path, capsys):
     from jobs.smoothgrad import main
 
     _dataset(tmp_path / "in", 2, extra=("poison.png",))
     code = main(["--input", str(tmp_path / "in"), "--output", str(tmp_path / "out"),
                  "--model", "resnet18", "--weights", "none", "--image-size", "32", "--n-samples", "2",
-                 "--shard-size", "2", "--max-retries", "0", "--quiet"])
+                 "--shard-size", "2", "--max-retries", "0", "--quiet", "--inject-faults", FAULTS])
     assert code == 1
     assert "1 shard(s) failed" in capsys.readouterr().err
 
 
-@pytest.mark.usefixtures("ray_faulty")
+@pytest.mark.usefixtures("ray_local")
 def test_sigkill_of_an_actor_mid_job(tmp_path):
     ids = _dataset(tmp_path / "in", 8)
     out = tmp_path / "out"
@@ -171,29 +164,30 @@ def test_sigkill_of_an_actor_mid_job(tmp_path):
     assert result.actors_lost >= 1 and result.success
 
 
-def _actor_pids() -> list[int]:
-    pids = []
-    for d in Path("/proc").iterdir():
-        if d.name.isdigit():
-            try:
-                cmd = (d / "cmdline").read_bytes().decode(errors="replace")
-            except OSError:
-                continue
-            if cmd.startswith("ray::SaliencyActor"):
-                pids.append(int(d.name))
-    return pids
-
-
 def _kill_actor_after_first_part(out: Path, job: threading.Thread) -> bool:
+    """SIGKILLs an actor of this test's own job: one whose pid the job recorded for a committed shard.
+
+    Never a process found by name: other Ray sessions run on the same machine.
+    """
     deadline = time.time() + 240
     while time.time() < deadline and job.is_alive():
-        if list(out.glob("part-*.parquet")):
-            busy = [p for p in _actor_pids()]
-            if busy:
-                os.kill(busy[0], signal.SIGKILL)
-                return True
+        try:
+            shards = json.loads((out / "_manifest.json").read_text())["shards"].values()
+        except (OSError, ValueError, KeyError):
+            shards = []
+        pids = [s["pid"] for s in shards if s.get("pid")]
+        if pids and _is_saliency_actor(pids[0]):
+            os.kill(pids[0], signal.SIGKILL)
+            return True
         time.sleep(0.05)
     return False
+
+
+def _is_saliency_actor(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().startswith(b"ray::SaliencyActor")
+    except OSError:
+        return False
 
 
 def test_max_error_rate_stops_a_job_of_errors(tmp_path, ray_local):
@@ -217,6 +211,45 @@ def test_max_error_rate_stops_a_job_of_errors(tmp_path, ray_local):
     assert result.errors == 6
 
 
+@pytest.mark.usefixtures("ray_local")
+def test_transient_storage_errors_on_reads_and_writes_are_retried(tmp_path):
+    ids = _dataset(tmp_path / "in", 4)
+    opts = {"fail_fraction": 0.7, "failures": 2, "error": "slowdown"}
+    result = run_job(JobConfig(input=f"flaky://{tmp_path}/in", output=f"flaky://{tmp_path}/out",
+                               storage_options=opts, **SMALL))
+    df = _assert_exactly_once(tmp_path / "out", ids)
+    assert (df.status == "ok").all() and result.success
+
+
+@pytest.mark.usefixtures("ray_local")
+def test_permanent_read_errors_become_error_rows_naming_the_url(tmp_path):
+    from sgcore.io._flaky import FlakyFileSystem
+
+    ids = _dataset(tmp_path / "in", 4)
+    opts = {"fail_fraction": 0.3, "failures": -1, "error": "permission", "ops": ["cat_file"]}
+    run_job(JobConfig(input=f"flaky://{tmp_path}/in", output=str(tmp_path / "out"),
+                      storage_options=opts, max_error_rate=1.0, **SMALL))
+    df = _assert_exactly_once(tmp_path / "out", ids).set_index("image_id")
+    fs = FlakyFileSystem(**opts)
+    doomed = {i for i in ids if fs.chosen(f"{tmp_path}/in/{i}")}
+    assert doomed and doomed != set(ids)
+    assert set(df.index[df.status == "error"]) == doomed
+    for i in doomed:
+        assert f"{tmp_path}/in/{i}" in df.error[i]
+
+
+def test_permanent_write_failure_is_one_clear_line(tmp_path, capsys):
+    from jobs.smoothgrad import main
+
+    _dataset(tmp_path / "in", 1)
+    # the output sits under a regular file: every write must fail (root ignores modes)
+    code = main(["--input", str(tmp_path / "in"), "--output", str(tmp_path / "in" / "cat" / "cat_0.png" / "x"),
+                 "--model", "resnet18", "--weights", "none", "--image-size", "32", "--quiet"])
+    err = capsys.readouterr().err
+    assert code != 0 and "cat_0.png/x" in err and "Traceback" not in err
+
+
+# These end the module: they shut the module's Ray down.
 def _job_cmd(inp: Path, out: Path, *extra: str) -> list[str]:
     return [sys.executable, "-m", "jobs.smoothgrad", "--input", str(inp), "--output", str(out),
             "--model", "resnet18", "--weights", "none", "--image-size", "32", "--shard-size", "2",
@@ -317,41 +350,3 @@ def test_node_removed_mid_job_completes_exactly_once(tmp_path):
     finally:
         ray.shutdown()
         cluster.shutdown()
-
-
-@pytest.mark.usefixtures("ray_local")
-def test_transient_storage_errors_on_reads_and_writes_are_retried(tmp_path):
-    ids = _dataset(tmp_path / "in", 4)
-    opts = {"fail_fraction": 0.7, "failures": 2, "error": "slowdown"}
-    result = run_job(JobConfig(input=f"flaky://{tmp_path}/in", output=f"flaky://{tmp_path}/out",
-                               storage_options=opts, **SMALL))
-    df = _assert_exactly_once(tmp_path / "out", ids)
-    assert (df.status == "ok").all() and result.success
-
-
-@pytest.mark.usefixtures("ray_local")
-def test_permanent_read_errors_become_error_rows_naming_the_url(tmp_path):
-    from sgcore.io._flaky import FlakyFileSystem
-
-    ids = _dataset(tmp_path / "in", 4)
-    opts = {"fail_fraction": 0.3, "failures": -1, "error": "permission", "ops": ["cat_file"]}
-    run_job(JobConfig(input=f"flaky://{tmp_path}/in", output=str(tmp_path / "out"),
-                      storage_options=opts, max_error_rate=1.0, **SMALL))
-    df = _assert_exactly_once(tmp_path / "out", ids).set_index("image_id")
-    fs = FlakyFileSystem(**opts)
-    doomed = {i for i in ids if fs.chosen(f"{tmp_path}/in/{i}")}
-    assert doomed and doomed != set(ids)
-    assert set(df.index[df.status == "error"]) == doomed
-    for i in doomed:
-        assert f"{tmp_path}/in/{i}" in df.error[i]
-
-
-def test_permanent_write_failure_is_one_clear_line(tmp_path, capsys):
-    from jobs.smoothgrad import main
-
-    _dataset(tmp_path / "in", 1)
-    # the output sits under a regular file: every write must fail (root ignores modes)
-    code = main(["--input", str(tmp_path / "in"), "--output", str(tmp_path / "in" / "cat" / "cat_0.png" / "x"),
-                 "--model", "resnet18", "--weights", "none", "--image-size", "32", "--quiet"])
-    err = capsys.readouterr().err
-    assert code != 0 and "cat_0.png/x" in err and "Traceback" not in err

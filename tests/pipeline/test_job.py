@@ -198,10 +198,25 @@ def test_method_flags_reach_the_kernel(image_dir, tmp_path, flags):
 
 @pytest.mark.slow
 def test_pipeline_benchmark_reports_both_rates(tmp_path):
-    from sgcore.pipeline.bench import run_pipeline_bench, to_markdown
+    from sgcore.bench.pipeline import run_pipeline_bench, to_markdown
 
     result = run_pipeline_bench(images=8, n_samples=2, shard_size=4, repeats=1,
                                 data_dir=str(tmp_path))
     assert result["images"] == 8 and result["kernel_images_per_s"] > 0
     assert 0 < result["ratio"] <= result["ratio_steady"] * 1.5
     assert "ratio job / kernel" in to_markdown(result)
+
+
+def test_fault_injection_is_an_explicit_option(tmp_path, monkeypatch):
+    from sgcore.pipeline._faults import InjectedFault, maybe_inject, parse_faults
+
+    # The environment variable of older versions is not read any more.
+    monkeypatch.setenv("SGCORE_INJECT_FAULTS", "raise:x")
+    assert JobConfig(input="i", output="o").inject_faults is None
+    assert parse_faults("exit:crash-me@0, raise:poison") == [("exit", "crash-me", 0), ("raise", "poison", None)]
+    maybe_inject("raise:poison@1", ["a/poison.png"], attempt=0)  # another attempt: nothing
+    with pytest.raises(InjectedFault, match=r"injected fault \(raise:poison\) on attempt 2"):
+        maybe_inject("raise:poison", ["a/poison.png"], attempt=2)
+    with pytest.raises(ConfigError, match=r"inject_faults items must be exit:<marker>.*; got 'boom:x'"):
+        run_job(JobConfig(input=str(tmp_path), output=str(tmp_path / "out"), inject_faults="boom:x"))
+    assert not (tmp_path / "out").exists()

@@ -1,4 +1,4 @@
-"""The benchmark logic behind jobs/benchmark.py, on a tiny model."""
+"""The kernel benchmark (sgcore.bench.kernel) on a tiny model."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from sgcore.attribution._bench import (
+from sgcore.bench.kernel import (
     BenchConfig,
     cost_model,
     run,
@@ -15,6 +15,7 @@ from sgcore.attribution._bench import (
     synthetic_images,
     write_report,
 )
+from sgcore.settings import SmoothGradSettings
 
 
 def test_spearman_matches_scipy():
@@ -40,7 +41,7 @@ def test_speed_and_fidelity_run_end_to_end(cnn, tmp_path):
     pytest.importorskip("captum")
     images = synthetic_images(2, 8)
     targets = torch.tensor([0, 1])
-    config = BenchConfig(mode="both", n_samples=4, precisions=("fp32", "bf16"), repeats=1, warmup=0, reference_n=64, grid=(2, 8, 32),
+    config = BenchConfig(mode="both", settings=SmoothGradSettings(n_samples=4), precisions=("fp32", "bf16"), repeats=1, warmup=0, reference_n=64, grid=(2, 8, 32),
                          fidelity_repeats=1, threshold=0.5)
     report = run(cnn, images, targets, config, setup={"model": "tiny"}, log=lambda s: None)
     names = [r.variant for r in report.speed]
@@ -81,7 +82,8 @@ def test_cost_model_counts_conv_flops(cnn):
     [
         (dict(mode="fast"), r"mode must be one of speed, fidelity, both; got 'fast'"),
         (dict(precisions=("fp64",)), r"precisions must be drawn from fp32, tf32, bf16, fp16; got 'fp64'"),
-        (dict(n_samples=0), r"n_samples must be a positive integer; got 0"),
+        (dict(repeats=0), r"repeats must be a positive integer; got 0"),
+        (dict(settings={"n_samples": 4}), r"settings must be SmoothGradSettings; got dict"),
         (dict(grid=()), r"grid must be positive ints; got \(\)"),
         (dict(threshold=1.0), r"threshold must be in \(0, 1\); got 1.0"),
     ],

@@ -1,4 +1,4 @@
-"""Benchmark logic behind ``python -m jobs.benchmark``: speed side by side, and fidelity.
+"""The kernel benchmark behind ``python -m jobs.benchmark``: speed side by side, and fidelity.
 
 Speed mode runs, on one device and the same images: sgcore at each precision
 (model as given, and prepared: BatchNorm folded, channels_last,
@@ -32,14 +32,13 @@ from typing import Any, Literal, get_args
 import torch
 from torch import nn
 
+from sgcore.attribution import default_max_batch, prepare_model, reduce_channels, smoothgrad
 from sgcore.attribution._bases import prefers_channels_last
-from sgcore.attribution._noise import NOISE_KINDS, standard_noise
-from sgcore.attribution.postprocess import reduce_channels
-from sgcore.attribution.prepare import prepare_model
+from sgcore.attribution._noise import standard_noise
 from sgcore.attribution.ranks import spearman
-from sgcore.attribution.smoothgrad import default_max_batch, smoothgrad
+from sgcore.attribution.smoothgrad import float32_mode, input_gradient_fn
 from sgcore.errors import ConfigError
-from sgcore.settings import PRECISIONS, check_choices, check_positive, check_unit_interval
+from sgcore.settings import NOISES, PRECISIONS, SmoothGradSettings, check_choices, check_positive
 
 Mode = Literal["speed", "fidelity", "both"]
 MODES: tuple[str, ...] = get_args(Mode)
@@ -51,8 +50,9 @@ class BenchConfig:
 
     Attributes:
         mode: ``"speed"``, ``"fidelity"`` or ``"both"``.
-        n_samples: SmoothGrad samples per image in speed mode.
-        noise_level: σ as a fraction of each image's range.
+        settings: the maps' SmoothGrad settings (``n_samples`` per image in
+            speed mode, ``noise_level``, ...); their precision is replaced by
+            each of ``precisions`` in turn.
         precisions: sgcore precisions to time (``fp16``/``tf32`` only differ
             from ``fp32``/are useful on CUDA).
         compile: also time ``torch.compile``-d prepared models.
@@ -67,8 +67,7 @@ class BenchConfig:
     """
 
     mode: Mode = "speed"
-    n_samples: int = 16
-    noise_level: float = 0.15
+    settings: SmoothGradSettings = SmoothGradSettings(n_samples=16)
     precisions: tuple[str, ...] = ("fp32", "bf16")
     compile: bool = False
     repeats: int = 3
@@ -85,8 +84,9 @@ class BenchConfig:
         for p in self.precisions:
             if p not in PRECISIONS:
                 raise ConfigError(f"precisions must be drawn from {', '.join(PRECISIONS)}; got {p!r}")
-        check_positive(self, "n_samples", "repeats", "reference_n", "fidelity_repeats")
-        check_unit_interval(self, "noise_level")
+        if not isinstance(self.settings, SmoothGradSettings):
+            raise ConfigError(f"settings must be SmoothGradSettings; got {type(self.settings).__name__}")
+        check_positive(self, "repeats", "reference_n", "fidelity_repeats")
         if not self.grid or any(not isinstance(n, int) or n < 1 for n in self.grid):
             raise ValueError(f"grid must be positive ints; got {self.grid!r}")
         if not 0.0 < self.threshold < 1.0:
@@ -240,16 +240,10 @@ def _sync(device: torch.device) -> None:
 
 
 def forward_input_grad(model: nn.Module, rows: torch.Tensor, targets: torch.Tensor, precision: str) -> torch.Tensor:
-    """One forward and input-gradient backward pass of ``rows``: the ceiling."""
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
-    if prefers_channels_last(model):
-        rows = rows.contiguous(memory_format=torch.channels_last)
-    rows = rows.detach().requires_grad_(True)
-    ctx = torch.autocast(rows.device.type, dtype=dtype) if dtype else contextlib.nullcontext()
-    with ctx:
-        logits = model(rows)
-    (g,) = torch.autograd.grad(logits.float().gather(1, targets[:, None]).sum(), rows)
-    return g
+    """One forward and input-gradient backward pass of ``rows``, the kernel's own: the ceiling."""
+    grad_fn = input_gradient_fn(model, precision, rows.device, prefers_channels_last(model), 0)
+    with float32_mode(precision, rows.device), torch.enable_grad():
+        return grad_fn(rows, targets)
 
 
 def per_sample_loop(model: nn.Module, images: torch.Tensor, targets: torch.Tensor, *, n: int,
@@ -275,19 +269,6 @@ def captum_smoothgrad(model: nn.Module, images: torch.Tensor, targets: torch.Ten
         raise ImportError("the Captum baseline needs captum: pip install 'sgcore[test]'") from e
     nt = NoiseTunnel(Saliency(model))
     return nt.attribute(images, nt_type="smoothgrad", nt_samples=n, stdevs=sigma, target=targets, abs=False)
-
-
-@contextlib.contextmanager
-def _strict_fp32(device: torch.device) -> Iterator[None]:
-    if device.type != "cuda":
-        yield
-        return
-    saved = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
-    try:
-        yield
-    finally:
-        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
 
 
 # --------------------------------------------------------------------------- #
@@ -350,7 +331,7 @@ def run_speed(model: nn.Module, images: torch.Tensor, targets: torch.Tensor, con
     of them alike; the median over rounds is reported.
     """
     device = images.device
-    n = config.n_samples
+    n = config.settings.n_samples
     batch = images.shape[0]
     seeds = torch.arange(batch, dtype=torch.int64)
     chunk = min(batch * n, default_max_batch(device, tuple(images.shape[1:])))
@@ -359,15 +340,14 @@ def run_speed(model: nn.Module, images: torch.Tensor, targets: torch.Tensor, con
     chunks_per_call = math.ceil(batch * n / chunk)
 
     def sg(m: nn.Module, precision: str) -> Callable[[], torch.Tensor]:
-        return lambda: smoothgrad(m, images, targets, n_samples=n, noise_level=config.noise_level,
-                                  seeds=seeds, precision=precision, max_batch=chunk)
+        kw = {**config.settings.kernel_arguments(), "precision": precision, "max_batch": chunk}
+        return lambda: smoothgrad(m, images, targets, seeds=seeds, **kw)
 
     def ceiling(m: nn.Module, precision: str) -> Callable[[], torch.Tensor]:
         # The whole call's work: every chunk of rows once, nothing else.
         def fn() -> torch.Tensor:
-            with _strict_fp32(device) if precision == "fp32" else contextlib.nullcontext():
-                for _ in range(chunks_per_call):
-                    g = forward_input_grad(m, rows_in, row_targets, precision)
+            for _ in range(chunks_per_call):
+                g = forward_input_grad(m, rows_in, row_targets, precision)
             return g
         return fn
 
@@ -386,7 +366,7 @@ def run_speed(model: nn.Module, images: torch.Tensor, targets: torch.Tensor, con
         variants += [_Variant(name=f"sgcore {p}, prepared + compiled", fn=sg(compiled, p),
                               ceiling=ceiling(compiled, p)) for p in config.precisions]
     if config.captum:
-        sigma = config.noise_level * float(images[0].max() - images[0].min())
+        sigma = config.settings.noise_level * float(images[0].max() - images[0].min())
         variants.append(_Variant(
             name="captum NoiseTunnel(Saliency) fp32", strict=True,
             fn=lambda: captum_smoothgrad(model, images, targets, n=n, sigma=sigma),
@@ -394,12 +374,12 @@ def run_speed(model: nn.Module, images: torch.Tensor, targets: torch.Tensor, con
     if config.loop:
         variants.append(_Variant(
             name="per-sample loop fp32", strict=True, repeats=1,
-            fn=lambda: per_sample_loop(frozen, images, targets, n=n, noise_level=config.noise_level, seeds=seeds),
+            fn=lambda: per_sample_loop(frozen, images, targets, n=n, noise_level=config.settings.noise_level, seeds=seeds),
             note="same noise as sgcore"))
 
     for v in variants:
         log(f"warm-up and peak memory: {v.name}")
-        with _strict_fp32(device) if v.strict else contextlib.nullcontext():
+        with float32_mode("fp32", device) if v.strict else contextlib.nullcontext():
             for _ in range(config.warmup if v.repeats is None else 0):
                 v.fn()
                 if v.ceiling is not None:
@@ -413,7 +393,7 @@ def run_speed(model: nn.Module, images: torch.Tensor, targets: torch.Tensor, con
         for v in variants:
             if v.repeats is not None and r >= v.repeats:
                 continue
-            with _strict_fp32(device) if v.strict else contextlib.nullcontext():
+            with float32_mode("fp32", device) if v.strict else contextlib.nullcontext():
                 v.seconds.append(_timed(v.fn, device)[0])
             if v.ceiling is not None:
                 v.ceiling_seconds.append(_timed(v.ceiling, device)[0])
@@ -436,12 +416,12 @@ def run_fidelity(model: nn.Module, images: torch.Tensor, targets: torch.Tensor, 
     """Samples each noise kind needs to reach Spearman ``threshold`` against an n=reference_n map."""
     frozen = prepare_model(model)
     batch = images.shape[0]
-    kw = dict(noise_level=config.noise_level, precision=precision)
+    kw = dict(noise_level=config.settings.noise_level, precision=precision)
     log(f"fidelity reference: gaussian, n={config.reference_n}")
     reference = smoothgrad(frozen, images, targets, n_samples=config.reference_n,
                            seeds=torch.arange(batch) + 1_000_000, **kw)
     out = []
-    for kind in NOISE_KINDS:
+    for kind in NOISES:
         by_n: dict[int, float] = {}
         for n in config.grid:
             rhos = []
@@ -460,7 +440,7 @@ def run_precision_fidelity(model: nn.Module, images: torch.Tensor, targets: torc
                            config: BenchConfig, *, log: Callable[[str], None] = print) -> list[dict[str, Any]]:
     """Spearman of each precision (prepared model) against strict float32 (model as given), same noise."""
     seeds = torch.arange(images.shape[0])
-    kw = dict(n_samples=config.n_samples, noise_level=config.noise_level, seeds=seeds)
+    kw = dict(n_samples=config.settings.n_samples, noise_level=config.settings.noise_level, seeds=seeds)
     reference = smoothgrad(_frozen(model), images, targets, precision="fp32", **kw)
     prepared = prepare_model(model)
     out = []
@@ -476,9 +456,9 @@ def run(model: nn.Module, images: torch.Tensor, targets: torch.Tensor, config: B
         *, setup: dict[str, Any], log: Callable[[str], None] = print) -> Report:
     """Runs the configured modes and returns the report."""
     report = Report(machine=machine_info(images.device),
-                    setup={**setup, "n_samples": config.n_samples, "noise_level": config.noise_level,
+                    setup={**setup, "n_samples": config.settings.n_samples, "noise_level": config.settings.noise_level,
                            "threshold": config.threshold, "reference_n": config.reference_n})
-    report.setup.update(cost_model(model, images[0], config.n_samples))
+    report.setup.update(cost_model(model, images[0], config.settings.n_samples))
     if config.mode in ("speed", "both"):
         report.speed = run_speed(model, images, targets, config, log=log)
     if config.mode in ("fidelity", "both"):

@@ -1,11 +1,12 @@
-"""jobs.gpu_check: the step runner keeps going past failures and within its budget."""
+"""sgcore.bench.gpu_check: the step runner keeps going past failures and within its budget."""
 
 from __future__ import annotations
 
 import json
 import sys
 
-from jobs.gpu_check import Step, main, plan, run_steps, summary_markdown
+from jobs.gpu_check import main
+from sgcore.bench.gpu_check import Step, plan, run_steps, summary_markdown
 
 
 def _py(code: str) -> tuple[str, ...]:
@@ -58,7 +59,7 @@ def test_refuses_to_measure_without_cuda(tmp_path, capsys, monkeypatch):
 
 def test_smoke_plan_runs_end_to_end(tmp_path, monkeypatch):
     # The real script, with the steps swapped for instant ones.
-    monkeypatch.setattr("jobs.gpu_check.plan", lambda out, smoke: [
+    monkeypatch.setattr("sgcore.bench.gpu_check.plan", lambda out, smoke: [
         Step(name="s", argv=_py("import pathlib,sys; pathlib.Path(sys.argv[1]).mkdir(parents=True)"
                                 "; (pathlib.Path(sys.argv[1]) / 't.md').write_text('| t |')")
              + (str(out / "benchmark"),), timeout_s=30)])

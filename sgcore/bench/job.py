@@ -1,0 +1,150 @@
+"""What ``python -m jobs.benchmark`` does: check the flags, build the model and images, run, write tables."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import torch
+
+from sgcore.bench.kernel import BenchConfig, default_precisions, run, synthetic_images, write_report
+from sgcore.errors import ConfigError
+from sgcore.settings import SmoothGradSettings
+
+
+def run_benchmark(*, model: str = "resnet18", mode: str = "speed", images: int = 480, image_size: int = 64,
+                  batch: int = 8, n_samples: int = 16, precisions: Sequence[str] | None = None,
+                  compile: bool = False, loop: bool = True, captum: bool = True, repeats: int = 3,
+                  device: str = "auto", out: str = "outputs/benchmark", reference_n: int = 4096,
+                  log: Callable[[str], None] = print) -> int:
+    """Runs one benchmark and writes ``<out>/<stem>.md`` and ``.json``; returns the exit status.
+
+    Args:
+        mode: ``speed``, ``fidelity``, ``both`` (:mod:`sgcore.bench.kernel`),
+            ``pipeline`` (:mod:`sgcore.bench.pipeline`, the whole job on ``images``
+            demo images) or ``calibration`` (the reliability estimate against
+            ``reference_n``-sample maps, :mod:`sgcore.attribution.calibration`).
+        device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
+
+    Raises:
+        ConfigError: a bad number or device, or a missing Captum for its baseline,
+            before any model is built.
+    """
+    target = check_arguments(mode=mode, batch=batch, images=images, repeats=repeats, n_samples=n_samples,
+                             image_size=image_size, captum=captum, device=device, reference_n=reference_n)
+    if mode == "pipeline":
+        return _pipeline(images=images, n_samples=n_samples, repeats=repeats, out=out, log=log)
+    if mode == "calibration":
+        return _calibration(model=model, image_size=image_size, batch=batch, reference_n=reference_n,
+                            repeats=repeats, device=target, out=out, log=log)
+    config = BenchConfig(mode=mode, settings=SmoothGradSettings(n_samples=n_samples),
+                         precisions=tuple(precisions or default_precisions(target)), compile=compile,
+                         repeats=repeats, loop=loop, captum=captum)
+    net, x, weights = model_and_images(model, image_size, batch)
+    net, x = net.to(target), x.to(target)
+    with torch.no_grad():
+        targets = net(x).argmax(dim=1)
+    setup = {"model": model, "weights": weights, "image_size": image_size, "batch": batch}
+    report = run(net, x, targets, config, setup=setup, log=log)
+    md, js = write_report(report, out, f"{mode}-{model}-{image_size}px-n{n_samples}-{target.type}")
+    log(report.to_markdown())
+    log(f"wrote {md} and {js}")
+    return 0
+
+
+def check_arguments(*, mode: str, batch: int, images: int, repeats: int, n_samples: int, image_size: int,
+                    captum: bool, device: str, reference_n: int = 4096) -> torch.device:
+    """Refuses bad numbers and devices before any model is built; returns the device."""
+    # image_size >= 2: the synthetic images pin a 0 and a 1 pixel in their first row.
+    for flag, value, low in (("batch", batch, 1), ("images", images, 1), ("repeats", repeats, 1),
+                             ("n-samples", n_samples, 1), ("image-size", image_size, 2),
+                             ("reference-n", reference_n, 2)):
+        if value < low:
+            raise ConfigError(f"--{flag} must be >= {low}; got {value}")
+    if mode in ("speed", "both") and captum and importlib.util.find_spec("captum") is None:
+        raise ConfigError("the Captum baseline needs captum: pip install 'sgcore[test]' (or captum), "
+                          "or pass --no-captum")
+    return parse_device(device)
+
+
+def parse_device(text: str) -> torch.device:
+    """``auto``, ``cpu``, ``cuda`` or ``cuda:N``, checked against what torch sees here."""
+    if text == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(text)
+    except RuntimeError:
+        device = None
+    if device is None or device.type not in ("cpu", "cuda"):
+        raise ConfigError(f"--device must be auto, cpu, cuda or cuda:N; got {text!r}")
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"--device {text}: no CUDA GPU is visible here; use --device cpu (or auto)")
+        count = torch.cuda.device_count()
+        if device.index is not None and device.index >= count:
+            raise ConfigError(f"--device {text}: only {count} CUDA device(s) here (cuda:0..cuda:{count - 1})")
+    return device
+
+
+def model_and_images(name: str, size: int, batch: int) -> tuple[torch.nn.Module, torch.Tensor, str]:
+    """The model (``demo``: trained; others: random weights), ``batch`` images and a weights note."""
+    from sgcore.models import DEMO_PREPROCESS, DEMO_WEIGHTS_PATH, load_model
+
+    if name == "digits":
+        from sgcore.demo.digits import load_digits_data, load_digits_model
+
+        return load_digits_model(), load_digits_data().test_x[:batch], "digits-shipped"
+    if name != "demo":
+        return load_model(name, "none", image_size=size).model, synthetic_images(batch, size), "random"
+    from sgcore.demo import HELDOUT_SEED, TrainConfig, make_split, train_demo_model
+
+    split = make_split(n_per_class=-(-batch // 4), seed=HELDOUT_SEED, size=size)
+    images = DEMO_PREPROCESS.normalize(torch.from_numpy(split.images[:batch].copy()))
+    if DEMO_WEIGHTS_PATH.exists():
+        return load_model("demo").model, images, "demo-shipped"
+    # No shipped weights yet: a short training run still gives a trained model.
+    return train_demo_model(TrainConfig(epochs=2, n_per_class=300)), images, "demo, trained here (2 epochs)"
+
+
+def _pipeline(*, images: int, n_samples: int, repeats: int, out: str, log: Callable[[str], None]) -> int:
+    from sgcore.bench.pipeline import run_pipeline_bench, to_markdown
+
+    result = run_pipeline_bench(model="demo", images=images, n_samples=n_samples, batch_size=16, repeats=repeats)
+    folder = Path(out)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "pipeline-demo.json").write_text(json.dumps(result, indent=2))
+    (folder / "pipeline-demo.md").write_text(to_markdown(result) + "\n")
+    log(to_markdown(result))
+    return 0
+
+
+def _calibration(*, model: str, image_size: int, batch: int, reference_n: int, repeats: int,
+                 device: torch.device, out: str, log: Callable[[str], None]) -> int:
+    from sgcore.attribution import prepare_model
+    from sgcore.attribution.calibration import calibrate, plot, reliability_cost, to_markdown
+
+    if model not in ("demo", "digits"):
+        raise ConfigError(f"--mode calibration needs a trained model: --model demo or digits; got {model!r}")
+    net, images, _ = model_and_images(model, image_size, batch)
+    net, images = prepare_model(net).to(device), images.to(device)
+    with torch.no_grad():
+        targets = net(images).argmax(dim=1)
+    results = []
+    for noise in ("gaussian", "antithetic", "sobol"):
+        res = calibrate(net, images, targets, reference_n=reference_n, repeats=repeats, noise=noise, log=log)
+        results.append({"model": model, "images": images.shape[0], **res})
+    cost = reliability_cost(net, images, targets, repeats=repeats + 3)
+    folder = Path(out)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"calibration-{model}-cost.json").write_text(json.dumps(cost, indent=2))
+    log(f"cost of the estimate at n=50: {cost['seconds_with_reliability']:.3f} s against "
+        f"{cost['seconds_plain']:.3f} s, {100 * cost['share']:.1f} % of the kernel time")
+    stem = f"calibration-{model}-ref{reference_n}"
+    (folder / f"{stem}.json").write_text(json.dumps(results, indent=2))
+    (folder / f"{stem}.md").write_text(to_markdown(results) + "\n")
+    plot(results, str(folder / f"{stem}.png"))
+    log(to_markdown(results))
+    log(f"wrote {folder / stem}.md, .json and .png")
+    return 0
