@@ -263,7 +263,7 @@ def test_main_exits_with_the_job_status(monkeypatch, capsys, tmp_path, final, co
     import jobs.submit as js
 
     client = _FakeClient(final)
-    monkeypatch.setattr(js, "job_client", lambda address: client)
+    monkeypatch.setattr("sgcore.pipeline.submit.job_client", lambda address: client)
     argv = ["--working-dir", str(tmp_path), "--env", "A=1", "--", "python", "-m", "jobs.smoothgrad",
             "--input", "s3://b/in dir/"]
     assert js.main(argv) == code
@@ -279,7 +279,7 @@ def test_main_no_wait_and_no_working_dir(monkeypatch, capsys):
     import jobs.submit as js
 
     client = _FakeClient("RUNNING")
-    monkeypatch.setattr(js, "job_client", lambda address: client)
+    monkeypatch.setattr("sgcore.pipeline.submit.job_client", lambda address: client)
     assert js.main(["--no-wait", "--no-working-dir", "--", "python", "-V"]) == 0
     assert capsys.readouterr().out.strip() == "raysubmit_42"
     assert "runtime_env" not in client.kw
@@ -416,6 +416,6 @@ def test_lost_dashboard_while_waiting_exits_3(monkeypatch, capsys):
             return
             yield
 
-    monkeypatch.setattr(js, "job_client", lambda address: Lost("RUNNING"))
+    monkeypatch.setattr("sgcore.pipeline.submit.job_client", lambda address: Lost("RUNNING"))
     assert js.main(["--no-working-dir", "--", "python", "-V"]) == 3
     assert "job raysubmit_42 may still be running (ray job status raysubmit_42)" in capsys.readouterr().err
