@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sys
 
+from jobs.benchmark import build_parser
 from jobs.gpu_check import main
 from sgcore.bench.gpu_check import Step, plan, run_steps, summary_markdown
 
@@ -40,14 +41,28 @@ def test_summary_lists_steps_and_tables(tmp_path):
     assert "| s1 | 1 | 2.0 |  |" in text and "## speed-x" in text and "| a | 1.0 |" in text
 
 
+def _benchmark_args(step: Step):
+    # Each step runs `python -m jobs.benchmark ...`: parse it as that job would.
+    assert step.argv[1:3] == ("-m", "jobs.benchmark"), step.argv
+    return build_parser().parse_args(list(step.argv[3:]))
+
+
 def test_full_plan_covers_the_issue_commands(tmp_path):
-    argvs = {s.name: " ".join(s.argv) for s in plan(tmp_path, smoke=False)}
-    assert "-m needs_cuda tests/attribution tests/audit" in argvs["tests-needs-cuda"]
-    assert "--model resnet50 --image-size 224 --n-samples 50 --batch 64" in argvs["bench-resnet50"]
-    assert "--compile" in argvs["bench-resnet50"]
-    assert "--model vit_b_16" in argvs["bench-vit_b_16"] and "bf16" in argvs["bench-vit_b_16"]
-    assert "--mode fidelity --precisions fp32 bf16 fp16" in argvs["fidelity-demo"]
-    assert sum(s.timeout_s for s in plan(tmp_path, smoke=False)) <= 600
+    steps = {s.name: s for s in plan(tmp_path, smoke=False)}
+    tests = steps["tests-needs-cuda"].argv
+    assert tests[1:3] == ("-m", "pytest") and tests[tests.index("-m", 3) + 1] == "needs_cuda"
+    assert {"tests/attribution", "tests/audit"} <= set(tests)
+    r50 = _benchmark_args(steps["bench-resnet50"])
+    assert (r50.model, r50.image_size, r50.n_samples, r50.batch, r50.mode) == ("resnet50", 224, 50, 64, "speed")
+    assert r50.compile and r50.precisions == ["fp32", "bf16"] and r50.out == str(tmp_path / "benchmark")
+    vit = _benchmark_args(steps["bench-vit_b_16"])
+    assert (vit.model, vit.compile, vit.loop, vit.precisions) == ("vit_b_16", False, False, ["fp32", "bf16", "fp16"])
+    fidelity = _benchmark_args(steps["fidelity-demo"])
+    assert (fidelity.model, fidelity.mode, fidelity.precisions) == ("demo", "fidelity", ["fp32", "bf16", "fp16"])
+    # The smoke plan is valid for the same parser.
+    for step in plan(tmp_path, smoke=True):
+        _benchmark_args(step)
+    assert sum(s.timeout_s for s in steps.values()) <= 600
 
 
 def test_refuses_to_measure_without_cuda(tmp_path, capsys, monkeypatch):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
@@ -49,7 +50,11 @@ def test_speed_and_fidelity_run_end_to_end(cnn, tmp_path):
     assert {"sgcore fp32, prepared", "sgcore bf16, prepared", "sgcore fp32, prepared but NCHW", "captum NoiseTunnel(Saliency) fp32",
             "per-sample loop fp32"} <= set(names)
     by = {r.variant: r for r in report.speed}
-    assert all(r.images_per_s > 0 for r in report.speed)
+    assert all(math.isfinite(r.images_per_s) and r.images_per_s > 0 for r in report.speed)
+    # The table's share of the ceiling is the two measured rates' ratio.
+    for r in report.speed:
+        if r.ceiling_images_per_s:
+            assert f"| {100 * r.images_per_s / r.ceiling_images_per_s:.0f}% |" in report.to_markdown()
     # Same noise, same model up to exact BN folding: the same maps.
     assert by["sgcore fp32, prepared"].spearman > 0.999
     assert by["per-sample loop fp32"].spearman > 0.999
@@ -75,6 +80,9 @@ def test_cost_model_counts_conv_flops(cnn):
     cost = cost_model(cnn, torch.zeros(3, 8, 8), 10)
     forward = 2 * (3 * 6 * 9 + 6 * 6 * 9) * 64
     assert 10 * forward * 1.5 / 1e9 <= cost["gflop_per_image"] <= 10 * forward * 2.5 / 1e9
+    # Activations: six 6x8x8 leaf outputs (conv, BN, ReLU twice) and 5 logits, float32,
+    # counted 4 times per sample, times n = 10.
+    assert cost["activation_mib_per_image"] == pytest.approx(4 * (6 * 6 * 64 + 5) * 4 * 10 / 2**20)
 
 
 @pytest.mark.parametrize(
