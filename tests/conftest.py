@@ -16,13 +16,16 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 
 # The fault-injection filesystem (flaky://) exists for tests only: registered
-# here, in this process, and by RAY_WORKER_SETUP in the tests' Ray workers; the
-# job itself never knows of it.
+# here, in this process, and by ray_runtime_env() in the tests' Ray workers;
+# the job itself never knows of it.
 from sgcore.io._flaky import register as _register_flaky  # noqa: E402
 
 _register_flaky()
-RAY_WORKER_SETUP = {"worker_process_setup_hook": "sgcore.io._flaky.register",
-                    "env_vars": {"OMP_NUM_THREADS": "1"}}
+
+
+def ray_runtime_env() -> dict:
+    """The tests' Ray workers: one thread each, flaky:// registered (a new dict: Ray edits it)."""
+    return {"worker_process_setup_hook": "sgcore.io._flaky.register", "env_vars": {"OMP_NUM_THREADS": "1"}}
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -55,7 +58,7 @@ def ray_local() -> Iterator[None]:
     if ray.is_initialized():
         ray.shutdown()
     ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="WARNING",
-             runtime_env=RAY_WORKER_SETUP)
+             runtime_env=ray_runtime_env())
     yield
     ray.shutdown()
 
