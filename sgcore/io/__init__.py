@@ -12,7 +12,7 @@ from sgcore.io._retry import (
     retry_call,
     storage_auth_error,
 )
-from sgcore.io.decode import IMAGE_EXTENSIONS, DecodeError, Geometry, decode_image
+from sgcore.io.decode import IMAGE_EXTENSIONS, DecodeError, Geometry, decode_array, decode_image
 from sgcore.io.labels import read_labels
 from sgcore.io.manifest import (
     MANIFEST_NAME,
@@ -43,6 +43,7 @@ from sgcore.io.writers import (
     part_url,
     read_part_metadata,
     result_schema,
+    rows_to_table,
     write_bytes,
 )
 
@@ -61,6 +62,7 @@ __all__ = [
     "RetryPolicy",
     "ShardSpec",
     "StorageAuthError",
+    "decode_array",
     "decode_image",
     "decode_shard",
     "encode_part",
@@ -82,6 +84,7 @@ __all__ = [
     "remove_success",
     "result_schema",
     "retry_call",
+    "rows_to_table",
     "storage_auth_error",
     "url_to_fs",
     "write_bytes",

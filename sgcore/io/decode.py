@@ -137,6 +137,40 @@ def _offset(size: int, crop: int, rounding: str) -> int:
     return (size - crop) // 2 if rounding == "floor" else int(round((size - crop) / 2.0))
 
 
+def decode_array(
+    pixels: np.ndarray,
+    *,
+    resize_size: int,
+    crop_size: int,
+    interpolation: str = "bilinear",
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+) -> tuple[np.ndarray, Geometry]:
+    """:func:`decode_image` for pixels decoded already (``ray.data.read_images``).
+
+    Args:
+        pixels: ``(H, W)``, ``(H, W, 1)``, ``(H, W, 3)`` or ``(H, W, 4)`` array,
+            uint8 (or 16-bit greyscale), as PIL decodes it; converted to RGB the
+            same way (alpha composited on white).
+
+    Raises:
+        DecodeError: not an image-shaped array, or oversized.
+    """
+    arr = np.asarray(pixels)
+    if arr.ndim == 3 and arr.shape[2] == 1:
+        arr = arr[:, :, 0]
+    if arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[2] not in (3, 4)) or 0 in arr.shape:
+        raise DecodeError(f"pixels must be an (H, W), (H, W, 3) or (H, W, 4) array; got shape {arr.shape}")
+    h, w = arr.shape[:2]
+    if w * h > max_pixels:
+        raise DecodeError(f"image is {w}x{h} = {w * h} pixels, over the limit of {max_pixels}")
+    if arr.dtype == np.uint8 or (arr.dtype == np.uint16 and arr.ndim == 2):
+        img = Image.fromarray(np.ascontiguousarray(arr))
+    else:
+        raise DecodeError(f"pixels must be uint8 (or uint16 greyscale); got {arr.dtype}")
+    return resize_and_crop(_to_rgb(img), resize_size=resize_size, crop_size=crop_size,
+                           interpolation=interpolation)
+
+
 def resize_and_crop(
     img: Image.Image,
     *,

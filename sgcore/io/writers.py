@@ -100,10 +100,6 @@ def encode_part(
         (Parquet bytes, npz bytes or None). With ``fmt="npz"`` the maps go to
         the npz keyed by ``image_id`` and the rows carry ``map_key``.
     """
-    schema = result_schema(map_shape, fmt=fmt, channels=channels)
-    columns: dict[str, pa.Array] = {}
-    for name, typ in _SCALARS + _GEOMETRY:
-        columns[name] = pa.array([r.get(name) for r in rows], type=typ)
     npz_bytes = None
     if fmt == "npz":
         maps = {r["image_id"]: r["saliency"] for r in rows if r.get("saliency") is not None}
@@ -114,6 +110,31 @@ def encode_part(
         buf = io.BytesIO()
         np.savez_compressed(buf, **{k: np.asarray(v, dtype=np.float16) for k, v in maps.items()})
         npz_bytes = buf.getvalue()
+    meta = {PART_METADATA_KEY: json.dumps(metadata, sort_keys=True).encode()}
+    table = rows_to_table(rows, map_shape=map_shape, fmt=fmt, channels=channels)
+    table = table.replace_schema_metadata(meta)
+    buf = io.BytesIO()
+    pq.write_table(table, buf, compression="zstd")
+    return buf.getvalue(), npz_bytes
+
+
+def rows_to_table(
+    rows: list[dict[str, Any]],
+    *,
+    map_shape: tuple[int, int],
+    fmt: str = "parquet",
+    channels: int | None = None,
+) -> pa.Table:
+    """Result rows as an Arrow table of :func:`result_schema` (no footer metadata).
+
+    The job encodes it into a part; :mod:`sgcore.ray_data` hands it to Ray Data.
+    With ``fmt="npz"`` the rows carry ``map_key`` instead of the maps.
+    """
+    schema = result_schema(map_shape, fmt=fmt, channels=channels)
+    columns: dict[str, pa.Array] = {}
+    for name, typ in _SCALARS + _GEOMETRY:
+        columns[name] = pa.array([r.get(name) for r in rows], type=typ)
+    if fmt == "npz":
         columns["map_key"] = pa.array(
             [r["image_id"] if r.get("saliency") is not None else None for r in rows], type=pa.string()
         )
@@ -123,11 +144,7 @@ def encode_part(
             columns["saliency_full"] = _tensor_column(
                 [r.get("saliency_full") for r in rows], (channels, *map_shape)
             )
-    meta = {PART_METADATA_KEY: json.dumps(metadata, sort_keys=True).encode()}
-    table = pa.table({f.name: columns[f.name] for f in schema}, schema=schema.with_metadata(meta))
-    buf = io.BytesIO()
-    pq.write_table(table, buf, compression="zstd")
-    return buf.getvalue(), npz_bytes
+    return pa.table({f.name: columns[f.name] for f in schema}, schema=schema)
 
 
 def _tensor_column(maps: list[np.ndarray | None], shape: tuple[int, ...]) -> pa.ExtensionArray:

@@ -16,16 +16,21 @@ from sgcore.pipeline._faults import maybe_inject
 from sgcore.pipeline.worker import ShardProcessor, pick_device
 
 
+def set_cpu_threads(use_gpu: bool, cpu_threads: int | None = None) -> None:
+    """A CPU replica's torch threads: ``cpu_threads``, else the actor's CPU reservation."""
+    if not use_gpu or not torch.cuda.is_available():
+        # Ray pins OMP threads to the actor's CPU reservation; on the CPU the
+        # model is the bottleneck and decoding is light, so the driver may
+        # grant the replica the CPUs kept for decoding as well.
+        cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1.0)
+        torch.set_num_threads(max(1, cpu_threads or int(round(cpus))))
+
+
 class SaliencyActor:
     """One model replica on one GPU (or on CPUs when the cluster has none)."""
 
     def __init__(self, config: JobConfig, use_gpu: bool, cpu_threads: int | None = None):
-        if not use_gpu or not torch.cuda.is_available():
-            # Ray pins OMP threads to the actor's CPU reservation; on the CPU the
-            # model is the bottleneck and decoding is light, so the driver may
-            # grant the replica the CPUs kept for decoding as well.
-            cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1.0)
-            torch.set_num_threads(max(1, cpu_threads or int(round(cpus))))
+        set_cpu_threads(use_gpu, cpu_threads)
         # Bad settings (weights of another architecture, say) come back to the
         # driver as the error of the first task, which stops the job with this
         # message; an actor dying in __init__ would print its traceback first.
