@@ -37,6 +37,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import ray
 
 from sgcore.config import JobConfig
 from sgcore.errors import ConfigError
@@ -141,8 +142,10 @@ class SmoothGradMaps:
         self.config = _config(settings)
         self.root = settings.get("root")
         self.keep_columns = tuple(settings.get("keep_columns", ()))
-        use_gpu = _ray_gpus() > 0
-        set_cpu_threads(use_gpu)
+        in_worker = _in_ray_worker()
+        use_gpu = in_worker and len(ray.get_gpu_ids()) > 0
+        if in_worker:  # a replica's threads as the job sets them; a direct call keeps torch's
+            set_cpu_threads(use_gpu)
         self.processor = ShardProcessor(self.config, device=pick_device(use_gpu))
         self.preprocess = self.processor.loaded.preprocess
         self._labels = (cached_labels(self.config.labels, self.config.storage_options)
@@ -159,10 +162,11 @@ class SmoothGradMaps:
         columns = _as_columns(batch)
         n = len(next(iter(columns.values()))) if columns else 0
         records, arrays = self._decode(columns, n)
-        crop = self.preprocess.crop_size
+        pre = self.preprocess
+        shape = pre.map_shape
         decoded = DecodedShard(shard_id=None,  # type: ignore[arg-type]  # no shard here
                                images=np.stack(arrays) if arrays else
-                               np.zeros((0, crop, crop, 3), dtype=np.uint8),
+                               np.zeros((0, *shape, pre.channels), dtype=np.uint8),
                                records=records)
         try:
             rows = self.processor.compute_rows(decoded)
@@ -170,10 +174,10 @@ class SmoothGradMaps:
             from sgcore.pipeline.worker import make_row
 
             message = f"batch failed: {type(e).__name__}: {e}"[:1000]
-            rows = [make_row(self.config, None, rec, crop=crop, error=rec.get("error") or message)  # type: ignore[arg-type]
+            rows = [make_row(self.config, None, rec, crop=shape, error=message)  # type: ignore[arg-type]
                     for rec in records]
-        table = rows_to_table(rows, map_shape=(crop, crop),
-                              channels=3 if self.config.store_full else None)
+        table = rows_to_table(rows, map_shape=shape,
+                              channels=pre.channels if self.config.store_full else None)
         for name in self.keep_columns:
             if name not in columns:
                 raise ConfigError(f"keep_columns: {name!r} is not a column of the batch; "
@@ -252,8 +256,6 @@ def read_results(url: str | Sequence[str], *, ok_only: bool = False, **read_parq
     Returns:
         A ``ray.data.Dataset``.
     """
-    import ray
-
     read_parquet_args.setdefault("file_extensions", ["parquet"])
     ds = ray.data.read_parquet(url, **read_parquet_args)
     if ok_only:
@@ -264,13 +266,11 @@ def read_results(url: str | Sequence[str], *, ok_only: bool = False, **read_parq
 # --------------------------------------------------------------------------- helpers
 
 
-def _ray_gpus() -> int:
-    try:
-        import ray
-
-        return len(ray.get_gpu_ids()) if ray.is_initialized() else 0
-    except Exception:  # outside a Ray worker
-        return 0
+def _in_ray_worker() -> bool:
+    """Whether this runs in a Ray worker (never connects to a cluster to find out)."""
+    if not ray.is_initialized():
+        return False
+    return ray.get_runtime_context().worker.mode == ray.WORKER_MODE
 
 
 def _as_columns(batch: Any) -> dict[str, Any]:
@@ -312,8 +312,7 @@ def _text(value: Any) -> str:
 
 
 def _decode_one(value: Any, pre: Any) -> tuple[np.ndarray, Any]:
-    geometry = dict(resize_size=pre.resize_size, crop_size=pre.crop_size,
-                    interpolation=pre.interpolation)
+    geometry = pre.decode_kwargs()
     if isinstance(value, Mapping):  # a Hugging Face Image struct
         value = value.get("bytes")
     if isinstance(value, np.ndarray) and value.dtype != object and value.ndim >= 2:

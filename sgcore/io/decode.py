@@ -140,17 +140,20 @@ def _offset(size: int, crop: int, rounding: str) -> int:
 def decode_array(
     pixels: np.ndarray,
     *,
-    resize_size: int,
-    crop_size: int,
+    resize_size: Size,
+    crop_size: Size,
     interpolation: str = "bilinear",
     max_pixels: int = DEFAULT_MAX_PIXELS,
+    **geometry: Any,
 ) -> tuple[np.ndarray, Geometry]:
     """:func:`decode_image` for pixels decoded already (``ray.data.read_images``).
 
     Args:
         pixels: ``(H, W)``, ``(H, W, 1)``, ``(H, W, 3)`` or ``(H, W, 4)`` array,
             uint8 (or 16-bit greyscale), as PIL decodes it; converted to RGB the
-            same way (alpha composited on white).
+            same way (alpha composited on white). No EXIF orientation is applied:
+            the pixels are taken as they are.
+        geometry: as for :func:`decode_image` (``Preprocess.decode_kwargs()``).
 
     Raises:
         DecodeError: not an image-shaped array, or oversized.
@@ -168,7 +171,7 @@ def decode_array(
     else:
         raise DecodeError(f"pixels must be uint8 (or uint16 greyscale); got {arr.dtype}")
     return resize_and_crop(_to_rgb(img), resize_size=resize_size, crop_size=crop_size,
-                           interpolation=interpolation)
+                           interpolation=interpolation, **geometry)
 
 
 def resize_and_crop(
