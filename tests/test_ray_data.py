@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import io
-import tarfile
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from PIL import Image
@@ -16,7 +13,7 @@ from PIL import Image
 from sgcore.config import JobConfig
 from sgcore.errors import ConfigError
 from sgcore.io import result_schema
-from sgcore.ray_data import SmoothGradMaps, check_settings, read_results
+from sgcore.ray_data import SmoothGradMaps, check_settings
 from tests.conftest import write_images
 
 SETTINGS = dict(model="demo", image_size=32, n_samples=4, batch_size=4, seed=3)
@@ -48,23 +45,28 @@ def _assert_rows_match(got: pd.DataFrame, job: pd.DataFrame, *, columns=SAME) ->
 
 
 # ------------------------------------------------------------------ fixtures
-pytestmark = pytest.mark.usefixtures("ray_local")
+def make_images(root: Path) -> list[str]:
+    """Images in class folders plus a corrupt one; returns the good ones."""
+    good = write_images(root, n_per_class=2)
+    (root / "cat" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    return good
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory, ray_local) -> dict:
-    """Images in class folders plus a corrupt one, and the job's rows for them."""
-    from sgcore.pipeline import run_job
+def data(tmp_path_factory) -> dict:
+    """The images and the rows the job's worker computes for them (no Ray here)."""
+    from sgcore.io import decode_shard, plan_shards, rows_to_table
+    from sgcore.pipeline.worker import ShardProcessor
 
-    base = tmp_path_factory.mktemp("raydata")
-    root = base / "images"
-    good = write_images(root, n_per_class=2)
-    (root / "cat" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
-    job_out = base / "job"
-    run_job(JobConfig(input=str(root), output=str(job_out), shard_size=3, progress=False,
-                      **SETTINGS))
-    return {"base": base, "root": root, "good": good, "job_out": job_out,
-            "job": _read_dir(job_out)}
+    root = tmp_path_factory.mktemp("raydata") / "images"
+    good = make_images(root)
+    cfg = JobConfig(input=str(root), output="unused", progress=False, **SETTINGS)
+    processor = ShardProcessor(cfg)
+    pre = processor.loaded.preprocess
+    rows = [row for spec in plan_shards(str(root), shard_size=3)
+            for row in processor.compute_rows(decode_shard(spec, **pre.decode_kwargs()))]
+    return {"root": root, "good": good,
+            "job": rows_to_table(rows, map_shape=pre.map_shape).to_pandas()}
 
 
 # ------------------------------------------------- the class, called directly
@@ -116,100 +118,3 @@ def test_a_batch_that_fails_becomes_error_rows(data, monkeypatch):
     assert all(e == "batch failed: RuntimeError: CUDA out of memory" for e in df.error)
 
 
-# ------------------------------------------------------------ in Ray Data
-def _run(ds, out: Path, *, actors: int = 1, **settings) -> pd.DataFrame:
-    import ray
-
-    mapped = ds.map_batches(SmoothGradMaps, fn_constructor_kwargs=SmoothGradMaps.settings(**settings),
-                            compute=ray.data.ActorPoolStrategy(size=actors), num_cpus=0.5,
-                            batch_size=3)
-    mapped.write_parquet(str(out))
-    return _read_dir(out)
-
-
-def test_read_images_to_parquet_gives_the_jobs_rows(data, tmp_path):
-    import ray
-
-    root = data["root"]
-    ds = ray.data.read_images([str(root / r) for r in data["good"]], include_paths=True)
-    got = _run(ds, tmp_path / "out", **SETTINGS, root=str(root))
-    job = data["job"][data["job"].status == "ok"]
-    _assert_rows_match(got, job, columns=[*SAME, "source", "target_name", "score"])
-    # The same columns and types as the job's parts (shard is null: Ray Data has none).
-    schema = pq.read_schema(next((tmp_path / "out").glob("*.parquet")))
-    job_schema = pq.read_schema(next(data["job_out"].glob("part-*.parquet")))
-    assert schema.names == job_schema.names
-    for name in schema.names:
-        assert str(schema.field(name).type) == str(job_schema.field(name).type), name
-    assert got.shard.isna().all()
-
-
-def test_read_binary_files_with_a_corrupt_file_and_two_actors(data, tmp_path):
-    import ray
-
-    root = data["root"]
-    ds = ray.data.read_binary_files(str(root), include_paths=True)
-    one = _run(ds, tmp_path / "one", **SETTINGS, root=str(root))
-    _assert_rows_match(one, data["job"])  # the corrupt file included
-    bad = one[one.image_id == "cat/broken.jpg"]
-    assert list(bad.status) == ["error"] and "cannot decode image" in bad.error.iloc[0]
-    two = _run(ds, tmp_path / "two", actors=2, **SETTINGS, root=str(root))
-    a, b = _maps(one), _maps(two)
-    assert a.keys() == b.keys() and len(a) == len(data["good"])
-    for key in a:
-        np.testing.assert_array_equal(a[key], b[key])
-
-
-def test_read_parquet_of_image_bytes_gives_the_jobs_rows(data, tmp_path):
-    import ray
-
-    from sgcore.pipeline import run_job
-
-    root = data["root"]
-    table = pa.table({"id": data["good"], "label": [r.split("/")[0] for r in data["good"]],
-                      "image": [(root / r).read_bytes() for r in data["good"]]})
-    src = tmp_path / "table"
-    src.mkdir()
-    pq.write_table(table, src / "images.parquet", row_group_size=2)
-    run_job(JobConfig(input=str(src), output=str(tmp_path / "job"), id_column="id",
-                      label_column="label", image_column="image", progress=False, **SETTINGS))
-    got = _run(ray.data.read_parquet(str(src)), tmp_path / "out", **SETTINGS, id_column="id",
-               label_column="label", image_column="image")
-    _assert_rows_match(got, _read_dir(tmp_path / "job"))
-
-
-def test_read_webdataset_gives_the_jobs_rows(data, tmp_path):
-    import ray
-
-    from sgcore.pipeline import run_job
-
-    root = data["root"]
-    src = tmp_path / "tars"
-    src.mkdir()
-    with tarfile.open(src / "shard-0.tar", "w") as tar:
-        for i, rel in enumerate(data["good"]):
-            for name, blob in ((f"s{i:03d}.png", _png(root / rel)), (f"s{i:03d}.cls", str(i % 2).encode())):
-                info = tarfile.TarInfo(name)
-                info.size = len(blob)
-                tar.addfile(info, io.BytesIO(blob))
-    run_job(JobConfig(input=str(src), output=str(tmp_path / "job"), progress=False, **SETTINGS))
-    job = _read_dir(tmp_path / "job")
-    got = _run(ray.data.read_webdataset(str(src)), tmp_path / "out", **SETTINGS, root=str(src))
-    _assert_rows_match(got, job, columns=[*SAME, "source"])
-    assert set(got.label) == {"0", "1"}
-
-
-def _png(path: Path) -> bytes:
-    """The image as PNG (Ray's WebDataset decoder reads .png and .jpg members alike)."""
-    buf = io.BytesIO()
-    Image.open(path).convert("RGB").save(buf, format="PNG")
-    return buf.getvalue()
-
-
-def test_read_results_gives_maps_as_tensors(data):
-    ds = read_results(str(data["job_out"]), ok_only=True)
-    batch = next(ds.iter_batches(batch_format="numpy", batch_size=100))
-    assert batch["saliency"].shape == (len(data["good"]), 32, 32)
-    assert batch["saliency"].dtype == np.float16
-    assert set(batch["status"]) == {"ok"}
-    assert read_results(str(data["job_out"])).count() == len(data["good"]) + 1

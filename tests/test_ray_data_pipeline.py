@@ -1,0 +1,132 @@
+"""sgcore.ray_data in real Ray Data pipelines on a local Ray: the job's rows from every reader."""
+
+from __future__ import annotations
+
+import io
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from sgcore.config import JobConfig
+from sgcore.ray_data import SmoothGradMaps, read_results
+from tests.test_ray_data import SAME, SETTINGS, _assert_rows_match, _maps, _read_dir, make_images
+
+pytestmark = pytest.mark.usefixtures("ray_local")
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory, ray_local) -> dict:
+    """The images of tests/test_ray_data.py and the job's output for them."""
+    from sgcore.pipeline import run_job
+
+    base = tmp_path_factory.mktemp("raydata-pipeline")
+    root = base / "images"
+    good = make_images(root)
+    job_out = base / "job"
+    run_job(JobConfig(input=str(root), output=str(job_out), shard_size=3, progress=False,
+                      **SETTINGS))
+    return {"root": root, "good": good, "job_out": job_out, "job": _read_dir(job_out)}
+
+
+def _run(ds, out: Path, *, actors: int = 1, **settings) -> pd.DataFrame:
+    import ray
+
+    mapped = ds.map_batches(SmoothGradMaps, fn_constructor_kwargs=SmoothGradMaps.settings(**settings),
+                            compute=ray.data.ActorPoolStrategy(size=actors), num_cpus=0.5,
+                            batch_size=3)
+    mapped.write_parquet(str(out))
+    return _read_dir(out)
+
+
+def test_read_images_to_parquet_gives_the_jobs_rows(data, tmp_path):
+    import ray
+
+    root = data["root"]
+    ds = ray.data.read_images([str(root / r) for r in data["good"]], include_paths=True)
+    got = _run(ds, tmp_path / "out", **SETTINGS, root=str(root))
+    job = data["job"][data["job"].status == "ok"]
+    _assert_rows_match(got, job, columns=[*SAME, "source", "target_name", "score"])
+    # The same columns and types as the job's parts (shard is null: Ray Data has none).
+    schema = pq.read_schema(next((tmp_path / "out").glob("*.parquet")))
+    job_schema = pq.read_schema(next(data["job_out"].glob("part-*.parquet")))
+    assert schema.names == job_schema.names
+    for name in schema.names:
+        assert str(schema.field(name).type) == str(job_schema.field(name).type), name
+    assert got.shard.isna().all()
+
+
+def test_read_binary_files_with_a_corrupt_file_and_two_actors(data, tmp_path):
+    import ray
+
+    root = data["root"]
+    ds = ray.data.read_binary_files(str(root), include_paths=True)
+    one = _run(ds, tmp_path / "one", **SETTINGS, root=str(root))
+    _assert_rows_match(one, data["job"])  # the corrupt file included
+    bad = one[one.image_id == "cat/broken.jpg"]
+    assert list(bad.status) == ["error"] and "cannot decode image" in bad.error.iloc[0]
+    two = _run(ds, tmp_path / "two", actors=2, **SETTINGS, root=str(root))
+    a, b = _maps(one), _maps(two)
+    assert a.keys() == b.keys() and len(a) == len(data["good"])
+    for key in a:
+        np.testing.assert_array_equal(a[key], b[key])
+
+
+def test_read_parquet_of_image_bytes_gives_the_jobs_rows(data, tmp_path):
+    import ray
+
+    from sgcore.pipeline import run_job
+
+    root = data["root"]
+    table = pa.table({"id": data["good"], "label": [r.split("/")[0] for r in data["good"]],
+                      "image": [(root / r).read_bytes() for r in data["good"]]})
+    src = tmp_path / "table"
+    src.mkdir()
+    pq.write_table(table, src / "images.parquet", row_group_size=2)
+    run_job(JobConfig(input=str(src), output=str(tmp_path / "job"), id_column="id",
+                      label_column="label", image_column="image", progress=False, **SETTINGS))
+    got = _run(ray.data.read_parquet(str(src)), tmp_path / "out", **SETTINGS, id_column="id",
+               label_column="label", image_column="image")
+    _assert_rows_match(got, _read_dir(tmp_path / "job"))
+
+
+def test_read_webdataset_gives_the_jobs_rows(data, tmp_path):
+    import ray
+
+    from sgcore.pipeline import run_job
+
+    root = data["root"]
+    src = tmp_path / "tars"
+    src.mkdir()
+    with tarfile.open(src / "shard-0.tar", "w") as tar:
+        for i, rel in enumerate(data["good"]):
+            for name, blob in ((f"s{i:03d}.png", _png(root / rel)), (f"s{i:03d}.cls", str(i % 2).encode())):
+                info = tarfile.TarInfo(name)
+                info.size = len(blob)
+                tar.addfile(info, io.BytesIO(blob))
+    run_job(JobConfig(input=str(src), output=str(tmp_path / "job"), progress=False, **SETTINGS))
+    job = _read_dir(tmp_path / "job")
+    got = _run(ray.data.read_webdataset(str(src)), tmp_path / "out", **SETTINGS, root=str(src))
+    _assert_rows_match(got, job, columns=[*SAME, "source"])
+    assert set(got.label) == {"0", "1"}
+
+
+def _png(path: Path) -> bytes:
+    """The image as PNG (Ray's WebDataset decoder reads .png and .jpg members alike)."""
+    buf = io.BytesIO()
+    Image.open(path).convert("RGB").save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def test_read_results_gives_maps_as_tensors(data):
+    ds = read_results(str(data["job_out"]), ok_only=True)
+    batch = next(ds.iter_batches(batch_format="numpy", batch_size=100))
+    assert batch["saliency"].shape == (len(data["good"]), 32, 32)
+    assert batch["saliency"].dtype == np.float16
+    assert set(batch["status"]) == {"ok"}
+    assert read_results(str(data["job_out"])).count() == len(data["good"]) + 1
