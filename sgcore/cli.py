@@ -17,7 +17,7 @@ import sys
 from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 
-from sgcore.config import INPUT_FORMATS, OUTPUT_FORMATS, TARGETS, JobConfig
+from sgcore.config import INPUT_FORMATS, OUTPUT_FORMATS, SCORES, TARGETS, JobConfig
 from sgcore.errors import ConfigError, InputError
 from sgcore.settings import AGGREGATES, BASES, NOISES, PRECISIONS, REDUCTIONS, SmoothGradSettings
 
@@ -101,8 +101,10 @@ def add_model_arguments(parser: argparse.ArgumentParser, *, defaults: JobConfig 
             override ``what`` (a results manifest) and default to None.
     """
     m = parser.add_argument_group("model")
-    model_help = "'demo' or a torchvision architecture (resnet50, vit_b_16, ...)"
-    weights_help = "'default', 'none', a torchvision weight name (IMAGENET1K_V2) or a checkpoint URL"
+    model_help = ("'demo', a torchvision architecture (resnet50, vit_b_16, ...), timm:NAME, "
+                  "hf:DIR_OR_URL_OR_HUB_ID, torchscript:URL, export:URL or py:MODULE:CALLABLE")
+    weights_help = ("'default', 'none', a torchvision weight name (IMAGENET1K_V2) or a checkpoint URL "
+                    "(.pt/.pth/.safetensors)")
     size_help = "crop size override (maps have this size)"
     if defaults is None:
         m.add_argument("--model", help=f"{model_help} (default: {what})")
@@ -183,8 +185,14 @@ def add_job_arguments(parser: argparse.ArgumentParser) -> None:
                     help="replace results of a different config in --output instead of refusing")
 
     m = add_model_arguments(parser, defaults=d)
-    m.add_argument("--target", choices=TARGETS, default=d.target,
-                   help="class to explain: the model's prediction, or the image's label")
+    m.add_argument("--preprocess", type=_json_object, default=None,
+                   help="JSON object overriding fields of the model's preprocessing, e.g. "
+                   "'{\"resize_mode\": \"squash\", \"crop_size\": [224, 224]}'; the manifest records the result")
+    m.add_argument("--target", default=d.target,
+                   help=f"class to explain: {' or '.join(TARGETS)} (the image's label), or "
+                   "class:NAME_OR_INDEX for one class in every image")
+    m.add_argument("--score", choices=SCORES, default=d.score,
+                   help="whose gradient is explained: the logit, the softmax probability or its log")
 
     k = add_smoothgrad_arguments(parser, defaults=d)
     k.add_argument("--seed", type=int, default=d.seed, help="run seed; each image's seed derives from it and its id")
@@ -232,6 +240,17 @@ def parse_storage_options(text: str | dict[str, Any] | None) -> dict[str, Any]:
                           f"character {e.pos}); the value is not shown, it may hold secrets") from None
     if not isinstance(value, dict):
         raise ConfigError(f"--storage-options must be a JSON object; got a JSON {_json_kind(value)}")
+    return value
+
+
+def _json_object(text: str) -> dict[str, Any]:
+    """``--preprocess JSON``: a JSON object (no secrets here, so the text may be shown)."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise argparse.ArgumentTypeError(f"must be a JSON object; got {text!r} ({e.msg})") from e
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"must be a JSON object; got {text!r}")
     return value
 
 

@@ -20,10 +20,12 @@ from sgcore.settings import (
 InputFormat = Literal["auto", "images", "webdataset", "parquet"]
 OutputFormat = Literal["parquet", "npz"]
 Target = Literal["predicted", "label"]
+Score = Literal["logit", "softmax", "log_softmax"]
 
 INPUT_FORMATS: tuple[str, ...] = get_args(InputFormat)
 OUTPUT_FORMATS: tuple[str, ...] = get_args(OutputFormat)
 TARGETS: tuple[str, ...] = get_args(Target)
+SCORES: tuple[str, ...] = get_args(Score)
 
 # Fields that change the maps or the rows: they make up the config hash that
 # guards resume. Everything else (where to run, how fast) may change freely.
@@ -39,7 +41,9 @@ _RESULT_FIELDS = (
     "model",
     "weights",
     "image_size",
+    "preprocess",
     "target",
+    "score",
     "n_samples",
     "noise_level",
     "noise",
@@ -52,6 +56,8 @@ _RESULT_FIELDS = (
     "format",
     "store_full",
 )
+
+_LATER_DEFAULTS: dict[str, Any] = {"preprocess": None, "score": "logit"}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -74,7 +80,11 @@ class JobConfig(SmoothGradSettings):
     model: str = "demo"
     weights: str = "default"
     image_size: int | None = None
-    target: Target = "predicted"
+    # --preprocess overrides of the model's own preprocessing (any Preprocess field).
+    preprocess: dict[str, Any] | None = None
+    # "predicted", "label", or "class:NAME_OR_INDEX" (one class for every image).
+    target: str = "predicted"
+    score: Score = "logit"
     seed: int = 0
     format: OutputFormat = "parquet"
     store_full: bool = False
@@ -104,6 +114,14 @@ class JobConfig(SmoothGradSettings):
         check_positive(self, "shard_size", "batch_size")
         check_positive(self, "limit", "image_size", "num_actors", "min_actors", "max_actors", optional=True)
         check_non_negative(self, "max_retries")
+        if not isinstance(self.target, str) or not (
+            self.target in TARGETS or (self.target.startswith("class:") and self.target[6:].strip())
+        ):
+            raise ConfigError(
+                f"target must be predicted, label or class:NAME_OR_INDEX; got {self.target!r}"
+            )
+        if self.preprocess is not None and not isinstance(self.preprocess, dict):
+            raise ConfigError(f"preprocess must be a JSON object; got {type(self.preprocess).__name__}")
         check_unit_interval(self, "max_error_rate")
         if self.gpus_per_actor < 0 or self.cpus_per_actor < 0:
             raise ConfigError(
@@ -121,7 +139,12 @@ class JobConfig(SmoothGradSettings):
 
     def result_fields(self) -> dict[str, Any]:
         """The settings that decide the rows (no secrets, no execution knobs)."""
-        return {name: getattr(self, name) for name in _RESULT_FIELDS}
+        fields_ = {name: getattr(self, name) for name in _RESULT_FIELDS}
+        # Fields added later count only when set: outputs written before keep their hash.
+        for name, default in _LATER_DEFAULTS.items():
+            if fields_[name] == default:
+                del fields_[name]
+        return fields_
 
     def config_hash(self) -> str:
         """A short stable hash of :meth:`result_fields`; guards resume."""

@@ -61,7 +61,7 @@ def test_kernel_arguments_are_the_kernels_keywords():
     ({"max_retries": -1}, r"max_retries must be >= 0; got -1"),
     ({"aggregate": "median"}, r"aggregate must be one of mean, square, var; got 'median'"),
     ({"reduction": "l2"}, r"reduction must be one of abs_sum, sum, max_abs; got 'l2'"),
-    ({"target": "best"}, r"target must be one of predicted, label; got 'best'"),
+    ({"target": "best"}, r"target must be predicted, label or class:NAME_OR_INDEX; got 'best'"),
     ({"format": "csv"}, r"format must be one of parquet, npz; got 'csv'"),
     ({"output": " "}, r"output must be a non-empty URL or path; got ' '"),
 ])

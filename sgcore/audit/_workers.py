@@ -16,7 +16,7 @@ import torch
 from sgcore.audit.faithfulness import deletion_insertion
 from sgcore.audit.results import load_images
 from sgcore.audit.sanity import MapSettings, cascading_randomization
-from sgcore.models import load_model
+from sgcore.models import load_model, with_score
 from sgcore.models.preprocess import Preprocess
 from sgcore.pipeline.worker import pick_device
 
@@ -41,6 +41,7 @@ class WorkerSpec:
     seed: int = 0
     image_column: str | None = None
     use_gpu: bool = False
+    score: str = "logit"
     storage_options: dict[str, Any] = field(default_factory=dict, repr=False)
 
 
@@ -59,9 +60,12 @@ class AuditWorker:
 
     def __init__(self, spec: WorkerSpec) -> None:
         self.spec = spec
-        loaded = load_model(spec.model, spec.weights, image_size=spec.image_size, storage_options=spec.storage_options)
+        # The job's resolved preprocessing, given whole, also feeds an archive that had
+        # only --preprocess; the maps differentiate the job's --score.
+        loaded = load_model(spec.model, spec.weights, image_size=spec.image_size,
+                            storage_options=spec.storage_options, preprocess=spec.preprocess)
         self.device = pick_device(spec.use_gpu)
-        self.model = loaded.model.to(self.device).eval()
+        self.model = with_score(loaded.model.to(self.device).eval(), spec.score)
         self.preprocess = Preprocess.from_dict(spec.preprocess)
 
     def evaluate(self, chunk: Chunk) -> dict[str, Any]:

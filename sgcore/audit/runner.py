@@ -259,6 +259,7 @@ def run_audit(config: AuditConfig, *, log: Any = print) -> dict[str, Any]:
             seed=config.seed,
             image_column=job.get("image_column"),
             use_gpu=config.gpus_per_actor > 0,
+            score=job.get("score") or "logit",
             storage_options=config.storage_options,
         )
         chunks = [

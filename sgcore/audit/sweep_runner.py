@@ -117,7 +117,8 @@ def run_sweep(config: SweepConfig, *, log: Any = print) -> dict[str, Any]:
     ids, targets, model_name, weights = picked.ids, picked.targets, picked.model, picked.weights
     settings = config.settings(picked.job)
     noise = settings.noise_level
-    loaded = load_model(model_name, weights, image_size=picked.image_size, storage_options=config.storage_options)
+    loaded = load_model(model_name, weights, image_size=picked.image_size, storage_options=config.storage_options,
+                        preprocess=picked.job.get("preprocess"))
     preprocess = loaded.preprocess
     pixels = load_images(picked.sources, preprocess, config.storage_options, image_column=picked.job.get("image_column"))
     x = preprocess.normalize(torch.from_numpy(pixels))

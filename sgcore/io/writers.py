@@ -37,6 +37,8 @@ _SCALARS: list[tuple[str, pa.DataType]] = [
     ("predicted", pa.int64()),
     ("predicted_name", pa.string()),
     ("score", pa.float32()),
+    # The quantity whose gradient the map explains (--score): logit, softmax, log_softmax.
+    ("score_type", pa.string()),
     ("method", pa.string()),
     ("base", pa.string()),
     ("noise_level", pa.float32()),

@@ -231,6 +231,8 @@ class Preprocess:
         crop: int | tuple[int, int] = (
             image_size if isinstance(self.crop_size, int) else (image_size, max(1, round(w * factor)))
         )
+        if self.crop_pct is not None:  # timm: the resize follows from the crop
+            return replace(self, crop_size=crop, resize_size=None)
         rh, rw = pair(self.resize_size)  # type: ignore[arg-type]
         ch, cw = pair(crop)
         resize: int | tuple[int, int]

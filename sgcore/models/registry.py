@@ -16,7 +16,7 @@ import io
 import pickle
 import re
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from sgcore.errors import ConfigError
+from sgcore.models import sources
 from sgcore.models.demo_net import DEMO_CATEGORIES, DEMO_PREPROCESS, DemoNet
 from sgcore.models.preprocess import Preprocess, imagenet_preprocess
 
@@ -55,6 +56,13 @@ class LoadedModel:
     name: str
     weights: str
     num_classes: int
+    source: str = "torchvision"
+    files: dict[str, str] = field(default_factory=dict)
+
+    def identity(self) -> dict[str, Any]:
+        """Provenance for the manifest: source, spec, weights and their sha256."""
+        return {"source": self.source, "spec": _redact(self.name, None), "weights": self.weights,
+                "files": dict(self.files)}
 
 
 def list_models() -> list[str]:
@@ -70,6 +78,7 @@ def resolve_preprocess(
     *,
     image_size: int | None = None,
     storage_options: dict | None = None,
+    preprocess: dict[str, Any] | None = None,
 ) -> Preprocess:
     """The preprocessing :func:`load_model` would use, without building the model.
 
@@ -82,10 +91,26 @@ def resolve_preprocess(
         weights: weights, as for :func:`load_model`.
         image_size: overrides ``crop_size``; ``resize_size`` scales alike.
         storage_options: fsspec options for a checkpoint URL.
+        preprocess: ``--preprocess`` overrides, applied last.
 
     Returns:
         The :class:`Preprocess`, equal to ``load_model(...).preprocess``.
     """
+    return _resolve_preprocess(name, weights, image_size, storage_options, preprocess).with_overrides(preprocess)
+
+
+def _resolve_preprocess(name: str, weights: str, image_size: int | None,
+                        storage_options: dict | None, overrides: dict[str, Any] | None) -> Preprocess:
+    src = sources.split_spec(name) if isinstance(name, str) else None
+    if src is not None:
+        kind, value = src
+        if kind == "timm":
+            return sources.resolve_timm_preprocess(value).scaled(image_size)
+        if kind == "hf":
+            return sources.resolve_hf_preprocess(value, storage_options).scaled(image_size)
+        if kind == "py":
+            return sources.resolve_py_preprocess(value).scaled(image_size)
+        return sources.archive_preprocess(kind, value, storage_options, overrides)[0].scaled(image_size)
     _check_name(name)
     kind, value = _classify_weights(name, weights)
     if kind == "checkpoint":
@@ -104,6 +129,7 @@ def load_model(
     *,
     image_size: int | None = None,
     storage_options: dict | None = None,
+    preprocess: dict[str, Any] | None = None,
 ) -> LoadedModel:
     """Build a classifier and its preprocessing.
 
@@ -127,6 +153,16 @@ def load_model(
         ConfigError: unknown architecture or weight name, a failed download,
             or a checkpoint that is missing, unreadable or does not fit.
     """
+    src = sources.split_spec(name) if isinstance(name, str) else None
+    if src is not None:
+        loaded = _load_source(name, *src, weights, storage_options, preprocess)
+        loaded.preprocess = loaded.preprocess.scaled(image_size).with_overrides(preprocess)
+        loaded.num_classes = sources.probe_num_classes(loaded.model.eval(), loaded.preprocess, name)
+        if loaded.categories is not None and len(loaded.categories) != loaded.num_classes:
+            raise ConfigError(f"--model {name} lists {len(loaded.categories)} categories but returns "
+                              f"{loaded.num_classes} classes")
+        loaded.model.eval().requires_grad_(False)
+        return loaded
     _check_name(name)
     kind, value = _classify_weights(name, weights)
     if kind == "checkpoint":
@@ -161,9 +197,73 @@ def load_model(
         )
     else:
         loaded = _load_torchvision(name, _torchvision_weight(name, value))
-    loaded.preprocess = loaded.preprocess.scaled(image_size)
+    loaded.preprocess = loaded.preprocess.scaled(image_size).with_overrides(preprocess)
+    if kind == "checkpoint":
+        loaded.files = {loaded.weights: _file_sha(value, storage_options)}
+    elif name == DEMO and kind == "default":
+        loaded.files = {_SHIPPED: sha256_bytes(DEMO_WEIGHTS_PATH.read_bytes())}
+    loaded.source = DEMO if name == DEMO else "torchvision"
     loaded.model.eval().requires_grad_(False)
     return loaded
+
+
+def _file_sha(url: str, storage_options: dict | None) -> str:
+    return sha256_bytes(read_weights_bytes(url, storage_options))
+
+
+def _load_source(name: str, kind: str, value: str, weights: str, storage_options: dict | None,
+                 preprocess: dict[str, Any] | None) -> LoadedModel:
+    if kind == "timm":
+        src = sources.load_timm(value, weights, storage_options)
+    elif kind == "hf":
+        src = sources.load_hf(value, storage_options)
+    elif kind == "py":
+        src = sources.load_py(value, weights, storage_options)
+    else:
+        src = sources.load_archive(kind, value, storage_options, preprocess)
+    return LoadedModel(model=src.model, preprocess=src.preprocess, categories=src.categories, name=name,
+                       weights=src.weights, num_classes=0, source=kind, files=src.files)
+
+
+def model_identity(name: str, weights: str = "default", *, storage_options: dict | None = None
+                   ) -> dict[str, Any]:
+    """What the manifest records about the model, without building it: the source,
+    the spec, the weights and the sha256 of every weights file, archive or directory.
+
+    The job's config hash includes these hashes, so a checkpoint replaced at the
+    same URL makes a resume refuse instead of mixing maps of two models.
+    """
+    src = sources.split_spec(name) if isinstance(name, str) else None
+    files: dict[str, str] = {}
+    if src is None:
+        _check_name(name)
+        kind, value = _classify_weights(name, weights)
+        source = DEMO if name == DEMO else "torchvision"
+        if kind == "checkpoint":
+            files[_redact(value, storage_options)] = _file_sha(value, storage_options)
+        elif name == DEMO and kind == "default":
+            files[_SHIPPED] = sha256_bytes(DEMO_WEIGHTS_PATH.read_bytes())
+        return {"source": source, "spec": name, "weights": _redact(weights, storage_options), "files": files}
+    kind, value = src
+    if kind == "hf":
+        _, files = sources.hf_local_dir(value, storage_options)
+    elif kind in sources.ARCHIVES:
+        files[_redact(value, storage_options)] = _file_sha(value, storage_options)
+    elif weights.lower() not in ("default", "none"):
+        files[_redact(weights, storage_options)] = _file_sha(weights, storage_options)
+    return {"source": kind, "spec": _redact(name, storage_options), "weights": _redact(weights, storage_options),
+            "files": files}
+
+
+def check_base(name: str, base: str) -> None:
+    """Refuses guided backprop on an archive: it has no ReLU modules or calls to hook."""
+    src = sources.split_spec(name) if isinstance(name, str) else None
+    if base == "guided_backprop" and src is not None and src[0] in sources.ARCHIVES:
+        raise ConfigError(
+            f"--base guided_backprop cannot run on --model {src[0]}:...: a {src[0]} archive holds no Python "
+            "ReLU modules to guide; use --base gradient (or another base), or load the network "
+            "with a py:MODULE:CALLABLE factory"
+        )
 
 
 @contextlib.contextmanager
@@ -190,7 +290,8 @@ def _check_name(name: str) -> None:
     hint = f"did you mean {', '.join(close)}? " if close else ""
     raise ConfigError(
         f"unknown model {name!r}; {hint}choose one of list_models() "
-        f"(--model demo, resnet50, vit_b_16, ...)"
+        f"(--model demo, resnet50, vit_b_16, ...) or a source prefix: timm:NAME, hf:DIR_OR_URL, "
+        f"torchscript:URL, export:URL, py:MODULE:CALLABLE"
     )
 
 
@@ -331,6 +432,44 @@ def _reason(e: BaseException) -> str:
 
 
 def _read_checkpoint(url: str, storage_options: dict | None) -> Any:
+    """A checkpoint's content: ``torch.load(weights_only=True)``, or safetensors for ``.safetensors``."""
+    shown = _redact(url, storage_options)
+    del shown
+    return _state_from_bytes(url, read_weights_bytes(url, storage_options, what="checkpoint"), storage_options)
+
+
+def _state_from_bytes(url: str, data: bytes, storage_options: dict | None) -> Any:
+    shown = _redact(url, storage_options)
+    if url.lower().endswith(".safetensors"):
+        return _load_safetensors(shown, data)
+    try:
+        return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except Exception as e:  # unpickling errors have many types
+        raise ConfigError(_load_failure(shown, data, e, storage_options)) from None
+
+
+def _load_safetensors(shown: str, data: bytes) -> dict[str, torch.Tensor]:
+    try:
+        from safetensors.torch import load as load_safetensors
+    except ImportError as e:
+        raise ImportError(
+            f"reading {shown} needs safetensors: pip install 'sgcore[timm]' (or 'sgcore[hf]')"
+        ) from e
+    try:
+        return dict(load_safetensors(data))
+    except Exception as e:  # SafetensorError and friends
+        raise ConfigError(f"checkpoint {shown} is not a safetensors file ({_reason(e)})") from None
+
+
+def sha256_bytes(data: bytes) -> str:
+    """Hex sha256 of ``data`` (the weights' content identity in the manifest)."""
+    import hashlib
+
+    return hashlib.sha256(data).hexdigest()
+
+
+def read_weights_bytes(url: str, storage_options: dict | None, *, what: str = "checkpoint") -> bytes:
+    """The bytes at ``url`` (any fsspec URL or path); one-line ConfigErrors, no secrets."""
     import fsspec
 
     shown = _redact(url, storage_options)
@@ -338,19 +477,16 @@ def _read_checkpoint(url: str, storage_options: dict | None) -> Any:
         with fsspec.open(url, "rb", **(storage_options or {})) as f:
             data = f.read()
     except FileNotFoundError as e:
-        raise ConfigError(f"checkpoint {shown} not found") from e
+        raise ConfigError(f"{what} {shown} not found") from e
     except Exception as e:  # any backend error; `from None`: its text may hold secrets
         reason = _redact(_reason(e), storage_options)
         if {c.__name__ for c in type(e).__mro__} & _NO_CREDENTIALS:  # botocore, matched by name
             reason += ("; set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, a profile (AWS_PROFILE), "
                        "or --storage-options")
-        raise ConfigError(f"could not read checkpoint {shown}: {reason}") from None
+        raise ConfigError(f"could not read {what} {shown}: {reason}") from None
     if not data:
-        raise ConfigError(f"checkpoint {shown} is empty (0 bytes)")
-    try:
-        return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-    except Exception as e:  # unpickling errors have many types
-        raise ConfigError(_load_failure(shown, data, e, storage_options)) from None
+        raise ConfigError(f"{what} {shown} is empty (0 bytes)")
+    return data
 
 
 _NO_CREDENTIALS = frozenset({"NoCredentialsError", "PartialCredentialsError", "ProfileNotFound"})
@@ -406,12 +542,13 @@ def _short_torch_reason(e: BaseException) -> str:
     return text if len(text) < 200 else text[:200] + "..."
 
 
-def _split_checkpoint(url: str, obj: Any) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+def _split_checkpoint(url: str, obj: Any, keys: tuple[str, ...] = ("state_dict", "model"),
+                      ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """(state_dict, extras) from a bare state_dict or a {'state_dict'|'model': ...} dict."""
     extras: dict[str, Any] = {}
     state = obj
     if isinstance(obj, dict):
-        for key in ("state_dict", "model"):
+        for key in keys:
             if isinstance(obj.get(key), dict):
                 state = obj[key]
                 extras = {k: v for k, v in obj.items() if k != key}
@@ -514,6 +651,18 @@ def _load_checkpoint_model(name: str, url: str, storage_options: dict | None) ->
         weights=shown,
         num_classes=n_out,
     )
+
+
+def _load_strict(model: nn.Module, state: dict[str, torch.Tensor], prefix: str) -> None:
+    """``load_state_dict(strict=True)`` with a one-line report of what does not fit."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    mismatched = [f"{k} {tuple(v.shape)} vs {tuple(own[k].shape)}"
+                  for k, v in state.items() if k in own and own[k].shape != v.shape]
+    if missing or unexpected or mismatched:
+        raise ConfigError(f"{prefix}: " + _key_report(missing, unexpected, mismatched))
+    model.load_state_dict(state, strict=True)
 
 
 def _key_report(missing: list[str], unexpected: list[str], mismatched: list[str]) -> str:

@@ -36,6 +36,7 @@ invocation that wrote to it:
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import resource
 import time
@@ -61,7 +62,8 @@ from sgcore.io import (
     write_manifest,
     write_success,
 )
-from sgcore.models import Preprocess, resolve_preprocess
+from sgcore.models import Preprocess, check_base, load_model, model_identity, resolve_preprocess
+from sgcore.models.sources import split_spec
 from sgcore.pipeline._faults import parse_faults
 from sgcore.pipeline.actors import remote_actor, remote_decode
 from sgcore.pipeline.cluster import (
@@ -72,7 +74,7 @@ from sgcore.pipeline.cluster import (
     request_capacity,
 )
 from sgcore.pipeline.progress import Progress, format_duration
-from sgcore.pipeline.worker import make_row, summarize, write_part
+from sgcore.pipeline.worker import class_target, make_row, summarize, write_part
 
 log = logging.getLogger("sgcore")
 
@@ -129,6 +131,37 @@ def plan_fingerprint(shards: list[ShardSpec]) -> str:
     return h.hexdigest()[:16]
 
 
+def job_hash(config: JobConfig, identity: dict[str, Any]) -> str:
+    """The config hash, with the sha256 of the model's weights files when it read any.
+
+    Parts carry it: a resume after a checkpoint changed at the same URL finds no
+    part of its own and is refused by :func:`_guard_output`.
+    """
+    files = identity.get("files") or {}
+    if not files:
+        return config.config_hash()
+    blob = json.dumps({"config": config.config_hash(), "files": files}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _model_on_driver(config: JobConfig) -> tuple[Preprocess, dict[str, Any]]:
+    """The model's preprocessing and provenance, checked before any Ray work.
+
+    A torchvision or demo model is not built here (no download on the driver).
+    Any other source is loaded once, as each replica will: a bad spec, a
+    checkpoint of another architecture or a file that is no archive then
+    stops the job with one line before a cluster is involved.
+    """
+    if split_spec(config.model) is None:
+        preprocess = resolve_preprocess(config.model, config.weights, image_size=config.image_size,
+                                        storage_options=config.storage_options, preprocess=config.preprocess)
+        return preprocess, model_identity(config.model, config.weights, storage_options=config.storage_options)
+    loaded = load_model(config.model, config.weights, image_size=config.image_size,
+                        storage_options=config.storage_options, preprocess=config.preprocess)
+    class_target(config.target, loaded.categories, loaded.num_classes)
+    return loaded.preprocess, loaded.identity()
+
+
 def run_job(config: JobConfig) -> JobResult:
     """Runs (or resumes) a SmoothGrad job; see ``python -m jobs.smoothgrad --help``.
 
@@ -144,16 +177,17 @@ def run_job(config: JobConfig) -> JobResult:
             parse_faults(config.inject_faults)
         except ValueError as e:
             raise ConfigError(str(e)) from None
-    preprocess = resolve_preprocess(config.model, config.weights, image_size=config.image_size)
+    check_base(config.model, config.base)
+    preprocess, identity = _model_on_driver(config)
     shards = plan_shards(
         config.input, shard_size=config.shard_size, limit=config.limit,
         input_format=config.input_format, image_column=config.image_column,
         label_column=config.label_column, id_column=config.id_column,
         labels=config.labels, storage_options=config.storage_options,
     )
-    chash = config.config_hash()
+    chash = job_hash(config, identity)
     fingerprint = plan_fingerprint(shards)
-    _guard_output(config, chash, fingerprint)
+    _guard_output(config, chash, fingerprint, identity)
     # --overwrite (or another config) starts a new record; a resume extends it.
     old = None if config.overwrite else read_manifest(config.output, config.storage_options)
     if old is not None and old.get("config_hash") != chash:
@@ -162,6 +196,7 @@ def run_job(config: JobConfig) -> JobResult:
     todo = [s for s in shards if s.shard_id not in committed]
     run = _new_run(started, shards=len(todo), skipped=len(committed))
     manifest = _new_manifest(config, chash, fingerprint, preprocess, shards, committed, old, run)
+    manifest["model"] = identity
     manifest["totals"] = _totals(manifest)
     if todo:
         remove_success(config.output, config.storage_options)
@@ -387,7 +422,8 @@ def _error_rows(config: JobConfig, spec: ShardSpec, decoded: Any, message: str,
     return [make_row(config, spec.shard_id, rec, crop=crop, error=message) for rec in records]
 
 
-def _guard_output(config: JobConfig, chash: str, fingerprint: str) -> None:
+def _guard_output(config: JobConfig, chash: str, fingerprint: str,
+                  identity: dict[str, Any] | None = None) -> None:
     """Refuses to mix two configs (or two input listings) in one output."""
     from fsspec.implementations.local import LocalFileSystem
 
@@ -404,6 +440,16 @@ def _guard_output(config: JobConfig, chash: str, fingerprint: str) -> None:
     if not _has_parts(config):
         return  # a run that stopped before writing anything (bad weights, say)
     if old.get("config_hash") != chash:
+        old_files = (old.get("model") or {}).get("files") or {}
+        new_files = (identity or {}).get("files") or {}
+        replaced = [f for f in new_files if f in old_files and old_files[f] != new_files[f]]
+        if replaced and not _diff(old.get("config", {}), config.result_fields(), empty=""):
+            f = replaced[0]
+            raise ConfigError(
+                f"the model file {f} changed since {config.output} was written (sha256 "
+                f"{old_files[f][:12]}... -> {new_files[f][:12]}...); its maps would mix two models: "
+                "use a new --output, or pass --overwrite to replace them"
+            )
         changed = _diff(old.get("config", {}), config.result_fields())
         raise ConfigError(
             f"{config.output} holds results of another config (changed: {changed}); "
@@ -425,9 +471,9 @@ def _has_parts(config: JobConfig) -> bool:
         return False
 
 
-def _diff(old: dict[str, Any], new: dict[str, Any]) -> str:
+def _diff(old: dict[str, Any], new: dict[str, Any], empty: str = "sgcore version") -> str:
     keys = [k for k in new if old.get(k) != new[k]]
-    return ", ".join(f"{k}: {old.get(k)!r} -> {new[k]!r}" for k in keys) or "sgcore version"
+    return ", ".join(f"{k}: {old.get(k)!r} -> {new[k]!r}" for k in keys) or empty
 
 
 def _clear_output(config: JobConfig) -> None:

@@ -14,8 +14,9 @@ import torch
 
 from sgcore.attribution import prepare_model, reduce_channels, smoothgrad
 from sgcore.config import JobConfig
+from sgcore.errors import ConfigError
 from sgcore.io import DecodedShard, encode_part, join, npz_name, part_url, write_bytes
-from sgcore.models import LoadedModel, load_model
+from sgcore.models import LoadedModel, check_base, load_model, with_score
 from sgcore.seeds import image_seed
 
 METHOD_NAMES = {"mean": "smoothgrad", "square": "smoothgrad_sq", "var": "vargrad"}
@@ -43,10 +44,15 @@ class ShardProcessor:
             config.weights,
             image_size=config.image_size,
             storage_options=config.storage_options,
+            preprocess=config.preprocess,
         )
+        check_base(config.model, config.base)
         self.model = _prepare(self.loaded.model, config, self.device)
+        # What the kernel differentiates: the logits, or their (log-)softmax (--score).
+        self.explained = with_score(self.model, config.score)
         self.categories = self.loaded.categories
         self._index = {name: i for i, name in enumerate(self.categories or [])}
+        self.fixed_target = class_target(config.target, self.categories, self.loaded.num_classes)
 
     # ------------------------------------------------------------------ rows
     def compute_rows(self, decoded: DecodedShard) -> list[dict[str, Any]]:
@@ -78,7 +84,9 @@ class ShardProcessor:
             row = rows[i]
             row["predicted"] = int(predicted[j])
             row["predicted_name"] = self._name(int(predicted[j]))
-            if cfg.target == "label":
+            if self.fixed_target is not None:
+                target = self.fixed_target
+            elif cfg.target == "label":
                 if row["label_index"] is None:
                     row["status"] = "error"
                     row["error"] = (
@@ -96,7 +104,7 @@ class ShardProcessor:
         if not keep:
             return
         seeds = torch.tensor([rows[chunk[j]]["seed"] for j in keep], dtype=torch.int64)
-        maps = smoothgrad(self.model, x[keep], torch.tensor(targets, dtype=torch.int64, device=self.device),
+        maps = smoothgrad(self.explained, x[keep], torch.tensor(targets, dtype=torch.int64, device=self.device),
                           seeds=seeds, **cfg.kernel_arguments())
         reduced = reduce_channels(maps, cfg.reduction).cpu().numpy()
         full = maps.cpu().numpy() if cfg.store_full else None
@@ -132,6 +140,32 @@ class ShardProcessor:
                          seconds_compute=seconds_compute, attempt=attempt, finished=time.time())
 
 
+def class_target(target: str, categories: list[str] | None, num_classes: int) -> int | None:
+    """The class index of ``--target class:NAME_OR_INDEX`` (None for predicted/label).
+
+    Raises:
+        ConfigError: a name the model's categories do not hold, or an index out of range.
+    """
+    if not target.startswith("class:"):
+        return None
+    value = target[len("class:"):].strip()
+    if categories is not None and value in categories:
+        return categories.index(value)
+    if value.lstrip("-").isdigit():
+        index = int(value)
+        if not 0 <= index < num_classes:
+            raise ConfigError(f"--target {target}: class index must be in [0, {num_classes - 1}]; got {index}")
+        return index
+    if categories is None:
+        raise ConfigError(f"--target {target}: the model has no category names; give a class index "
+                          f"(class:0 .. class:{num_classes - 1})")
+    import difflib
+
+    close = difflib.get_close_matches(value, categories, n=3)
+    hint = f" (did you mean {', '.join(close)}?)" if close else ""
+    raise ConfigError(f"--target {target}: no category {value!r} among the model's {len(categories)}{hint}")
+
+
 def make_row(config: JobConfig, shard_id: str, rec: dict[str, Any], *, crop: int | tuple[int, int],
              label_index: int | None = None, error: str | None = None) -> dict[str, Any]:
     """The row of one input record before the model runs (status from the record).
@@ -150,6 +184,7 @@ def make_row(config: JobConfig, shard_id: str, rec: dict[str, Any], *, crop: int
         "label_index": label_index,
         "method": METHOD_NAMES[config.aggregate],
         "base": config.base,
+        "score_type": config.score,
         "noise_level": float(config.noise_level),
         "n_samples": int(config.n_samples),
         "seed": image_seed(config.seed, rec["image_id"]),
