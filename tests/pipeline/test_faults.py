@@ -165,29 +165,23 @@ def test_sigkill_of_an_actor_mid_job(tmp_path):
 
 
 def _kill_actor_after_first_part(out: Path, job: threading.Thread) -> bool:
-    """SIGKILLs an actor of this test's own job: one whose pid the job recorded for a committed shard.
+    """SIGKILLs a live actor of this test's own Ray job, by the pid Ray's actor table records.
 
     Never a process found by name: other Ray sessions run on the same machine.
     """
+    from ray._private.state import actors
+
+    own_job = ray.get_runtime_context().job_id
     deadline = time.time() + 240
     while time.time() < deadline and job.is_alive():
-        try:
-            shards = json.loads((out / "_manifest.json").read_text())["shards"].values()
-        except (OSError, ValueError, KeyError):
-            shards = []
-        pids = [s["pid"] for s in shards if s.get("pid")]
-        if pids and _is_saliency_actor(pids[0]):
-            os.kill(pids[0], signal.SIGKILL)
-            return True
+        if list(out.glob("part-*.parquet")):
+            pids = [a["Pid"] for a in actors(job_id=own_job, actor_state_name="ALIVE").values()
+                    if a["ActorClassName"].endswith("SaliencyActor") and a["Pid"]]
+            if pids:
+                os.kill(pids[0], signal.SIGKILL)
+                return True
         time.sleep(0.05)
     return False
-
-
-def _is_saliency_actor(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().startswith(b"ray::SaliencyActor")
-    except OSError:
-        return False
 
 
 def test_max_error_rate_stops_a_job_of_errors(tmp_path, ray_local):
@@ -227,6 +221,9 @@ def test_permanent_read_errors_become_error_rows_naming_the_url(tmp_path):
 
     ids = _dataset(tmp_path / "in", 4)
     opts = {"fail_fraction": 0.3, "failures": -1, "error": "permission", "ops": ["cat_file"]}
+    # Which paths fail depends on tmp_path: pick the first seed that dooms some images but not all.
+    opts["seed"] = next(seed for seed in range(100) if 0 < sum(
+        FlakyFileSystem(**opts, seed=seed).chosen(f"{tmp_path}/in/{i}") for i in ids) < len(ids))
     run_job(JobConfig(input=f"flaky://{tmp_path}/in", output=str(tmp_path / "out"),
                       storage_options=opts, max_error_rate=1.0, **SMALL))
     df = _assert_exactly_once(tmp_path / "out", ids).set_index("image_id")
