@@ -165,8 +165,13 @@ def table_maps(
     names = table.column_names
     if column in names:
         arr = table.column(column).combine_chunks()
-        if arr.null_count:
-            raise InputError(f"{arr.null_count} row(s) have no {column!r}; select the status == 'ok' rows")
+        # Error rows hold zeros (older outputs: nulls): their status says they have no map.
+        errors = arr.null_count
+        if "status" in names:
+            ok = pc.sum(pc.equal(table.column("status"), "ok")).as_py() or 0
+            errors = max(errors, len(table) - ok)
+        if errors:
+            raise InputError(f"{errors} row(s) have no {column!r}; select the status == 'ok' rows")
         return arr.to_numpy_ndarray().astype(np.float32)
     if "map_key" not in names:
         raise InputError(f"results have no {column!r} column; was the job run with --store-full?")

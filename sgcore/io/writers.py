@@ -150,19 +150,21 @@ def rows_to_table(
 
 
 def _tensor_column(maps: list[np.ndarray | None], shape: tuple[int, ...]) -> pa.ExtensionArray:
+    """The maps as one tensor column that never holds a null.
+
+    An error row (``None``) holds zeros of the map's shape; ``status`` says it has
+    no map. A null in a tensor column breaks Ray Data (``take_batch``, ``take``,
+    ``map_batches`` and row-wise ``filter`` all convert it to numpy, which refuses
+    nulls) and every ``df.saliency[i].reshape(...)``; zeros read everywhere.
+    """
     size = int(np.prod(shape))
     flat = np.zeros((len(maps), size), dtype=np.float16)
-    mask = np.zeros(len(maps), dtype=bool)
     for i, m in enumerate(maps):
-        if m is None:
-            mask[i] = True
-        else:
+        if m is not None:
             if tuple(np.shape(m)) != shape:
                 raise ValueError(f"map {i} must have shape {shape}; got {np.shape(m)}")
             flat[i] = np.asarray(m, dtype=np.float16).reshape(-1)
-    storage = pa.FixedSizeListArray.from_arrays(
-        pa.array(flat.reshape(-1)), size, mask=pa.array(mask) if mask.any() else None
-    )
+    storage = pa.FixedSizeListArray.from_arrays(pa.array(flat.reshape(-1)), size)
     return pa.ExtensionArray.from_storage(pa.fixed_shape_tensor(pa.float16(), list(shape)), storage)
 
 
