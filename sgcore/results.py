@@ -217,15 +217,22 @@ def overlay(
     *,
     saliency: np.ndarray | None = None,
     image: Image.Image | bytes | None = None,
-    alpha: float = 0.5,
+    view: str = "heat",
+    alpha: float = 0.75,
+    colorbar: bool = True,
+    crop_outline: bool = True,
     storage_options: dict[str, Any] | None = None,
 ) -> Image.Image:
-    """The row's map laid over its original input image, at the original size.
+    """The row's map drawn at its original image's size, in one of :data:`sgcore.render.VIEWS`.
 
     The geometry columns say where the map sits: map pixel (r, c) covers resized
     pixel (r + crop_top, c + crop_left), and the resized image scales back onto
     the original by ``orig / resized``. Areas outside the centre crop have no
-    map and show the image alone.
+    map: ``"heat"`` shows the image alone there (in grey) and outlines the crop.
+
+    Views (see :mod:`sgcore.render`): ``"heat"``, the map's clipped magnitude in
+    inferno over the dimmed grey photo; ``"gray"``, the authors' 99th-percentile
+    clipped grayscale map; ``"diverging"``, a signed map blue-white-red.
 
     Args:
         row: one result row (a dict, a pandas Series or a ``pyarrow`` row dict)
@@ -233,15 +240,22 @@ def overlay(
             ``map_width`` and the geometry columns.
         saliency: the ``(H, W)`` map, when the row does not hold it (npz results).
         image: the original image (or its bytes), else read from ``source``.
-        alpha: opacity of the heat map where the map is strongest.
+        view: ``"heat"``, ``"gray"`` or ``"diverging"``.
+        alpha: opacity of the heat where the map reaches its 99th percentile.
+        colorbar: add a colour bar on the right (the picture grows by its width).
+        crop_outline: outline the centre crop the model saw (``"heat"``).
         storage_options: fsspec options for reading ``source``.
 
     Returns:
-        An RGB :class:`PIL.Image.Image` of size (orig_width, orig_height).
+        An RGB :class:`PIL.Image.Image`: (orig_width [+ colour bar], orig_height).
 
     Raises:
-        ValueError: an error row, a missing map or geometry, or ``alpha`` out of [0, 1].
+        ValueError: an error row, a missing map or geometry, a bad view, or ``alpha`` out of [0, 1].
     """
+    from sgcore import render
+
+    if view not in render.VIEWS:
+        raise ValueError(f"view must be one of {', '.join(render.VIEWS)}; got {view!r}")
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must be in [0, 1]; got {alpha}")
     get = row.get if hasattr(row, "get") else (lambda k, d=None: getattr(row, k, d))
@@ -271,7 +285,7 @@ def overlay(
             f"{geo['orig_width']}x{geo['orig_height']}; wrong image for {get('image_id')!r}?"
         )
 
-    # Map -> resized canvas (NaN outside the crop) -> original size.
+    # Map -> resized canvas (0 outside the crop) -> original size.
     canvas = np.zeros((geo["resized_height"], geo["resized_width"]), np.float32)
     cover = np.zeros_like(canvas)
     t, left = geo["crop_top"], geo["crop_left"]
@@ -283,44 +297,20 @@ def overlay(
     size = (geo["orig_width"], geo["orig_height"])
     heat = np.asarray(Image.fromarray(canvas, mode="F").resize(size, Image.Resampling.BILINEAR))
     mask = np.asarray(Image.fromarray(cover, mode="F").resize(size, Image.Resampling.NEAREST))
-    return Image.fromarray(heat_overlay(np.asarray(base), heat, alpha=alpha, where=mask), mode="RGB")
-
-
-def heat_overlay(
-    image: np.ndarray, saliency: np.ndarray, *, alpha: float = 0.5, where: np.ndarray | None = None
-) -> np.ndarray:
-    """``|saliency|`` as a heat map over an RGB image of the same size.
-
-    The map is scaled by its maximum; the heat map's opacity grows with it,
-    up to ``alpha``. This is the blend :func:`overlay` draws after bringing a
-    map back to the original image; the audit report uses it on the crop.
-
-    Args:
-        image: ``(H, W, 3)`` RGB, uint8 values.
-        saliency: ``(H, W)`` map.
-        alpha: opacity of the heat map where the map is strongest.
-        where: ``(H, W)`` weights in [0, 1] (0: the image alone); None: 1.
-
-    Returns:
-        ``(H, W, 3)`` uint8.
-    """
-    mag = np.abs(np.asarray(saliency, dtype=np.float32))
-    pixels = np.asarray(image, dtype=np.float32)
-    if pixels.shape != (*mag.shape, 3):
-        raise ValueError(f"image must be (H, W, 3) with the map's (H, W) {mag.shape}; got {pixels.shape}")
-    top = float(mag.max(initial=0.0))
-    norm = mag / top if top > 0 else np.zeros_like(mag)
-    weight = alpha * norm * (1.0 if where is None else where)
-    out = pixels * (1.0 - weight[..., None]) + _heat_colours(norm) * weight[..., None]
-    return out.clip(0, 255).astype(np.uint8)
-
-
-def _heat_colours(x: np.ndarray) -> np.ndarray:
-    """A black-red-yellow-white ramp ("hot"), (H, W) in [0, 1] -> (H, W, 3) in [0, 255]."""
-    r = np.clip(3.0 * x, 0, 1)
-    g = np.clip(3.0 * x - 1.0, 0, 1)
-    b = np.clip(3.0 * x - 2.0, 0, 1)
-    return np.stack([r, g, b], axis=-1) * 255.0
+    # The scale is the stored map's (not the resampled one's), the same in every view.
+    _, top = render.clip_scale(m)
+    if view == "heat":
+        out, top = render.heat_blend(np.asarray(base), heat, alpha=alpha, where=mask, top=top)
+        if crop_outline and r1 > r0 and c1 > c0:
+            sy, sx = geo["orig_height"] / geo["resized_height"], geo["orig_width"] / geo["resized_width"]
+            box = (round(c0 * sx), round(r0 * sy), round(c1 * sx), round(r1 * sy))
+            if box != (0, 0, *size):  # a crop that is the whole image needs no outline
+                out = render.outline(out, box)
+    else:
+        out = render.map_view(heat, view, top=top)
+    if colorbar:
+        out = render.with_colorbar(out, top, view=view)
+    return Image.fromarray(out, mode="RGB")
 
 
 def part_files(url: str, storage_options: dict[str, Any] | None = None) -> list[str]:
@@ -486,7 +476,6 @@ def row_classes(meta: pa.Table) -> list[str]:
 __all__ = [
     "META_COLUMNS",
     "Results",
-    "heat_overlay",
     "iter_parts",
     "load_maps",
     "open_results",

@@ -8,7 +8,7 @@ from PIL import Image
 
 from sgcore.errors import InputError
 from sgcore.io import decode_image, encode_part, join, write_bytes, write_manifest, write_success
-from sgcore.results import heat_overlay, load_maps, open_results, overlay, part_files, table_maps
+from sgcore.results import load_maps, open_results, overlay, part_files, table_maps
 from tests.io.datasets import encode
 
 
@@ -85,13 +85,44 @@ def test_overlay_lays_the_map_exactly_onto_the_original(tmp_path):
     out, _ = _write_results(tmp_path)
     df = open_results(out).to_table().to_pandas()
     row = df[df.image_id == "sq.png"].iloc[0]
-    img = overlay(row, alpha=1.0)
+    img = overlay(row, alpha=1.0, colorbar=False, crop_outline=False)
     assert img.size == (120, 90) and img.mode == "RGB"
     arr = np.asarray(img).astype(int)
-    assert (arr[33:57, 48:72] > 200).all(axis=-1).mean() > 0.9  # the square's peak is white-hot
+    # Full heat (inferno's top, pale yellow) on the square; the black image alone elsewhere.
+    assert (np.abs(arr[33:57, 48:72] - [252, 255, 164]) <= 16).all(axis=-1).mean() > 0.9
     ys, xs = np.nonzero(arr[..., 0] > 128)
     assert ys.min() >= 28 and ys.max() <= 61 and xs.min() >= 43 and xs.max() <= 76
-    assert arr[:25].max() == 0 and arr[:, :40].max() == 0  # no map there: the black image alone
+    assert arr[:25].max() == 0 and arr[:, :40].max() == 0
+
+
+def test_overlay_is_visible_on_a_photo_with_a_colour_bar_and_the_crop_outlined(tmp_path):
+    """A textured photo-like image, a wide one (so the centre crop leaves sides out), a weak diffuse map
+    with one stronger blob: the blob must stand out in colour, the crop must be outlined, a bar added."""
+    from PIL import Image as PILImage
+
+    gen = np.random.default_rng(0)
+    photo = (gen.integers(60, 200, (60, 120, 3))).astype(np.uint8)  # grey-ish texture, 2:1 wide
+    data = encode(PILImage.fromarray(photo))
+    arr, geo = decode_image(data, resize_size=32, crop_size=32)
+    m = gen.random((32, 32)).astype(np.float32) * 0.01  # speckle: what SmoothGrad gives on photos
+    m[10:20, 10:20] += 0.05
+    row = {"image_id": "p.png", "status": "ok", "map_height": 32, "map_width": 32, "saliency": m,
+           **{k: getattr(geo, k) for k in ("orig_height", "orig_width", "resized_height", "resized_width",
+                                            "crop_top", "crop_left")}}
+    img = np.asarray(overlay(row, image=data)).astype(int)
+    assert img.shape[0] == 60 and img.shape[1] > 120 + 10  # a colour bar on the right
+    pic = img[:, :120]
+    # The crop (cols 30..90 of the original) is outlined in cyan; outside it, grey only.
+    cyan = (pic[..., 0] < 60) & (pic[..., 1] > 180) & (pic[..., 2] > 200)
+    assert cyan[5:55, 28:33].all(axis=0).any() and cyan[5:55, 88:93].all(axis=0).any()
+    assert not cyan[5:55, 40:80].any() and not cyan[:, :25].any()
+    sat = pic.max(axis=-1) - pic.min(axis=-1)
+    assert sat[5:55, 3:25].max() <= 2  # left of the crop: grey, no heat
+    # The blob (map rows 10..20 -> original rows ~19..37, cols 30+19..30+37) is strongly coloured.
+    assert sat[22:35, 52:66].mean() > 80 and pic[22:35, 52:66, 0].mean() > 150
+    gray = np.asarray(overlay(row, image=data, view="gray", colorbar=False)).astype(int)
+    assert gray.shape == (60, 120, 3) and (gray[..., 0] == gray[..., 2]).all()
+    assert gray[22:35, 52:66].mean() > 3 * gray[5:15, 95:115].mean() + 1
 
 
 def test_overlay_refuses_error_rows_and_bad_arguments(tmp_path):
@@ -106,7 +137,9 @@ def test_overlay_refuses_error_rows_and_bad_arguments(tmp_path):
     no_map = {**rows["sq.png"], "saliency": None}
     with pytest.raises(ValueError, match=r"has no saliency; pass saliency="):
         overlay(no_map)
-    assert overlay(no_map, saliency=np.ones((32, 32))).size == (120, 90)
+    assert overlay(no_map, saliency=np.ones((32, 32)), colorbar=False).size == (120, 90)
+    with pytest.raises(ValueError, match="view must be one of heat, gray, diverging; got 'jet'"):
+        overlay(rows["sq.png"], view="jet")
 
 
 def test_overlay_reads_an_image_file_named_like_a_tar_member(tmp_path):
@@ -119,9 +152,9 @@ def test_overlay_reads_an_image_file_named_like_a_tar_member(tmp_path):
     with tarfile.open(src / "x.tar", "w") as tar:  # a real tar of that name, without the member
         tar.add(src / "x.tar#0.png", arcname="other.png")
     row = _row("x.tar#0.png", str(src / "x.tar#0.png"), data)
-    img = overlay(row, alpha=1.0)
+    img = overlay(row, alpha=1.0, colorbar=False)
     assert img.size == (120, 90)
-    assert np.asarray(img)[40, 60].min() > 200  # the square, read from the file itself
+    assert np.asarray(img)[40, 60].min() > 140  # full heat (pale yellow) on the square, read from the file itself
 
 
 def test_pandas_reads_the_directory_directly(tmp_path):
@@ -153,20 +186,6 @@ def test_table_maps_keep_the_row_order(tmp_path, fmt):
     if fmt == "npz":
         with pytest.raises(InputError, match="npz results: pass the results URL"):
             table_maps(ok)
-
-
-def test_heat_overlay_hand_case():
-    image = np.full((2, 3, 3), 100, np.uint8)
-    m = np.array([[0.0, -2.0, 1.0], [0.0, 0.0, 0.0]])
-    out = heat_overlay(image, m, alpha=0.5)
-    # |m| / max: 1 at (0, 1) (white-hot), 0.5 at (0, 2) (red, r = 1.5 -> 1, g = 0.5, b = 0), 0 elsewhere.
-    np.testing.assert_array_equal(out[0, 1], [177, 177, 177])  # 100 * 0.5 + 255 * 0.5
-    # weight 0.25: 100 * 0.75 + (255, 127.5, 0) * 0.25 = (138.75, 106.875, 75), truncated to uint8.
-    np.testing.assert_array_equal(out[0, 2], [138, 106, 75])
-    assert (out[1] == 100).all() and (out[0, 0] == 100).all()
-    np.testing.assert_array_equal(heat_overlay(image, m, where=np.zeros((2, 3))), image)
-    with pytest.raises(ValueError, match=r"image must be \(H, W, 3\) with the map's \(H, W\) \(2, 3\); got \(3, 3, 3\)"):
-        heat_overlay(np.zeros((3, 3, 3)), m)
 
 
 def test_one_reader_for_the_directory_its_ok_rows_and_its_error_rows(tmp_path):

@@ -1,23 +1,32 @@
 """The heavy part of an audit: recomputing maps and perturbing images.
 
-One :class:`AuditWorker` holds a model replica; the runner drives several of
-them as Ray actors (or one in-process). Every result depends only on the
-chunk's images, their seeds and the audit seed, never on which worker ran it.
+One :class:`AuditWorker` holds a model replica, prepared as the job's
+replicas are (:func:`~sgcore.attribution.prepare_model`); the runner drives
+several of them on the pipeline's :class:`~sgcore.pipeline.pool.ReplicaPool`
+(sized by ``plan_actors``, chunks of a dead replica retried elsewhere), or one
+in-process. Every result depends only on the chunk's images, their seeds and
+the audit seed, never on which worker ran it or on a retry.
 """
 
 from __future__ import annotations
 
+import os
+import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
 
+from sgcore.attribution import prepare_model
 from sgcore.audit.faithfulness import deletion_insertion
 from sgcore.audit.results import load_images
 from sgcore.audit.sanity import MapSettings, cascading_randomization
+from sgcore.errors import InputError
 from sgcore.models import load_model, with_score
 from sgcore.models.preprocess import Preprocess
+from sgcore.pipeline.pool import ItemFailed
 from sgcore.pipeline.worker import pick_device
 
 
@@ -42,6 +51,7 @@ class WorkerSpec:
     image_column: str | None = None
     use_gpu: bool = False
     score: str = "logit"
+    fold_bn: bool = True
     storage_options: dict[str, Any] = field(default_factory=dict, repr=False)
 
 
@@ -65,8 +75,14 @@ class AuditWorker:
         loaded = load_model(spec.model, spec.weights, image_size=spec.image_size,
                             storage_options=spec.storage_options, preprocess=spec.preprocess)
         self.device = pick_device(spec.use_gpu)
+        # The cascade randomizes the plain model and prepares each step; the rest runs prepared.
         self.model = with_score(loaded.model.to(self.device).eval(), spec.score)
+        self.prepared = self._prepare(self.model)
         self.preprocess = Preprocess.from_dict(spec.preprocess)
+        self.on_step: Callable[[int, int], None] | None = None
+
+    def _prepare(self, model: torch.nn.Module) -> torch.nn.Module:
+        return prepare_model(model, fold_bn=self.spec.fold_bn)
 
     def evaluate(self, chunk: Chunk) -> dict[str, Any]:
         spec = self.spec
@@ -79,18 +95,21 @@ class AuditWorker:
                 f"stored maps must match the model input size; got maps {tuple(chunk.maps.shape[1:])} "
                 f"and inputs {tuple(x.shape[2:])}"
             )
+        t0 = time.perf_counter()
         out: dict[str, Any] = {"images": len(chunk.sources), "device": str(self.device)}
         if spec.sanity:
-            r = cascading_randomization(self.model, x, targets, settings=spec.settings, seeds=seeds, seed=spec.seed)
+            r = cascading_randomization(self.model, x, targets, settings=spec.settings, seeds=seeds, seed=spec.seed,
+                                        prepare=self._prepare, on_step=self.on_step)
             out["sanity"] = asdict(r)
         if spec.faithfulness:
             # The random orders depend on the chunk's first image, not on the worker.
             order_seed = (spec.seed * 1_000_003 + chunk.seeds[0]) % (2**63)
             f = deletion_insertion(
-                self.model, x, targets, torch.tensor(chunk.maps, device=self.device),
+                self.prepared, x, targets, torch.tensor(chunk.maps, device=self.device),
                 steps=spec.steps, seed=order_seed,
             )
             out["faithfulness"] = asdict(f)
+        out["seconds"] = time.perf_counter() - t0
         return out
 
 
@@ -101,45 +120,70 @@ def run_chunks(
     num_actors: int | None = None,
     address: str | None = None,
     gpus_per_actor: float = 0.0,
-) -> list[dict[str, Any]]:
-    """Evaluates chunks in order; on a Ray actor pool unless ``num_actors == 0``.
+    max_retries: int = 3,
+    on_result: Callable[[int, Any, int], None] | None = None,
+    on_step: Callable[[int, int], None] | None = None,
+    log: Callable[[str], None] | None = None,
+) -> tuple[list[Any], dict[str, Any]]:
+    """Evaluates chunks on the pipeline's replica pool, or in this process when ``num_actors == 0``.
 
     Args:
         spec: the workers' model and settings.
         chunks: work items.
-        num_actors: Ray actors (None: one per CPU of the cluster, at most one
-            per chunk); 0 runs in this process without Ray.
+        num_actors: replicas (None: as many as :func:`~sgcore.pipeline.cluster.plan_actors`
+            fits, at most one per chunk); 0 runs in this process without Ray.
         address: Ray cluster address; None: ``RAY_ADDRESS``, else a fresh
             local Ray, shut down afterwards (as the job's driver does).
-        gpus_per_actor: GPUs each actor reserves (0 on CPU-only clusters).
+        gpus_per_actor: GPUs each replica reserves (0 on CPU-only clusters).
             ``spec.use_gpu`` must say whether it is > 0.
+        max_retries: attempts after the first for a chunk whose replica died.
+        on_result: called as each chunk finishes with (index, output or
+            :class:`~sgcore.pipeline.pool.ItemFailed`, pid of the replica).
+        on_step: in this process only: (map sets done, in all) within a chunk's cascade.
+        log: gets one line saying where the chunks run.
+
+    Returns:
+        (one output or ``ItemFailed`` per chunk in order, the pool's record:
+        ``replicas``, ``replicas_lost``, ``pids``).
     """
     if not chunks:
-        return []
+        return [], {"replicas": 0, "replicas_lost": 0, "pids": []}
     if num_actors == 0:
         worker = AuditWorker(spec)
-        return [worker.evaluate(c) for c in chunks]
+        worker.on_step = on_step
+        if log is not None:
+            log(f"audit: {len(chunks)} chunk(s) in this process on {worker.device}")
+        outputs: list[Any] = []
+        for i, c in enumerate(chunks):
+            try:
+                value: Any = worker.evaluate(c)
+            except InputError as e:  # an unreadable image: the chunk fails, the audit goes on
+                value = ItemFailed(reason=str(e), attempts=1)
+            outputs.append(value)
+            if on_result is not None:
+                on_result(i, value, os.getpid() if not isinstance(value, ItemFailed) else -1)
+        return outputs, {"replicas": 1, "replicas_lost": 0, "pids": [os.getpid()]}
     try:
         import ray
-        from ray.util import ActorPool
 
-        from sgcore.pipeline.cluster import connect_ray
+        from sgcore.pipeline.cluster import connect_ray, node_resources, plan_actors
+        from sgcore.pipeline.pool import ReplicaPool
     except ImportError as e:  # pragma: no cover - ray is a core dependency
         raise ImportError("running the audit on Ray needs ray: pip install 'ray[data]'") from e
     owns_ray = connect_ray(address)
-    actors: list[Any] = []
     try:
-        if num_actors is None:
-            cpus = int(ray.cluster_resources().get("CPU", 1))
-            num_actors = max(1, min(cpus, len(chunks)))
-        remote = ray.remote(num_cpus=1, num_gpus=gpus_per_actor)(AuditWorker)
-        actors = [remote.remote(spec) for _ in range(num_actors)]
-        pool = ActorPool(actors)
-        return list(pool.map(lambda a, c: a.evaluate.remote(c), chunks))
+        plan = plan_actors(ray.cluster_resources(), gpus_per_actor=gpus_per_actor, cpus_per_actor=1.0,
+                           num_actors=num_actors, min_actors=None, max_actors=None, num_shards=len(chunks),
+                           nodes=node_resources())
+        cpus = ray.cluster_resources().get("CPU", 1.0)
+        threads = None if plan.use_gpu else max(1, int(cpus // plan.initial_actors))
+        if log is not None:
+            log(f"audit: {len(chunks)} chunk(s) on the replica pool: {plan.describe()}")
+        with ReplicaPool(AuditWorker, (spec,), plan=plan, max_retries=max_retries, cpu_threads=threads) as pool:
+            outputs = pool.map("evaluate", chunks, on_result=on_result)
+            record = {"replicas": plan.initial_actors, "replicas_lost": pool.actors_lost,
+                      "pids": sorted(pool.pids), "plan": plan.describe()}
+        return outputs, record
     finally:
-        for a in actors:
-            ray.kill(a)
         if owns_ray:
             ray.shutdown()
-
-

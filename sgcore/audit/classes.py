@@ -103,6 +103,11 @@ class ClassView:
             s = self._classes[name]
             if s.map_sum is None:  # every class listed got at least one map
                 continue
+            # A class with fewer than 2k images: the most concentrated half, then the least of
+            # the rest, so that no image shows as both (one image is only "most").
+            most = sorted(s.most, key=lambda t: -t[0])[: min(self.examples, (s.count + 1) // 2)]
+            shown = {i for _, i, _ in most}
+            least = [t for t in sorted(s.least, key=lambda t: -t[0]) if t[1] not in shown]
             out.append(
                 ClassSummary(
                     name=name,
@@ -111,8 +116,8 @@ class ClassView:
                     entropy=float(np.mean(s.stats["entropy"])),
                     gini=float(np.mean(s.stats["gini"])),
                     border_share=float(np.mean(s.stats["border_share"])),
-                    most_concentrated=[(i, g, m) for g, i, m in sorted(s.most, key=lambda t: -t[0])],
-                    least_concentrated=[(i, -g, m) for g, i, m in sorted(s.least, key=lambda t: -t[0])],
+                    most_concentrated=[(i, g, m) for g, i, m in most],
+                    least_concentrated=[(i, -g, m) for g, i, m in least],
                 )
             )
         return out

@@ -14,7 +14,6 @@ import numpy as np
 import torch
 
 from sgcore.attribution import clip_percentile
-from sgcore.results import heat_overlay
 
 
 def _plt() -> Any:
@@ -65,8 +64,17 @@ def sanity_curve(steps: list[dict[str, Any]]) -> bytes:
 
 def perturbation_curves(curves: dict[str, np.ndarray]) -> bytes:
     """Mean deletion/insertion curves, saliency order against random order."""
+    return _png(perturbation_figure(curves))
+
+
+def perturbation_figure(curves: dict[str, np.ndarray]) -> Any:
+    """The figure of :func:`perturbation_curves`; the y axis fits the curves (probabilities of an
+    untrained model sit near 1/classes, where a fixed 0-1 axis would draw them flat)."""
     plt = _plt()
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    means = [np.asarray(v).mean(axis=0) for v in curves.values()]
+    top = max((float(np.nanmax(m)) for m in means if m.size), default=1.0)
+    top = min(1.02, max(top * 1.1, 1e-3))
     for ax, kind in zip(axes, ("deletion", "insertion"), strict=True):
         for key, style in ((kind, "-"), (f"{kind}_random", "--")):
             c = np.asarray(curves[key])
@@ -76,9 +84,9 @@ def perturbation_curves(curves: dict[str, np.ndarray]) -> bytes:
         ax.set_title(kind.capitalize())
         ax.set_xlabel(f"fraction of pixels {'removed' if kind == 'deletion' else 'inserted'}")
         ax.set_ylabel("target probability")
-        ax.set_ylim(0, 1.02)
+        ax.set_ylim(0, top)
         ax.legend()
-    return _png(fig)
+    return fig
 
 
 def map_grid(
@@ -89,24 +97,40 @@ def map_grid(
     columns: int = 6,
     size: float = 1.8,
 ) -> bytes:
-    """A grid of maps (or overlays on ``images``) with titles."""
+    """A grid of maps with titles and a colour bar; with ``images``, each pick in two views.
+
+    Maps alone: ``|map|`` scaled by its own 99th percentile, inferno. With
+    images: on top the heat overlay (the map in inferno over the image in dimmed
+    grey), below it the authors' view (99th-percentile clipped grayscale map).
+    """
+    from sgcore import render
+
     plt = _plt()
     n = max(1, len(maps))
     cols = min(columns, n)
-    rows = (n + cols - 1) // cols
-    fig, axes = plt.subplots(rows, cols, figsize=(size * cols, size * rows + 0.3), squeeze=False)
-    for k, ax in enumerate(axes.flat):
+    blocks = (n + cols - 1) // cols
+    per = 2 if images is not None else 1
+    fig, axes = plt.subplots(blocks * per, cols, figsize=(size * cols + 0.9, (size + 0.15) * blocks * per + 0.3),
+                             squeeze=False)
+    for ax in axes.flat:
         ax.axis("off")
-        if k >= len(maps):
-            continue
+    for k in range(len(maps)):
+        r, c = divmod(k, cols)
+        top_ax = axes[r * per, c]
         if images is not None:
-            # The image in grey, so that the heat stands out on colourful scenes; the map at the
-            # 99th-percentile scale, so that more than its few strongest pixels show.
-            grey = np.repeat(np.asarray(images[k], dtype=np.float32).mean(axis=2, keepdims=True), 3, axis=2)
-            ax.imshow(heat_overlay(grey, display(maps[k]), alpha=0.6))
+            blended, _ = render.heat_blend(np.asarray(images[k]), np.asarray(maps[k], np.float32))
+            top_ax.imshow(blended)
+            axes[r * per + 1, c].imshow(render.map_view(maps[k], "gray"))
         else:
-            ax.imshow(display(maps[k]), cmap="inferno", vmin=0, vmax=1)
-        ax.set_title(titles[k], fontsize=8)
+            top_ax.imshow(display(maps[k]), cmap="inferno", vmin=0, vmax=1)
+        top_ax.set_title(titles[k], fontsize=8)
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import Normalize
+
+    bar = fig.colorbar(ScalarMappable(norm=Normalize(0, 1), cmap="inferno"), ax=axes.ravel().tolist(),
+                       fraction=0.025, pad=0.02)
+    bar.set_label("|map| / its 99th percentile", fontsize=8)
+    bar.ax.tick_params(labelsize=7)
     return _png(fig)
 
 

@@ -26,16 +26,31 @@ th { background: #f3f3f3; } td:first-child, th:first-child { text-align: left; }
 figure { margin: 1em 0; } figure img { max-width: 100%; border: 1px solid #eee; }
 figcaption { font-size: .85em; color: #555; }
 .meta { font-size: .85em; color: #555; }
+.warn { background: #fff3cd; border: 1px solid #e0c36b; padding: .5em .8em; }
+table.overview th { text-align: left; background: #f7f7f7; width: 14em; }
+table.overview td { text-align: left; }
+ul.findings li { margin: .3em 0; }
 """
 
 
 @dataclass
 class Section:
-    """A titled part of the page: paragraphs, tables and figures in order."""
+    """A titled part of the page: paragraphs, tables and figures in order.
+
+    ``id`` is the anchor the first screen links to; ``findings`` are the
+    section's conclusions in sentences, shown on the first screen (and in
+    ``summary.json["findings"]``) with a link to the section.
+    """
 
     title: str
+    id: str = ""
     blocks: list[str] = field(default_factory=list)
     figures: dict[str, bytes] = field(default_factory=dict)
+    findings: list[str] = field(default_factory=list)
+
+    def finding(self, sentence: str) -> None:
+        """A conclusion for the first screen, linked to this section."""
+        self.findings.append(sentence)
 
     def text(self, content: str) -> None:
         """A paragraph (escaped)."""
@@ -69,12 +84,21 @@ class Section:
 
 @dataclass
 class Report:
-    """The whole page."""
+    """The whole page.
+
+    Its first screen: the title, ``overview`` (what was audited: a list of
+    (name, value) rows), ``warnings`` (things that change how to read the
+    page, e.g. random weights), then every section's findings linked to
+    their sections. Other modules add a section with :meth:`section` and its
+    findings with :meth:`Section.finding`; the first screen follows.
+    """
 
     title: str
     subtitle: str = ""
     sections: list[Section] = field(default_factory=list)
     attachments: dict[str, bytes] = field(default_factory=dict)
+    overview: list[tuple[str, str]] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
 
     def attach(self, name: str, data: bytes) -> None:
         """A data file written beside the page (e.g. per-image CSV) and linked from it."""
@@ -82,10 +106,20 @@ class Report:
             raise ValueError(f"attachment name must be a plain file name; got {name!r}")
         self.attachments[name] = data
 
-    def section(self, title: str) -> Section:
-        s = Section(title)
+    def section(self, title: str, id: str | None = None) -> Section:  # noqa: A002 - the HTML word
+        """A new section; ``id`` (letters, digits, ``-``/``_``) defaults to one made from the title."""
+        anchor = id or re.sub(r"[^a-z0-9]+", "-", title.lower()).strip("-")[:40] or f"s{len(self.sections)}"
+        if not re.fullmatch(r"[A-Za-z0-9_-]+", anchor):
+            raise ValueError(f"section id must be letters, digits, '_' or '-'; got {anchor!r}")
+        if any(x.id == anchor for x in self.sections):
+            raise ValueError(f"section id {anchor!r} is used twice")
+        s = Section(title, id=anchor)
         self.sections.append(s)
         return s
+
+    def findings(self) -> list[dict[str, str]]:
+        """Every section's findings in page order: ``{"section": id, "title": ..., "text": ...}``."""
+        return [{"section": s.id, "title": s.title, "text": f} for s in self.sections for f in s.findings]
 
     def render(self) -> str:
         """The HTML page."""
@@ -97,16 +131,26 @@ class Report:
         ]
         if self.subtitle:
             parts.append(f'<p class="meta">{html.escape(self.subtitle)}</p>')
+        for w in self.warnings:
+            parts.append(f'<p class="warn">{html.escape(w)}</p>')
+        if self.overview:
+            rows = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>" for k, v in self.overview)
+            parts.append(f'<h2 id="audited">What was audited</h2><table class="overview">{rows}</table>')
+        found = self.findings()
+        if found:
+            items = "".join(
+                f'<li>{html.escape(f["text"])} <a href="#{f["section"]}">{html.escape(f["title"])} &rarr;</a></li>'
+                for f in found
+            )
+            parts.append(f'<h2 id="findings">Findings</h2><ul class="findings">{items}</ul>')
         if self.attachments:
             files = " · ".join(f'<a href="{html.escape(n)}">{html.escape(n)}</a>' for n in self.attachments)
             parts.append(f'<p class="meta">Data: <a href="summary.json">summary.json</a> · {files}</p>')
         if self.sections:
-            links = "".join(
-                f'<li><a href="#s{i}">{html.escape(s.title)}</a></li>' for i, s in enumerate(self.sections)
-            )
-            parts.append(f"<ul>{links}</ul>")
-        for i, s in enumerate(self.sections):
-            parts.append(f'<section id="s{i}"><h2>{html.escape(s.title)}</h2>')
+            links = "".join(f'<li><a href="#{s.id}">{html.escape(s.title)}</a></li>' for s in self.sections)
+            parts.append(f'<p class="meta">Sections:</p><ul>{links}</ul>')
+        for s in self.sections:
+            parts.append(f'<section id="{s.id}"><h2>{html.escape(s.title)}</h2>')
             parts.extend(s.blocks)
             parts.append("</section>")
         parts.append("</body></html>")
@@ -115,6 +159,7 @@ class Report:
     def files(self, summary: dict[str, Any]) -> dict[str, bytes]:
         """Every file of the report by relative path: page, summary, figures."""
         out = {"index.html": self.render().encode("utf-8")}
+        summary = {**summary, "findings": self.findings()}
         out["summary.json"] = json.dumps(_jsonable(summary), indent=2, sort_keys=False, allow_nan=False).encode()
         for s in self.sections:
             out.update(s.figures)

@@ -8,9 +8,12 @@ run on a sample of images on the Ray actor pool.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import posixpath
 import time
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 import numpy as np
@@ -30,10 +33,13 @@ from sgcore.audit.results import hash_sample, load_images, load_mask, read_boxes
 from sgcore.audit.sanity import MapSettings
 from sgcore.errors import ConfigError, InputError
 from sgcore.io import GEOMETRY_COLUMNS, join, url_to_fs
+from sgcore.pipeline.pool import ItemFailed
+from sgcore.pipeline.progress import format_duration
 from sgcore.results import (
     Results,
     iter_parts,
     open_results_dir,
+    read_errors,
     read_index,
     read_maps,
     row_classes,
@@ -64,7 +70,11 @@ class AuditConfig:
         examples: most/least concentrated examples shown per class.
         border_width: border band width, as a fraction of the shorter side.
         pointing_tolerance: pixels of slack in the pointing game.
-        chunk_size: images per work item on the actor pool.
+        chunk_size: images per work item on the replica pool (the unit of
+            progress, retry and resume).
+        quick: a cheap first look: ``sample`` 4, ``n_samples`` 4, ``steps``
+            8 and ``examples`` 1 wherever they are left at their defaults.
+        max_retries: attempts after the first for a chunk whose replica died.
         num_actors: Ray actors (None: one per CPU); 0 runs in this process, without Ray.
         gpus_per_actor: GPUs each actor reserves. The maps are recomputed on
             CUDA only when this is > 0 (and torch sees a GPU), in this
@@ -92,7 +102,9 @@ class AuditConfig:
     border_width: float = 0.125
     pointing_tolerance: int = 0
     seed: int = 0
-    chunk_size: int = 8
+    chunk_size: int = 2
+    quick: bool = False
+    max_retries: int = 3
     num_actors: int | None = None
     gpus_per_actor: float = 0.0
     address: str | None = None
@@ -123,11 +135,43 @@ class AuditConfig:
             raise ConfigError(f"border_width must be in (0, 0.5); got {self.border_width}")
         if self.gpus_per_actor < 0:
             raise ConfigError(f"gpus_per_actor must be >= 0; got {self.gpus_per_actor}")
+        if isinstance(self.max_retries, bool) or not isinstance(self.max_retries, int) or self.max_retries < 0:
+            raise ConfigError(f"max_retries must be a non-negative integer; got {self.max_retries!r}")
+
+    def effective(self) -> AuditConfig:
+        """The settings the audit runs with: ``quick``'s cheap values where fields are at their defaults."""
+        if not self.quick:
+            return self
+        defaults = {f.name: f.default for f in fields(self)}
+        cheap = {k: v for k, v in QUICK.items() if getattr(self, k) == defaults[k]}
+        return replace(self, **cheap)
 
 
-def run_audit(config: AuditConfig, *, log: Any = print) -> dict[str, Any]:
-    """Audits ``config.results`` and writes the report; returns ``summary.json``'s content."""
+# What --quick changes (where the user left the default): a first look in about a minute on a CPU.
+QUICK: dict[str, Any] = {"sample": 4, "n_samples": 4, "steps": 8, "examples": 1}
+
+
+def run_audit(
+    config: AuditConfig,
+    *,
+    log: Any = print,
+    on_chunk: Callable[[int, Any, int], None] | None = None,
+) -> dict[str, Any]:
+    """Audits ``config.results`` and writes the report; returns ``summary.json``'s content.
+
+    Args:
+        config: the audit's settings.
+        log: where the plan and the progress lines go.
+        on_chunk: called as each chunk of the heavy checks finishes, with its
+            index, its output (or :class:`~sgcore.pipeline.pool.ItemFailed`)
+            and the pid of the replica that ran it.
+
+    Finished chunks of the heavy checks are kept under ``REPORT/_partial``
+    until the report is written, so an interrupted audit rerun with the same
+    settings resumes from them.
+    """
     t0 = time.perf_counter()
+    config = config.effective()
     results = open_results_dir(config.results, storage_options=config.storage_options, allow_partial=config.allow_partial)
     job = results.config
     preprocess = results.preprocess
@@ -135,6 +179,9 @@ def run_audit(config: AuditConfig, *, log: Any = print) -> dict[str, Any]:
     weights = config.weights or job.get("weights") or "default"
     if not model:
         raise InputError(f"the manifest of {results.url} names no model; pass --model")
+    random_weights = str(weights).lower() == "none"
+    settings = MapSettings.from_job(job, n_samples=config.n_samples)
+    heavy = config.sanity or config.faithfulness
     masks_root = None
     boxes: dict[str, np.ndarray] | None = None
     if config.localization and config.boxes:
@@ -142,24 +189,38 @@ def run_audit(config: AuditConfig, *, log: Any = print) -> dict[str, Any]:
     elif config.localization:
         masks_root = config.masks or _default_masks(job.get("input"), config.storage_options)
     truth = "boxes" if boxes is not None else "masks" if masks_root else None
+    run_settings = {k: job.get(k) for k in _SETTINGS}
+    used = {k: getattr(settings, k) for k in _SETTINGS}
     report = Report(
         title="SmoothGrad audit",
         subtitle=(
-            f"results {results.url} · model {model} ({weights}) · "
-            f"{job.get('aggregate', 'mean')} n={job.get('n_samples')} noise={job.get('noise_level')} · "
-            f"config {results.manifest.get('config_hash')}"
+            f"results {results.url} · model {model} ({weights}{', random' if random_weights else ''}) · "
+            f"maps of the run: {_describe(run_settings)}"
+            + (f" · recomputed for the checks: {_describe(used)}" if heavy else "")
+            + f" · config {results.manifest.get('config_hash')}"
         ),
     )
+    if random_weights:
+        report.warnings.append(
+            f"The model has random weights (--weights none): {model} was never trained, so these maps explain "
+            "an untrained network. Pass --weights to audit a trained model."
+        )
     summary: dict[str, Any] = {
         "results": results.url,
         "model": model,
         "weights": weights,
+        "random_weights": random_weights,
         "config_hash": results.manifest.get("config_hash"),
-        "settings": {k: job.get(k) for k in ("n_samples", "noise_level", "aggregate", "base", "reduction", "precision")},
+        "run_settings": run_settings,
+        # The settings the audit's recomputed maps used (what its numbers rest on).
+        "settings": used if heavy else run_settings,
+        "quick": config.quick,
     }
 
     # ---- streaming pass: per-class statistics and localization ----------------
-    log("audit: per-class statistics" + (f" and localization ({truth})" if truth else ""))
+    log("audit: per-class statistics" + (f" and localization ({truth})" if truth else "")
+        + f" over {len(results.parts)} part(s)")
+    stream = _Progress("per-class view", len(results.parts), "parts", log)
     view = ClassView(examples=config.examples, border_width=config.border_width)
     per_image: list[dict[str, Any]] = []
     loc_parts: list[LocalizationScores] = []
@@ -169,6 +230,7 @@ def run_audit(config: AuditConfig, *, log: Any = print) -> dict[str, Any]:
     seen_ids: set[str] = set()
     map_shape: tuple[int, int] | None = None
     for meta, maps in iter_parts(results):
+        stream.step(1)
         if maps is None or len(meta) == 0:
             continue
         map_shape = (int(maps.shape[1]), int(maps.shape[2]))
@@ -211,11 +273,20 @@ def run_audit(config: AuditConfig, *, log: Any = print) -> dict[str, Any]:
                         mask_area=float(scores.mask_area[j]),
                         pointing_hit=bool(scores.pointing_hit[j]),
                     )
+    errors = read_errors(results)
     if not per_image or map_shape is None:
-        raise InputError(f"results at {results.url} hold no ok rows to audit")
-    summary["images"] = {"ok": len(per_image), "classes": len(view.summaries())}
+        raise InputError(f"results at {results.url} hold no ok rows to audit"
+                         + (f" ({len(errors)} error rows, e.g. {errors[0]['error']})" if errors else ""))
+    summary["images"] = {"rows": len(per_image) + len(errors), "ok": len(per_image), "errors": len(errors),
+                         "classes": len(view.summaries())}
+    summary["error_rows"] = _error_reasons(errors)
     report.attach("per_image.csv", _csv(per_image))
+    if errors:
+        report.attach("error_rows.csv", _csv(errors))
     index = read_index(results)
+    summary["accuracy"] = _accuracy(index)
+    report.overview.extend(_overview(results, model, weights, random_weights, job, run_settings, used, heavy,
+                                     summary, config))
     _class_section(report, summary, view, results, index, config, map_shape)
     if boxes is not None:
         info: dict[str, Any] = {
@@ -231,7 +302,7 @@ def run_audit(config: AuditConfig, *, log: Any = print) -> dict[str, Any]:
         _localization_section(report, summary, loc_parts, loc_labels, info)
     else:
         summary["localization"] = None
-        report.section("Localization").text(
+        report.section("Localization", id="localization").text(
             "Skipped: no object masks (pass --masks URL with masks at <masks>/<image_id>, or --boxes FILE, "
             "a CSV/Parquet file with columns image_id, x0, y0, x1, y1 in original image pixels)."
         )
@@ -240,13 +311,12 @@ def run_audit(config: AuditConfig, *, log: Any = print) -> dict[str, Any]:
     summary["sanity"] = None
     summary["faithfulness"] = None
     summary["device"] = None  # where the maps were recomputed, when they were
-    if config.sanity or config.faithfulness:
+    if heavy:
         rows = hash_sample(index.column("image_id").to_pylist(), config.sample, config.seed)
         sampled_maps = read_maps(results, index, rows)
         sources = _sources(index, rows, config.input)
         targets = index.column("target").to_pylist()
         seeds = index.column("seed").to_pylist()
-        settings = MapSettings.from_job(job, n_samples=config.n_samples)
         spec = WorkerSpec(
             model=model,
             weights=weights,
@@ -260,6 +330,7 @@ def run_audit(config: AuditConfig, *, log: Any = print) -> dict[str, Any]:
             image_column=job.get("image_column"),
             use_gpu=config.gpus_per_actor > 0,
             score=job.get("score") or "logit",
+            fold_bn=bool(job.get("fold_bn", True)),
             storage_options=config.storage_options,
         )
         chunks = [
@@ -271,14 +342,54 @@ def run_audit(config: AuditConfig, *, log: Any = print) -> dict[str, Any]:
             )
             for i in range(0, len(rows), config.chunk_size)
         ]
-        log(f"audit: sanity/faithfulness on {len(rows)} images in {len(chunks)} chunks")
-        outputs = run_chunks(
-            spec, chunks, num_actors=config.num_actors, address=config.address, gpus_per_actor=config.gpus_per_actor
-        )
-        summary["device"] = sorted({o["device"] for o in outputs})
-        if config.sanity:
-            _sanity_section(report, summary, outputs)
-        if config.faithfulness:
+        layers = _weight_layers(model)
+        log("audit plan: " + _plan_line(config, settings, len(rows), summary["images"], len(chunks), layers))
+        partial = _Partial(config, spec, results.manifest.get("config_hash"))
+        kept = {i: v for i in range(len(chunks)) if (v := partial.load(i, chunks[i])) is not None}
+        if kept:
+            log(f"audit: resuming: {len(kept)} of {len(chunks)} chunk(s) kept from an earlier run in {partial.root}")
+        todo = [i for i in range(len(chunks)) if i not in kept]
+        progress = _Progress("sanity/faithfulness", len(chunks), "chunks", log, done=len(kept))
+
+        def finished(j: int, value: Any, pid: int) -> None:
+            i = todo[j]
+            if not isinstance(value, ItemFailed):
+                partial.save(i, chunks[i], value)
+            progress.step(1, failed=isinstance(value, ItemFailed))
+            if on_chunk is not None:
+                on_chunk(i, value, pid)
+
+        def step(done: int, total: int) -> None:
+            progress.note(f"map set {done}/{total} of the chunk")
+
+        try:
+            fresh, record = run_chunks(
+                spec, [chunks[i] for i in todo], num_actors=config.num_actors, address=config.address,
+                gpus_per_actor=config.gpus_per_actor, max_retries=config.max_retries, on_result=finished,
+                on_step=step if config.sanity else None, log=log,
+            )
+        except KeyboardInterrupt:
+            log(f"audit: interrupted; {progress.done - progress.failed} of {len(chunks)} chunk(s) of the heavy checks "
+                f"are kept in {partial.root}: rerun the same command to resume from them")
+            raise
+        outputs_by_chunk = {**kept, **dict(zip(todo, fresh, strict=True))}
+        ordered = [outputs_by_chunk[i] for i in range(len(chunks))]
+        failed = [{"images": len(chunks[i].sources), "sources": chunks[i].sources, "reason": v.reason,
+                   "attempts": v.attempts} for i, v in enumerate(ordered) if isinstance(v, ItemFailed)]
+        outputs = [v for v in ordered if not isinstance(v, ItemFailed)]
+        summary["heavy"] = {"sampled": len(rows), "chunks": len(chunks), "resumed_chunks": len(kept),
+                            "evaluated_images": sum(o["images"] for o in outputs), "failed_chunks": failed,
+                            **{k: record[k] for k in ("replicas", "replicas_lost")}}
+        summary["device"] = sorted({o["device"] for o in outputs}) or None
+        if failed:
+            report.warnings.append(
+                f"{sum(f['images'] for f in failed)} of {len(rows)} sampled images were left out of the sanity/"
+                f"faithfulness checks: {failed[0]['reason']}" + (f" (and {len(failed) - 1} more chunk(s))"
+                                                                  if len(failed) > 1 else "")
+            )
+        if outputs and config.sanity:
+            _sanity_section(report, summary, outputs, settings, run_settings, random_weights)
+        if outputs and config.faithfulness:
             _faithfulness_section(report, summary, outputs, config.steps)
 
     # ---- comparison -----------------------------------------------------------
@@ -288,8 +399,11 @@ def run_audit(config: AuditConfig, *, log: Any = print) -> dict[str, Any]:
         _compare_section(report, summary, results, other, config)
 
     summary["seconds"] = round(time.perf_counter() - t0, 2)
+    summary["findings"] = report.findings()
     write_report(config.report, report, summary, config.storage_options)
-    log(f"audit: wrote {join(config.report, 'index.html')}")
+    if heavy:
+        partial.clear()
+    log(f"audit: wrote {join(config.report, 'index.html')} in {format_duration(summary['seconds'])}")
     return summary
 
 
@@ -312,13 +426,30 @@ def _class_section(
         {"name": c.name, "count": c.count, "entropy": c.entropy, "gini": c.gini, "border_share": c.border_share}
         for c in classes
     ]
-    s = report.section("Per-class view")
+    s = report.section("Per-class view", id="classes")
+    acc = summary.get("accuracy")
+    if acc:
+        by_class = {r["label"]: r for r in acc["per_class"]}
+        for c in summary["classes"]:
+            if c["name"] in by_class:
+                c["accuracy"] = by_class[c["name"]]["accuracy"]
+        s.finding(f"The model predicts the label of {acc['correct']} of {acc['images']} labelled images "
+                  f"(accuracy {acc['accuracy']:.3f}).")
+    widest = max(summary["classes"], key=lambda c: c["border_share"])
+    s.finding(f"Class {widest['name']} puts the most saliency on the image border: {widest['border_share']:.3f} of "
+              f"its mass on a band covering {area:.3f} of the image"
+              + (" (more than a position-blind map would)." if widest["border_share"] > area else "."))
     s.text(
         "Entropy is normalized (1 = uniform map); Gini 0 = uniform, near 1 = a few pixels; "
         f"border share is the saliency mass on the outer {100 * config.border_width:.1f}% band, "
         f"which covers {100 * area:.1f}% of the image (a position-blind map scores that)."
     )
-    s.table(summary["classes"], ["name", "count", "entropy", "gini", "border_share"])
+    s.table(summary["classes"], ["name", "count", *(["accuracy"] if acc else []), "entropy", "gini", "border_share"])
+    if acc:
+        s.text(f"Confusion table of the {acc['images']} labelled ok rows: rows are labels, columns the model's "
+               "predictions" + (f" (the {len(acc['columns']) - 1} most predicted classes, the rest as 'other')"
+                                if "other" in acc["columns"] else "") + ".")
+        s.table(acc["confusion"], ["label", *acc["columns"]])
     s.figure(
         "class_mean_maps",
         plots.map_grid([c.mean_map for c in classes], [f"{c.name} (n={c.count})" for c in classes]),
@@ -339,7 +470,8 @@ def _class_section(
             s.figure(
                 f"examples_{safe}",
                 plots.map_grid([p[2] for p in picks], titles, images=images, columns=2 * config.examples),
-                f"{c.name}: most (left) and least (right) concentrated maps, overlaid on the image.",
+                f"{c.name}: most (left) and least (right) concentrated maps: the heat overlay on the image "
+                "(top) and the authors' view, the map clipped at its 99th percentile in grey (below).",
             )
 
 
@@ -351,7 +483,7 @@ def _localization_section(
     info: dict[str, Any],
 ) -> None:
     """``info``: where the ground truth came from and how many images lack it (goes into the summary)."""
-    s = report.section("Localization")
+    s = report.section("Localization", id="localization")
     by_boxes = info["ground_truth"] == "boxes"
     if by_boxes:
         what = "the object boxes"
@@ -389,6 +521,9 @@ def _localization_section(
         f"cover {loc['mask_area']:.3f} of the image ({loc['mass_ratio']:.2f}x their area); "
         f"pointing game hit rate {loc['pointing_game']:.3f}. {left_out}."
     )
+    s.finding(f"On {loc['images']} images, {loc['mass_in_mask']:.3f} of the saliency lies inside {what}, which "
+              f"cover{'s' if not by_boxes else ''} {loc['mask_area']:.3f} of the image ({loc['mass_ratio']:.2f}x "
+              f"their area); the strongest pixel hits the object in {100 * loc['pointing_game']:.0f}% of images.")
     s.table(per_class, ["name", "images", "mass_in_mask", "mask_area", "mass_ratio", "pointing_game"])
     s.figure(
         "localization",
@@ -400,10 +535,11 @@ def _localization_section(
     )
 
 
-def _sanity_section(report: Report, summary: dict[str, Any], outputs: list[dict[str, Any]]) -> None:
+def _sanity_section(report: Report, summary: dict[str, Any], outputs: list[dict[str, Any]], settings: MapSettings,
+                    run_settings: dict[str, Any], random_weights: bool) -> None:
     layers = outputs[0]["sanity"]["layers"]
     stacked = {
-        key: np.concatenate([o["sanity"][key] for o in outputs], axis=1)
+        key: np.concatenate([np.asarray(o["sanity"][key]) for o in outputs], axis=1)
         for key in ("spearman_abs", "spearman_signed", "ssim")
     }
     steps = []
@@ -416,21 +552,38 @@ def _sanity_section(report: Report, summary: dict[str, Any], outputs: list[dict[
         steps.append(step)
     summary["sanity"] = steps
     summary["sanity_images"] = int(stacked["ssim"].shape[1])
-    s = report.section("Sanity check: cascading model-parameter randomization")
+    s = report.section("Sanity check: cascading model-parameter randomization", id="sanity")
     last = steps[-1]
+    reference = "the audited model (random weights, --weights none)" if random_weights else "the trained model"
+    if settings.n_samples == run_settings.get("n_samples"):
+        how = f"with the run's settings ({_describe({k: getattr(settings, k) for k in _SETTINGS})})"
+    else:
+        how = (f"with n={settings.n_samples} samples (the run's maps used n={run_settings.get('n_samples')}; "
+               f"otherwise the run's settings)")
     s.text(
         f"Layers re-initialized one by one from the output down on a copy of the model; maps recomputed "
-        f"on {summary['sanity_images']} images with the run's settings and compared with the trained "
-        f"model's maps. Fully randomized: Spearman (abs) {last['spearman_abs']:.3f}, "
+        f"on {summary['sanity_images']} images {how} and compared with the maps of {reference}. "
+        f"Fully randomized: Spearman (abs) {last['spearman_abs']:.3f}, "
         f"Spearman (signed) {last['spearman_signed']:.3f}, SSIM {last['ssim']:.3f}. Maps that stay "
-        f"similar to the trained ones do not depend on what the model learned (Adebayo et al. 2018)."
+        f"similar to the reference do not depend on what the model learned (Adebayo et al. 2018)."
+        + (" With random weights there is nothing learned to lose: expect little change, and read this "
+           "check as a test of the method, not of a model." if random_weights else "")
+    )
+    passed = last["spearman_abs"] < 0.5
+    s.finding(
+        f"Randomizing every weight layer {'changes' if passed else 'barely changes'} the maps: Spearman (abs) "
+        f"with {reference}'s maps falls to {last['spearman_abs']:.2f} on {summary['sanity_images']} images "
+        f"({'passes' if passed else 'fails'} the randomization check"
+        + (", which says little for random weights" if random_weights else "") + ")."
     )
     s.table(steps, ["layer", "spearman_abs", "spearman_signed", "ssim"])
-    s.figure("sanity", plots.sanity_curve(steps), "Similarity to the trained model's maps per cascade step (mean ± sd).")
+    s.figure("sanity", plots.sanity_curve(steps),
+             f"Similarity to the maps of {reference} per cascade step (mean ± sd).")
 
 
 def _faithfulness_section(report: Report, summary: dict[str, Any], outputs: list[dict[str, Any]], steps: int) -> None:
-    curves = {key: np.concatenate([o["faithfulness"][key] for o in outputs]) for key in outputs[0]["faithfulness"]}
+    curves = {key: np.concatenate([np.asarray(o["faithfulness"][key]) for o in outputs])
+              for key in outputs[0]["faithfulness"]}
     aucs = FaithfulnessResult(**curves).aucs()
     faith = {
         "images": int(curves["deletion"].shape[0]),
@@ -440,7 +593,14 @@ def _faithfulness_section(report: Report, summary: dict[str, Any], outputs: list
         "insertion_beats_random": float(np.mean(aucs["insertion_auc"] > aucs["insertion_auc_random"])),
     }
     summary["faithfulness"] = faith
-    s = report.section("Faithfulness: deletion and insertion")
+    s = report.section("Faithfulness: deletion and insertion", id="faithfulness")
+    better = faith["deletion_auc"] < faith["deletion_auc_random"] and faith["insertion_auc"] > faith["insertion_auc_random"]
+    s.finding(
+        f"Removing pixels in saliency order {'lowers' if better else 'does not lower'} the target probability "
+        f"faster than a random order on {faith['images']} images: deletion AUC {faith['deletion_auc']:.3f} vs "
+        f"{faith['deletion_auc_random']:.3f} random, insertion {faith['insertion_auc']:.3f} vs "
+        f"{faith['insertion_auc_random']:.3f}."
+    )
     s.text(
         f"Pixels removed (set to the normalization mean) or inserted (into a blurred copy) in order of "
         f"saliency, on {faith['images']} images (Petsiuk et al. 2018). Deletion AUC "
@@ -454,7 +614,7 @@ def _faithfulness_section(report: Report, summary: dict[str, Any], outputs: list
 
 def _compare_section(report: Report, summary: dict[str, Any], a: Results, b: Results, config: AuditConfig) -> None:
     changes = compare_results(a, b)
-    s = report.section("Model comparison")
+    s = report.section("Model comparison", id="compare")
     if not changes:
         summary["compare"] = {"other": b.url, "images": 0}
         s.text(f"No image ids in common with {b.url}.")
@@ -480,6 +640,9 @@ def _compare_section(report: Report, summary: dict[str, Any], a: Results, b: Res
         f"{summary['compare']['spearman']:.3f}; prediction changed on "
         f"{100 * summary['compare']['prediction_changed']:.1f}%. Classes, most changed first:"
     )
+    s.finding(f"Against {b.url}: the maps of {len(changes)} shared images correlate {summary['compare']['spearman']:.2f} "
+              f"(Spearman) on average; the prediction changed on "
+              f"{100 * summary['compare']['prediction_changed']:.1f}% of them.")
     s.table(per_class, ["label", "images", "spearman", "ssim", "prediction_changed"])
     s.text("Most changed images:")
     s.table(summary["compare"]["most_changed"])
@@ -491,6 +654,211 @@ def _compare_section(report: Report, summary: dict[str, Any], a: Results, b: Res
 
 
 # --------------------------------------------------------------------------- helpers
+
+_SETTINGS = ("n_samples", "noise_level", "aggregate", "base", "reduction", "precision")
+
+
+def _describe(settings: dict[str, Any]) -> str:
+    return (f"{settings.get('aggregate')} of {settings.get('base')}, n={settings.get('n_samples')}, "
+            f"noise={settings.get('noise_level')}, {settings.get('precision')}")
+
+
+def _error_reasons(errors: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Error rows grouped by message: ``[{"error", "rows", "examples"}]``, most frequent first."""
+    groups: dict[str, list[str]] = {}
+    for e in errors:
+        groups.setdefault(str(e.get("error")), []).append(str(e.get("image_id")))
+    return [{"error": msg, "rows": len(ids), "examples": ids[:5]}
+            for msg, ids in sorted(groups.items(), key=lambda kv: (-len(kv[1]), kv[0]))]
+
+
+def _accuracy(index: Any, top: int = 12) -> dict[str, Any] | None:
+    """Accuracy and a confusion table of the ok rows that have a label; None when none has."""
+    names = index.column_names
+    if "label" not in names:
+        return None
+    labels = index.column("label").to_pylist()
+    predicted = (index.column("predicted_name").to_pylist() if "predicted_name" in names
+                 else [None] * len(labels))
+    numbers = index.column("predicted").to_pylist() if "predicted" in names else [None] * len(labels)
+    pairs = [(str(lab), str(p if p is not None else f"class {n}"))
+             for lab, p, n in zip(labels, predicted, numbers, strict=True) if lab is not None]
+    if not pairs:
+        return None
+    counts: dict[str, int] = {}
+    for _, p in pairs:
+        counts[p] = counts.get(p, 0) + 1
+    label_set = sorted({lab for lab, _ in pairs})
+    # Labels first (the diagonal), then the most predicted others, the rest as "other".
+    ranked = label_set + [p for p in sorted(counts, key=lambda p: (-counts[p], p)) if p not in label_set]
+    columns = ranked[:top]
+    if len(ranked) > top:
+        columns.append("other")
+    confusion = []
+    per_class = []
+    for lab in label_set:
+        row: dict[str, Any] = {"label": lab, **{c: 0 for c in columns}}
+        mine = [p for la, p in pairs if la == lab]
+        for p in mine:
+            row[p if p in columns else "other"] += 1
+        confusion.append(row)
+        per_class.append({"label": lab, "images": len(mine), "accuracy": sum(p == lab for p in mine) / len(mine)})
+    correct = sum(lab == p for lab, p in pairs)
+    return {"images": len(pairs), "correct": correct, "accuracy": correct / len(pairs), "columns": columns,
+            "confusion": confusion, "per_class": per_class}
+
+
+def _overview(results: Results, model: str, weights: str, random_weights: bool, job: dict[str, Any],
+              run_settings: dict[str, Any], used: dict[str, Any], heavy: bool, summary: dict[str, Any],
+              config: AuditConfig) -> list[tuple[str, str]]:
+    """The first screen's "what was audited" rows."""
+    images = summary["images"]
+    rows = [
+        ("Results", f"{results.url} ({'complete' if results.complete else 'incomplete: no _SUCCESS'})"),
+        ("Model", f"{model}, weights {weights}" + (" (RANDOM: never trained)" if random_weights else "")),
+        ("Data", f"{job.get('input')} · {images['rows']} rows: {images['ok']} ok, {images['errors']} error(s) · "
+                 f"{images['classes']} class(es)"),
+        ("Maps of the run", _describe(run_settings)),
+    ]
+    if heavy:
+        rows.append(("Recomputed for the checks", f"{_describe(used)} · sample {config.sample} image(s), "
+                                                   f"{config.steps} steps per curve"
+                     + (" · --quick" if config.quick else "")))
+    for e in summary["error_rows"][:5]:
+        rows.append((f"Error rows ({e['rows']})", f"{e['error']} (e.g. {', '.join(e['examples'][:3])})"))
+    if len(summary["error_rows"]) > 5:
+        rows.append(("Error rows", f"{len(summary['error_rows']) - 5} more reason(s) in error_rows.csv"))
+    acc = summary.get("accuracy")
+    if acc:
+        rows.append(("Accuracy", f"{acc['accuracy']:.3f} ({acc['correct']} of {acc['images']} labelled ok rows)"))
+    return rows
+
+
+def _weight_layers(model: str) -> int | None:
+    """How many weight layers the cascade walks (counted on a randomly initialized copy), or None."""
+    try:
+        from sgcore.models import load_model
+
+        net = load_model(model, "none").model
+    except Exception:  # noqa: BLE001 - only an estimate; the workers count for real
+        return None
+    return sum(1 for m in net.modules() if getattr(getattr(m, "weight", None), "dim", lambda: 0)() >= 2)
+
+
+def _plan_line(config: AuditConfig, settings: MapSettings, images: int, counts: dict[str, int], chunks: int,
+               layers: int | None) -> str:
+    """What the heavy checks will do, in passes of the model, before they start."""
+    parts = [f"{images} of {counts['ok']} ok image(s) sampled ({counts['errors']} error row(s) left out), "
+             f"{chunks} chunk(s) of {config.chunk_size}"]
+    passes = 0
+    if config.sanity:
+        sets = f"{layers + 1}" if layers is not None else "(layers + 1)"
+        parts.append(f"sanity: {images} images x {sets} map sets (" + (f"{layers} layers" if layers is not None
+                     else "every weight layer") + f" + the model as given) x n={settings.n_samples} samples")
+        if layers is not None:
+            passes += images * (layers + 1) * settings.n_samples
+    if config.faithfulness:
+        parts.append(f"faithfulness: {images} images x 4 curves x {config.steps + 1} points")
+        passes += images * 4 * (config.steps + 1)
+    where = ("in this process" if config.num_actors == 0 else
+             f"on {config.num_actors} replica(s)" if config.num_actors else "on the replicas plan_actors fits")
+    total = f" = about {passes:,} forward(+backward) passes" if passes else ""
+    return "; ".join(parts) + total + f", {where}"
+
+
+class _Progress:
+    """Progress lines of one section: done/total, elapsed and ETA (at most one line per 2 s, always the last)."""
+
+    def __init__(self, name: str, total: int, unit: str, log: Any, *, done: int = 0, every: float = 2.0) -> None:
+        self.name, self.total, self.unit, self.log, self.every = name, total, unit, log, every
+        self.done = done
+        self.start_done = done
+        self.failed = 0
+        self.t0 = time.perf_counter()
+        self.last = -float("inf")
+
+    def step(self, n: int, *, failed: bool = False) -> None:
+        self.done += n
+        self.failed += int(failed)
+        now = time.perf_counter()
+        if self.done < self.total and now - self.last < self.every:
+            return
+        self.last = now
+        self.log(f"audit: {self.name} {self.done}/{self.total} {self.unit}"
+                 + (f" ({self.failed} failed)" if self.failed else "") + f" | {self._times(now)}")
+
+    def note(self, what: str) -> None:
+        now = time.perf_counter()
+        if now - self.last >= self.every:
+            self.last = now
+            self.log(f"audit: {self.name} {self.done}/{self.total} {self.unit}, {what} | {self._times(now)}")
+
+    def _times(self, now: float) -> str:
+        elapsed = now - self.t0
+        fresh = self.done - self.start_done
+        left = self.total - self.done
+        eta = format_duration(elapsed / fresh * left) if fresh > 0 else "?"
+        return f"{format_duration(elapsed)} elapsed | ETA {eta if left else '0s'}"
+
+
+class _Partial:
+    """Finished chunks of the heavy checks, kept under ``REPORT/_partial`` until the report is written.
+
+    A chunk's file name is a hash of everything its output depends on (results, model, weights,
+    settings, seeds, images), so a rerun with other settings never reuses it.
+    """
+
+    def __init__(self, config: AuditConfig, spec: WorkerSpec, config_hash: str | None) -> None:
+        self.root = join(config.report, "_partial")
+        self.storage_options = config.storage_options
+        self.base = json.dumps({
+            "results": config.results, "config_hash": config_hash, "model": spec.model, "weights": spec.weights,
+            "settings": {f.name: getattr(spec.settings, f.name) for f in fields(spec.settings)},
+            "sanity": spec.sanity, "faithfulness": spec.faithfulness, "steps": spec.steps, "seed": spec.seed,
+            "fold_bn": spec.fold_bn,
+        }, sort_keys=True, default=str)
+
+    def _url(self, i: int, chunk: Chunk) -> str:
+        key = hashlib.sha256(json.dumps([self.base, chunk.sources, chunk.targets, chunk.seeds]).encode()).hexdigest()
+        return join(self.root, f"chunk-{i:05d}-{key[:16]}.json")
+
+    def load(self, i: int, chunk: Chunk) -> dict[str, Any] | None:
+        from sgcore.io import read_bytes
+
+        url = self._url(i, chunk)
+        try:
+            fs, path = url_to_fs(url, self.storage_options)
+            if not fs.exists(path):
+                return None
+            return json.loads(read_bytes(fs, path, url=url))
+        except (OSError, ValueError, InputError):
+            return None  # unreadable: recompute
+
+    def save(self, i: int, chunk: Chunk, output: dict[str, Any]) -> None:
+        from sgcore.io import write_bytes
+
+        write_bytes(self._url(i, chunk), json.dumps(_plain(output)).encode(), self.storage_options)
+
+    def clear(self) -> None:
+        try:
+            fs, path = url_to_fs(self.root, self.storage_options)
+            if fs.exists(path):
+                fs.rm(path, recursive=True)
+        except OSError:
+            pass
+
+
+def _plain(v: Any) -> Any:
+    """numpy arrays and scalars as JSON lists and numbers (NaN kept)."""
+    if isinstance(v, dict):
+        return {k: _plain(x) for k, x in v.items()}
+    if isinstance(v, list | tuple):
+        return [_plain(x) for x in v]
+    if isinstance(v, np.ndarray):
+        return v.tolist()
+    if isinstance(v, np.generic):
+        return v.item()
+    return v
 
 
 def _sources(index: Any, rows: list[int], input_root: str | None) -> list[str]:

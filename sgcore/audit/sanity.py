@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -125,6 +125,8 @@ def cascading_randomization(
     seeds: torch.Tensor | None = None,
     layers: list[str] | None = None,
     seed: int = 0,
+    prepare: Callable[[nn.Module], nn.Module] | None = None,
+    on_step: Callable[[int, int], None] | None = None,
 ) -> SanityResult:
     """Runs the cascade on a copy of ``model`` (the original is untouched).
 
@@ -138,6 +140,12 @@ def cascading_randomization(
         seeds: ``(B,)`` per-image noise seeds.
         layers: the cascade order; None uses :func:`randomization_order`.
         seed: seed of the random weights (the same on every replica).
+        prepare: turns a model into the one the maps are computed with (the
+            replica's :func:`~sgcore.attribution.prepare_model`: BatchNorm folded,
+            channels_last). Layers are randomized on the unprepared copy and each
+            step is prepared afresh, so normalization layers keep their trained
+            statistics as the cascade requires.
+        on_step: called with (steps done, steps in all) after each map set.
 
     Returns:
         A :class:`SanityResult`.
@@ -146,7 +154,11 @@ def cascading_randomization(
         layers = randomization_order(model, images)
     if not layers:
         raise ValueError("model has no weight layers to randomize")
-    trained_abs, trained_signed = _maps(model, images, targets, settings, seeds)
+    ready = prepare or (lambda m: m)
+    total = len(layers) + 1
+    trained_abs, trained_signed = _maps(ready(model), images, targets, settings, seeds)
+    if on_step is not None:
+        on_step(1, total)
     trained_norm = minmax(trained_abs)
     work = copy.deepcopy(model)
     modules = dict(work.named_modules())
@@ -157,7 +169,9 @@ def cascading_randomization(
     for i, name in enumerate(layers):
         generator = torch.Generator().manual_seed(seed * 1_000_003 + i)
         randomize_layer(modules[name], generator)
-        rand_abs, rand_signed = _maps(work, images, targets, settings, seeds)
+        rand_abs, rand_signed = _maps(ready(work), images, targets, settings, seeds)
+        if on_step is not None:
+            on_step(i + 2, total)
         rows["abs"].append(np.atleast_1d(spearman(trained_abs, rand_abs)))
         rows["signed"].append(np.atleast_1d(spearman(trained_signed, rand_signed)))
         rows["ssim"].append(np.atleast_1d(ssim(trained_norm, minmax(rand_abs))))

@@ -27,7 +27,9 @@ def audit(demo_results: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple
 def test_audit_writes_report_and_summary(audit: tuple[dict, Path]) -> None:
     summary, report = audit
     on_disk = json.loads((report / "summary.json").read_text())
-    assert on_disk["images"] == {"ok": 24, "classes": 4}  # the error row is left out
+    # The error row is counted and named, not silently left out.
+    assert on_disk["images"] == {"rows": 25, "ok": 24, "errors": 1, "classes": 4}
+    assert [e["examples"] for e in on_disk["error_rows"]] == [["gone.png"]]
     assert [c["name"] for c in on_disk["classes"]] == ["circle", "cross", "square", "triangle"]
     page = (report / "index.html").read_text()
     for title in ("Per-class view", "Localization", "Sanity check", "Faithfulness"):
@@ -98,8 +100,8 @@ def test_ray_actor_pool_matches_in_process(demo_results: Path, ray_local: None) 
     src, tgt, seeds = (index.column(c).to_pylist() for c in ("source", "target", "seed"))
     chunks = [Chunk(sources=[src[r]], targets=[tgt[r]], seeds=[seeds[r]], maps=maps[i : i + 1])
               for i, r in enumerate(rows)]
-    on_ray = run_chunks(spec, chunks, num_actors=2)
-    local = run_chunks(spec, chunks, num_actors=0)
+    on_ray, _ = run_chunks(spec, chunks, num_actors=1)
+    local, _ = run_chunks(spec, chunks, num_actors=0)
     for a, b in zip(on_ray, local, strict=True):
         np.testing.assert_allclose(a["sanity"]["spearman_abs"], b["sanity"]["spearman_abs"], atol=1e-6)
         np.testing.assert_allclose(a["faithfulness"]["deletion"], b["faithfulness"]["deletion"], atol=1e-6)

@@ -48,6 +48,19 @@ def test_class_view_means_and_extremes() -> None:
     assert view.border_area(8, 8) == pytest.approx(48 / 64)
 
 
+@pytest.mark.parametrize("count", [1, 2, 3, 5])
+def test_small_classes_never_show_one_image_as_most_and_least_concentrated(count: int) -> None:
+    view = ClassView(examples=3)
+    maps = np.stack([_spot(8, 8, 4, 4) + 0.1 * k * np.ones((8, 8)) for k in range(count)])  # Gini falls with k
+    view.add(["a"] * count, [f"a/{k}" for k in range(count)], maps)
+    (a,) = view.summaries()
+    most = [i for i, _, _ in a.most_concentrated]
+    least = [i for i, _, _ in a.least_concentrated]
+    assert not set(most) & set(least)
+    assert len(most) + len(least) == min(count, 6) and len(most) >= len(least)
+    assert most[0] == "a/0" and (count == 1 or least[0] == f"a/{count - 1}")
+
+
 def test_class_view_errors() -> None:
     with pytest.raises(ValueError, match="examples must be a non-negative int; got -1"):
         ClassView(examples=-1)
