@@ -56,6 +56,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "x0, y0, x1, y1 in original image pixels; several rows per image are their union "
                         "(default: masks)")
     c.add_argument("--pointing-tolerance", type=int, default=0, help="pixels of slack in the pointing game")
+    c.add_argument("--quick", action="store_true",
+                   help="a cheap first look: --sample 4 --n-samples 4 --steps 8 --examples 1 where not given")
+    c.add_argument("--max-retries", type=int, default=3,
+                   help="attempts after the first for a chunk whose replica died (default: %(default)s)")
     c.add_argument("--compare", metavar="URL2",
                    help="second results directory to compare maps with (default: no comparison)")
     add_ray_arguments(p, gpus_per_actor=0.0,
@@ -78,7 +82,9 @@ def main(argv: list[str] | None = None) -> int:
 
 def headline(summary: dict) -> str:
     """One line of the figures that matter, for the console; the rest is in the report."""
-    parts = [f"audited {summary['images']['ok']} images"]
+    images = summary["images"]
+    parts = [f"audited {images['ok']} of {images.get('rows', images['ok'])} images"
+             + (f" ({images['errors']} error rows: see the report)" if images.get("errors") else "")]
     if sanity := summary.get("sanity"):
         parts.append(f"sanity: spearman_abs {sanity[0]['spearman_abs']:.2f} ({sanity[0]['layer']} randomized) "
                      f"-> {sanity[-1]['spearman_abs']:.2f} (fully randomized)")

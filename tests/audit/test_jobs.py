@@ -132,13 +132,14 @@ def test_headline_reads_the_summary_and_skips_missing_sections():
     from jobs.audit import headline
 
     summary = {
-        "images": {"ok": 240},
+        "images": {"ok": 240, "rows": 240, "errors": 0},
         "sanity": [{"layer": "classifier", "spearman_abs": 0.7786}, {"layer": "features.0", "spearman_abs": 0.1907}],
         "localization": {"ground_truth": "boxes", "mass_in_mask": 0.6712, "mask_area": 0.3561},
         "faithfulness": {"deletion_auc": 0.3279, "deletion_auc_random": 0.4995, "insertion_auc": 0.9116,
                          "insertion_auc_random": 0.8411},
     }
     assert headline(summary) == (
-        "audited 240 images | sanity: spearman_abs 0.78 (classifier randomized) -> 0.19 (fully randomized) | "
+        "audited 240 of 240 images | sanity: spearman_abs 0.78 (classifier randomized) -> 0.19 (fully randomized) | "
         "saliency inside the boxes 0.67 vs their area 0.36 | deletion AUC 0.33 vs 0.50 random, insertion 0.91 vs 0.84")
-    assert headline({"images": {"ok": 3}, "sanity": [], "localization": None}) == "audited 3 images"
+    assert headline({"images": {"ok": 10, "rows": 12, "errors": 2}, "sanity": [], "localization": None}) == (
+        "audited 10 of 12 images (2 error rows: see the report)")
