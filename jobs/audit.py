@@ -63,7 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--compare", metavar="URL2",
                    help="second results directory to compare maps with (default: no comparison)")
     add_ray_arguments(p, gpus_per_actor=0.0,
-                      num_actors_help="Ray actors (default: one per CPU; 0: in this process, no Ray)")
+                      num_actors_help="replicas (default: as many as the cluster fits, one CPU kept for decoding; 0: in this process, no Ray)")
     return p
 
 

@@ -159,7 +159,6 @@ class Report:
     def files(self, summary: dict[str, Any]) -> dict[str, bytes]:
         """Every file of the report by relative path: page, summary, figures."""
         out = {"index.html": self.render().encode("utf-8")}
-        summary = {**summary, "findings": self.findings()}
         out["summary.json"] = json.dumps(_jsonable(summary), indent=2, sort_keys=False, allow_nan=False).encode()
         for s in self.sections:
             out.update(s.figures)

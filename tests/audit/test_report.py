@@ -68,3 +68,20 @@ def test_display_scales_by_the_99th_percentile() -> None:
     np.testing.assert_allclose(plots.display(m), expected, rtol=1e-5)
     assert plots.display(m).max() == 1.0 and (plots.display(m) == 1.0).sum() >= 6  # the top 1 % of 600 clip
     np.testing.assert_array_equal(plots.display(np.zeros((4, 4))), np.zeros((4, 4)))
+
+
+def test_sections_have_anchors_and_their_findings_lead_the_page() -> None:
+    r = Report(title="t")
+    r.overview.append(("Model", "resnet18, weights none"))
+    a = r.section("Per-class view", id="classes")
+    a.finding("Class cat looks at the border.")
+    r.section("Sanity check: cascading model-parameter randomization").finding("Maps change.")
+    assert [s.id for s in r.sections] == ["classes", "sanity-check-cascading-model-parameter-r"]
+    assert r.findings()[0] == {"section": "classes", "title": "Per-class view", "text": "Class cat looks at the border."}
+    page = r.render()
+    assert page.index("What was audited") < page.index('id="findings"') < page.index('<section id="classes">')
+    assert '<a href="#classes">Per-class view &rarr;</a>' in page
+    with pytest.raises(ValueError, match="section id 'classes' is used twice"):
+        r.section("Again", id="classes")
+    with pytest.raises(ValueError, match="section id must be letters, digits, '_' or '-'; got 'a b'"):
+        r.section("x", id="a b")
