@@ -1,0 +1,215 @@
+"""Model sources end to end on a local Ray: timm and Hugging Face (local and s3://).
+
+Each map must equal (within float16) the kernel called directly on the same model,
+fed by the source library's own preprocessing of the same image, with the row's seed.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+
+from sgcore import smoothgrad
+from sgcore.attribution import reduce_channels
+from sgcore.config import JobConfig
+from sgcore.models import DemoNet
+from sgcore.pipeline import run_job
+from tests.conftest import ray_runtime_env, write_images
+
+timm = pytest.importorskip("timm")
+transformers = pytest.importorskip("transformers")
+pytest.importorskip("safetensors")
+
+SMALL = dict(n_samples=3, shard_size=2, batch_size=4, gpus_per_actor=0.0, num_actors=1, progress=False)
+DEMO_PRE = {"crop_size": 48, "resize_size": 56, "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25],
+            "interpolation": "bilinear"}
+FACTORY = '''
+import torch
+from torch import nn
+
+class Net(nn.Module):
+    """Returns a dict, as some in-house models do."""
+    def __init__(self):
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(2),
+                                  nn.Flatten(), nn.Linear(24, 3))
+    def forward(self, x):
+        return {"logits": self.body(x), "aux": x.mean()}
+
+def build():
+    return Net(), {"crop_size": [40, 56], "resize_size": 44, "mean": [0.4, 0.4, 0.4], "std": [0.3, 0.3, 0.3]}
+
+def not_a_model():
+    return "a string"
+'''
+
+
+@pytest.fixture(scope="module")
+def zoo(tmp_path_factory):
+    """Every model artifact, built once: {name: path}."""
+    d = tmp_path_factory.mktemp("zoo")
+    torch.manual_seed(0)
+    r10 = timm.create_model("resnet10t", num_classes=3)
+    torch.save({"state_dict": r10.state_dict(), "categories": ["ant", "bee", "cat"]}, d / "r10.pth")
+    from safetensors.torch import save_file
+
+    save_file(timm.create_model("test_vit", num_classes=4).state_dict(), str(d / "vit.safetensors"))
+    vit_cfg = transformers.ViTConfig(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=1,
+                                     num_attention_heads=2, intermediate_size=64, num_labels=3,
+                                     id2label={0: "x", 1: "y", 2: "z"}, label2id={"x": 0, "y": 1, "z": 2})
+    transformers.ViTForImageClassification(vit_cfg).save_pretrained(d / "hf-vit")
+    transformers.ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(d / "hf-vit")
+    cnx_cfg = transformers.ConvNextConfig(num_stages=2, hidden_sizes=[8, 16], depths=[1, 1], num_labels=2)
+    transformers.ConvNextForImageClassification(cnx_cfg).save_pretrained(d / "hf-convnext")
+    transformers.ConvNextImageProcessor(size={"shortest_edge": 32}, crop_pct=0.875).save_pretrained(d / "hf-convnext")
+    net = DemoNet().eval()
+    torch.jit.save(torch.jit.script(net), str(d / "demo.ts"))
+    (d / "demo.ts.preprocess.json").write_text(json.dumps({"preprocess": DEMO_PRE, "categories": list("abcd")}))
+    ep = torch.export.export(net, (torch.zeros(2, 3, 48, 48),),
+                             dynamic_shapes={"x": {0: torch.export.Dim("batch", min=1)}})
+    torch.export.save(ep, str(d / "demo.pt2"))
+    torch.save(net.state_dict(), d / "demo-state.pt")
+    (d / "demo.pt2.bad").write_bytes(b"not an archive at all")
+    pkg = d / "py" / "acme_nets"
+    pkg.mkdir(parents=True)
+    (pkg / "__init__.py").write_text(textwrap.dedent(FACTORY))
+    return d
+
+
+@pytest.fixture(scope="module")
+def ray_zoo(zoo, s3_server):
+    """One local Ray for the module; the factory package travels as a py_module,
+    as with ``ray job submit --py-modules``."""
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
+    sys.path.insert(0, str(zoo / "py"))
+    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="WARNING",
+             runtime_env={**ray_runtime_env(), "py_modules": [str(zoo / "py" / "acme_nets")]})
+    yield
+    ray.shutdown()
+    sys.path.remove(str(zoo / "py"))
+    sys.modules.pop("acme_nets", None)
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory):
+    root = tmp_path_factory.mktemp("imgs")
+    write_images(root, n_per_class=2, size=40)  # 40x40 and 40x48, PNG and JPEG
+    return root
+
+
+def _run(photos, out, **kw):
+    result = run_job(JobConfig(input=str(photos), output=str(out), **{**SMALL, **kw}))
+    df = pd.concat([pd.read_parquet(p) for p in sorted(Path(out).glob("part-*.parquet"))])
+    assert result.errors == 0 and (df.status == "ok").all(), df.error.tolist()
+    return df.set_index("image_id"), json.loads((Path(out) / "_manifest.json").read_text())
+
+
+def _audit(out, tmp_path):
+    """jobs.audit on a run of this source, in process: sanity cascade and faithfulness."""
+    from jobs.audit import main as audit_main
+
+    report = tmp_path / "report"
+    assert audit_main(["--results", str(out), "--report", str(report), "--num-actors", "0", "--sample", "2",
+                       "--steps", "4", "--n-samples", "2", "--no-localization"]) == 0
+    summary = json.loads((report / "summary.json").read_text())
+    assert summary["sanity"] is not None and summary["faithfulness"] is not None
+    return summary
+
+
+def _check_maps(df, photos, model, transform, *, score: str = "logit"):
+    """Each stored map == the kernel on ``transform(image)`` with the row's seed and target."""
+    from sgcore.models import with_score
+    from sgcore.models.outputs import Classifier
+
+    model = with_score(Classifier(model, frozen_mode=True), score)  # callers pass eval-mode models
+    for image_id, row in df.iterrows():
+        with Image.open(photos / image_id) as img:
+            x = transform(img.convert("RGB"))[None]
+        maps = smoothgrad(model, x, torch.tensor([int(row.target)]), n_samples=SMALL["n_samples"],
+                          seeds=torch.tensor([int(row.seed)]))
+        expected = reduce_channels(maps, "abs_sum")[0].numpy()
+        got = np.asarray(row.saliency, np.float32).reshape(int(row.map_height), int(row.map_width))
+        assert got.shape == expected.shape
+        np.testing.assert_allclose(got, expected, rtol=4e-3, atol=2e-3 * float(np.abs(expected).max()))
+
+
+def _torchvision_transform(pre: dict):
+    from torchvision import transforms as T
+
+    crop = pre["crop_size"]
+    return T.Compose([T.Resize(pre["resize_size"]), T.CenterCrop(crop), T.ToTensor(),
+                      T.Normalize(pre["mean"], pre["std"])])
+
+
+def test_timm_resnet10t_checkpoint(ray_zoo, zoo, photos, tmp_path):
+    df, manifest = _run(photos, tmp_path / "out", model="timm:resnet10t", weights=str(zoo / "r10.pth"),
+                        image_size=64, target="class:bee", score="softmax")
+    assert set(df.target) == {1} and set(df.target_name) == {"bee"} and set(df.score_type) == {"softmax"}
+    assert (df.map_height == 64).all()
+    model = timm.create_model("resnet10t", num_classes=3)
+    model.load_state_dict(torch.load(zoo / "r10.pth", weights_only=True)["state_dict"])
+    cfg = {**timm.data.resolve_model_data_config(model), "input_size": (3, 64, 64)}
+    _check_maps(df, photos, model.eval(), timm.data.create_transform(**cfg), score="softmax")
+    _audit(tmp_path / "out", tmp_path)
+    assert manifest["model"]["source"] == "timm"
+    assert manifest["preprocess"]["crop_pct"] == 0.875 and manifest["preprocess"]["interpolation"] == "bicubic"
+    import hashlib
+
+    assert manifest["model"]["files"] == {str(zoo / "r10.pth"): hashlib.sha256((zoo / "r10.pth").read_bytes()).hexdigest()}
+
+
+def test_timm_small_vit_safetensors(ray_zoo, zoo, photos, tmp_path):
+    df, manifest = _run(photos, tmp_path / "out", model="timm:test_vit", weights=str(zoo / "vit.safetensors"))
+    from safetensors.torch import load_file
+
+    model = timm.create_model("test_vit", num_classes=4)
+    model.load_state_dict(load_file(str(zoo / "vit.safetensors")))
+    cfg = timm.data.resolve_model_data_config(model)
+    _check_maps(df, photos, model.eval(), timm.data.create_transform(**cfg))
+    assert (df.map_height == 160).all() and manifest["preprocess"]["crop_pct"] == 0.95
+
+
+def _hf_transform(directory):
+    proc = transformers.AutoImageProcessor.from_pretrained(directory, backend="pil")
+    return lambda img: proc(images=img, return_tensors="pt")["pixel_values"][0]
+
+
+@pytest.mark.parametrize("name", ["hf-vit", "hf-convnext"])
+def test_hugging_face_directory(ray_zoo, zoo, photos, tmp_path, name):
+    df, manifest = _run(photos, tmp_path / "out", model=f"hf:{zoo / name}")
+    model = transformers.AutoModelForImageClassification.from_pretrained(zoo / name)
+    _check_maps(df, photos, model.eval(), _hf_transform(zoo / name))
+    if name == "hf-vit":
+        _audit(tmp_path / "out", tmp_path)
+    if name == "hf-vit":
+        assert set(df.predicted_name) <= {"x", "y", "z"}
+        assert manifest["preprocess"]["resize_mode"] == "squash"
+    else:
+        assert manifest["preprocess"]["resize_size"] == 36 and manifest["preprocess"]["crop_size"] == 32
+    assert list(manifest["model"]["files"]) == [str(zoo / name)]
+
+
+def test_hugging_face_directory_on_s3(ray_zoo, zoo, photos, tmp_path, s3_server):
+    import s3fs
+
+    fs = s3fs.S3FileSystem(client_kwargs={"endpoint_url": s3_server})
+    fs.mkdir("zoo")
+    fs.put(str(zoo / "hf-vit"), "zoo/hf-vit", recursive=True)
+    df, manifest = _run(photos, tmp_path / "out", model="hf:s3://zoo/hf-vit")
+    model = transformers.AutoModelForImageClassification.from_pretrained(zoo / "hf-vit")
+    _check_maps(df, photos, model.eval(), _hf_transform(zoo / "hf-vit"))
+    _, local = _run(photos, tmp_path / "local", model=f"hf:{zoo / 'hf-vit'}")
+    # The same content, so the same hash, wherever it lives.
+    assert list(manifest["model"]["files"].values()) == list(local["model"]["files"].values())
+    assert list(manifest["model"]["files"]) == ["s3://zoo/hf-vit"]
