@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import io
-import tarfile
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +9,6 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from PIL import Image
 
 from sgcore.config import JobConfig
 from sgcore.ray_data import SmoothGradMaps, read_results
@@ -93,34 +90,6 @@ def test_read_parquet_of_image_bytes_gives_the_jobs_rows(data, tmp_path):
     got = _run(ray.data.read_parquet(str(src)), tmp_path / "out", **SETTINGS, id_column="id",
                label_column="label", image_column="image")
     _assert_rows_match(got, _read_dir(tmp_path / "job"))
-
-
-def test_read_webdataset_gives_the_jobs_rows(data, tmp_path):
-    import ray
-
-    from sgcore.pipeline import run_job
-
-    root = data["root"]
-    src = tmp_path / "tars"
-    src.mkdir()
-    with tarfile.open(src / "shard-0.tar", "w") as tar:
-        for i, rel in enumerate(data["good"]):
-            for name, blob in ((f"s{i:03d}.png", _png(root / rel)), (f"s{i:03d}.cls", str(i % 2).encode())):
-                info = tarfile.TarInfo(name)
-                info.size = len(blob)
-                tar.addfile(info, io.BytesIO(blob))
-    run_job(JobConfig(input=str(src), output=str(tmp_path / "job"), progress=False, **SETTINGS))
-    job = _read_dir(tmp_path / "job")
-    got = _run(ray.data.read_webdataset(str(src)), tmp_path / "out", **SETTINGS, root=str(src))
-    _assert_rows_match(got, job, columns=[*SAME, "source"])
-    assert set(got.label) == {"0", "1"}
-
-
-def _png(path: Path) -> bytes:
-    """The image as PNG (Ray's WebDataset decoder reads .png and .jpg members alike)."""
-    buf = io.BytesIO()
-    Image.open(path).convert("RGB").save(buf, format="PNG")
-    return buf.getvalue()
 
 
 def test_read_results_gives_maps_as_tensors(data):
