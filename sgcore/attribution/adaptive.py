@@ -1,0 +1,195 @@
+"""Adaptive SmoothGrad: each image is sampled in rounds until its map is reliable.
+
+Every image draws its noise in blocks of ``reliability.BLOCK`` samples; block
+``b`` comes from its own generator seeded with ``(image seed, b)``, so sample
+``k`` of an image is always the same noise, however many samples it ends up
+with (DESIGN.md contract 2). After each round of ``round_samples`` samples
+(``min_samples`` first) the image's reliability is estimated from its samples
+(``sgcore.attribution.reliability``); it stops at ``target_reliability`` or at
+``max_samples``. A round's per-sample maps are merged into the image's running
+aggregate only once the round is complete, in sample order, so the map does not
+depend on how rows were cut into forward passes.
+
+Forward passes stay full: the rows of the images still sampling are packed
+into chunks of ``max_batch`` rows, and when an image stops, the next image of
+the call takes its place (a shard's images are best passed in one call).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+from collections import deque
+
+import torch
+from torch import nn
+
+from sgcore.attribution._bases import guided_relus, prefers_channels_last
+from sgcore.attribution._noise import standard_noise
+from sgcore.attribution.postprocess import REDUCTIONS
+from sgcore.attribution.reliability import BLOCK
+from sgcore.attribution.smoothgrad import (
+    AGGREGATES,
+    NOISES,
+    PRECISIONS,
+    SmoothGradResult,
+    _Accumulator,
+    _check_choice,
+    _check_images,
+    _check_int,
+    _check_model,
+    _check_noise_level,
+    _check_seeds,
+    _check_targets,
+    _float32_mode,
+    _input_gradient_fn,
+    _input_gradients_only,
+    default_max_batch,
+)
+
+ADAPTIVE_BASES: tuple[str, ...] = ("gradient", "input_x_gradient", "guided_backprop")
+
+
+def block_seed(seed: int, block: int) -> int:
+    """Seed of noise block ``block`` of an image with seed ``seed`` (63 bits)."""
+    digest = hashlib.blake2b(f"{int(seed)}\x00{int(block)}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") & ((1 << 63) - 1)
+
+
+def check_policy(target_reliability: object, min_samples: object, max_samples: object,
+                 round_samples: object = 16) -> tuple[float, int, int, int]:
+    """Validates an adaptive policy; returns it normalised.
+
+    Raises:
+        TypeError, ValueError: worded ``"target_reliability must be in (0, 1); got 1.5"``.
+    """
+    if isinstance(target_reliability, bool) or not isinstance(target_reliability, (int, float)):
+        raise TypeError(f"target_reliability must be a float; got {type(target_reliability).__name__}")
+    target = float(target_reliability)
+    if not 0.0 < target < 1.0:
+        raise ValueError(f"target_reliability must be in (0, 1); got {target}")
+    low = _check_int("min_samples", min_samples, minimum=2 * BLOCK)
+    high = _check_int("max_samples", max_samples, minimum=2 * BLOCK)
+    step = _check_int("round_samples", round_samples, minimum=BLOCK)
+    if low > high:
+        raise ValueError(f"min_samples must be <= max_samples; got {low} > {high}")
+    for name, value in (("min_samples", low), ("max_samples", high), ("round_samples", step)):
+        if value % BLOCK:
+            raise ValueError(f"{name} must be a multiple of {BLOCK} (whole noise blocks); got {value}")
+    return target, low, high, step
+
+
+def smoothgrad_adaptive(
+    model: nn.Module,
+    images: torch.Tensor,
+    targets: torch.Tensor,
+    *,
+    target_reliability: float = 0.9,
+    min_samples: int = 16,
+    max_samples: int = 512,
+    round_samples: int = 16,
+    noise_level: float = 0.15,
+    aggregate: str = "mean",
+    base: str = "gradient",
+    seeds: torch.Tensor | None = None,
+    precision: str = "fp32",
+    max_batch: int | None = None,
+    noise: str = "gaussian",
+    reliability_reduction: str = "abs_sum",
+) -> SmoothGradResult:
+    """SmoothGrad maps with as many samples per image as its reliability needs.
+
+    Args: as ``smoothgrad``, plus
+        target_reliability: stop an image once its estimated reliability
+            reaches this, in (0, 1).
+        min_samples, max_samples: bounds on an image's samples (multiples of
+            ``reliability.BLOCK``).
+        round_samples: samples added per round after ``min_samples``.
+
+    Returns:
+        ``SmoothGradResult``: maps ``(B, C, H, W)``, the reliability of each,
+        and ``n_samples`` each used (within [min_samples, max_samples]).
+
+    Raises:
+        TypeError, ValueError: a bad argument (``integrated_gradients`` is not
+        supported here: use ``smoothgrad`` with a fixed ``n_samples``).
+    """
+    _check_model(model)
+    batch, shape = _check_images(images)
+    targets = _check_targets(targets, batch, images.device)
+    seed_list = _check_seeds(seeds, batch)
+    _check_choice("aggregate", aggregate, AGGREGATES)
+    _check_choice("base", base, ADAPTIVE_BASES)
+    _check_choice("precision", precision, PRECISIONS)
+    _check_choice("noise", noise, NOISES)
+    _check_choice("reliability_reduction", reliability_reduction, REDUCTIONS)
+    target, low, high, step = check_policy(target_reliability, min_samples, max_samples, round_samples)
+    noise_level = _check_noise_level(noise_level)
+    if max_batch is None:
+        max_batch = default_max_batch(images.device, shape)
+    max_batch = _check_int("max_batch", max_batch, minimum=1)
+
+    x = images.detach().to(torch.float32)
+    flat = x.reshape(batch, -1)
+    sigma = noise_level * (flat.amax(dim=1) - flat.amin(dim=1))
+    acc = _Accumulator(aggregate, batch, shape, x.device)
+    acc.split(noise, blocked=True)
+    reliability = torch.full((batch,), float("nan"), dtype=torch.float32, device=x.device)
+    grad_fn = _input_gradient_fn(model, precision, x.device, prefers_channels_last(model), int(targets.max()))
+
+    def noisy(i: int, k0: int, k1: int) -> torch.Tensor:
+        # Whole blocks, each from its own seed: sample k is the same noise for any n.
+        b0, b1 = k0 // BLOCK, (k1 - 1) // BLOCK + 1
+        eps = torch.cat([standard_noise(BLOCK, shape, block_seed(seed_list[i], b), device=x.device, kind=noise)
+                         for b in range(b0, b1)])
+        return x[i].unsqueeze(0) + sigma[i] * eps[k0 - b0 * BLOCK : k1 - b0 * BLOCK]
+
+    # Per active image: [next sample to send, end of its open round, gradients of the round so far].
+    state: dict[int, list] = {}
+    waiting = deque(range(batch))
+    hooks = guided_relus(model) if base == "guided_backprop" else contextlib.nullcontext()
+    with _input_gradients_only(model), _float32_mode(precision, x.device), hooks:
+        while state or waiting:
+            pieces: list[tuple[int, int, int]] = []
+            room = max_batch
+            for i in list(state):
+                if room == 0:
+                    break
+                k, end, _ = state[i]
+                take = min(room, end - k)
+                if take > 0:
+                    pieces.append((i, k, k + take))
+                    room -= take
+            while room > 0 and waiting:  # refill: the next image enters the batch
+                i = waiting.popleft()
+                state[i] = [0, low, []]
+                take = min(room, low)
+                pieces.append((i, 0, take))
+                room -= take
+            inputs = torch.cat([noisy(i, k0, k1) for i, k0, k1 in pieces])
+            row_targets = torch.cat([targets[i].expand(k1 - k0) for i, k0, k1 in pieces])
+            grads = grad_fn(inputs, row_targets)
+            offset = 0
+            for i, k0, k1 in pieces:
+                g = grads[offset : offset + k1 - k0]
+                if base == "input_x_gradient":
+                    g = g * inputs[offset : offset + k1 - k0]
+                offset += k1 - k0
+                st = state[i]
+                st[0] = k1
+                st[2].append(g)
+                if k1 < st[1]:
+                    continue
+                round_start = st[1] - sum(p.shape[0] for p in st[2])
+                acc.add(i, torch.cat(st[2]), round_start)
+                st[2] = []
+                rel = float(acc.reliability(reliability_reduction, [i], seeds=seed_list)[0])
+                reliability[i] = rel
+                if (noise_level == 0.0 or rel >= target) or st[1] >= high:
+                    del state[i]
+                else:
+                    st[1] = min(high, st[1] + step)
+    if noise_level == 0.0:
+        reliability.fill_(1.0)
+    counts = torch.tensor(acc.count, dtype=torch.int64)
+    return SmoothGradResult(acc.result(), reliability, counts)
