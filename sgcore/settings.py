@@ -159,3 +159,40 @@ def _literal_fields(cls: type) -> tuple[tuple[str, tuple[object, ...], bool], ..
             if len(literals) == 1:
                 found.append((f.name, get_args(literals[0]), True))
     return tuple(found)
+
+
+# ------------------------------------------------------------------ adaptive sampling
+# Samples per noise block of adaptive sampling: sobol strata, antithetic pairs
+# and the reliability estimate's split halves never straddle a block.
+ADAPTIVE_BLOCK = 8
+
+
+def check_adaptive_policy(target_reliability: object, min_samples: object, max_samples: object,
+                 round_samples: object = 16) -> tuple[float, int, int, int]:
+    """Validates an adaptive policy; returns it normalised.
+
+    Raises:
+        TypeError, ValueError: worded ``"target_reliability must be in (0, 1); got 1.5"``.
+    """
+    if isinstance(target_reliability, bool) or not isinstance(target_reliability, (int, float)):
+        raise TypeError(f"target_reliability must be a float; got {type(target_reliability).__name__}")
+    target = float(target_reliability)
+    if not 0.0 < target < 1.0:
+        raise ValueError(f"target_reliability must be in (0, 1); got {target}")
+    low = _int_at_least("min_samples", min_samples, minimum=2 * ADAPTIVE_BLOCK)
+    high = _int_at_least("max_samples", max_samples, minimum=2 * ADAPTIVE_BLOCK)
+    step = _int_at_least("round_samples", round_samples, minimum=ADAPTIVE_BLOCK)
+    if low > high:
+        raise ValueError(f"min_samples must be <= max_samples; got {low} > {high}")
+    for name, value in (("min_samples", low), ("max_samples", high), ("round_samples", step)):
+        if value % ADAPTIVE_BLOCK:
+            raise ValueError(f"{name} must be a multiple of {ADAPTIVE_BLOCK} (whole noise blocks); got {value}")
+    return target, low, high, step
+
+
+def _int_at_least(name: str, value: object, *, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int; got {type(value).__name__}")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}; got {value}")
+    return value

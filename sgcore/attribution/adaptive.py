@@ -46,6 +46,7 @@ from sgcore.attribution.smoothgrad import (
     _input_gradients_only,
     default_max_batch,
 )
+from sgcore.settings import check_adaptive_policy as check_policy
 
 ADAPTIVE_BASES: tuple[str, ...] = ("gradient", "input_x_gradient", "guided_backprop")
 
@@ -54,29 +55,6 @@ def block_seed(seed: int, block: int) -> int:
     """Seed of noise block ``block`` of an image with seed ``seed`` (63 bits)."""
     digest = hashlib.blake2b(f"{int(seed)}\x00{int(block)}".encode(), digest_size=8).digest()
     return int.from_bytes(digest, "little") & ((1 << 63) - 1)
-
-
-def check_policy(target_reliability: object, min_samples: object, max_samples: object,
-                 round_samples: object = 16) -> tuple[float, int, int, int]:
-    """Validates an adaptive policy; returns it normalised.
-
-    Raises:
-        TypeError, ValueError: worded ``"target_reliability must be in (0, 1); got 1.5"``.
-    """
-    if isinstance(target_reliability, bool) or not isinstance(target_reliability, (int, float)):
-        raise TypeError(f"target_reliability must be a float; got {type(target_reliability).__name__}")
-    target = float(target_reliability)
-    if not 0.0 < target < 1.0:
-        raise ValueError(f"target_reliability must be in (0, 1); got {target}")
-    low = _check_int("min_samples", min_samples, minimum=2 * BLOCK)
-    high = _check_int("max_samples", max_samples, minimum=2 * BLOCK)
-    step = _check_int("round_samples", round_samples, minimum=BLOCK)
-    if low > high:
-        raise ValueError(f"min_samples must be <= max_samples; got {low} > {high}")
-    for name, value in (("min_samples", low), ("max_samples", high), ("round_samples", step)):
-        if value % BLOCK:
-            raise ValueError(f"{name} must be a multiple of {BLOCK} (whole noise blocks); got {value}")
-    return target, low, high, step
 
 
 def smoothgrad_adaptive(

@@ -43,6 +43,7 @@ def calibrate(
     noise_level: float = 0.15,
     reduction: str = "abs_sum",
     max_batch: int | None = None,
+    reference: SmoothGradResult | None = None,
     log: Callable[[str], None] = lambda _: None,
 ) -> dict[str, Any]:
     """Estimated against measured reliability per ``n`` (module docstring).
@@ -56,11 +57,11 @@ def calibrate(
     batch = images.shape[0]
     kw: dict[str, Any] = dict(noise_level=noise_level, max_batch=max_batch,
                               return_reliability=True, reliability_reduction=reduction)
-    log(f"reference: gaussian, n={reference_n}, {batch} images")
-    ref = smoothgrad(model, images, targets, n_samples=reference_n,
-                     seeds=torch.arange(batch) + _REFERENCE_SEED, **kw)
-    if not isinstance(ref, SmoothGradResult):
-        raise RuntimeError("smoothgrad(return_reliability=True) returned no reliability")
+    ref = reference
+    if ref is None:
+        log(f"reference: gaussian, n={reference_n}, {batch} images")
+        ref = reference_maps(model, images, targets, reference_n=reference_n, noise_level=noise_level,
+                             reduction=reduction, max_batch=max_batch)
     ref_maps = reduce_channels(ref.maps, reduction)
     ref_rel = ref.reliability.double()
     rows, points = [], []
@@ -83,8 +84,20 @@ def calibrate(
                      "abs_error": statistics.fmean(err), "abs_error_vs_ref": statistics.fmean(err_ref)})
         log(f"  {noise} n={n}: estimate {rows[-1]['estimate']:.4f} measured {rows[-1]['measured']:.4f} "
             f"|err| {rows[-1]['abs_error']:.4f} (x ref {rows[-1]['abs_error_vs_ref']:.4f})")
-    return {"reference_n": reference_n, "noise": noise,
+    return {"reference_n": reference_n, "noise": noise, "reference": ref,
             "reference_reliability": float(ref_rel.mean()), "rows": rows, "points": points}
+
+
+def reference_maps(model: nn.Module, images: torch.Tensor, targets: torch.Tensor, *, reference_n: int,
+                   noise_level: float = 0.15, reduction: str = "abs_sum",
+                   max_batch: int | None = None) -> SmoothGradResult:
+    """Gaussian maps of ``reference_n`` samples with seeds no test map uses (share them across noise kinds)."""
+    ref = smoothgrad(model, images, targets, n_samples=reference_n, noise_level=noise_level,
+                     seeds=torch.arange(images.shape[0]) + _REFERENCE_SEED, max_batch=max_batch,
+                     return_reliability=True, reliability_reduction=reduction)
+    if not isinstance(ref, SmoothGradResult):
+        raise RuntimeError("smoothgrad(return_reliability=True) returned no reliability")
+    return ref
 
 
 def to_markdown(results: list[dict[str, Any]]) -> str:

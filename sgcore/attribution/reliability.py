@@ -44,10 +44,11 @@ import torch
 
 from sgcore.attribution.postprocess import reduce_channels
 from sgcore.attribution.ranks import spearman
+from sgcore.settings import ADAPTIVE_BLOCK
 
 # Samples per noise block in adaptive sampling (sobol strata, antithetic
 # pairs and the split halves never straddle a block).
-BLOCK = 8
+BLOCK = ADAPTIVE_BLOCK
 
 
 def group_size(noise: str, *, blocked: bool) -> int:

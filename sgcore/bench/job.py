@@ -132,8 +132,11 @@ def _calibration(*, model: str, image_size: int, batch: int, reference_n: int, r
     with torch.no_grad():
         targets = net(images).argmax(dim=1)
     results = []
+    reference = None
     for noise in ("gaussian", "antithetic", "sobol"):
-        res = calibrate(net, images, targets, reference_n=reference_n, repeats=repeats, noise=noise, log=log)
+        res = calibrate(net, images, targets, reference_n=reference_n, repeats=repeats, noise=noise,
+                        reference=reference, log=log)
+        reference = res.pop("reference")  # one reference for every noise kind
         results.append({"model": model, "images": images.shape[0], **res})
     cost = reliability_cost(net, images, targets, repeats=repeats + 3)
     folder = Path(out)
