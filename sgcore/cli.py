@@ -195,6 +195,17 @@ def add_job_arguments(parser: argparse.ArgumentParser) -> None:
                    help="whose gradient is explained: the logit, the softmax probability or its log")
 
     k = add_smoothgrad_arguments(parser, defaults=d)
+    for action in k._group_actions:  # the job alone also takes --n-samples auto
+        if action.dest == "n_samples":
+            action.type = _n_samples
+            action.help = "noisy samples per image, or 'auto': sample each image until --target-reliability"
+    k.add_argument("--target-reliability", type=float,
+                   help="with --n-samples auto: stop an image once its map's estimated reliability "
+                        "(Spearman with the converged map) reaches this, in (0, 1) (default: none)")
+    k.add_argument("--min-samples", type=int, default=d.min_samples,
+                   help="with --n-samples auto: samples every image gets first (a multiple of 8)")
+    k.add_argument("--max-samples", type=int, default=d.max_samples,
+                   help="with --n-samples auto: samples an image never exceeds (a multiple of 8)")
     k.add_argument("--seed", type=int, default=d.seed, help="run seed; each image's seed derives from it and its id")
     k.add_argument("--batch-size", type=int, default=d.batch_size, help="images per kernel call")
     k.add_argument("--no-fold-bn", dest="fold_bn", action="store_false",
@@ -224,7 +235,21 @@ def config_from_args(cls: type[C], args: argparse.Namespace, **overrides: Any) -
     if "storage_options" in names:
         values["storage_options"] = parse_storage_options(getattr(args, "storage_options", None))
     values.update(overrides)
+    if "target_reliability" in names:
+        _adaptive_values(values)
     return cls(**values)
+
+
+def _adaptive_values(values: dict[str, Any]) -> None:
+    """``--n-samples auto`` needs ``--target-reliability`` and the reverse; auto runs record max_samples."""
+    auto = values.get("n_samples") == "auto"
+    if auto and values.get("target_reliability") is None:
+        raise ConfigError("--n-samples auto needs --target-reliability R (e.g. 0.9)")
+    if not auto and values.get("target_reliability") is not None:
+        raise ConfigError("--target-reliability works with --n-samples auto; drop one of them")
+    if auto:
+        # An adaptive map has at most max_samples samples; rows record the actual count.
+        values["n_samples"] = values.get("max_samples", JobConfig.__dataclass_fields__["max_samples"].default)
 
 
 def parse_storage_options(text: str | dict[str, Any] | None) -> dict[str, Any]:
@@ -264,6 +289,15 @@ def _json_kind(value: object) -> str:
     if value is None:
         return "null"
     return "number"
+
+
+def _n_samples(text: str) -> int | str:
+    if text == "auto":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer or 'auto'; got {text!r}") from None
 
 
 def run_cli(main: Callable[[], int]) -> int:

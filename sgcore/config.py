@@ -10,6 +10,7 @@ from typing import Any, Literal, get_args
 from sgcore.errors import ConfigError
 from sgcore.settings import (
     SmoothGradSettings,
+    check_adaptive_policy,
     check_choices,
     check_non_negative,
     check_positive,
@@ -104,6 +105,12 @@ class JobConfig(SmoothGradSettings):
     progress: bool = True
     # Drills and tests only: faults the actors inject (sgcore.pipeline._faults).
     inject_faults: str | None = None
+    # Adaptive sampling (``--n-samples auto``): None samples every image
+    # ``n_samples`` times; a number samples each image in rounds until its
+    # reliability reaches it, between ``min_samples`` and ``max_samples``.
+    target_reliability: float | None = None
+    min_samples: int = 16
+    max_samples: int = 512
     # Secrets may live here: never written to a manifest, a log or the hash.
     storage_options: dict[str, Any] = field(default_factory=dict, repr=False)
 
@@ -132,6 +139,14 @@ class JobConfig(SmoothGradSettings):
             raise ConfigError(
                 f"min_actors must be <= max_actors; got {self.min_actors} > {self.max_actors}"
             )
+        if self.target_reliability is not None:
+            try:
+                check_adaptive_policy(self.target_reliability, self.min_samples, self.max_samples)
+            except (TypeError, ValueError) as e:
+                raise ConfigError(f"adaptive sampling: {e}") from e
+            if self.base == "integrated_gradients":
+                raise ConfigError("adaptive sampling (--n-samples auto) does not support --base "
+                                  "integrated_gradients; give a fixed --n-samples")
         if not isinstance(self.storage_options, dict):
             raise ConfigError(
                 f"storage_options must be a JSON object; got {type(self.storage_options).__name__}"
@@ -144,6 +159,11 @@ class JobConfig(SmoothGradSettings):
         for name, default in _LATER_DEFAULTS.items():
             if fields_[name] == default:
                 del fields_[name]
+        if self.target_reliability is not None:
+            # The policy decides the maps; fixed-n configs keep the hash they had.
+            fields_["n_samples"] = "auto"
+            fields_.update(target_reliability=self.target_reliability,
+                           min_samples=self.min_samples, max_samples=self.max_samples)
         return fields_
 
     def config_hash(self) -> str:

@@ -44,6 +44,9 @@ _SCALARS: list[tuple[str, pa.DataType]] = [
     ("noise_level", pa.float32()),
     ("n_samples", pa.int32()),
     ("seed", pa.int64()),
+    # Estimated Spearman correlation of the stored map with its converged map
+    # (sgcore.attribution.reliability); null on error rows.
+    ("reliability", pa.float32()),
 ]
 _GEOMETRY: list[tuple[str, pa.DataType]] = [
     ("map_height", pa.int32()),

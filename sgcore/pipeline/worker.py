@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from sgcore.attribution import prepare_model, reduce_channels, smoothgrad
+from sgcore.attribution.adaptive import smoothgrad_adaptive
 from sgcore.config import JobConfig
 from sgcore.errors import ConfigError
 from sgcore.io import DecodedShard, encode_part, join, npz_name, part_url, write_bytes
@@ -104,8 +105,21 @@ class ShardProcessor:
         if not keep:
             return
         seeds = torch.tensor([rows[chunk[j]]["seed"] for j in keep], dtype=torch.int64)
-        maps = smoothgrad(self.explained, x[keep], torch.tensor(targets, dtype=torch.int64, device=self.device),
-                          seeds=seeds, **cfg.kernel_arguments())
+        target_t = torch.tensor(targets, dtype=torch.int64, device=self.device)
+        if cfg.target_reliability is None:
+            result = smoothgrad(self.explained, x[keep], target_t, seeds=seeds, **cfg.kernel_arguments(),
+                                return_reliability=True, reliability_reduction=cfg.reduction)
+        else:
+            # Images that converge leave the expanded batch and the next ones of
+            # this batch take their place (sgcore.attribution.adaptive).
+            kw = {k: v for k, v in cfg.kernel_arguments().items() if k not in ("n_samples", "ig_steps")}
+            result = smoothgrad_adaptive(
+                self.explained, x[keep], target_t, seeds=seeds, target_reliability=cfg.target_reliability,
+                min_samples=cfg.min_samples, max_samples=cfg.max_samples,
+                reliability_reduction=cfg.reduction, **kw)
+        maps = result.maps
+        reliability = result.reliability.cpu().tolist()
+        used = result.n_samples.tolist()
         reduced = reduce_channels(maps, cfg.reduction).cpu().numpy()
         full = maps.cpu().numpy() if cfg.store_full else None
         for k, j in enumerate(keep):
@@ -120,6 +134,8 @@ class ShardProcessor:
                 row["error"] = "saliency map exceeds the float16 range (|value| > 65504)"
                 continue
             row["saliency"] = m.astype(np.float16)
+            row["reliability"] = reliability[k]
+            row["n_samples"] = int(used[k])
             if full is not None:
                 row["saliency_full"] = full[k].astype(np.float16)
 
@@ -188,6 +204,7 @@ def make_row(config: JobConfig, shard_id: str, rec: dict[str, Any], *, crop: int
         "noise_level": float(config.noise_level),
         "n_samples": int(config.n_samples),
         "seed": image_seed(config.seed, rec["image_id"]),
+        "reliability": None,
         "map_height": map_h,
         "map_width": map_w,
         "saliency": None,

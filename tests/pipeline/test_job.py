@@ -41,6 +41,8 @@ def test_one_row_per_image_corrupt_file_is_an_error_row(image_dir, tmp_path):
     assert list(bad.image_id) == ["cat/broken.jpg"] and "cannot decode image" in bad.error.iloc[0]
     ok = df[df.status == "ok"]
     assert ok.error.isna().all() and ok.saliency.notna().all()
+    # Every ok row says how converged its map is; an error row has no map to rate.
+    assert ok.reliability.between(0.0, 1.0).all() and bad.reliability.isna().all()
     assert set(ok.label) == {"cat", "dog"}
     assert (result.rows, result.ok, result.errors, result.shards) == (7, 6, 1, 3)
     assert sorted(p.name for p in out.iterdir()) == [
@@ -52,6 +54,7 @@ def test_one_row_per_image_corrupt_file_is_an_error_row(image_dir, tmp_path):
     assert "storage_options" not in manifest["config"]
     table = pq.read_table(out / "part-00000.parquet")
     assert str(table.schema.field("saliency").type).startswith("extension<arrow.fixed_shape_tensor")
+    assert table.schema.field("reliability").type == pa.float32()
 
 
 def test_maps_equal_the_kernel_called_directly(image_dir, tmp_path):
@@ -64,8 +67,11 @@ def test_maps_equal_the_kernel_called_directly(image_dir, tmp_path):
     arr, _ = decode_image((image_dir / "dog/dog_0.png").read_bytes(),
                           resize_size=loaded.preprocess.resize_size, crop_size=32)
     x = loaded.preprocess.normalize(torch.from_numpy(arr[None]))
-    maps = smoothgrad(loaded.model.eval(), x, torch.tensor([int(row.target)]), n_samples=4,
-                      seeds=torch.tensor([image_seed(0, "dog/dog_0.png")]))
+    result = smoothgrad(loaded.model.eval(), x, torch.tensor([int(row.target)]), n_samples=4,
+                        seeds=torch.tensor([image_seed(0, "dog/dog_0.png")]), return_reliability=True)
+    maps = result.maps
+    # Maps agree to float16 storage; the bootstrap figure then to a few hundredths.
+    assert abs(float(row.reliability) - float(result.reliability[0])) < 0.05
     expected = maps.abs().sum(1)[0].numpy()
     got = row.saliency.reshape(32, 32).astype(np.float32)
     np.testing.assert_allclose(got, expected, rtol=2e-3, atol=1e-3 * float(np.abs(expected).max()))

@@ -1,0 +1,76 @@
+"""--n-samples auto in the job: per-row sample counts, batch independence, the policy in the config."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from jobs.smoothgrad import build_parser
+from sgcore.cli import config_from_args as _config_from_args
+from sgcore.config import JobConfig
+from sgcore.errors import ConfigError
+from sgcore.io import decode_shard, plan_shards
+from sgcore.pipeline import ShardProcessor
+from tests.conftest import write_images
+
+
+def _rows(root, **kw):
+    config = JobConfig(input=str(root), output="unused", model="demo", weights="default",
+                       image_size=32, progress=False, **kw)
+    processor = ShardProcessor(config)
+    pre = processor.loaded.preprocess
+    (spec,) = plan_shards(config.input, shard_size=64)
+    decoded = decode_shard(spec, resize_size=pre.resize_size, crop_size=pre.crop_size,
+                           interpolation=pre.interpolation)
+    return [r for r in processor.compute_rows(decoded) if r["status"] == "ok"]
+
+
+def config_from_args(args):
+    return _config_from_args(JobConfig, args)
+
+
+POLICY = dict(n_samples=64, target_reliability=0.85, min_samples=16, max_samples=64)
+
+
+def test_rows_record_samples_used_and_do_not_depend_on_batch_size_or_max_batch(tmp_path):
+    root = tmp_path / "img"
+    write_images(root, n_per_class=3)
+    base = _rows(root, batch_size=16, **POLICY)
+    assert base and all(16 <= r["n_samples"] <= 64 for r in base)
+    assert all(0.0 <= r["reliability"] <= 1.0 for r in base)
+    assert all(r["reliability"] >= 0.85 or r["n_samples"] == 64 for r in base)
+    for kw in (dict(batch_size=2), dict(batch_size=5, max_batch=7)):
+        other = _rows(root, **kw, **POLICY)
+        assert [r["image_id"] for r in other] == [r["image_id"] for r in base]
+        for a, b in zip(base, other, strict=True):
+            assert a["n_samples"] == b["n_samples"]
+            assert np.asarray(a["saliency"]).tobytes() == np.asarray(b["saliency"]).tobytes()
+
+
+def test_policy_is_part_of_the_config_hash():
+    fixed = JobConfig(input="i", output="o", n_samples=64)
+    auto = JobConfig(input="i", output="o", **POLICY)
+    other = JobConfig(input="i", output="o", **{**POLICY, "target_reliability": 0.9})
+    assert len({fixed.config_hash(), auto.config_hash(), other.config_hash()}) == 3
+    assert auto.result_fields()["n_samples"] == "auto" and auto.result_fields()["target_reliability"] == 0.85
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--n-samples", "auto", "--target-reliability", "1.5"], r"target_reliability must be in \(0, 1\); got 1.5"),
+    (["--n-samples", "auto", "--target-reliability", "0.9", "--min-samples", "128", "--max-samples", "64"],
+     "min_samples must be <= max_samples; got 128 > 64"),
+    (["--n-samples", "auto"], "--n-samples auto needs --target-reliability"),
+    (["--target-reliability", "0.9"], "--target-reliability works with --n-samples auto"),
+])
+def test_bad_policy_is_one_config_error(argv, message):
+    args = build_parser().parse_args(["--input", "i", "--output", "o", *argv])
+    with pytest.raises(ConfigError, match=message):
+        config_from_args(args)
+
+
+def test_job_exits_2_with_one_line_on_a_bad_policy(capsys):
+    from jobs.smoothgrad import main
+
+    assert main(["--input", "i", "--output", "o", "--n-samples", "auto", "--target-reliability", "1.5"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "target_reliability must be in (0, 1); got 1.5" in err[0]
