@@ -94,7 +94,7 @@ def test_read_parquet_of_image_bytes_gives_the_jobs_rows(data, tmp_path):
 
 def test_read_results_gives_maps_as_tensors(data):
     ds = read_results(str(data["job_out"]), ok_only=True)
-    batch = next(ds.iter_batches(batch_format="numpy", batch_size=100))
+    batch = next(iter(ds.iter_batches(batch_format="numpy", batch_size=100)))
     assert batch["saliency"].shape == (len(data["good"]), 32, 32)
     assert batch["saliency"].dtype == np.float16
     assert set(batch["status"]) == {"ok"}
