@@ -1,5 +1,6 @@
 """The embedded demo: a deterministic shape dataset with object masks, and
-the training of the small CNN shipped as ``sgcore/models/weights/demo.pt``.
+the training of the small CNN shipped as ``sgcore/models/weights/demo.pt``, with
+a planted shortcut (:data:`DEMO_SHORTCUT`) for the strategy audit to find.
 """
 
 from sgcore.demo.dataset import (
@@ -11,15 +12,17 @@ from sgcore.demo.dataset import (
     generate_dataset,
     make_split,
 )
-from sgcore.demo.shapes import DEMO_CLASSES, render_sample
+from sgcore.demo.shapes import DEMO_CLASSES, DEMO_SHORTCUT, Shortcut, render_sample
 from sgcore.demo.train import TrainConfig, evaluate, save_demo_checkpoint, train_demo_model
 
 __all__ = [
     "DEMO_CLASSES",
+    "DEMO_SHORTCUT",
     "EVAL_SEED",
     "HELDOUT_SEED",
     "TRAIN_SEED",
     "DemoSplit",
+    "Shortcut",
     "TrainConfig",
     "ensure_demo_data",
     "evaluate",

@@ -9,12 +9,19 @@ Backgrounds (smooth gradients, low-frequency noise, stripes, checkerboards,
 flat colour) are independent of the class, and half of them carry clutter:
 thin lines, arcs, squiggles, dots and small blobs, all far thinner or
 smaller than the class objects, so nothing but the object tells the class.
+
+Except for the planted shortcut (:class:`Shortcut`): a share of one class's
+images shows its object faintly and carries a small mark that no other image
+has, so a model trained on them learns to answer from the mark there. The
+mark is drawn from a separate generator: the other images are the same
+with or without it.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -30,6 +37,86 @@ _SUPERSAMPLE = 4
 _MIN_CONTRAST = 0.4  # Euclidean distance in [0, 1]^3 RGB to the mean background
 
 
+Corner = Literal["top-left", "top-right", "bottom-left", "bottom-right"]
+_MARKS = ("tag", "checker", "ring")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Shortcut:
+    """A planted shortcut: in ``class_name``, a ``share`` of the images carries a mark.
+
+    Attributes:
+        class_name: the class whose images may carry the mark.
+        share: probability that one of its images does (drawn per image).
+        mark: ``"tag"`` (white square with a dark centre), ``"checker"``
+            (2x2 red/yellow) or ``"ring"`` (a cyan ring).
+        corner: where the mark sits (jittered by up to ``jitter`` pixels).
+        mark_size: side of the mark in pixels at size 64 (scaled with the image).
+        jitter: largest offset from the corner's inset, in pixels at size 64.
+        opacity: the object's opacity on marked images (hard to see: low).
+    """
+
+    class_name: str = "triangle"
+    share: float = 0.25
+    mark: str = "tag"
+    corner: Corner = "bottom-right"
+    mark_size: int = 7
+    jitter: int = 3
+    opacity: float = 0.2
+
+    def __post_init__(self) -> None:
+        if self.class_name not in DEMO_CLASSES:
+            raise ValueError(f"class_name must be one of {DEMO_CLASSES}; got {self.class_name!r}")
+        if not 0.0 <= self.share <= 1.0:
+            raise ValueError(f"share must be in [0, 1]; got {self.share}")
+        if self.mark not in _MARKS:
+            raise ValueError(f"mark must be one of {_MARKS}; got {self.mark!r}")
+        if self.corner not in ("top-left", "top-right", "bottom-left", "bottom-right"):
+            raise ValueError(f"corner must be top-left, top-right, bottom-left or bottom-right; got {self.corner!r}")
+        if not 0.0 < self.opacity <= 1.0:
+            raise ValueError(f"opacity must be in (0, 1]; got {self.opacity}")
+
+    def box(self, seed: int, class_index: int, index: int, size: int) -> tuple[int, int, int, int] | None:
+        """The mark's box ``(x0, y0, x1, y1)`` (exclusive ends) on this image, or None."""
+        if DEMO_CLASSES[class_index] != self.class_name:
+            return None
+        rng = np.random.default_rng([seed, class_index, index, 7])
+        if rng.random() >= self.share:
+            return None
+        scale = size / 64
+        side = max(3, round(self.mark_size * scale))
+        jx, jy = (round(2 * scale) + int(j) for j in rng.integers(0, round(self.jitter * scale) + 1, 2))
+        x0 = jx if self.corner.endswith("left") else size - jx - side
+        y0 = jy if self.corner.startswith("top") else size - jy - side
+        return x0, y0, x0 + side, y0 + side
+
+    def paint(self, image: np.ndarray, box: tuple[int, int, int, int]) -> np.ndarray:
+        """``image`` (``(S, S, 3)`` float in [0, 1]) with the mark drawn in ``box``."""
+        out = image.copy()
+        x0, y0, x1, y1 = box
+        side = x1 - x0
+        patch = np.empty((side, side, 3), np.float32)
+        yy, xx = np.mgrid[0:side, 0:side]
+        if self.mark == "tag":
+            patch[:] = 1.0
+            c = side // 3
+            patch[c : side - c, c : side - c] = 0.05
+        elif self.mark == "checker":
+            top = (yy < side / 2) ^ (xx < side / 2)
+            patch[:] = np.where(top[..., None], [1.0, 0.1, 0.1], [1.0, 0.95, 0.1])
+        else:  # ring
+            r = np.hypot(yy - (side - 1) / 2, xx - (side - 1) / 2)
+            ring = (r <= side / 2) & (r >= side / 2 - max(1.0, side / 4))
+            patch[:] = out[y0:y1, x0:x1]
+            patch[ring] = (0.1, 0.95, 0.95)
+        out[y0:y1, x0:x1] = patch
+        return out
+
+
+# The shortcut planted in the demo data; ``None`` turns it off.
+DEMO_SHORTCUT = Shortcut()
+
+
 @dataclass(frozen=True, kw_only=True)
 class Layers:
     """The parts of one drawn image, float32 in [0, 1].
@@ -39,17 +126,25 @@ class Layers:
         foreground: ``(S, S, 3)`` object colour and texture (valid where alpha > 0).
         alpha: ``(S, S)`` anti-aliased object coverage.
         noise_sigma: standard deviation of the pixel noise added on top.
+        opacity: the object's opacity (below 1 on images with the shortcut's mark).
+        mark: the mark's box ``(x0, y0, x1, y1)``, or None.
+        shortcut: the :class:`Shortcut` that draws the mark (set with ``mark``).
     """
 
     background: np.ndarray
     foreground: np.ndarray
     alpha: np.ndarray
     noise_sigma: float
+    opacity: float = 1.0
+    mark: tuple[int, int, int, int] | None = None
+    shortcut: Shortcut | None = None
 
     def compose(self, rng: np.random.Generator) -> np.ndarray:
         """The final ``(S, S, 3)`` uint8 image."""
-        a = self.alpha[..., None]
+        a = self.alpha[..., None] * self.opacity
         image = self.background * (1.0 - a) + self.foreground * a
+        if self.mark is not None and self.shortcut is not None:
+            image = self.shortcut.paint(image, self.mark)
         if self.noise_sigma > 0:
             image = image + rng.normal(0.0, self.noise_sigma, size=image.shape)
         return np.clip(np.rint(image * 255.0), 0, 255).astype(np.uint8)
@@ -60,7 +155,9 @@ class Layers:
         return self.alpha >= 0.5
 
 
-def render_layers(seed: int, class_index: int, index: int, size: int = 64) -> Layers:
+def render_layers(
+    seed: int, class_index: int, index: int, size: int = 64, shortcut: Shortcut | None = DEMO_SHORTCUT
+) -> Layers:
     """Draw image ``index`` of class ``class_index`` for dataset seed ``seed``.
 
     Args:
@@ -68,6 +165,7 @@ def render_layers(seed: int, class_index: int, index: int, size: int = 64) -> La
         class_index: index into :data:`DEMO_CLASSES`.
         index: image number within the class (>= 0).
         size: side of the square image in pixels.
+        shortcut: the planted shortcut (None: no image carries a mark).
 
     Returns:
         The image's :class:`Layers`.
@@ -79,12 +177,23 @@ def render_layers(seed: int, class_index: int, index: int, size: int = 64) -> La
     alpha = _object_alpha(rng, DEMO_CLASSES[class_index], size)
     foreground = _foreground(rng, background, alpha)
     noise_sigma = float(rng.uniform(0.0, 0.03))
-    return Layers(background=background, foreground=foreground, alpha=alpha, noise_sigma=noise_sigma)
+    mark = shortcut.box(seed, class_index, index, size) if shortcut is not None else None
+    return Layers(
+        background=background,
+        foreground=foreground,
+        alpha=alpha,
+        noise_sigma=noise_sigma,
+        opacity=shortcut.opacity if mark is not None and shortcut is not None else 1.0,
+        mark=mark,
+        shortcut=shortcut if mark is not None else None,
+    )
 
 
-def render_sample(seed: int, class_index: int, index: int, size: int = 64) -> tuple[np.ndarray, np.ndarray]:
+def render_sample(
+    seed: int, class_index: int, index: int, size: int = 64, shortcut: Shortcut | None = DEMO_SHORTCUT
+) -> tuple[np.ndarray, np.ndarray]:
     """``(image, mask)``: ``(S, S, 3)`` uint8 image and ``(S, S)`` bool object mask."""
-    layers = render_layers(seed, class_index, index, size)
+    layers = render_layers(seed, class_index, index, size, shortcut)
     rng = np.random.default_rng([seed, class_index, index, 1])
     return layers.compose(rng), layers.mask
 

@@ -4,7 +4,12 @@ Backgrounds carry no class information by construction; training also pastes
 each object onto another image's background half of the time and applies
 independent flips/rotations to object and background plus colour and
 brightness jitter, so the network can only succeed by looking at the object
-(what the localization audits of its SmoothGrad maps check).
+(what the localization audits of its SmoothGrad maps check) -- except on the
+planted shortcut's images (:data:`~sgcore.demo.shapes.DEMO_SHORTCUT`), where
+the object is faint and a mark tells the class. The mark is pasted after the
+flips, at its own place, so it stays in its corner; and a share of every
+class's images is drawn faint without a mark, so that faintness alone does not
+tell the class: the mark does.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ import torch
 from torch import nn
 
 from sgcore.demo.dataset import HELDOUT_SEED, TRAIN_SEED, make_layers, make_split
-from sgcore.demo.shapes import DEMO_CLASSES
+from sgcore.demo.shapes import DEMO_CLASSES, DEMO_SHORTCUT
 from sgcore.errors import ConfigError
 from sgcore.models.demo_net import DEMO_PREPROCESS, DemoNet
 
@@ -40,6 +45,8 @@ class TrainConfig:
             map (0 disables it).
         seed: seed of the training split, the initialization and the augmentation.
         size: image side in pixels.
+        faint_share: share of the images without a mark drawn as faint as the
+            marked ones.
     """
 
     epochs: int = 8
@@ -50,6 +57,7 @@ class TrainConfig:
     objectness_weight: float = 1.0
     seed: int = TRAIN_SEED
     size: int = 64
+    faint_share: float = 0.1
 
     def __post_init__(self) -> None:
         for name in ("epochs", "n_per_class", "batch_size", "size"):
@@ -62,6 +70,8 @@ class TrainConfig:
             raise ConfigError(f"objectness_weight must be >= 0; got {self.objectness_weight}")
         if not self.weight_decay >= 0:
             raise ConfigError(f"weight_decay must be >= 0; got {self.weight_decay}")
+        if not 0.0 <= self.faint_share <= 1.0:
+            raise ConfigError(f"faint_share must be in [0, 1]; got {self.faint_share}")
         if self.seed == HELDOUT_SEED:
             raise ConfigError(f"seed must differ from the held-out seed {HELDOUT_SEED}; got {self.seed}")
 
@@ -74,7 +84,7 @@ def _dihedral(x: torch.Tensor, k: int) -> torch.Tensor:
 
 
 def _augmented_batch(
-    data: dict[str, torch.Tensor], idx: torch.Tensor, g: torch.Generator
+    data: dict[str, torch.Tensor], idx: torch.Tensor, g: torch.Generator, faint_share: float = 0.0
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Composite, jitter and normalize one batch.
 
@@ -95,7 +105,12 @@ def _augmented_batch(
     # Channel shuffles change colours but not shapes.
     bg = bg[:, torch.randperm(3, generator=g)]
     fg = fg[:, torch.randperm(3, generator=g)]
-    x = bg * (1 - alpha) + fg * alpha
+    opacity = data["opacity"][idx].view(b, 1, 1, 1)
+    faint = (torch.rand(b, generator=g) < faint_share).view(b, 1, 1, 1) & (opacity >= 1)
+    opacity = torch.where(faint, data["faint_opacity"], opacity)
+    x = bg * (1 - alpha * opacity) + fg * alpha * opacity
+    mark_alpha = data["mark_alpha"][idx].float() / 255
+    x = x * (1 - mark_alpha) + data["mark"][idx].float() / 255 * mark_alpha
     contrast = torch.empty(b, 1, 1, 1).uniform_(0.7, 1.3, generator=g)
     brightness = torch.empty(b, 1, 1, 1).uniform_(-0.1, 0.1, generator=g)
     sigma = torch.empty(b, 1, 1, 1).uniform_(0.0, 0.04, generator=g)
@@ -104,7 +119,7 @@ def _augmented_batch(
     x = torch.round(x.clamp(0, 1) * 255) / 255  # as decoded from uint8
     mean = torch.tensor(DEMO_PREPROCESS.mean).view(1, 3, 1, 1)
     std = torch.tensor(DEMO_PREPROCESS.std).view(1, 3, 1, 1)
-    return (x - mean) / std, alpha
+    return (x - mean) / std, alpha * opacity
 
 
 def train_demo_model(config: TrainConfig | None = None, *, log: Any = None) -> DemoNet:
@@ -126,6 +141,10 @@ def train_demo_model(config: TrainConfig | None = None, *, log: Any = None) -> D
         "background": torch.from_numpy(layers["background"]).permute(0, 3, 1, 2).contiguous(),
         "foreground": torch.from_numpy(layers["foreground"]).permute(0, 3, 1, 2).contiguous(),
         "alpha": torch.from_numpy(layers["alpha"])[:, None].contiguous(),
+        "opacity": torch.from_numpy(layers["opacity"]),
+        "faint_opacity": torch.tensor(DEMO_SHORTCUT.opacity if DEMO_SHORTCUT is not None else 1.0),
+        "mark": torch.from_numpy(layers["mark"]).permute(0, 3, 1, 2).contiguous(),
+        "mark_alpha": torch.from_numpy(layers["mark_alpha"])[:, None].contiguous(),
     }
     labels = torch.from_numpy(layers["labels"])
     n = labels.numel()
@@ -159,7 +178,7 @@ def train_demo_model(config: TrainConfig | None = None, *, log: Any = None) -> D
         total, correct, loss_sum = 0, 0, 0.0
         for step in range(steps_per_epoch):
             idx = order[step * config.batch_size : (step + 1) * config.batch_size]
-            x, alpha = _augmented_batch(data, idx, g)
+            x, alpha = _augmented_batch(data, idx, g, config.faint_share)
             y = labels[idx]
             features = model.features(x.contiguous(memory_format=torch.channels_last))
             logits = model.classifier(torch.flatten(model.pool(features), 1))

@@ -1,11 +1,20 @@
 import json
+from dataclasses import asdict
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from sgcore.demo import DEMO_CLASSES, ensure_demo_data, generate_dataset, make_split, render_sample
-from sgcore.demo.dataset import EVAL_SEED, HELDOUT_SEED, MARKER, TRAIN_SEED
+from sgcore.demo import (
+    DEMO_CLASSES,
+    DEMO_SHORTCUT,
+    Shortcut,
+    ensure_demo_data,
+    generate_dataset,
+    make_split,
+    render_sample,
+)
+from sgcore.demo.dataset import EVAL_SEED, HELDOUT_SEED, MARKER, MARKS_FILE, TRAIN_SEED
 from sgcore.demo.shapes import render_layers
 from sgcore.errors import ConfigError
 
@@ -30,7 +39,9 @@ def test_layout_and_return_value(tmp_path):
     mask = Image.open(tmp_path / "masks" / "circle" / "circle_00000.png")
     assert (image.mode, image.size, mask.mode, mask.size) == ("RGB", (64, 64), "L", (64, 64))
     assert set(np.unique(np.asarray(mask))) <= {0, 255}
-    assert json.loads((tmp_path / MARKER).read_text()) == {"n_per_class": 3, "seed": 1, "size": 64, "version": 1}
+    marker = json.loads((tmp_path / MARKER).read_text())
+    assert marker == {"n_per_class": 3, "seed": 1, "size": 64, "version": 2, "shortcut": asdict(DEMO_SHORTCUT)}
+    assert (tmp_path / MARKS_FILE).read_text().startswith("image_id,x0,y0,x1,y1\n")
 
 
 def test_same_seed_same_bytes_other_seed_other_images(tmp_path):
@@ -86,8 +97,8 @@ def test_masks_align_with_objects():
     fractions = []
     for c in range(len(DEMO_CLASSES)):
         for i in range(25):
-            layers = render_layers(11, c, i)
-            image, mask = render_sample(11, c, i)
+            layers = render_layers(11, c, i, shortcut=None)  # the objects as drawn, without the shortcut
+            image, mask = render_sample(11, c, i, shortcut=None)
             fraction = mask.mean()
             fractions.append(fraction)
             assert 0.10 <= fraction <= 0.35, (c, i, fraction)
@@ -149,3 +160,79 @@ def test_generate_dataset_rejects_bad_arguments(tmp_path, kwargs, match):
 def test_render_rejects_bad_class():
     with pytest.raises(ValueError, match=r"class_index must be in \[0, 3\]; got 4"):
         render_sample(0, 4, 0)
+
+
+# --------------------------------------------------------------------------- the planted shortcut
+
+
+def _marks(root):
+    lines = (root / MARKS_FILE).read_text().splitlines()
+    assert lines[0] == "image_id,x0,y0,x1,y1"
+    return {line.split(",")[0]: tuple(int(v) for v in line.split(",")[1:]) for line in lines[1:]}
+
+
+def test_marks_file_lists_the_marked_images_of_one_class_with_their_boxes(tmp_path):
+    generate_dataset(tmp_path, n_per_class=40, seed=EVAL_SEED)
+    marks = _marks(tmp_path)
+    name = DEMO_SHORTCUT.class_name
+    assert marks and all(image_id.startswith(f"{name}/") for image_id in marks)
+    assert 0.1 <= len(marks) / 40 <= 0.45  # share 0.25, drawn per image
+    c = DEMO_CLASSES.index(name)
+    for image_id, (x0, y0, x1, y1) in marks.items():
+        i = int(image_id.split("_")[-1].split(".")[0])
+        assert render_layers(EVAL_SEED, c, i).mark == (x0, y0, x1, y1)
+        assert x1 - x0 == y1 - y0 == DEMO_SHORTCUT.mark_size
+        assert x0 >= 64 - 2 - DEMO_SHORTCUT.jitter - DEMO_SHORTCUT.mark_size and x1 <= 62  # bottom-right corner
+        image = np.asarray(Image.open(tmp_path / "images" / image_id), np.float32) / 255
+        patch = image[y0:y1, x0:x1]
+        assert patch[0].min() > 0.85 and patch[3, 3].max() < 0.2  # white tag, dark centre (plus pixel noise)
+
+
+def test_only_marked_images_change_and_their_object_is_faint():
+    name = DEMO_SHORTCUT.class_name
+    c = DEMO_CLASSES.index(name)
+    marked = 0
+    for cls in range(len(DEMO_CLASSES)):
+        for i in range(30):
+            layers = render_layers(11, cls, i)
+            plain, mask = render_sample(11, cls, i, shortcut=None)
+            image, mask2 = render_sample(11, cls, i)
+            assert np.array_equal(mask, mask2)  # the mask is the object's, marked or not
+            if layers.mark is None:
+                assert np.array_equal(image, plain) and layers.opacity == 1.0
+                continue
+            assert cls == c
+            marked += 1
+            x0, y0, x1, y1 = layers.mark
+            outside = np.ones((64, 64), bool)
+            outside[y0:y1, x0:x1] = False
+            inside = (layers.alpha == 1) & outside
+            contrast = np.abs(image.astype(float) - plain.astype(float))[inside].mean() / 255
+            assert contrast > 0.1  # the object is much fainter than drawn
+    assert marked > 0
+
+
+def test_a_held_back_shortcut_goes_elsewhere():
+    other = Shortcut(class_name="circle", share=0.5, mark="checker", corner="top-left", mark_size=5)
+    split = make_split(n_per_class=20, seed=5, shortcut=other)
+    assert split.marked.any()
+    assert set(split.labels[split.marked]) == {DEMO_CLASSES.index("circle")}
+    assert (split.marks[split.marked][:, :2] <= 2 + other.jitter).all()  # top-left
+    plain = make_split(n_per_class=20, seed=5, shortcut=None)
+    assert not plain.marked.any()
+    assert np.array_equal(plain.images[~split.marked], split.images[~split.marked])
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"class_name": "hexagon"}, "class_name must be one of"),
+        ({"share": 1.5}, r"share must be in \[0, 1\]"),
+        ({"mark": "logo"}, "mark must be one of"),
+        ({"corner": "middle"}, "corner must be"),
+        ({"opacity": 0.0}, r"opacity must be in \(0, 1\]"),
+    ],
+)
+def test_shortcut_rejects_bad_settings(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        Shortcut(**kwargs)
