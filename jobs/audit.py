@@ -62,6 +62,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="attempts after the first for a chunk whose replica died (default: %(default)s)")
     c.add_argument("--compare", metavar="URL2",
                    help="second results directory to compare maps with (default: no comparison)")
+    g = p.add_argument_group("strategies (SpRAy clusters per class; cheap: reads the stored maps)")
+    g.add_argument("--no-strategies", dest="strategies", action="store_false",
+                   help="skip the strategy clusters (SpRAy) per class")
+    g.add_argument("--strategy-by", choices=("predicted", "label"), default="predicted",
+                   help="cluster the maps of each predicted class or of each label (default: %(default)s)")
+    g.add_argument("--max-strategies", type=int, default=8,
+                   help="most strategy clusters per class; the eigengap chooses within (default: %(default)s)")
+    g.add_argument("--strategy-resolution", type=int, default=16,
+                   help="maps are area-averaged to NxN cells before clustering (default: %(default)s)")
     add_ray_arguments(p, gpus_per_actor=0.0,
                       num_actors_help="replicas (default: as many as the cluster fits, one CPU kept for decoding; 0: in this process, no Ray)")
     return p
@@ -94,6 +103,9 @@ def headline(summary: dict) -> str:
     if f := summary.get("faithfulness"):
         parts.append(f"deletion AUC {f['deletion_auc']:.2f} vs {f['deletion_auc_random']:.2f} random, "
                      f"insertion {f['insertion_auc']:.2f} vs {f['insertion_auc_random']:.2f}")
+    if (strategies := summary.get("strategies")) is not None:
+        flagged = [f"{c['name']} #{k['cluster']} ({k['images']})" for c in strategies for k in c["clusters"] if k["flagged"]]
+        parts.append(f"flagged strategies: {', '.join(flagged)}" if flagged else "no strategy flagged")
     return " | ".join(parts)
 
 

@@ -31,6 +31,8 @@ from sgcore.audit.localization import (
 from sgcore.audit.report import Report, write_report
 from sgcore.audit.results import hash_sample, load_images, load_mask, read_boxes
 from sgcore.audit.sanity import MapSettings
+from sgcore.audit.strategies import StrategyConfig
+from sgcore.audit.strategy_report import strategy_section
 from sgcore.errors import ConfigError, InputError
 from sgcore.io import GEOMETRY_COLUMNS, join, url_to_fs
 from sgcore.pipeline.pool import ItemFailed
@@ -80,6 +82,11 @@ class AuditConfig:
             CUDA only when this is > 0 (and torch sees a GPU), in this
             process too; 0 keeps them on the CPU even on a GPU machine.
             ``summary.json["device"]`` says where they ran.
+        strategies: cluster each class's maps into strategies (SpRAy) and flag
+            likely shortcuts (:mod:`sgcore.audit.strategies`).
+        strategy_by: group by ``"predicted"`` class or by ``"label"``.
+        max_strategies: most clusters per class.
+        strategy_resolution: maps are area-averaged to this many cells a side.
         address: Ray cluster; None: ``RAY_ADDRESS``, else a fresh local Ray
             (``"auto"`` joins a cluster started with ``ray start``).
     """
@@ -107,6 +114,10 @@ class AuditConfig:
     max_retries: int = 3
     num_actors: int | None = None
     gpus_per_actor: float = 0.0
+    strategies: bool = True
+    strategy_by: str = "predicted"
+    max_strategies: int = 8
+    strategy_resolution: int = 16
     address: str | None = None
     allow_partial: bool = False
     storage_options: dict[str, Any] = field(default_factory=dict, repr=False)
@@ -137,6 +148,8 @@ class AuditConfig:
             raise ConfigError(f"gpus_per_actor must be >= 0; got {self.gpus_per_actor}")
         if isinstance(self.max_retries, bool) or not isinstance(self.max_retries, int) or self.max_retries < 0:
             raise ConfigError(f"max_retries must be a non-negative integer; got {self.max_retries!r}")
+        if self.strategies:
+            self.strategy_config()  # bad strategy settings fail here
 
     def effective(self) -> AuditConfig:
         """The settings the audit runs with: ``quick``'s cheap values where fields are at their defaults."""
@@ -145,6 +158,11 @@ class AuditConfig:
         defaults = {f.name: f.default for f in fields(self)}
         cheap = {k: v for k, v in QUICK.items() if getattr(self, k) == defaults[k]}
         return replace(self, **cheap)
+
+    def strategy_config(self) -> StrategyConfig:
+        """The strategy clustering's settings."""
+        return StrategyConfig(by=self.strategy_by, max_clusters=self.max_strategies,  # type: ignore[arg-type]
+                              resolution=self.strategy_resolution, border_width=self.border_width, seed=self.seed)
 
 
 # What --quick changes (where the user left the default): a first look in about a minute on a CPU.
@@ -306,6 +324,15 @@ def run_audit(
             "Skipped: no object masks (pass --masks URL with masks at <masks>/<image_id>, or --boxes FILE, "
             "a CSV/Parquet file with columns image_id, x0, y0, x1, y1 in original image pixels)."
         )
+
+    summary["strategies"] = None
+    if config.strategies:
+        strategy_section(
+            report, summary, per_image, results, index, config.strategy_config(),
+            num_actors=config.num_actors, address=config.address, log=log,
+            examples_for=lambda ids: _examples(results, index, ids, config),
+        )
+        report.attach("per_image.csv", _csv(per_image))  # now with strategy and strategy_flagged
 
     # ---- heavy checks on a sample, on the actor pool --------------------------
     summary["sanity"] = None
@@ -874,6 +901,12 @@ def _images_for(results: Results, index: Any, image_ids: list[str], config: Audi
     sources = _sources(index, [position[i] for i in image_ids], config.input)
     return list(load_images(sources, results.preprocess, config.storage_options,
                             image_column=results.config.get("image_column")))
+
+
+def _examples(results: Results, index: Any, image_ids: list[str], config: AuditConfig) -> tuple[list, list]:
+    position = {image_id: i for i, image_id in enumerate(index.column("image_id").to_pylist())}
+    maps = read_maps(results, index, [position[i] for i in image_ids])
+    return _images_for(results, index, image_ids, config), list(maps)
 
 
 def _geometry(meta: Any, url: str) -> dict[str, list[int]]:

@@ -16,8 +16,9 @@ dominated by the few strongest pixels than the plain L2 of the maps.
 Clustering (:func:`spray`): a k-nearest-neighbour graph (exact up to
 ``exact_below`` maps, approximate above with pynndescent, Dong et al. 2011),
 Gaussian affinities with the local scaling of Zelnik-Manor & Perona 2004,
-the symmetric normalized Laplacian, the number of clusters at its largest
-eigengap (von Luxburg 2007) within ``[1, max_clusters]``, and k-means on
+the symmetric normalized Laplacian (regularized, Amini et al. 2013), the
+number of clusters at its largest eigengap (von Luxburg 2007) within
+``[2, max_clusters]``, and k-means on
 the row-normalized spectral embedding (Ng, Jordan & Weiss 2001).
 
 Cost for ``n`` maps of a class with ``d = R^2`` features and ``k`` neighbours:
@@ -57,6 +58,7 @@ DISTINCT_RATIO = 0.25
 SPOT_AREA = 0.05  # "a small region": half of its extra mass over the rest lies in this share of the image
 SPOT_RATIO = 4.0  # "that the rest does not use": it puts at least 4x the rest's mass there
 OFF_OBJECT_RATIO = 0.5  # "off the object": less than half the rest's mass on the object
+REGULARIZATION = 0.01  # tau of the regularized Laplacian, as a share of the mean degree
 
 REGIONS: tuple[str, ...] = (
     "top-left corner", "top edge", "top-right corner",
@@ -252,24 +254,40 @@ def spray(
     idx, dist, approximate = knn(features, k_nn, exact_below=exact_below, seed=seed)
     a = affinity(idx, dist)
     degree = np.asarray(a.sum(axis=1)).ravel()
-    inv_sqrt = 1.0 / np.sqrt(np.maximum(degree, 1e-300))
+    # Regularized spectral clustering (Amini et al. 2013; Qin & Rohe 2013) with a
+    # small tau: tau/n is added to every affinity. A group of maps with no edge to
+    # the rest (a very distinct strategy) is then a small, simple eigenvalue instead
+    # of a repeated zero, which Lanczos can miss.
+    tau = REGULARIZATION * float(degree.mean())
+    inv_sqrt = 1.0 / np.sqrt(degree + tau)
     from scipy import sparse
 
-    m = sparse.diags(inv_sqrt) @ a @ sparse.diags(inv_sqrt)
     n_eig = min(max_clusters + 1, n - 1)
     if n <= 600:
-        mu, vec = np.linalg.eigh(m.toarray())
+        m = inv_sqrt[:, None] * (a.toarray() + tau / n) * inv_sqrt[None, :]
+        mu, vec = np.linalg.eigh(m)
         mu, vec = mu[::-1][:n_eig], vec[:, ::-1][:, :n_eig]
     else:
-        from scipy.sparse.linalg import eigsh
+        from scipy.sparse.linalg import LinearOperator, eigsh
 
+        s_a = sparse.diags(inv_sqrt) @ a @ sparse.diags(inv_sqrt)
+
+        def matvec(v: np.ndarray) -> np.ndarray:
+            v = v.reshape(n, -1)
+            return s_a @ v + (tau / n) * inv_sqrt[:, None] * (inv_sqrt @ v)[None, :]
+
+        op = LinearOperator((n, n), matvec=matvec, matmat=matvec, dtype=np.float64)
         v0 = np.random.default_rng(seed).random(n)
-        mu, vec = eigsh(m, k=n_eig, which="LA", v0=v0, tol=1e-6, maxiter=max(1000, 20 * n))
+        mu, vec = eigsh(op, k=n_eig, which="LA", v0=v0, tol=1e-8, maxiter=max(1000, 20 * n))
         order = np.argsort(mu)[::-1]
         mu, vec = mu[order], vec[:, order]
     lam = np.clip(1.0 - mu, 0.0, 2.0)
     gaps = np.diff(lam)  # gaps[j] = lam[j+1] - lam[j]: the gap after j+1 clusters
-    k = int(np.argmax(gaps[: max_clusters])) + 1 if len(gaps) else 1
+    # Within [2, max_clusters]: on a continuum of maps (objects anywhere in the image)
+    # the first gap is often the largest, which would hide a small strategy; a split
+    # that finds nothing different simply gets no flag.
+    low = 2 if max_clusters >= 2 and len(gaps) >= 2 else 1
+    k = int(np.argmax(gaps[low - 1 : max_clusters])) + low if len(gaps) else 1
     spectral = vec[:, :k] / np.maximum(np.linalg.norm(vec[:, :k], axis=1, keepdims=True), 1e-12)
     if k == 1:
         raw = np.zeros(n, np.int64)
@@ -418,9 +436,11 @@ def describe_clusters(
                 why.append(f"off the object: {100 * mio:.0f}% of its saliency lies on the object, under half "
                            f"the {100 * rest_mio:.0f}% of the class's other images")
         if 0 < share <= SMALL_SHARE and len(maps) >= 3 and distinct <= DISTINCT_RATIO:
-            why.append(f"small and distinct: {100 * share:.0f}% of the class's images, and "
-                       f"{100 * float(conductance[c]):.1f}% of its neighbour affinity leaves it, "
-                       f"{1 / distinct:.0f}x less (for its size) than the class's other clusters")
+            apart = (f"{100 * float(conductance[c]):.1f}% of its neighbour affinity leaves it, "
+                     f"{1 / distinct:.0f}x less (for its size) than the class's other clusters"
+                     if distinct > 0.01 else "almost none of its neighbour affinity leaves it "
+                     "(a separate part of the neighbour graph)")
+            why.append(f"small and distinct: {100 * share:.0f}% of the class's images, and {apart}")
         row["flagged"] = bool(why)
         row["why"] = why
         out.append(row)
@@ -503,7 +523,7 @@ def row_strategy_classes(meta: Any, by: StrategyBy) -> list[str | None]:
 
 
 def _features_task(results: Any, part: str, config: StrategyConfig, classes: list[str]) -> tuple:
-    from sgcore.audit.results import read_part
+    from sgcore.results import read_part
 
     meta, maps = read_part(results, part)
     grouped = part_features(meta, maps, config) if maps is not None and len(meta) else {}

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from sgcore.demo.dataset import HELDOUT_SEED, TRAIN_SEED, make_layers, make_split
-from sgcore.demo.shapes import DEMO_CLASSES, DEMO_SHORTCUT
+from sgcore.demo.shapes import DEMO_CLASSES, DEMO_SHORTCUT, Shortcut
 from sgcore.errors import ConfigError
 from sgcore.models.demo_net import DEMO_PREPROCESS, DemoNet
 
@@ -47,6 +47,7 @@ class TrainConfig:
         size: image side in pixels.
         faint_share: share of the images without a mark drawn as faint as the
             marked ones.
+        shortcut: the planted shortcut of the training split (None: none).
     """
 
     epochs: int = 8
@@ -58,6 +59,7 @@ class TrainConfig:
     seed: int = TRAIN_SEED
     size: int = 64
     faint_share: float = 0.1
+    shortcut: Shortcut | None = DEMO_SHORTCUT
 
     def __post_init__(self) -> None:
         for name in ("epochs", "n_per_class", "batch_size", "size"):
@@ -136,13 +138,14 @@ def train_demo_model(config: TrainConfig | None = None, *, log: Any = None) -> D
         The trained model in eval mode.
     """
     config = config or TrainConfig()
-    layers = make_layers(n_per_class=config.n_per_class, seed=config.seed, size=config.size)
+    layers = make_layers(n_per_class=config.n_per_class, seed=config.seed, size=config.size,
+                         shortcut=config.shortcut)
     data = {
         "background": torch.from_numpy(layers["background"]).permute(0, 3, 1, 2).contiguous(),
         "foreground": torch.from_numpy(layers["foreground"]).permute(0, 3, 1, 2).contiguous(),
         "alpha": torch.from_numpy(layers["alpha"])[:, None].contiguous(),
         "opacity": torch.from_numpy(layers["opacity"]),
-        "faint_opacity": torch.tensor(DEMO_SHORTCUT.opacity if DEMO_SHORTCUT is not None else 1.0),
+        "faint_opacity": torch.tensor(config.shortcut.opacity if config.shortcut is not None else 1.0),
         "mark": torch.from_numpy(layers["mark"]).permute(0, 3, 1, 2).contiguous(),
         "mark_alpha": torch.from_numpy(layers["mark_alpha"])[:, None].contiguous(),
     }
@@ -238,4 +241,4 @@ def save_demo_checkpoint(model: nn.Module, path: str | Path, *, meta: dict | Non
 
 def config_dict(config: TrainConfig) -> dict[str, Any]:
     """JSON-able config (stored in the checkpoint's meta)."""
-    return {k: (float(v) if isinstance(v, np.floating) else v) for k, v in asdict(config).items()}
+    return {k: (float(v) if isinstance(v, np.floating) else v) for k, v in asdict(config).items()}  # shortcut: a dict
