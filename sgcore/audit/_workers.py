@@ -46,6 +46,7 @@ class WorkerSpec:
     settings: MapSettings
     sanity: bool = True
     faithfulness: bool = True
+    road_pic: bool = True  # with faithfulness: ROAD and PIC (sgcore.audit.road_pic)
     steps: int = 32
     seed: int = 0
     image_column: str | None = None
@@ -109,6 +110,11 @@ class AuditWorker:
                 steps=spec.steps, seed=order_seed,
             )
             out["faithfulness"] = asdict(f)
+            if spec.road_pic:
+                from sgcore.audit.road_pic import evaluate_chunk
+
+                out["road_pic"] = evaluate_chunk(self.model, self.preprocess, pixels, x, targets,
+                                                 torch.tensor(chunk.maps, device=self.device), seed=order_seed)
         out["seconds"] = time.perf_counter() - t0
         return out
 

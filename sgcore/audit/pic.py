@@ -46,7 +46,7 @@ def interpolate_image(image: np.ndarray, keep: np.ndarray) -> np.ndarray:
     The four corners are always kept (so the interpolation covers the image);
     points outside the kept pixels' convex hull get the image's mean colour.
     """
-    from scipy.interpolate import griddata
+    from scipy.interpolate import LinearNDInterpolator
 
     keep = keep.copy()
     h, w = keep.shape
@@ -56,10 +56,12 @@ def interpolate_image(image: np.ndarray, keep: np.ndarray) -> np.ndarray:
     known = np.argwhere(keep)
     unknown = np.argwhere(~keep)
     out = image.astype(np.float32) * keep[..., None]  # float32 as the authors round it
-    for ch in range(image.shape[2]):
-        values = griddata(known, image[..., ch][keep].astype(np.float64), unknown, method="linear",
-                          fill_value=float(image[..., ch].mean()))
-        out[unknown[:, 0], unknown[:, 1], ch] = values
+    # One triangulation for all channels: what griddata(method="linear") does per channel.
+    interpolate = LinearNDInterpolator(known, image[keep].astype(np.float64), fill_value=np.nan)
+    values = interpolate(unknown)
+    mean = image.reshape(-1, image.shape[2]).mean(axis=0)
+    values = np.where(np.isnan(values), mean[None, :], values)
+    out[unknown[:, 0], unknown[:, 1]] = values
     return np.round(out).astype(np.uint8)
 
 
@@ -83,43 +85,79 @@ def pic_curve(
     keep_monotonous: bool = True,
     points: int = 1000,
 ) -> PicCurve:
-    """The PIC of one image.
+    """The PIC of one image (see :func:`pic_curves`, which shares the rebuilt images between curves).
+
+    Raises:
+        PicSkipped: the curve is undefined for this image.
+    """
+    got = pic_curves(image, saliency, random_mask, {"pic": predict}, thresholds=thresholds,
+                     min_pred_value=min_pred_value, keep_monotonous=keep_monotonous, points=points)["pic"]
+    if isinstance(got, PicSkipped):
+        raise got
+    return got
+
+
+def pic_curves(
+    image: np.ndarray,
+    saliency: np.ndarray,
+    random_mask: np.ndarray,
+    predicts: dict[str, Callable[[np.ndarray], Sequence[float]]],
+    *,
+    thresholds: Sequence[float] = DEFAULT_THRESHOLDS,
+    min_pred_value: float = 0.0,
+    keep_monotonous: bool = True,
+    points: int = 1000,
+) -> dict[str, PicCurve | PicSkipped]:
+    """The PICs of one image for several performance measures (e.g. SIC and AIC).
 
     Args:
         image: ``(H, W, 3)`` uint8.
         saliency: ``(H, W)``; larger is more important.
         random_mask: ``(H, W)`` bool, the pixels the fully blurred image keeps.
-        predict: uint8 images ``(N, H, W, 3)`` -> performance per image: the
-            softmax score of the original class (SIC) or 1/0 for "still
-            predicted" (AIC).
+        predicts: name -> a function of uint8 images ``(N, H, W, 3)`` giving the
+            performance per image: the softmax score of the original class
+            (SIC) or 1/0 for "still predicted" (AIC).
         thresholds: shares of the most salient pixels revealed.
         min_pred_value: skip images whose original performance is below it.
         keep_monotonous: the curve is the running maximum.
         points: grid points of the interpolated curve.
 
-    Raises:
-        PicSkipped: the curve is undefined for this image.
+    Returns:
+        name -> its curve, or the :class:`PicSkipped` saying why it is undefined.
     """
     if image.dtype != np.uint8:
         raise TypeError(f"image must be uint8; got {image.dtype}")
     original_info = information(image)
     blurred = interpolate_image(image, random_mask)
     blurred_info = information(blurred)
-    original = float(predict(image[None])[0])
-    if original < min_pred_value:
-        raise PicSkipped(f"the original image scores {original:.3f}, below min_pred_value {min_pred_value}")
-    floor = float(predict(blurred[None])[0])
-    if blurred_info >= original_info:
-        raise PicSkipped("the fully blurred image holds no less information than the original")
-    if floor >= original:
-        raise PicSkipped(f"the fully blurred image scores {floor:.3f}, not below the original's {original:.3f}")
-    xs, ys = [], []
-    best = 0.0
+    rebuilt = []
     for t in thresholds:
         keep = (saliency >= np.quantile(saliency, 1 - t)) | random_mask
-        rebuilt = interpolate_image(image, keep)
-        x = float(np.clip((information(rebuilt) - blurred_info) / (original_info - blurred_info), 0.0, 1.0))
-        y = float(np.clip((float(predict(rebuilt[None])[0]) - floor) / (original - floor), 0.0, 1.0))
+        img = interpolate_image(image, keep)
+        x = float(np.clip((information(img) - blurred_info) / max(original_info - blurred_info, 1), 0.0, 1.0))
+        rebuilt.append((img, x))
+    stack = np.stack([image, blurred] + [img for img, _ in rebuilt])
+    out: dict[str, PicCurve | PicSkipped] = {}
+    for name, predict in predicts.items():
+        perf = np.asarray(predict(stack), np.float64)
+        out[name] = _curve(perf, [x for _, x in rebuilt], original_info, blurred_info, min_pred_value,
+                           keep_monotonous, points)
+    return out
+
+
+def _curve(perf: np.ndarray, infos: list[float], original_info: int, blurred_info: int, min_pred_value: float,
+           keep_monotonous: bool, points: int) -> PicCurve | PicSkipped:
+    original, floor = float(perf[0]), float(perf[1])
+    if original < min_pred_value:
+        return PicSkipped(f"the original image scores {original:.3f}, below min_pred_value {min_pred_value}")
+    if blurred_info >= original_info:
+        return PicSkipped("the fully blurred image holds no less information than the original")
+    if floor >= original:
+        return PicSkipped(f"the fully blurred image scores {floor:.3f}, not below the original's {original:.3f}")
+    xs, ys = [], []
+    best = 0.0
+    for x, p in zip(infos, perf[2:], strict=True):
+        y = float(np.clip((float(p) - floor) / (original - floor), 0.0, 1.0))
         best = max(best, y)
         xs.append(x)
         ys.append(best if keep_monotonous else y)

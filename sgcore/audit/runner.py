@@ -30,6 +30,7 @@ from sgcore.audit.localization import (
 )
 from sgcore.audit.report import Report, write_report
 from sgcore.audit.results import hash_sample, load_images, load_mask, read_boxes
+from sgcore.audit.road_pic import road_pic_section
 from sgcore.audit.sanity import MapSettings
 from sgcore.audit.strategies import StrategyConfig
 from sgcore.audit.strategy_report import strategy_section
@@ -418,6 +419,7 @@ def run_audit(
             _sanity_section(report, summary, outputs, settings, run_settings, random_weights)
         if outputs and config.faithfulness:
             _faithfulness_section(report, summary, outputs, config.steps)
+            road_pic_section(report, summary, outputs)
 
     # ---- comparison -----------------------------------------------------------
     if config.compare:

@@ -102,3 +102,22 @@ def test_pic_ranks_a_faithful_map_above_a_random_one_and_skips_undefined_images(
         pic_curve(img, sal, mask, lambda x: np.full(len(x), 0.1), min_pred_value=0.5)
     with pytest.raises(PicSkipped, match="fully blurred image scores"):
         pic_curve(img, sal, mask, lambda x: np.full(len(x), 0.7))
+
+
+def test_audit_reports_road_and_pic(demo_results, tmp_path) -> None:  # noqa: ANN001
+    import json
+
+    from sgcore.audit import AuditConfig, run_audit
+
+    config = AuditConfig(results=str(demo_results), report=str(tmp_path), sanity=False, strategies=False,
+                         sample=2, steps=4, n_samples=4, examples=0, num_actors=0)
+    summary = run_audit(config, log=lambda m: None)
+    on_disk = json.loads((tmp_path / "summary.json").read_text())
+    road, pic = on_disk["road"], on_disk["pic"]
+    assert road["images"] == pic["images"] == 2
+    assert len(road["morf_curve"]) == len(road["fractions"]) == 9
+    assert 0.0 <= road["road_morf_auc"] <= 0.8 and 0.0 <= road["road_lerf_auc"] <= 0.8
+    assert road["road_gap"] == pytest.approx(road["road_lerf_auc"] - road["road_morf_auc"])
+    assert pic["sic_scored"] >= 1 and 0.0 <= pic["sic_auc"] <= 1.0
+    assert summary["road"]["road_gap"] == road["road_gap"]
+    assert "ROAD and PIC" in (tmp_path / "index.html").read_text()
