@@ -1,6 +1,6 @@
 """Images/s of a Ray Data pipeline with SmoothGradMaps next to the job, in one run.
 
-    python -m sgcore.ray_data_bench --images 120 --n-samples 16
+    python -m sgcore.bench.ray_data --images 120 --n-samples 16
 
 Both sides get the same demo images, model, n, model batch and CPUs on one
 local Ray (started before any clock): the job (``run_job``: list, decode tasks,
