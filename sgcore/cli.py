@@ -187,7 +187,8 @@ def add_job_arguments(parser: argparse.ArgumentParser) -> None:
     m = add_model_arguments(parser, defaults=d)
     m.add_argument("--preprocess", type=_json_object, default=None,
                    help="JSON object overriding fields of the model's preprocessing, e.g. "
-                   "'{\"resize_mode\": \"squash\", \"crop_size\": [224, 224]}'; the manifest records the result")
+                   "'{\"resize_mode\": \"squash\", \"crop_size\": [224, 224]}'; the manifest records the result "
+                   "(default: the preprocessing the model source declares)")
     m.add_argument("--target", default=d.target,
                    help=f"class to explain: {' or '.join(TARGETS)} (the image's label), or "
                    "class:NAME_OR_INDEX for one class in every image")

@@ -104,6 +104,9 @@ def s3_server() -> Iterator[str]:
     port = _free_port()
     server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=port)
     server.start()
+    # s3fs caches filesystem instances without the endpoint from the environment:
+    # one made against an earlier module's server would still point there.
+    _clear_s3fs_cache()
     endpoint = f"http://127.0.0.1:{port}"
     saved = {k: os.environ.get(k) for k in
              ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION")}
@@ -124,6 +127,15 @@ def s3_server() -> Iterator[str]:
     yield endpoint
     server.stop()
     _restore_env(saved)
+    _clear_s3fs_cache()
+
+
+def _clear_s3fs_cache() -> None:
+    try:
+        import s3fs
+    except ImportError:
+        return
+    s3fs.S3FileSystem.clear_instance_cache()
 
 
 def _restore_env(saved: dict[str, str | None]) -> None:

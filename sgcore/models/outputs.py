@@ -81,5 +81,12 @@ class Score(nn.Module):
 
 
 def with_score(model: nn.Module, score: str) -> nn.Module:
-    """``model`` itself for logits, else wrapped in :class:`Score`."""
-    return model if score == "logit" else Score(model, score)
+    """``model`` itself for logits, else wrapped in :class:`Score` in the model's own mode.
+
+    A fresh wrapper module starts in training mode; it takes the wrapped model's
+    mode so that ``prepare_model`` (which folds BatchNorm only in eval mode)
+    sees what the caller set.
+    """
+    if score == "logit":
+        return model
+    return Score(model, score).train(model.training)
