@@ -281,7 +281,7 @@ def test_parquet_on_s3_npz_store_full_and_overlay(s3, npz_job):
     assert sorted(maps) == sorted(full) == [f"part-a.parquet#{i}" for i in range(5)]
     assert maps["part-a.parquet#0"].shape == (64, 64) and full["part-a.parquet#0"].shape == (3, 64, 64)
     row = df.iloc[2].to_dict()
-    img = overlay(row, saliency=maps[row["image_id"]])
+    img = overlay(row, saliency=maps[row["image_id"]], colorbar=False)
     assert img.size == (row["orig_width"], row["orig_height"]) == (48, 30)
 
 
