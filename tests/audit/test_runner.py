@@ -39,7 +39,8 @@ def test_audit_writes_report_and_summary(audit: tuple[dict, Path]) -> None:
     assert summary["sanity_images"] == 8
     lines = (report / "per_image.csv").read_text().splitlines()
     assert len(lines) == 25
-    assert lines[0] == "image_id,label,entropy,gini,border_share,mass_in_mask,mask_area,pointing_hit"
+    assert lines[0] == ("image_id,label,entropy,gini,border_share,mass_in_mask,mask_area,pointing_hit,"
+                        "strategy_class,strategy,strategy_flagged")
     assert 'href="per_image.csv"' in page
 
 
@@ -212,9 +213,10 @@ def test_audit_reads_a_real_job_run(demo_root: Path, demo_results: Path, ray_loc
     summary = run_audit(AuditConfig(results=str(out), report=str(tmp_path / "report"), sample=2, n_samples=2,
                                     steps=4, examples=1, num_actors=0), log=lambda m: None)
     assert summary["images"]["ok"] == 6 and summary["localization"]["images"] == 6
-    assert summary["faithfulness"]["images"] == 2 and summary["config_hash"] == job.config_hash()
     # The fixtures' manifest says what the job's says where the audit reads it.
     real = json.loads((out / "_manifest.json").read_text())
+    # The job's hash (its config's, with the weights' sha256 when it read a weights file).
+    assert summary["faithfulness"]["images"] == 2 and summary["config_hash"] == real["config_hash"]
     ours = json.loads((demo_results / "_manifest.json").read_text())
     assert set(ours["config"]) == set(real["config"]) and set(ours["preprocess"]) == set(real["preprocess"])
     assert {e["status"] for e in real["shards"].values()} == {e["status"] for e in ours["shards"].values()}
