@@ -216,6 +216,12 @@ def add_job_arguments(parser: argparse.ArgumentParser) -> None:
     r = add_ray_arguments(parser, gpus_per_actor=d.gpus_per_actor, cpus_per_actor=d.cpus_per_actor)
     r.add_argument("--max-retries", type=int, default=d.max_retries,
                    help="retries per shard before its images become error rows")
+    r.add_argument("--storage-retry-s", type=float, default=d.storage_retry_s,
+                   help="seconds one storage call retries transient errors (timeouts, 5xx, "
+                        "throttling) before its shard fails and is retried")
+    r.add_argument("--storage-outage-s", type=float, default=d.storage_outage_s,
+                   help="stop the job once storage has failed this many seconds with no shard "
+                        "done in between (a store that is down for good)")
     r.add_argument("--max-error-rate", type=float, default=d.max_error_rate,
                    help="stop when more than this share of images fail")
     r.add_argument("--quiet", dest="progress", action="store_false", help="no progress lines")

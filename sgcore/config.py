@@ -101,6 +101,10 @@ class JobConfig(SmoothGradSettings):
     cpus_per_actor: float = 1.0
     max_retries: int = 3
     max_error_rate: float = 0.5
+    # Storage: how long one call retries transient errors (a typical outage is a
+    # minute or two), and how long the job waits on a store that stays down.
+    storage_retry_s: float = 120.0
+    storage_outage_s: float = 900.0
     overwrite: bool = False
     progress: bool = True
     # Drills and tests only: faults the actors inject (sgcore.pipeline._faults).
@@ -130,6 +134,7 @@ class JobConfig(SmoothGradSettings):
         if self.preprocess is not None and not isinstance(self.preprocess, dict):
             raise ConfigError(f"preprocess must be a JSON object; got {type(self.preprocess).__name__}")
         check_unit_interval(self, "max_error_rate")
+        check_non_negative(self, "storage_retry_s", "storage_outage_s")
         if self.gpus_per_actor < 0 or self.cpus_per_actor < 0:
             raise ConfigError(
                 "gpus_per_actor and cpus_per_actor must be >= 0; "

@@ -9,3 +9,10 @@ class ConfigError(ValueError):
 
 class InputError(ValueError):
     """An input dataset or URL cannot be used; the message carries the URL."""
+
+
+class ModelError(ConfigError):
+    """The model fails on its input in a way a retry cannot fix (shapes, dtypes).
+
+    The message is the model's own error, with the input it was given.
+    """

@@ -6,11 +6,16 @@ Never imports Ray: everything here runs the same in a Ray task or a plain proces
 from sgcore.io._fs import join, open_input, read_bytes, url_to_fs
 from sgcore.io._retry import (
     DEFAULT_POLICY,
+    DEFAULT_STORAGE_RETRY_S,
     RetryPolicy,
     StorageAuthError,
+    StorageUnavailable,
+    is_storage_unavailable,
     is_transient,
     retry_call,
+    set_default_policy,
     storage_auth_error,
+    storage_policy,
 )
 from sgcore.io.decode import IMAGE_EXTENSIONS, DecodeError, Geometry, decode_array, decode_image
 from sgcore.io.labels import read_labels
@@ -50,6 +55,7 @@ from sgcore.io.writers import (
 __all__ = [
     "DEFAULT_POLICY",
     "GEOMETRY_COLUMNS",
+    "DEFAULT_STORAGE_RETRY_S",
     "IMAGE_EXTENSIONS",
     "INPUT_FORMATS",
     "MANIFEST_NAME",
@@ -63,10 +69,12 @@ __all__ = [
     "ShardSpec",
     "StorageAuthError",
     "decode_array",
+    "StorageUnavailable",
     "decode_image",
     "decode_shard",
     "encode_part",
     "git_revision",
+    "is_storage_unavailable",
     "is_transient",
     "join",
     "npz_name",
@@ -85,7 +93,9 @@ __all__ = [
     "result_schema",
     "retry_call",
     "rows_to_table",
+    "set_default_policy",
     "storage_auth_error",
+    "storage_policy",
     "url_to_fs",
     "write_bytes",
     "write_manifest",

@@ -8,7 +8,9 @@ workers (separate processes), which rebuild it from the job config::
 
     url_to_fs("flaky:///tmp/data", {"fail_fraction": 0.5, "failures": 2, "error": "slowdown"})
 
-``failures=-1`` makes the chosen paths fail for ever (a permanent outage).
+``failures=-1`` makes the chosen paths fail for ever (a permanent outage);
+``until=<epoch seconds>`` makes them fail until that time, then work (an outage
+of a known length, the same in every process).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import threading
+import time
 from typing import Any, ClassVar
 
 import fsspec
@@ -37,6 +40,8 @@ class FlakyFileSystem(AbstractFileSystem):
             ``notfound`` or ``permission``.
         ops: which calls fail.
         seed: changes which paths are chosen.
+        until: with it, chosen paths fail on every call until this ``time.time()``,
+            then work (``failures`` is ignored).
     """
 
     protocol: ClassVar[tuple[str, ...]] = ("flaky",)  # type: ignore[misc]
@@ -52,6 +57,7 @@ class FlakyFileSystem(AbstractFileSystem):
         error: str = "timeout",
         ops: tuple[str, ...] | list[str] = OPS,
         seed: int = 0,
+        until: float | None = None,
         **kwargs: Any,
     ):
         super().__init__(**kwargs)
@@ -68,6 +74,7 @@ class FlakyFileSystem(AbstractFileSystem):
         self.error = error
         self.ops = tuple(ops)
         self.seed = int(seed)
+        self.until = None if until is None else float(until)
         self.calls: dict[tuple[str, str], int] = {}
         self.injected = 0
         self._lock = threading.Lock()
@@ -84,7 +91,10 @@ class FlakyFileSystem(AbstractFileSystem):
         with self._lock:
             n = self.calls.get((op, path), 0)
             self.calls[(op, path)] = n + 1
-            if self.failures >= 0 and n >= self.failures:
+            if self.until is not None:
+                if time.time() >= self.until:
+                    return
+            elif self.failures >= 0 and n >= self.failures:
                 return
             self.injected += 1
         where = f"flaky://{path}"

@@ -9,7 +9,7 @@ import fsspec
 from fsspec.spec import AbstractFileSystem
 
 from sgcore.errors import ConfigError, InputError
-from sgcore.io._retry import DEFAULT_POLICY, RetryPolicy, retry_call
+from sgcore.io._retry import RetryPolicy, retry_call
 
 # Protocols whose fsspec backend lives in a separate package.
 _BACKENDS = {
@@ -74,7 +74,7 @@ def join(url: str, *parts: str) -> str:
 
 
 def read_bytes(fs: AbstractFileSystem, path: str, *, url: str,
-               policy: RetryPolicy = DEFAULT_POLICY) -> bytes:
+               policy: RetryPolicy | None = None) -> bytes:
     """The whole object at ``path``, retrying transient errors (``url`` names it in errors)."""
     return bytes(retry_call(lambda: fs.cat_file(path), what=f"read {url}", policy=policy))
 
@@ -87,7 +87,7 @@ class RetryingReader(io.RawIOBase):
     """
 
     def __init__(self, fs: AbstractFileSystem, path: str, *, url: str,
-                 policy: RetryPolicy = DEFAULT_POLICY):
+                 policy: RetryPolicy | None = None):
         super().__init__()
         self._fs = fs
         self._path = path
@@ -160,6 +160,6 @@ class RetryingReader(io.RawIOBase):
 
 
 def open_input(fs: AbstractFileSystem, path: str, *, url: str, buffer_size: int = 1 << 20,
-               policy: RetryPolicy = DEFAULT_POLICY) -> io.BufferedReader:
+               policy: RetryPolicy | None = None) -> io.BufferedReader:
     """A buffered, retrying reader over ``path`` (see :class:`RetryingReader`)."""
     return io.BufferedReader(RetryingReader(fs, path, url=url, policy=policy), buffer_size=buffer_size)

@@ -173,18 +173,38 @@ def _short(e: BaseException) -> str:
     return text if len(text) <= 200 else text[:200] + "..."
 
 
+class StorageUnavailable(OSError):
+    """Storage kept failing transiently (timeouts, 5xx, throttling) past the retry budget.
+
+    Not a property of any one image: a shard that meets it fails as a whole (and is
+    retried, then redone by the next run); it never becomes a committed error row.
+    """
+
+
+class StorageTimeout(StorageUnavailable, TimeoutError):
+    """:class:`StorageUnavailable` whose last error was a timeout."""
+
+
+class StorageConnectionError(StorageUnavailable, ConnectionError):
+    """:class:`StorageUnavailable` whose last error was a refused or reset connection."""
+
+
 @dataclass(frozen=True, kw_only=True)
 class RetryPolicy:
-    """Capped exponential backoff with full jitter.
+    """Capped exponential backoff with full jitter, within a time budget.
 
     Attempt ``k`` (from 0) that fails transiently waits a uniform random time in
-    ``[0, min(max_delay, base_delay * 2**k)]`` before the next one. The defaults
-    (5 attempts, 0.2 s base, 4 s cap) wait at most 0.2+0.4+0.8+1.6 = 3 s in all.
+    ``[0, min(max_delay, base_delay * 2**k)]`` before the next one, for at most
+    ``attempts`` attempts and, with ``max_elapsed``, for no longer than that many
+    seconds after the first attempt started. 5 attempts, 0.2 s base and a 4 s cap
+    wait at most 0.2+0.4+0.8+1.6 = 3 s in all; the job's policy
+    (:func:`storage_policy`) retries for ``--storage-retry-s`` seconds instead.
     """
 
     attempts: int = 5
     base_delay: float = 0.2
     max_delay: float = 4.0
+    max_elapsed: float | None = None
 
     def __post_init__(self) -> None:
         if self.attempts < 1:
@@ -193,20 +213,55 @@ class RetryPolicy:
             raise ValueError(
                 f"base_delay and max_delay must be >= 0; got {self.base_delay} and {self.max_delay}"
             )
+        if self.max_elapsed is not None and self.max_elapsed < 0:
+            raise ValueError(f"max_elapsed must be >= 0; got {self.max_elapsed}")
 
     def delay(self, attempt: int, rng: random.Random | None = None) -> float:
         cap = min(self.max_delay, self.base_delay * (2.0**attempt))
         return (rng or random).uniform(0.0, cap)
 
 
-DEFAULT_POLICY = RetryPolicy()
+# How long the job keeps retrying one storage call by default: S3 outages of a
+# minute or two happen; a budget of seconds turned them into lost shards.
+DEFAULT_STORAGE_RETRY_S = 120.0
+
+
+def storage_policy(seconds: float) -> RetryPolicy:
+    """The job's policy: retry transient errors for ``seconds``, backoff capped at 10 s."""
+    if seconds < 0:
+        raise ValueError(f"storage retry budget must be >= 0 seconds; got {seconds}")
+    return RetryPolicy(attempts=1_000_000, base_delay=0.2, max_delay=min(10.0, max(seconds / 4, 0.01)),
+                       max_elapsed=float(seconds))
+
+
+DEFAULT_POLICY = storage_policy(DEFAULT_STORAGE_RETRY_S)
+_current: list[RetryPolicy] = [DEFAULT_POLICY]
+
+
+def set_default_policy(policy: RetryPolicy) -> RetryPolicy:
+    """Makes ``policy`` the one storage calls of this process use when given none.
+
+    The job sets it in the driver and in each worker from ``--storage-retry-s``
+    (a process-wide knob, as the storage calls sit deep in the readers).
+
+    Returns:
+        The previous policy (to restore it).
+    """
+    previous = _current[0]
+    _current[0] = policy
+    return previous
+
+
+def default_policy() -> RetryPolicy:
+    """The policy storage calls use when given none (see :func:`set_default_policy`)."""
+    return _current[0]
 
 
 def retry_call(
     fn: Callable[[], T],
     *,
     what: str,
-    policy: RetryPolicy = DEFAULT_POLICY,
+    policy: RetryPolicy | None = None,
     sleep: Callable[[float], None] = time.sleep,
 ) -> T:
     """Calls ``fn()``, retrying transient errors per ``policy``.
@@ -214,16 +269,19 @@ def retry_call(
     Args:
         fn: the storage call, with no arguments.
         what: what it does, with the URL ("read s3://b/k"); goes into logs and errors.
-        policy: attempts and backoff.
+        policy: attempts, backoff and time budget (default: :func:`default_policy`).
         sleep: injectable for tests.
 
     Raises:
         StorageAuthError: missing or refused credentials (see :func:`storage_auth_error`),
             at once, naming ``what`` and the fix.
-        The permanent error at once, or the last transient one after ``policy.attempts``
-        tries, re-raised as the same type where it can be, with the URL and the count
-        in the message.
+        StorageUnavailable: the last transient error once the attempts or the time
+            budget are spent (a ``TimeoutError``/``ConnectionError`` where the error
+            was one), with the URL, the count and the seconds in the message.
+        The permanent error at once.
     """
+    policy = policy or default_policy()
+    start = time.monotonic()
     for attempt in range(policy.attempts):
         try:
             return fn()
@@ -233,28 +291,52 @@ def retry_call(
                 raise auth from e
             if not is_transient(e):
                 raise
-            if attempt + 1 >= policy.attempts:
-                raise _gave_up(e, what, policy.attempts) from e
             wait = policy.delay(attempt)
+            elapsed = time.monotonic() - start
+            out_of_time = policy.max_elapsed is not None and elapsed + wait > policy.max_elapsed
+            if attempt + 1 >= policy.attempts or out_of_time:
+                raise _gave_up(e, what, attempt + 1, elapsed) from e
             log.debug("%s: transient %s (attempt %d); retrying in %.2fs",
                       what, type(e).__name__, attempt + 1, wait)
             sleep(wait)
     raise AssertionError("unreachable")  # pragma: no cover - loop always returns or raises
 
 
-def _gave_up(e: Exception, what: str, attempts: int) -> Exception:
-    message = f"{what}: still failing after {attempts} attempts: {type(e).__name__}: {e}"
-    for cls in (TimeoutError, ConnectionError, OSError):
-        if isinstance(e, cls):
-            return cls(message)
-    return OSError(message)
+def _gave_up(e: Exception, what: str, attempts: int, elapsed: float) -> StorageUnavailable:
+    message = (f"{what}: still failing after {attempts} attempts over {elapsed:.1f} s: "
+               f"{type(e).__name__}: {_short(e)}")
+    if isinstance(e, TimeoutError):
+        return StorageTimeout(message)
+    if isinstance(e, ConnectionError):
+        return StorageConnectionError(message)
+    return StorageUnavailable(message)
+
+
+def is_storage_unavailable(exc: BaseException) -> bool:
+    """Whether ``exc`` (or an error it was raised from) is a :class:`StorageUnavailable`."""
+    seen: set[int] = set()
+    e: BaseException | None = exc
+    while e is not None and id(e) not in seen:
+        if isinstance(e, StorageUnavailable):
+            return True
+        seen.add(id(e))
+        e = e.__cause__ or e.__context__
+    return False
 
 
 __all__ = [
     "DEFAULT_POLICY",
+    "DEFAULT_STORAGE_RETRY_S",
     "RetryPolicy",
     "StorageAuthError",
+    "StorageConnectionError",
+    "StorageTimeout",
+    "StorageUnavailable",
+    "default_policy",
+    "is_storage_unavailable",
     "is_transient",
     "retry_call",
+    "set_default_policy",
     "storage_auth_error",
+    "storage_policy",
 ]

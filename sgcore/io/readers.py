@@ -15,8 +15,10 @@ Inputs may be a prefix, a single file, a glob pattern, or a comma-separated
 list of those; paths are relative to the longest common folder. Shard ids and
 image ids depend only on the input listing and settings, so the same input
 gives the same ids on every run. Each object read is retried on transient
-errors (:mod:`sgcore.io._retry`); an object that stays unreadable becomes error
-rows, never a crashed job.
+errors (:mod:`sgcore.io._retry`); an object that cannot be read (missing,
+refused) becomes an error row, never a crashed job; a store that keeps failing
+transiently past the retry budget raises :class:`StorageUnavailable`, which
+fails the shard (it is retried, not committed as error rows).
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ import numpy as np
 from sgcore.errors import InputError
 from sgcore.io import parquet_input, webdataset
 from sgcore.io._fs import full_url, join, open_input, read_bytes, url_to_fs
-from sgcore.io._retry import retry_call, storage_auth_error
+from sgcore.io._retry import StorageUnavailable, retry_call, storage_auth_error
 from sgcore.io.decode import (
     DEFAULT_MAX_PIXELS,
     IMAGE_EXTENSIONS,
@@ -506,6 +508,8 @@ def _read_images(spec: ShardSpec, storage_options: dict[str, Any] | None) -> Ite
         if data is None or isinstance(data, BaseException):
             try:
                 data = read_bytes(fs, p, url=source)
+            except StorageUnavailable:
+                raise  # the store, not the image: the shard fails and is retried
             except Exception as e:
                 yield RawSample(image_id=member, source=source, label=label,
                                 error=f"cannot read {source}: {type(e).__name__}: {e}")
@@ -526,6 +530,8 @@ def _read_tar(spec: ShardSpec, storage_options: dict[str, Any] | None) -> Iterat
                 yield RawSample(image_id=f"{rel}/{sample.key}", source=f"{url}#{member}",
                                 label=sample.label(), data=data)
                 n += 1
+    except StorageUnavailable:
+        raise
     except Exception as e:
         where = "cannot read" if n == 0 else f"stopped after {n} sample(s) reading"
         yield RawSample(image_id=rel, source=url, label=None,
@@ -555,6 +561,8 @@ def _read_parquet(spec: ShardSpec, storage_options: dict[str, Any] | None) -> It
                                     error=f"no image bytes in row {index} of {url}")
                 else:
                     yield RawSample(image_id=image_id, source=source, label=label, data=bytes(data))
+    except StorageUnavailable:
+        raise
     except Exception as e:
         message = f"cannot read {url}: {type(e).__name__}: {e}"
         pending = [m for m in spec.members if "#" in m and int(m.rsplit("#", 1)[1]) not in done]
@@ -579,6 +587,8 @@ def _read_referenced(fs: Any, url: str, img_path: str, image_id: str, source: st
     try:
         return RawSample(image_id=image_id, source=source, label=label,
                          data=read_bytes(tfs, tpath, url=target_url))
+    except StorageUnavailable:
+        raise
     except Exception as e:
         return RawSample(image_id=image_id, source=source, label=label,
                          error=f"cannot read {target_url} (image path of {source}): {type(e).__name__}: {e}")

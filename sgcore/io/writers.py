@@ -19,7 +19,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from sgcore.io._fs import is_local, join, url_to_fs
-from sgcore.io._retry import DEFAULT_POLICY, RetryPolicy, retry_call
+from sgcore.io._retry import RetryPolicy, retry_call
 
 # Metadata key in each part's Parquet footer: config hash + shard id.
 PART_METADATA_KEY = b"sgcore"
@@ -98,8 +98,8 @@ def encode_part(
     """Encodes one shard's rows.
 
     Each row holds the scalar columns plus ``saliency`` (an ``(H, W)`` array
-    or None on error rows) and, with ``channels``, ``saliency_full``
-    ``(C, H, W)``.
+    or None on error rows, stored as zeros: the column never holds a null) and,
+    with ``channels``, ``saliency_full`` ``(C, H, W)``.
 
     Returns:
         (Parquet bytes, npz bytes or None). With ``fmt="npz"`` the maps go to
@@ -176,7 +176,7 @@ def write_bytes(
     data: bytes,
     storage_options: dict[str, Any] | None = None,
     *,
-    policy: RetryPolicy = DEFAULT_POLICY,
+    policy: RetryPolicy | None = None,
 ) -> None:
     """Writes ``data`` to ``url`` atomically (temp + rename locally, one PUT remotely).
 

@@ -11,7 +11,7 @@ import torch
 
 from sgcore.config import JobConfig
 from sgcore.errors import ConfigError, InputError
-from sgcore.io import DecodedShard, ShardSpec, decode_shard
+from sgcore.io import DecodedShard, ShardSpec, decode_shard, set_default_policy, storage_policy
 from sgcore.pipeline._faults import maybe_inject
 from sgcore.pipeline.worker import ShardProcessor, pick_device
 
@@ -31,6 +31,7 @@ class SaliencyActor:
 
     def __init__(self, config: JobConfig, use_gpu: bool, cpu_threads: int | None = None):
         set_cpu_threads(use_gpu, cpu_threads)
+        set_default_policy(storage_policy(config.storage_retry_s))
         # Bad settings (weights of another architecture, say) come back to the
         # driver as the error of the first task, which stops the job with this
         # message; an actor dying in __init__ would print its traceback first.
@@ -53,8 +54,10 @@ class SaliencyActor:
         return summary
 
 
-def _decode(spec: ShardSpec, geometry: dict[str, Any], storage_options: dict[str, Any]) -> DecodedShard:
+def _decode(spec: ShardSpec, geometry: dict[str, Any], storage_options: dict[str, Any],
+            storage_retry_s: float) -> DecodedShard:
     """``geometry``: ``Preprocess.decode_kwargs()``."""
+    set_default_policy(storage_policy(storage_retry_s))
     return decode_shard(spec, **geometry, storage_options=storage_options)
 
 

@@ -38,6 +38,8 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
+import posixpath
 import resource
 import time
 from collections import deque
@@ -51,6 +53,7 @@ from sgcore.errors import ConfigError, InputError
 from sgcore.io import (
     ShardSpec,
     git_revision,
+    is_storage_unavailable,
     join,
     package_versions,
     part_name,
@@ -58,11 +61,14 @@ from sgcore.io import (
     read_manifest,
     read_part_metadata,
     remove_success,
+    set_default_policy,
+    storage_policy,
     url_to_fs,
     write_manifest,
     write_success,
 )
-from sgcore.models import Preprocess, check_base, load_model, model_identity, resolve_preprocess
+from sgcore.io._fs import is_local
+from sgcore.models import Preprocess, check_base, model_identity, resolve_preprocess
 from sgcore.models.sources import split_spec
 from sgcore.pipeline._faults import parse_faults
 from sgcore.pipeline.actors import remote_actor, remote_decode
@@ -74,7 +80,7 @@ from sgcore.pipeline.cluster import (
     request_capacity,
 )
 from sgcore.pipeline.progress import Progress, format_duration
-from sgcore.pipeline.worker import class_target, make_row, summarize, write_part
+from sgcore.pipeline.worker import class_target, make_row, probe_model, summarize, write_part
 
 log = logging.getLogger("sgcore")
 
@@ -84,6 +90,10 @@ _QUEUE_PER_ACTOR = 2
 
 class JobFailed(RuntimeError):
     """The job stopped on purpose (too many errors); the message says why."""
+
+
+class StorageFailed(JobFailed):
+    """Storage stayed down longer than ``storage_outage_s``; the message names the shards."""
 
 
 @dataclass(kw_only=True)
@@ -147,18 +157,22 @@ def job_hash(config: JobConfig, identity: dict[str, Any]) -> str:
 def _model_on_driver(config: JobConfig) -> tuple[Preprocess, dict[str, Any]]:
     """The model's preprocessing and provenance, checked before any Ray work.
 
-    A torchvision or demo model is not built here (no download on the driver).
-    Any other source is loaded once, as each replica will: a bad spec, a
-    checkpoint of another architecture or a file that is no archive then
-    stops the job with one line before a cluster is involved.
+    A torchvision model with downloadable weights is not built here (no
+    download on the driver). Any other model is loaded once, as each replica
+    will, and run on one blank input: a bad spec, a checkpoint of another
+    architecture, a file that is no archive or a crop the model cannot take
+    (``--image-size 1``) then stops the job with one line before a cluster is
+    involved.
     """
-    if split_spec(config.model) is None:
+    if split_spec(config.model) is None and config.model != "demo" and config.weights != "none":
         preprocess = resolve_preprocess(config.model, config.weights, image_size=config.image_size,
                                         storage_options=config.storage_options, preprocess=config.preprocess)
         return preprocess, model_identity(config.model, config.weights, storage_options=config.storage_options)
-    loaded = load_model(config.model, config.weights, image_size=config.image_size,
-                        storage_options=config.storage_options, preprocess=config.preprocess)
+    loaded = probe_model(config)
     class_target(config.target, loaded.categories, loaded.num_classes)
+    if split_spec(config.model) is None:
+        return loaded.preprocess, model_identity(config.model, config.weights,
+                                                 storage_options=config.storage_options)
     return loaded.preprocess, loaded.identity()
 
 
@@ -170,6 +184,14 @@ def run_job(config: JobConfig) -> JobResult:
         InputError: the input cannot be listed or holds no images.
         JobFailed: more than ``max_error_rate`` of the images failed.
     """
+    previous_policy = set_default_policy(storage_policy(config.storage_retry_s))
+    try:
+        return _run_job(config)
+    finally:
+        set_default_policy(previous_policy)
+
+
+def _run_job(config: JobConfig) -> JobResult:
     t0 = time.perf_counter()
     started = _now()
     if config.inject_faults:
@@ -194,6 +216,7 @@ def run_job(config: JobConfig) -> JobResult:
         old = None
     committed = _committed_shards(config, shards, chash, old)
     todo = [s for s in shards if s.shard_id not in committed]
+    fresh = read_manifest(config.output, config.storage_options) is None
     run = _new_run(started, shards=len(todo), skipped=len(committed))
     manifest = _new_manifest(config, chash, fingerprint, preprocess, shards, committed, old, run)
     manifest["model"] = identity
@@ -213,6 +236,8 @@ def run_job(config: JobConfig) -> JobResult:
     before = (result.rows, result.ok, result.errors)
 
     status = "stopped"
+    never_started = False
+    storage_failure: StorageFailed | None = None
     try:
         if todo:
             owns_ray = connect_ray(config.address)
@@ -227,6 +252,14 @@ def run_job(config: JobConfig) -> JobResult:
                     ray.shutdown()
         progress.maybe_print(force=True)
         status = "complete" if result.success else "failed"
+    except StorageFailed as e:
+        status = "failed"
+        storage_failure = e
+        raise
+    except (ConfigError, InputError):
+        # A run that never started (a replica refused the settings) leaves nothing.
+        never_started = fresh and not _has_parts(config)
+        raise
     finally:
         result.seconds = time.perf_counter() - t0
         result.images_per_s = progress.images / result.seconds if result.seconds > 0 else 0.0
@@ -238,16 +271,52 @@ def run_job(config: JobConfig) -> JobResult:
             worker_max_rss_mb=round(result.worker_max_rss_mb, 1),
             driver_max_rss_mb=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         )
+        for entry in manifest["shards"].values():
+            if entry.get("status") == "running":  # in flight when the run ended: not done
+                entry["status"] = "pending"
         manifest["status"] = status
         manifest["finished"] = run["finished"]
         manifest["failed_shards"] = sorted(
             sid for sid, e in manifest["shards"].items() if e.get("status") == "failed"
         )
         manifest["totals"] = _totals(manifest)
-        write_manifest(config.output, manifest, config.storage_options)
+        if never_started:
+            _remove_manifest(config)
+        else:
+            _write_final_manifest(config, manifest, storage_failure)
     if status == "complete":
         write_success(config.output, config.storage_options)
     return result
+
+
+def _write_final_manifest(config: JobConfig, manifest: dict[str, Any],
+                          storage_failure: StorageFailed | None) -> None:
+    """The run's last manifest write; while storage is down, a short try that names the shards."""
+    if storage_failure is None:
+        write_manifest(config.output, manifest, config.storage_options)
+        return
+    previous = set_default_policy(storage_policy(min(config.storage_retry_s, 5.0)))
+    try:
+        write_manifest(config.output, manifest, config.storage_options)
+    except OSError as e:
+        raise StorageFailed(f"{storage_failure}; the manifest could not be written either ({e})") from None
+    finally:
+        set_default_policy(previous)
+
+
+def _remove_manifest(config: JobConfig) -> None:
+    from sgcore.io import MANIFEST_NAME
+
+    fs, path = url_to_fs(join(config.output, MANIFEST_NAME), config.storage_options)
+    try:
+        fs.rm_file(path)
+    except (FileNotFoundError, OSError):
+        return
+    if is_local(fs):
+        try:  # the directory too, when the run created it and left it empty
+            os.rmdir(posixpath.dirname(path))
+        except OSError:
+            pass
 
 
 # --------------------------------------------------------------------------- #
@@ -281,6 +350,9 @@ class _Scheduler:
         self.result.actors = len(self.actors)
         self._rows_done = 0
         self._errors_done = 0
+        # Since when shards fail for storage that stays down (None: the last one succeeded).
+        self.outage_since: float | None = None
+        self.outage_cause = ""
 
     def _new_actor(self) -> Any:
         return remote_actor.options(**self.plan.actor_options()).remote(
@@ -308,6 +380,7 @@ class _Scheduler:
         # a reservation could deadlock once a lost node takes the spare CPUs with it.
         decoded = remote_decode.options(num_cpus=0).remote(
             spec, self.preprocess.decode_kwargs(), self.config.storage_options,
+            self.config.storage_retry_s,
         )
         actor = self.actors[slot]
         fut = actor.process.remote(decoded, self.chash, attempt)
@@ -342,13 +415,36 @@ class _Scheduler:
             return
         except ray.exceptions.RayTaskError as e:
             if isinstance(e.cause, ConfigError | InputError):
-                raise e.cause from None  # the replica could not start: bad settings
+                # bad settings, or a model that fails on every input (ModelError)
+                raise e.cause from None
+            if e.cause is not None and is_storage_unavailable(e.cause):
+                self._storage_failed(spec, attempt, _short(e.cause), decoded)
+                return
             self._retry(spec, attempt, _short(e), decoded)
             return
         except ray.exceptions.RayError as e:
             self._retry(spec, attempt, _short(e), decoded)
             return
+        self.outage_since = None
         self._record(spec, summary, status="committed")
+
+    def _storage_failed(self, spec: ShardSpec, attempt: int, reason: str, decoded: Any) -> None:
+        """A shard that met a store down past the retry budget; stops a job whose store stays down."""
+        now = time.monotonic()
+        if self.outage_since is None:
+            self.outage_since = now
+        self.outage_cause = reason
+        self._retry(spec, attempt, reason, decoded, storage=True)
+        waited = now - self.outage_since
+        if waited >= self.config.storage_outage_s:
+            failed = self.result.failed_shards
+            left = len(self.pending) + len(self.inflight)
+            raise StorageFailed(
+                f"storage unavailable for {format_duration(waited)} (over --storage-outage-s "
+                f"{self.config.storage_outage_s:g}): {_count(len(failed), 'shard')} failed "
+                f"({', '.join(failed) or 'none yet'}), {_count(left, 'shard')} not done; cause: "
+                f"{reason}; rerun the same command once the store is back"
+            )
 
     def _drop_actor(self, slot: int, dead: Any) -> None:
         """Forgets a dead actor; replaces it only if it was the last one.
@@ -367,7 +463,8 @@ class _Scheduler:
         self.actors[slot] = self._new_actor() if alive == 0 else None
         self.result.actors_lost += 1
 
-    def _retry(self, spec: ShardSpec, attempt: int, reason: str, decoded: Any) -> None:
+    def _retry(self, spec: ShardSpec, attempt: int, reason: str, decoded: Any, *,
+               storage: bool = False) -> None:
         entry = self.manifest["shards"][spec.shard_id]
         entry.setdefault("failures", []).append(reason[:500])
         if attempt < self.config.max_retries:
@@ -376,9 +473,21 @@ class _Scheduler:
             return
         message = f"shard failed after {attempt + 1} attempt(s): {reason}"
         rows = _error_rows(self.config, spec, decoded, message, self.preprocess.map_shape)
-        write_part(self.config, spec.shard_id, rows, config_hash=self.chash,
-                   map_shape=self.preprocess.map_shape,
-                   channels=3 if self.config.store_full else None, status="failed")
+        # A failed part (redone by the next run) keeps one row per image; with the store
+        # down it may not be writable either: the manifest then says failed, and a
+        # missing part is redone all the same.
+        previous = set_default_policy(storage_policy(min(self.config.storage_retry_s, 5.0))) if storage else None
+        try:
+            write_part(self.config, spec.shard_id, rows, config_hash=self.chash,
+                       map_shape=self.preprocess.map_shape,
+                       channels=3 if self.config.store_full else None, status="failed")
+        except OSError as e:
+            if not storage:
+                raise
+            log.warning("shard %s: its failed part could not be written either (%s)", spec.shard_id, e)
+        finally:
+            if previous is not None:
+                set_default_policy(previous)
         self.result.shards_failed += 1
         self.result.failed_shards.append(spec.shard_id)
         self._record(spec, summarize(spec.shard_id, rows, attempt=attempt), status="failed")
@@ -593,6 +702,10 @@ def _totals(manifest: dict[str, Any]) -> dict[str, Any]:
         "driver_max_rss_mb": peak("driver_max_rss_mb"),
         "worker_max_rss_mb": peak("worker_max_rss_mb"),
     }
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
 def _short(e: BaseException) -> str:

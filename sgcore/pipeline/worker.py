@@ -6,7 +6,9 @@ tests and the audit use it directly.
 
 from __future__ import annotations
 
+import contextlib
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -15,7 +17,7 @@ import torch
 from sgcore.attribution import prepare_model, reduce_channels, smoothgrad
 from sgcore.attribution.adaptive import smoothgrad_adaptive
 from sgcore.config import JobConfig
-from sgcore.errors import ConfigError
+from sgcore.errors import ConfigError, ModelError
 from sgcore.io import DecodedShard, encode_part, join, npz_name, part_url, write_bytes
 from sgcore.models import LoadedModel, check_base, load_model, with_score
 from sgcore.seeds import image_seed
@@ -76,7 +78,7 @@ class ShardProcessor:
         idx = [decoded.records[i]["index"] for i in chunk]
         pixels = torch.from_numpy(np.ascontiguousarray(decoded.images[idx]))
         x = self.loaded.preprocess.normalize(pixels).to(self.device)
-        with torch.no_grad():
+        with torch.no_grad(), _model_errors(self.config, x):
             probs = torch.softmax(self.model(x).float(), dim=1)
         predicted = probs.argmax(dim=1)
         keep: list[int] = []
@@ -106,17 +108,18 @@ class ShardProcessor:
             return
         seeds = torch.tensor([rows[chunk[j]]["seed"] for j in keep], dtype=torch.int64)
         target_t = torch.tensor(targets, dtype=torch.int64, device=self.device)
-        if cfg.target_reliability is None:
-            result = smoothgrad(self.explained, x[keep], target_t, seeds=seeds, **cfg.kernel_arguments(),
-                                return_reliability=True, reliability_reduction=cfg.reduction)
-        else:
-            # Images that converge leave the expanded batch and the next ones of
-            # this batch take their place (sgcore.attribution.adaptive).
-            kw = {k: v for k, v in cfg.kernel_arguments().items() if k not in ("n_samples", "ig_steps")}
-            result = smoothgrad_adaptive(
-                self.explained, x[keep], target_t, seeds=seeds, target_reliability=cfg.target_reliability,
-                min_samples=cfg.min_samples, max_samples=cfg.max_samples,
-                reliability_reduction=cfg.reduction, **kw)
+        with _model_errors(self.config, x):
+            if cfg.target_reliability is None:
+                result = smoothgrad(self.explained, x[keep], target_t, seeds=seeds, **cfg.kernel_arguments(),
+                                    return_reliability=True, reliability_reduction=cfg.reduction)
+            else:
+                # Images that converge leave the expanded batch and the next ones of
+                # this batch take their place (sgcore.attribution.adaptive).
+                kw = {k: v for k, v in cfg.kernel_arguments().items() if k not in ("n_samples", "ig_steps")}
+                result = smoothgrad_adaptive(
+                    self.explained, x[keep], target_t, seeds=seeds, target_reliability=cfg.target_reliability,
+                    min_samples=cfg.min_samples, max_samples=cfg.max_samples,
+                    reliability_reduction=cfg.reduction, **kw)
         maps = result.maps
         reliability = result.reliability.cpu().tolist()
         used = result.n_samples.tolist()
@@ -180,6 +183,50 @@ def class_target(target: str, categories: list[str] | None, num_classes: int) ->
     close = difflib.get_close_matches(value, categories, n=3)
     hint = f" (did you mean {', '.join(close)}?)" if close else ""
     raise ConfigError(f"--target {target}: no category {value!r} among the model's {len(categories)}{hint}")
+
+
+@contextlib.contextmanager
+def _model_errors(config: JobConfig, x: torch.Tensor) -> Iterator[None]:
+    """Turns an error the model raises on every input of this shape into a :class:`ModelError`.
+
+    Shape and dtype errors (``RuntimeError``, ``TypeError``, ``ValueError``,
+    ``IndexError``) repeat on every retry and every image; out-of-memory and CUDA
+    errors may not, so they pass unchanged (the shard is retried).
+    """
+    try:
+        yield
+    except (RuntimeError, TypeError, ValueError, IndexError) as e:
+        text = " ".join(str(e).split()) or type(e).__name__
+        if isinstance(e, torch.OutOfMemoryError) or "CUDA" in text or "out of memory" in text:
+            raise
+        if len(text) > 500:
+            text = text[:500] + "..."
+        size = f", --image-size {config.image_size}" if config.image_size else ""
+        raise ModelError(
+            f"model {config.model!r} fails on its input (a batch of shape {tuple(x.shape)}, "
+            f"{str(x.dtype).removeprefix('torch.')}{size}): {type(e).__name__}: {text}"
+        ) from None
+
+
+def probe_model(config: JobConfig) -> LoadedModel:
+    """Loads the model on the CPU and runs it on one blank input, in the driver.
+
+    Bad weights, a bad architecture name or a crop the model cannot take
+    (``--image-size 1``) then fail in seconds, before Ray starts.
+
+    Raises:
+        ConfigError: the model or its weights cannot be loaded.
+        ModelError: the model fails on an input of the configured size.
+    """
+    loaded = load_model(config.model, config.weights, image_size=config.image_size,
+                        storage_options=config.storage_options, preprocess=config.preprocess)
+    pre = loaded.preprocess
+    pixels = torch.zeros((1, pre.height, pre.width, pre.channels), dtype=torch.uint8)
+    x = loaded.preprocess.normalize(pixels)
+    model = loaded.model.eval()
+    with torch.no_grad(), _model_errors(config, x):
+        model(x)
+    return loaded
 
 
 def make_row(config: JobConfig, shard_id: str, rec: dict[str, Any], *, crop: int | tuple[int, int],

@@ -2,12 +2,25 @@
 
 import errno
 import random
+import time
 
 import pytest
 
-from sgcore.io import RetryPolicy, decode_shard, is_transient, plan_shards, retry_call, write_bytes
+from sgcore.io import (
+    DEFAULT_STORAGE_RETRY_S,
+    RetryPolicy,
+    StorageUnavailable,
+    decode_shard,
+    is_transient,
+    plan_shards,
+    retry_call,
+    set_default_policy,
+    storage_policy,
+    write_bytes,
+)
 from sgcore.io._flaky import FlakyFileSystem
 from sgcore.io._fs import url_to_fs
+from sgcore.io._retry import default_policy
 
 FAST = RetryPolicy(attempts=5, base_delay=0.0, max_delay=0.0)
 
@@ -90,9 +103,38 @@ def test_gives_up_after_the_attempts_naming_the_url():
         calls.append(1)
         raise OSError(errno.EBUSY, "SlowDown")
 
-    with pytest.raises(OSError, match=r"read s3://b/k: still failing after 5 attempts: OSError"):
+    with pytest.raises(StorageUnavailable,
+                       match=r"read s3://b/k: still failing after 5 attempts over \d+\.\d s: OSError"):
         retry_call(fn, what="read s3://b/k", policy=FAST, sleep=lambda s: None)
     assert len(calls) == 5
+
+
+def test_the_time_budget_bounds_the_retries_and_outlasts_a_short_outage():
+    start = time.monotonic()
+    calls = []
+
+    def fn():
+        calls.append(1)
+        if time.monotonic() - start < 0.6:  # an outage of 0.6 s
+            raise TimeoutError("read timed out")
+        return "ok"
+
+    assert retry_call(fn, what="read s3://b/k", policy=storage_policy(3.0)) == "ok"
+    assert len(calls) > 1
+    calls.clear()
+    start = time.monotonic()
+    with pytest.raises(TimeoutError, match=r"read s3://b/k: still failing after \d+ attempts over 0\.\d s"):
+        retry_call(fn, what="read s3://b/k", policy=storage_policy(0.3))
+    assert time.monotonic() - start < 0.5
+    # the process default is what the job sets from --storage-retry-s
+    previous = set_default_policy(storage_policy(0.0))
+    try:
+        start = time.monotonic()
+        with pytest.raises(StorageUnavailable):
+            retry_call(fn, what="read s3://b/k")
+    finally:
+        set_default_policy(previous)
+    assert default_policy().max_elapsed == DEFAULT_STORAGE_RETRY_S >= 90  # a typical outage
 
 
 def test_backoff_is_capped_exponential_with_full_jitter():
@@ -165,6 +207,37 @@ def test_permanent_outage_becomes_error_rows_naming_the_url(image_dir):
     assert rec["error"].startswith(f"cannot read flaky://{image_dir}/{rec['image_id']}: PermissionError")
 
 
+@pytest.mark.parametrize("layout", ["images", "webdataset", "parquet"])
+def test_storage_down_past_the_budget_fails_the_shard_instead_of_error_rows(tmp_path, layout):
+    from tests.io.datasets import encode, rgb, tar_samples, write_parquet, write_tar
+
+    root = tmp_path / "in"
+    root.mkdir()
+    if layout == "images":
+        for i in range(3):
+            (root / f"{i}.png").write_bytes(encode(rgb(i)))
+    elif layout == "webdataset":
+        write_tar(root / "a.tar", tar_samples("s", 3))
+    else:
+        write_parquet(root / "p.parquet", [encode(rgb(i)) for i in range(3)])
+    FlakyFileSystem.clear_instance_cache()
+    (spec,) = plan_shards(f"flaky://{root}", shard_size=100, storage_options={"fail_fraction": 0.0})
+    FlakyFileSystem.clear_instance_cache()
+    down = {"fail_fraction": 1.0, "until": time.time() + 3600, "error": "timeout", "ops": ["cat_file", "open"]}
+    previous = set_default_policy(storage_policy(0.2))
+    try:
+        with pytest.raises(StorageUnavailable, match=r"still failing after \d+ attempts over 0\.\d s: TimeoutError"):
+            decode_shard(spec, resize_size=8, crop_size=8, storage_options=down)
+        # an outage shorter than the budget: every image decodes
+        FlakyFileSystem.clear_instance_cache()
+        short = {**down, "until": time.time() + 0.5}
+        set_default_policy(storage_policy(5.0))
+        decoded = decode_shard(spec, resize_size=8, crop_size=8, storage_options=short)
+        assert decoded.num_ok == 3 and not any(r["error"] for r in decoded.records)
+    finally:
+        set_default_policy(previous)
+
+
 def test_write_retries_transient_errors_and_names_the_url_on_permanent_ones(tmp_path):
     opts = {"fail_fraction": 1.0, "failures": 3, "error": "server"}
     FlakyFileSystem.clear_instance_cache()
@@ -174,7 +247,7 @@ def test_write_retries_transient_errors_and_names_the_url_on_permanent_ones(tmp_
     with pytest.raises(PermissionError, match=f"cannot write flaky://{tmp_path}/out/part-1.parquet"):
         write_bytes(f"flaky://{tmp_path}/out/part-1.parquet", b"data", opts, policy=FAST)
     opts = {"fail_fraction": 1.0, "failures": -1, "error": "slowdown"}
-    with pytest.raises(OSError, match=f"write flaky://{tmp_path}/out/part-2.parquet: still failing after 5"):
+    with pytest.raises(StorageUnavailable, match=f"write flaky://{tmp_path}/out/part-2.parquet: still failing after 5"):
         write_bytes(f"flaky://{tmp_path}/out/part-2.parquet", b"data", opts, policy=FAST)
 
 

@@ -138,11 +138,8 @@ def test_checkpoint_of_another_model_stops_the_job_at_once(image_dir, tmp_path):
     with pytest.raises(ConfigError, match=r"does not fit resnet18") as e:
         run_job(cfg)
     assert "\n" not in str(e.value) and "Traceback" not in str(e.value)
-    assert time.perf_counter() - t0 < 60  # before: 4 attempts, then error rows
-    assert not list(out.glob("part-*.parquet")) and not (out / "_SUCCESS").exists()
-    manifest = json.loads((out / "_manifest.json").read_text())
-    assert manifest["status"] == "stopped"
-    assert not any(e.get("failures") for e in manifest["shards"].values())
+    assert time.perf_counter() - t0 < 20  # in the driver, before Ray starts
+    assert not out.exists()  # a run that never started leaves nothing behind
     # Nothing was written, so the fixed command is not refused as "another config".
     run_job(JobConfig(input=str(image_dir), output=str(out), **SMALL))
     assert (out / "_SUCCESS").exists() and len(_read(out)) == 7
