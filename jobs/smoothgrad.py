@@ -54,7 +54,8 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         print(f"[sgcore] done: {result.summary()}")
         if not result.success:
-            print(f"[sgcore] {result.shards_failed} shard(s) failed: {', '.join(result.failed_shards)}",
+            noun = "shard" if result.shards_failed == 1 else "shards"
+            print(f"[sgcore] {result.shards_failed} {noun} failed: {', '.join(result.failed_shards)}",
                   file=sys.stderr)
             return 1
         return 0

@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 
 from sgcore.config import INPUT_FORMATS, OUTPUT_FORMATS, SCORES, TARGETS, JobConfig
-from sgcore.errors import ConfigError, InputError
+from sgcore.errors import ConfigError, InputError, Stopped
 from sgcore.settings import AGGREGATES, BASES, NOISES, PRECISIONS, REDUCTIONS, SmoothGradSettings
 
 DEMO_DATA = "data/demo"
@@ -315,6 +315,10 @@ def run_cli(main: Callable[[], int]) -> int:
     except (ConfigError, InputError, ImportError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except Stopped as e:
+        print(f"stopped by {e}; rerun the same command to resume (committed shards are kept)",
+              file=sys.stderr)
+        return 128 + e.signum
     except KeyboardInterrupt:
         print("interrupted; rerun the same command to resume", file=sys.stderr)
         return 130

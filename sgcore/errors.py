@@ -16,3 +16,17 @@ class ModelError(ConfigError):
 
     The message is the model's own error, with the input it was given.
     """
+
+
+class Stopped(KeyboardInterrupt):
+    """The job was asked to stop (SIGTERM, as schedulers, ``ray job stop`` and Kubernetes send).
+
+    A ``KeyboardInterrupt``, so that it unwinds like Ctrl-C: no ``except Exception``
+    swallows it on the way out.
+    """
+
+    def __init__(self, signum: int):
+        import signal
+
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum

@@ -71,3 +71,13 @@ def test_benchmark_without_captum_stops_before_timing(capsys, tmp_path, monkeypa
                            "--repeats", "1", "--out", str(tmp_path)]) == 0
     table = next(tmp_path.glob("speed-*.md")).read_text()
     assert "sgcore fp32, prepared" in table and "captum" not in table
+
+
+def test_sigterm_is_one_line_and_exit_143(capsys):
+    import signal
+
+    from sgcore.errors import Stopped
+
+    assert run_cli(_raises(Stopped(signal.SIGTERM))) == 143
+    assert capsys.readouterr().err == (
+        "stopped by SIGTERM; rerun the same command to resume (committed shards are kept)\n")

@@ -29,7 +29,10 @@ def set_cpu_threads(use_gpu: bool, cpu_threads: int | None = None) -> None:
 class SaliencyActor:
     """One model replica on one GPU (or on CPUs when the cluster has none)."""
 
-    def __init__(self, config: JobConfig, use_gpu: bool, cpu_threads: int | None = None):
+    def __init__(self, config: JobConfig, use_gpu: bool, cpu_threads: int | None = None,
+                 driver: tuple[str, int] | None = None, tally: Any = None):
+        self.driver = driver  # (node id, pid) of the driver: commit only while it runs
+        self.tally = tally  # a ProgressTally actor: images done, batch by batch
         set_cpu_threads(use_gpu, cpu_threads)
         set_default_policy(storage_policy(config.storage_retry_s))
         # Bad settings (weights of another architecture, say) come back to the
@@ -46,12 +49,48 @@ class SaliencyActor:
             raise self.setup_error
         if self.processor.config.inject_faults:
             maybe_inject(self.processor.config.inject_faults, (r["image_id"] for r in decoded.records), attempt)
-        summary = self.processor.process(decoded, config_hash=config_hash, attempt=attempt)
+        on_batch = None
+        if self.tally is not None:
+            def on_batch(n: int) -> None:
+                self.tally.add.remote(decoded.shard_id, attempt, n)  # fire and forget
+        summary = self.processor.process(decoded, config_hash=config_hash, attempt=attempt,
+                                         before_commit=self._check_driver, on_batch=on_batch)
         summary["max_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         summary["pid"] = os.getpid()
         summary["node"] = ray.get_runtime_context().get_node_id()
         summary["device"] = str(self.processor.device)
         return summary
+
+
+    def _check_driver(self) -> None:
+        """Refuses to commit for a driver that is gone (killed, or stopped by SIGTERM).
+
+        Ray ends a dead driver's actors, but not at once: a part committed in
+        between would land in an output whose run has already ended.
+        """
+        if self.driver is None:
+            return
+        node, pid = self.driver
+        if node == ray.get_runtime_context().get_node_id() and not _pid_alive(pid):
+            raise DriverGone(f"driver (pid {pid}) is gone; not committing")
+
+
+class DriverGone(RuntimeError):
+    """The driver of this actor's job no longer runs."""
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie is dead too
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[-1].split()[0] != "Z"
+    except OSError:
+        return True
 
 
 def _decode(spec: ShardSpec, geometry: dict[str, Any], storage_options: dict[str, Any],
@@ -61,5 +100,21 @@ def _decode(spec: ShardSpec, geometry: dict[str, Any], storage_options: dict[str
     return decode_shard(spec, **geometry, storage_options=storage_options)
 
 
+class ProgressTally:
+    """Images the replicas finished, per (shard, attempt), until the driver takes them."""
+
+    def __init__(self) -> None:
+        self.counts: dict[tuple[str, int], int] = {}
+
+    def add(self, shard_id: str, attempt: int, images: int) -> None:
+        key = (shard_id, attempt)
+        self.counts[key] = self.counts.get(key, 0) + images
+
+    def take(self) -> dict[tuple[str, int], int]:
+        counts, self.counts = self.counts, {}
+        return counts
+
+
 remote_actor = ray.remote(SaliencyActor)
+remote_tally = ray.remote(num_cpus=0)(ProgressTally)
 remote_decode = ray.remote(_decode)

@@ -13,7 +13,8 @@ invocation that wrote to it:
 
 - ``status``: ``running``, ``complete`` (every shard committed), ``failed``
   (some shard failed every attempt; they are listed in ``failed_shards``) or
-  ``stopped`` (the run raised, e.g. ``--max-error-rate``).
+  ``stopped`` (the run raised, e.g. ``--max-error-rate``, or was stopped by
+  SIGTERM or Ctrl-C: the run's ``stopped_by`` names the signal).
 - ``created``, ``sgcore_version``, ``versions``, ``git_revision``: of the run
   that created the output; ``finished``: when the latest run ended.
 - ``shards``: one entry per shard: ``status``, ``rows``/``ok``/``errors``,
@@ -41,6 +42,8 @@ import logging
 import os
 import posixpath
 import resource
+import signal
+import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -49,7 +52,7 @@ from typing import Any
 import ray
 
 from sgcore.config import JobConfig
-from sgcore.errors import ConfigError, InputError
+from sgcore.errors import ConfigError, InputError, Stopped
 from sgcore.io import (
     ShardSpec,
     git_revision,
@@ -71,7 +74,7 @@ from sgcore.io._fs import is_local
 from sgcore.models import Preprocess, check_base, model_identity, resolve_preprocess
 from sgcore.models.sources import split_spec
 from sgcore.pipeline._faults import parse_faults
-from sgcore.pipeline.actors import remote_actor, remote_decode
+from sgcore.pipeline.actors import remote_actor, remote_decode, remote_tally
 from sgcore.pipeline.cluster import (
     connect_ray,
     node_resources,
@@ -79,7 +82,7 @@ from sgcore.pipeline.cluster import (
     release_capacity,
     request_capacity,
 )
-from sgcore.pipeline.progress import Progress, format_duration
+from sgcore.pipeline.progress import Progress, format_duration, plural
 from sgcore.pipeline.worker import class_target, make_row, probe_model, summarize, write_part
 
 log = logging.getLogger("sgcore")
@@ -111,6 +114,7 @@ class JobResult:
     shards: int = 0
     shards_skipped: int = 0
     shards_failed: int = 0
+    images_skipped: int = 0
     seconds: float = 0.0
     images_per_s: float = 0.0
     actors: int = 0
@@ -123,11 +127,18 @@ class JobResult:
         return self.shards_failed == 0
 
     def summary(self) -> str:
+        head = (f"{plural(self.rows, 'image')} ({self.ok} ok, {plural(self.errors, 'error')}) "
+                f"in {plural(self.shards, 'shard')}")
+        if self.shards_skipped == self.shards:
+            return f"{head}, all already done: nothing recomputed | results: {self.output}"
+        computed = self.rows - self.images_skipped
+        done = (f"; {plural(self.images_skipped, 'image')} in {plural(self.shards_skipped, 'shard')} "
+                "already done" if self.shards_skipped else "")
+        failed = f", {plural(self.shards_failed, 'shard')} failed" if self.shards_failed else ""
         return (
-            f"{self.rows} images ({self.ok} ok, {self.errors} errors) in {self.shards} shards "
-            f"({self.shards_skipped} already done, {self.shards_failed} failed) | "
-            f"{format_duration(self.seconds)} | {self.images_per_s:.1f} images/s "
-            f"on {self.actors} actor(s) | results: {self.output}"
+            f"{head}{done}{failed} | {computed} computed in {format_duration(self.seconds)}, "
+            f"{self.images_per_s:.1f} images/s on {plural(self.actors, 'replica')} | "
+            f"results: {self.output}"
         )
 
 
@@ -185,10 +196,28 @@ def run_job(config: JobConfig) -> JobResult:
         JobFailed: more than ``max_error_rate`` of the images failed.
     """
     previous_policy = set_default_policy(storage_policy(config.storage_retry_s))
+    previous_handler = _on_sigterm()
     try:
         return _run_job(config)
     finally:
         set_default_policy(previous_policy)
+        if previous_handler is not None:
+            signal.signal(signal.SIGTERM, previous_handler)
+
+
+def _on_sigterm() -> Any:
+    """SIGTERM stops the job like Ctrl-C (raises :class:`Stopped`); returns the old handler.
+
+    Set again after Ray starts, which installs its own (that one aborts with a C++
+    stack dump). Only the main thread may set handlers; elsewhere this does nothing.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def stop(signum: int, frame: Any) -> None:
+        raise Stopped(signum)
+
+    return signal.signal(signal.SIGTERM, stop)
 
 
 def _run_job(config: JobConfig) -> JobResult:
@@ -228,12 +257,17 @@ def _run_job(config: JobConfig) -> JobResult:
     result = JobResult(output=config.output, shards=len(shards), shards_skipped=len(committed))
     progress = Progress(sum(s.size for s in shards), len(shards), enabled=config.progress)
     progress.skip(sum(s.size for s in shards if s.shard_id in committed), len(committed))
+    if committed and todo and config.progress:
+        print(f"[sgcore] resuming: {plural(progress.skipped_images, 'image')} in "
+              f"{plural(len(committed), 'shard')} already done, {plural(len(todo), 'shard')} to go",
+              file=progress.stream, flush=True)
     for sid in committed:
         entry = manifest["shards"][sid]
         result.rows += entry.get("rows", 0)
         result.ok += entry.get("ok", 0)
         result.errors += entry.get("errors", 0)
     before = (result.rows, result.ok, result.errors)
+    result.images_skipped = result.rows
 
     status = "stopped"
     never_started = False
@@ -241,9 +275,14 @@ def _run_job(config: JobConfig) -> JobResult:
     try:
         if todo:
             owns_ray = connect_ray(config.address)
+            _on_sigterm()
             scheduler = None
             try:
                 scheduler = _Scheduler(config, chash, preprocess, todo, manifest, result, progress)
+                # What the replicas really hold (a CPU-only cluster: 0 GPUs, whatever was asked).
+                run.update(gpus_per_actor=scheduler.plan.num_gpus,
+                           gpus_per_actor_requested=config.gpus_per_actor)
+                manifest["config"]["gpus_per_actor"] = scheduler.plan.num_gpus
                 scheduler.run()
             finally:
                 if scheduler is not None and scheduler.requested_capacity:
@@ -252,6 +291,9 @@ def _run_job(config: JobConfig) -> JobResult:
                     ray.shutdown()
         progress.maybe_print(force=True)
         status = "complete" if result.success else "failed"
+    except Stopped as e:
+        run["stopped_by"] = str(e)
+        raise
     except StorageFailed as e:
         status = "failed"
         storage_failure = e
@@ -262,7 +304,8 @@ def _run_job(config: JobConfig) -> JobResult:
         raise
     finally:
         result.seconds = time.perf_counter() - t0
-        result.images_per_s = progress.images / result.seconds if result.seconds > 0 else 0.0
+        computed = result.rows - result.images_skipped
+        result.images_per_s = computed / result.seconds if result.seconds > 0 else 0.0
         run.update(
             finished=_now(), status=status, seconds=round(result.seconds, 2),
             shards_failed=result.shards_failed, failed_shards=list(result.failed_shards),
@@ -343,6 +386,7 @@ class _Scheduler:
         self.cpu_threads = None if self.plan.use_gpu else max(1, int(cpus // self.plan.initial_actors))
         # On an autoscaling cluster, ask for the nodes max_actors needs.
         self.requested_capacity = request_capacity(self.plan)
+        self.tally = remote_tally.remote()
         self.actors: list[Any] = [self._new_actor() for _ in range(self.plan.initial_actors)]
         self.load = [0] * len(self.actors)
         # future -> (shard, attempt, actor slot, decoded ref, actor)
@@ -355,8 +399,9 @@ class _Scheduler:
         self.outage_cause = ""
 
     def _new_actor(self) -> Any:
+        driver = (ray.get_runtime_context().get_node_id(), os.getpid())
         return remote_actor.options(**self.plan.actor_options()).remote(
-            self.config, self.plan.use_gpu, self.cpu_threads
+            self.config, self.plan.use_gpu, self.cpu_threads, driver, self.tally
         )
 
     def _maybe_grow(self) -> None:
@@ -389,6 +434,7 @@ class _Scheduler:
         self.manifest["shards"][spec.shard_id].update(status="running", attempts=attempt + 1)
 
     def run(self) -> None:
+        self.progress.restart_clock()
         while self.pending or self.inflight:
             self._maybe_grow()
             # One shard running per actor, plus decoded shards waiting, as many
@@ -398,22 +444,36 @@ class _Scheduler:
             while self.pending and len(self.inflight) < capacity:
                 spec, attempt = self.pending.popleft()
                 self._submit(spec, attempt)
-            done, _ = ray.wait(list(self.inflight), num_returns=1, timeout=self.progress.interval)
+            done, _ = ray.wait(list(self.inflight), num_returns=1,
+                               timeout=min(1.0, self.progress.interval))
+            self._take_tally()
             for fut in done:
                 self._finish(fut)
             self.progress.maybe_print()
 
+    def _take_tally(self) -> None:
+        """Images the replicas finished since the last look (live progress)."""
+        try:
+            counts = ray.get(self.tally.take.remote(), timeout=10)
+        except ray.exceptions.RayError:  # progress only: never fail the job for it
+            return
+        for key, n in counts.items():
+            self.progress.partial(key, n)
+
     def _finish(self, fut: Any) -> None:
         spec, attempt, slot, decoded, actor = self.inflight.pop(fut)
         self.load[slot] -= 1
+        key = (spec.shard_id, attempt)
         try:
             summary = ray.get(fut)
         except ray.exceptions.RayActorError as e:
+            self.progress.discard(key)
             log.warning("actor for shard %s died (%s)", spec.shard_id, _short(e))
             self._drop_actor(slot, actor)
             self._retry(spec, attempt, f"actor died: {_short(e)}", decoded)
             return
         except ray.exceptions.RayTaskError as e:
+            self.progress.discard(key)
             if isinstance(e.cause, ConfigError | InputError):
                 # bad settings, or a model that fails on every input (ModelError)
                 raise e.cause from None
@@ -423,10 +483,11 @@ class _Scheduler:
             self._retry(spec, attempt, _short(e), decoded)
             return
         except ray.exceptions.RayError as e:
+            self.progress.discard(key)
             self._retry(spec, attempt, _short(e), decoded)
             return
         self.outage_since = None
-        self._record(spec, summary, status="committed")
+        self._record(spec, summary, status="committed", key=key)
 
     def _storage_failed(self, spec: ShardSpec, attempt: int, reason: str, decoded: Any) -> None:
         """A shard that met a store down past the retry budget; stops a job whose store stays down."""
@@ -492,7 +553,8 @@ class _Scheduler:
         self.result.failed_shards.append(spec.shard_id)
         self._record(spec, summarize(spec.shard_id, rows, attempt=attempt), status="failed")
 
-    def _record(self, spec: ShardSpec, summary: dict[str, Any], *, status: str) -> None:
+    def _record(self, spec: ShardSpec, summary: dict[str, Any], *, status: str,
+                key: tuple[str, int] | None = None) -> None:
         entry = self.manifest["shards"][spec.shard_id]
         entry.update(status=status, rows=summary["rows"], ok=summary["ok"],
                      errors=summary["errors"], seconds=round(summary.get("seconds", 0.0), 3),
@@ -505,7 +567,7 @@ class _Scheduler:
         self.result.rows += summary["rows"]
         self.result.ok += summary["ok"]
         self.result.errors += summary["errors"]
-        self.progress.update(summary["rows"], summary["errors"])
+        self.progress.update(summary["rows"], summary["errors"], key)
         self._rows_done += summary["rows"]
         self._errors_done += summary["errors"]
         self._check_error_rate()

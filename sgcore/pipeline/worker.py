@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -58,14 +58,22 @@ class ShardProcessor:
         self.fixed_target = class_target(config.target, self.categories, self.loaded.num_classes)
 
     # ------------------------------------------------------------------ rows
-    def compute_rows(self, decoded: DecodedShard) -> list[dict[str, Any]]:
-        """One row per record of ``decoded``, in order: ok with a map, or error."""
+    def compute_rows(self, decoded: DecodedShard,
+                     on_batch: Callable[[int], None] | None = None) -> list[dict[str, Any]]:
+        """One row per record of ``decoded``, in order: ok with a map, or error.
+
+        Args:
+            on_batch: called with the number of images after each kernel batch
+                (live progress).
+        """
         cfg = self.config
         rows = [self._base_row(decoded.shard_id, rec) for rec in decoded.records]
         todo = [i for i, rec in enumerate(decoded.records) if rec["index"] >= 0]
         for start in range(0, len(todo), cfg.batch_size):
             chunk = todo[start : start + cfg.batch_size]
             self._compute_batch(decoded, chunk, rows)
+            if on_batch is not None:
+                on_batch(len(chunk))
         return rows
 
     def _base_row(self, shard_id: str, rec: dict[str, Any]) -> dict[str, Any]:
@@ -147,11 +155,21 @@ class ShardProcessor:
         return cats[index] if cats is not None and 0 <= index < len(cats) else None
 
     # ----------------------------------------------------------------- write
-    def process(self, decoded: DecodedShard, *, config_hash: str, attempt: int = 0) -> dict[str, Any]:
-        """Computes a shard's rows and commits its part; returns a summary."""
+    def process(self, decoded: DecodedShard, *, config_hash: str, attempt: int = 0,
+                before_commit: Callable[[], None] | None = None,
+                on_batch: Callable[[int], None] | None = None) -> dict[str, Any]:
+        """Computes a shard's rows and commits its part; returns a summary.
+
+        Args:
+            before_commit: called just before the part is written; raising there
+                commits nothing (the actor checks that its driver still runs).
+            on_batch: see :meth:`compute_rows`.
+        """
         t0 = time.perf_counter()
-        rows = self.compute_rows(decoded)
+        rows = self.compute_rows(decoded, on_batch)
         seconds_compute = time.perf_counter() - t0
+        if before_commit is not None:
+            before_commit()
         write_part(self.config, decoded.shard_id, rows, config_hash=config_hash,
                    channels=self.loaded.preprocess.channels if self.config.store_full else None,
                    map_shape=self.loaded.preprocess.map_shape)
