@@ -396,7 +396,7 @@ class _Scheduler:
         self._errors_done = 0
         # Since when shards fail for storage that stays down (None: the last one succeeded).
         self.outage_since: float | None = None
-        self.outage_cause = ""
+        self.storage_failing: set[str] = set()  # shards that met it and have not succeeded since
 
     def _new_actor(self) -> Any:
         driver = (ray.get_runtime_context().get_node_id(), os.getpid())
@@ -487,6 +487,7 @@ class _Scheduler:
             self._retry(spec, attempt, _short(e), decoded)
             return
         self.outage_since = None
+        self.storage_failing.discard(spec.shard_id)
         self._record(spec, summary, status="committed", key=key)
 
     def _storage_failed(self, spec: ShardSpec, attempt: int, reason: str, decoded: Any) -> None:
@@ -494,18 +495,28 @@ class _Scheduler:
         now = time.monotonic()
         if self.outage_since is None:
             self.outage_since = now
-        self.outage_cause = reason
-        self._retry(spec, attempt, reason, decoded, storage=True)
+        self.storage_failing.add(spec.shard_id)
         waited = now - self.outage_since
-        if waited >= self.config.storage_outage_s:
-            failed = self.result.failed_shards
-            left = len(self.pending) + len(self.inflight)
-            raise StorageFailed(
-                f"storage unavailable for {format_duration(waited)} (over --storage-outage-s "
-                f"{self.config.storage_outage_s:g}): {_count(len(failed), 'shard')} failed "
-                f"({', '.join(failed) or 'none yet'}), {_count(left, 'shard')} not done; cause: "
-                f"{reason}; rerun the same command once the store is back"
-            )
+        if waited < self.config.storage_outage_s:
+            self._retry(spec, attempt, reason, decoded, storage=True)
+            return
+        # Down for good: every shard that met the outage fails now (no part: the
+        # store takes none; the next run redoes them), the rest stay pending.
+        self.manifest["shards"][spec.shard_id].setdefault("failures", []).append(reason[:500])
+        for sid in sorted(self.storage_failing):
+            if sid not in self.result.failed_shards:
+                self.manifest["shards"][sid]["status"] = "failed"
+                self.result.shards_failed += 1
+                self.result.failed_shards.append(sid)
+        failed = sorted(self.result.failed_shards)
+        left = len(self.manifest["shards"]) - len(failed) - sum(
+            e.get("status") == "committed" for e in self.manifest["shards"].values())
+        raise StorageFailed(
+            f"storage unavailable for {format_duration(waited)} (over --storage-outage-s "
+            f"{self.config.storage_outage_s:g}): {plural(len(failed), 'shard')} failed "
+            f"({', '.join(failed)}), {plural(left, 'shard')} not done; cause: {reason}; rerun the "
+            "same command once the store is back"
+        )
 
     def _drop_actor(self, slot: int, dead: Any) -> None:
         """Forgets a dead actor; replaces it only if it was the last one.
@@ -764,10 +775,6 @@ def _totals(manifest: dict[str, Any]) -> dict[str, Any]:
         "driver_max_rss_mb": peak("driver_max_rss_mb"),
         "worker_max_rss_mb": peak("worker_max_rss_mb"),
     }
-
-
-def _count(n: int, noun: str) -> str:
-    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
 def _short(e: BaseException) -> str:
