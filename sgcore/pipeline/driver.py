@@ -579,9 +579,10 @@ class _Scheduler:
         self.result.ok += summary["ok"]
         self.result.errors += summary["errors"]
         self.progress.update(summary["rows"], summary["errors"], key)
-        self._rows_done += summary["rows"]
-        self._errors_done += summary["errors"]
-        self._check_error_rate()
+        if status == "committed":  # a failed shard's rows say nothing of the images
+            self._rows_done += summary["rows"]
+            self._errors_done += summary["errors"]
+            self._check_error_rate()
 
     def _check_error_rate(self) -> None:
         cfg = self.config
