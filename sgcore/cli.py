@@ -315,11 +315,13 @@ def run_cli(main: Callable[[], int]) -> int:
     except (ConfigError, InputError, ImportError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    except Stopped as e:
-        print(f"stopped by {e}; rerun the same command to resume (committed shards are kept)",
-              file=sys.stderr)
-        return 128 + e.signum
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:
+        signum = e.signum if isinstance(e, Stopped) else Stopped.received
+        if signum is not None:
+            stop = Stopped(signum)
+            print(f"stopped by {stop}; rerun the same command to resume (committed shards are kept)",
+                  file=sys.stderr)
+            return 128 + signum
         print("interrupted; rerun the same command to resume", file=sys.stderr)
         return 130
     except Exception as e:

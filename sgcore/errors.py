@@ -25,6 +25,11 @@ class Stopped(KeyboardInterrupt):
     swallows it on the way out.
     """
 
+    # The last stop signal this process received: Ray may turn the end of its own
+    # processes (sent the same signal, as a process group is) into a plain
+    # KeyboardInterrupt, which still means this stop.
+    received: int | None = None
+
     def __init__(self, signum: int):
         import signal
 

@@ -66,7 +66,7 @@ def test_pyarrow_pandas_polars_duckdb_read_the_output_with_error_rows(output):
     assert pdf.height == 7 and pdf["saliency"].null_count() == 0
     assert pdf.filter(pl.col("status") == "ok").height == 6
     n, errors = duckdb.sql(f"SELECT count(*), count(*) FILTER (status = 'error') "
-                           f"FROM '{output}/part-*.parquet'").fetchone()
+                           f"FROM '{output}/part-*.parquet'").fetchall()[0]
     assert (n, errors) == (7, 1)
     assert len(duckdb.sql(f"SELECT saliency FROM '{output}/part-*.parquet'").fetchall()[0][0]) == 256
 

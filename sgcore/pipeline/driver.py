@@ -215,6 +215,7 @@ def _on_sigterm() -> Any:
         return None
 
     def stop(signum: int, frame: Any) -> None:
+        Stopped.received = signum
         raise Stopped(signum)
 
     return signal.signal(signal.SIGTERM, stop)
@@ -291,8 +292,10 @@ def _run_job(config: JobConfig) -> JobResult:
                     ray.shutdown()
         progress.maybe_print(force=True)
         status = "complete" if result.success else "failed"
-    except Stopped as e:
-        run["stopped_by"] = str(e)
+    except KeyboardInterrupt as e:
+        signum = e.signum if isinstance(e, Stopped) else Stopped.received
+        if signum is not None:
+            run["stopped_by"] = Stopped(signum).args[0]
         raise
     except StorageFailed as e:
         status = "failed"

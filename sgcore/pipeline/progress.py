@@ -27,6 +27,13 @@ def plural(n: int, noun: str) -> str:
     return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
+def _norm(key: Hashable) -> Hashable:
+    """(shard id, attempt) keys compare equal whichever process built them."""
+    if isinstance(key, tuple | list) and len(key) == 2:
+        return (str(key[0]), int(key[1]))
+    return key
+
+
 class Progress:
     """Counts images and shards; prints a line at most every ``interval`` seconds.
 
@@ -68,17 +75,20 @@ class Progress:
 
     def partial(self, key: Hashable, images: int) -> None:
         """``images`` more done by the kernel in the shard attempt ``key`` (still running)."""
+        key = _norm(key)
         if key not in self._closed:
             self.live[key] = self.live.get(key, 0) + images
 
     def discard(self, key: Hashable) -> None:
         """The attempt ``key`` failed: its images will be done again."""
+        key = _norm(key)
         self.live.pop(key, None)
         self._closed.add(key)
 
     def update(self, images: int, errors: int, key: Hashable | None = None) -> None:
         """A shard finished with ``images`` rows (replacing its partial count)."""
         if key is not None:
+            key = _norm(key)
             self.live.pop(key, None)
             self._closed.add(key)
         self.finished += images

@@ -124,19 +124,3 @@ def test_a_deterministic_model_error_in_a_replica_is_a_model_error_not_a_retry()
         proc.compute_rows(decoded)
     assert issubclass(ModelError, ConfigError)  # the driver stops the job at its first occurrence
 
-
-@pytest.mark.usefixtures("ray_local")
-def test_progress_moves_within_a_shard_and_prints_each_step_once(tmp_path, capsys):
-    write_images(tmp_path / "in", n_per_class=6, size=24)  # 12 images in one shard
-    cfg = {**SMALL, "shard_size": 12, "batch_size": 2, "n_samples": 16, "progress": True}
-    result = run_job(JobConfig(input=str(tmp_path / "in"), output=str(tmp_path / "out"), **cfg))
-    lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("[sgcore] ") and "images (" in ln]
-    done = [int(ln.split()[1].split("/")[0]) for ln in lines]
-    assert done[-1] == 12 and len(done) == len(set(done)), lines  # each step once
-    assert any(0 < d < 12 for d in done), lines  # counted inside the one shard, batch by batch
-    assert "0.0 images/s" not in lines[-1] and result.images_per_s > 0
-    manifest = json.loads((tmp_path / "out" / "_manifest.json").read_text())
-    # a CPU-only run records the GPUs it used: none
-    assert manifest["config"]["gpus_per_actor"] == 0.0 and manifest["runs"][-1]["gpus_per_actor"] == 0.0
-    again = run_job(JobConfig(input=str(tmp_path / "in"), output=str(tmp_path / "out"), **cfg))
-    assert "all already done: nothing recomputed" in again.summary()
