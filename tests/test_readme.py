@@ -82,6 +82,9 @@ def test_every_readme_snippet_runs_on_an_output_with_error_rows(output, tmp_path
 
     snippets = _snippets()
     assert len(snippets) >= 5
+    # The two Ray Data pipelines (pretrained weights, an S3 bucket, `...`) are fenced
+    # `py`: tests/test_ray_data.py runs the same stage on local images.
+    assert len(re.findall(r"```py\n", README.read_text())) == 2
     monkeypatch.chdir(tmp_path)
     # What the kernel's snippet takes as given: a model, images and targets.
     namespace: dict = {"torch": torch, "model": load_model("resnet18", "none", image_size=16).model,
