@@ -313,9 +313,6 @@ def connect_ray(address: str | None) -> bool:
     if address:
         ray.init(address=address, **kwargs)
     else:
-        # A new local Ray turns token authentication on by default and warns that it
-        # did, on every run; saying so explicitly keeps the same security, silently.
-        os.environ.setdefault("RAY_AUTH_MODE", "token")
         ray.init(address="local", include_dashboard=False, **kwargs)
     return True
 
