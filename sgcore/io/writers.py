@@ -171,6 +171,19 @@ def _tensor_column(maps: list[np.ndarray | None], shape: tuple[int, ...]) -> pa.
     return pa.ExtensionArray.from_storage(pa.fixed_shape_tensor(pa.float16(), list(shape)), storage)
 
 
+# Local writes go to a temporary file first, then rename. Its name starts with
+# "." so that every Parquet reader (pyarrow, pandas, polars, DuckDB, Ray Data)
+# skips it, and a crash between write and rename leaves nothing they read; the
+# next run removes such leftovers (``TEMP_GLOB``).
+TEMP_GLOB = ".*.tmp-*"
+
+
+def temp_path(path: str) -> str:
+    """``dir/.name.tmp-<uuid>`` for the final ``dir/name``."""
+    parent, name = posixpath.split(path)
+    return posixpath.join(parent, f".{name}.tmp-{uuid.uuid4().hex}")
+
+
 def write_bytes(
     url: str,
     data: bytes,
@@ -193,7 +206,7 @@ def write_bytes(
     def once() -> None:
         if is_local(fs):
             os.makedirs(parent, exist_ok=True)
-            tmp = f"{path}.tmp-{uuid.uuid4().hex}"
+            tmp = temp_path(path)
             try:
                 with open(tmp, "wb") as f:
                     f.write(data)

@@ -11,9 +11,15 @@ import torch
 
 from sgcore.config import JobConfig
 from sgcore.errors import ConfigError, InputError
-from sgcore.io import DecodedShard, ShardSpec, decode_shard, set_default_policy, storage_policy
+from sgcore.io import (
+    DecodedShard,
+    ShardSpec,
+    decode_shard,
+    set_default_policy,
+    storage_policy,
+)
 from sgcore.pipeline._faults import maybe_inject
-from sgcore.pipeline.worker import ShardProcessor, pick_device
+from sgcore.pipeline.worker import ShardProcessor, check_owner, pick_device
 
 
 def set_cpu_threads(use_gpu: bool, cpu_threads: int | None = None) -> None:
@@ -54,13 +60,19 @@ class SaliencyActor:
             def on_batch(n: int) -> None:
                 self.tally.add.remote(decoded.shard_id, attempt, n)  # fire and forget
         summary = self.processor.process(decoded, config_hash=config_hash, attempt=attempt,
-                                         before_commit=self._check_driver, on_batch=on_batch)
+                                         before_commit=lambda: self._before_commit(decoded.shard_id, config_hash),
+                                         on_batch=on_batch)
         summary["max_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         summary["pid"] = os.getpid()
         summary["node"] = ray.get_runtime_context().get_node_id()
         summary["device"] = str(self.processor.device)
         return summary
 
+
+    def _before_commit(self, shard_id: str, config_hash: str) -> None:
+        """Commits only for a live driver whose config still owns the output."""
+        self._check_driver()
+        check_owner(self.processor.config, shard_id, config_hash)
 
     def _check_driver(self) -> None:
         """Refuses to commit for a driver that is gone (killed, or stopped by SIGTERM).

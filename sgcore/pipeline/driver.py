@@ -36,6 +36,7 @@ invocation that wrote to it:
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -71,6 +72,8 @@ from sgcore.io import (
     write_success,
 )
 from sgcore.io._fs import is_local
+from sgcore.io.lease import Lease, LeaseLost
+from sgcore.io.writers import TEMP_GLOB
 from sgcore.models import Preprocess, check_base, model_identity, resolve_preprocess
 from sgcore.models.sources import split_spec
 from sgcore.pipeline._faults import parse_faults
@@ -239,7 +242,28 @@ def _run_job(config: JobConfig) -> JobResult:
     )
     chash = job_hash(config, identity)
     fingerprint = plan_fingerprint(shards)
+    _refuse_file_output(config)
+    # One writer at a time: from the output checks to the last manifest write, this
+    # run holds the output's lease (a second run is refused with one line naming it).
+    lease = Lease(config.output, config.storage_options)
+    lease.acquire()
+    lease.start_heartbeat()
+    try:
+        return _run_claimed(config, lease, preprocess, identity, shards, chash, fingerprint,
+                            t0=t0, started=started)
+    finally:
+        lease.release()
+
+
+def _run_claimed(config: JobConfig, lease: Lease, preprocess: Preprocess, identity: dict[str, Any],
+                 shards: list[ShardSpec], chash: str, fingerprint: str, *, t0: float,
+                 started: str) -> JobResult:
+    """The run proper, under ``lease``."""
     _guard_output(config, chash, fingerprint, identity)
+    removed = _remove_temp_files(config)
+    if removed:
+        log.info("removed %s of a writer that died: %s", plural(len(removed), "temporary file"),
+                 ", ".join(removed[:5]))
     # --overwrite (or another config) starts a new record; a resume extends it.
     old = None if config.overwrite else read_manifest(config.output, config.storage_options)
     if old is not None and old.get("config_hash") != chash:
@@ -273,13 +297,14 @@ def _run_job(config: JobConfig) -> JobResult:
     status = "stopped"
     never_started = False
     storage_failure: StorageFailed | None = None
+    lost = False
     try:
         if todo:
             owns_ray = connect_ray(config.address)
             _on_sigterm()
             scheduler = None
             try:
-                scheduler = _Scheduler(config, chash, preprocess, todo, manifest, result, progress)
+                scheduler = _Scheduler(config, chash, preprocess, todo, manifest, result, progress, lease)
                 # What the replicas really hold (a CPU-only cluster: 0 GPUs, whatever was asked).
                 run.update(gpus_per_actor=scheduler.plan.num_gpus,
                            gpus_per_actor_requested=config.gpus_per_actor)
@@ -301,6 +326,10 @@ def _run_job(config: JobConfig) -> JobResult:
         status = "failed"
         storage_failure = e
         raise
+    except LeaseLost as e:
+        # Another run holds the output now: its manifest is not ours to write.
+        status, lost = "failed", True
+        raise JobFailed(f"{e}; stopped without writing more to {config.output}") from None
     except (ConfigError, InputError):
         # A run that never started (a replica refused the settings) leaves nothing.
         never_started = fresh and not _has_parts(config)
@@ -326,7 +355,9 @@ def _run_job(config: JobConfig) -> JobResult:
             sid for sid, e in manifest["shards"].items() if e.get("status") == "failed"
         )
         manifest["totals"] = _totals(manifest)
-        if never_started:
+        if lost:
+            pass
+        elif never_started:
             _remove_manifest(config)
         else:
             _write_final_manifest(config, manifest, storage_failure)
@@ -373,8 +404,9 @@ class _Scheduler:
 
     def __init__(self, config: JobConfig, chash: str, preprocess: Preprocess,
                  todo: list[ShardSpec], manifest: dict[str, Any], result: JobResult,
-                 progress: Progress):
+                 progress: Progress, lease: Lease | None = None):
         self.config = config
+        self.lease = lease
         self.chash = chash
         self.preprocess = preprocess
         self.pending: deque[tuple[ShardSpec, int]] = deque((s, 0) for s in todo)
@@ -447,6 +479,8 @@ class _Scheduler:
             while self.pending and len(self.inflight) < capacity:
                 spec, attempt = self.pending.popleft()
                 self._submit(spec, attempt)
+            if self.lease is not None:
+                self.lease.check()  # taken over after our heartbeats failed: stop at once
             done, _ = ray.wait(list(self.inflight), num_returns=1,
                                timeout=min(1.0, self.progress.interval))
             self._take_tally()
@@ -573,9 +607,9 @@ class _Scheduler:
         entry.update(status=status, rows=summary["rows"], ok=summary["ok"],
                      errors=summary["errors"], seconds=round(summary.get("seconds", 0.0), 3),
                      run=len(self.manifest["runs"]))
-        for key in ("node", "pid", "device", "finished"):
-            if key in summary:
-                entry[key] = summary[key]
+        for field_name in ("node", "pid", "device", "finished"):
+            if field_name in summary:
+                entry[field_name] = summary[field_name]
         if "max_rss_mb" in summary:
             self.result.worker_max_rss_mb = max(self.result.worker_max_rss_mb, summary["max_rss_mb"])
         self.result.rows += summary["rows"]
@@ -611,12 +645,6 @@ def _error_rows(config: JobConfig, spec: ShardSpec, decoded: Any, message: str,
 def _guard_output(config: JobConfig, chash: str, fingerprint: str,
                   identity: dict[str, Any] | None = None) -> None:
     """Refuses to mix two configs (or two input listings) in one output."""
-    from fsspec.implementations.local import LocalFileSystem
-
-    fs, path = url_to_fs(config.output, config.storage_options)
-    # (On object stores a key and a prefix of the same name can coexist.)
-    if isinstance(fs, LocalFileSystem) and fs.isfile(path):
-        raise ConfigError(f"--output {config.output} is a file; give a directory for the results")
     old = read_manifest(config.output, config.storage_options)
     if old is None:
         return
@@ -646,6 +674,31 @@ def _guard_output(config: JobConfig, chash: str, fingerprint: str,
             f"the input listing of {config.input} changed since {config.output} was written "
             "(files added or removed); use a new --output, or pass --overwrite"
         )
+
+
+def _refuse_file_output(config: JobConfig) -> None:
+    fs, path = url_to_fs(config.output, config.storage_options)
+    # (On object stores a key and a prefix of the same name can coexist.)
+    if is_local(fs) and fs.isfile(path):
+        raise ConfigError(f"--output {config.output} is a file; give a directory for the results")
+
+
+def _remove_temp_files(config: JobConfig) -> list[str]:
+    """Removes the temporary files of writers that died mid-write; returns their names.
+
+    Only local writes use temporary files (``.part-*.tmp-*``, skipped by every
+    Parquet reader); an object store's PUT is atomic. Safe under the lease: no
+    other writer is alive.
+    """
+    fs, path = url_to_fs(config.output, config.storage_options)
+    if not is_local(fs):
+        return []
+    root = path.rstrip("/")
+    found = fs.glob(f"{root}/{TEMP_GLOB}") + fs.glob(f"{root}/maps/{TEMP_GLOB}")
+    for p in found:
+        with contextlib.suppress(FileNotFoundError):
+            fs.rm_file(p)
+    return [p.rsplit("/", 1)[-1] for p in found]
 
 
 def _has_parts(config: JobConfig) -> bool:

@@ -18,7 +18,15 @@ from sgcore.attribution import prepare_model, reduce_channels, smoothgrad
 from sgcore.attribution.adaptive import smoothgrad_adaptive
 from sgcore.config import JobConfig
 from sgcore.errors import ConfigError, ModelError
-from sgcore.io import DecodedShard, encode_part, join, npz_name, part_url, write_bytes
+from sgcore.io import (
+    DecodedShard,
+    encode_part,
+    join,
+    npz_name,
+    part_url,
+    read_manifest,
+    write_bytes,
+)
 from sgcore.models import LoadedModel, check_base, load_model, with_score
 from sgcore.seeds import image_seed
 
@@ -313,6 +321,25 @@ def write_part(
     if npz is not None:
         write_bytes(join(config.output, npz_name(shard_id)), npz, config.storage_options)
     write_bytes(part_url(config.output, shard_id), parquet, config.storage_options)
+
+
+def check_owner(config: JobConfig, shard_id: str, config_hash: str) -> None:
+    """Refuses to commit ``shard_id`` unless the output's manifest is of ``config_hash``.
+
+    The driver's lease keeps a second writer out; this catches one that got in
+    anyway (a store without conditional writes, a lease that expired while this
+    run hung), so that no part of another config lands under a manifest.
+
+    Raises:
+        ConfigError: the manifest is missing or of another config.
+    """
+    manifest = read_manifest(config.output, config.storage_options)
+    owner = (manifest or {}).get("config_hash")
+    if owner != config_hash:
+        raise ConfigError(
+            f"{config.output} now holds results of another config (manifest config hash {owner}, "
+            f"this job's {config_hash}); shard {shard_id} not committed"
+        )
 
 
 def summarize(shard_id: str, rows: list[dict[str, Any]], **extra: Any) -> dict[str, Any]:

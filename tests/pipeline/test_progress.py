@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 import io
+import json
 
+import pytest
+
+from sgcore.config import JobConfig
+from sgcore.pipeline import run_job
 from sgcore.pipeline.driver import JobResult
 from sgcore.pipeline.progress import Progress, plural
+from tests.conftest import write_images
 
 
 def test_images_count_as_batches_finish_and_a_failed_attempt_is_taken_back():
@@ -48,3 +54,23 @@ def test_summary_pluralizes_and_says_what_a_resume_did():
     nothing = JobResult(output="out", rows=12, ok=12, shards=2, shards_skipped=2, images_skipped=12)
     assert nothing.summary() == ("12 images (12 ok, 0 errors) in 2 shards, all already done: nothing "
                                  "recomputed | results: out")
+
+
+@pytest.mark.usefixtures("ray_local")
+def test_a_real_job_counts_each_image_once_batch_by_batch(tmp_path, capsys):
+    write_images(tmp_path / "in", n_per_class=6, size=24)  # 12 images
+    cfg = dict(model="resnet18", weights="none", image_size=32, n_samples=8, shard_size=4, batch_size=2,
+               progress=True)
+    result = run_job(JobConfig(input=str(tmp_path / "in"), output=str(tmp_path / "out"), **cfg))
+    lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("[sgcore] ") and "images (" in ln]
+    done = [int(ln.split()[1].split("/")[0]) for ln in lines]
+    # Never past the total (a finished shard's partial count is replaced, not added to),
+    # each step once, and the last line says all 12.
+    assert max(done) == 12 and done[-1] == 12 and len(done) == len(set(done)), lines
+    assert done == sorted(done), lines
+    assert result.rows == 12 and result.images_per_s > 0
+    manifest = json.loads((tmp_path / "out" / "_manifest.json").read_text())
+    # a CPU-only run records the GPUs it used: none
+    assert manifest["config"]["gpus_per_actor"] == 0.0 and manifest["runs"][-1]["gpus_per_actor"] == 0.0
+    again = run_job(JobConfig(input=str(tmp_path / "in"), output=str(tmp_path / "out"), **cfg))
+    assert "all already done: nothing recomputed" in again.summary()

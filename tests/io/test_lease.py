@@ -1,0 +1,124 @@
+"""The output lease: one writer at a time, on a local disk and on S3 (moto), expiring for a dead holder."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+from sgcore.io import url_to_fs
+from sgcore.io.lease import Lease, LeaseInfo, LeaseLost, OutputBusy
+
+BUCKET = "sgcore-lease"
+
+
+class Out:
+    """An output URL with its filesystem, as the tests plant files into it."""
+
+    def __init__(self, url: str, storage_options: dict | None = None):
+        self.url, self.storage_options = url, storage_options
+        self.fs, self.path = url_to_fs(url, storage_options)
+
+
+def claim(out: Out, **kw) -> Lease:
+    return Lease(out.url, out.storage_options, **kw)
+
+
+@pytest.fixture(params=["local", "s3"])
+def output(request, tmp_path) -> Out:
+    if request.param == "local":
+        return Out(str(tmp_path / "out"))
+    s3fs = pytest.importorskip("s3fs")
+    request.getfixturevalue("s3_server")
+    fs = s3fs.S3FileSystem(skip_instance_cache=True)
+    if not fs.exists(BUCKET):
+        fs.mkdir(BUCKET)
+    return Out(f"s3://{BUCKET}/{tmp_path.name}/out", {"skip_instance_cache": True})
+
+
+def _plant(out: Out, **fields) -> None:
+    """A lease written by someone else (another host, say)."""
+    info = dict(run_id="other", host="elsewhere", pid=1, started=time.time(), heartbeat=time.time(), ttl=60.0)
+    info.update(fields)
+    out.fs.makedirs(out.path, exist_ok=True)
+    out.fs.pipe_file(f"{out.path}/_lease.json", json.dumps(info).encode())
+
+
+def test_a_second_writer_is_refused_naming_the_holder(output):
+    first = claim(output, run_id="first")
+    first.acquire()
+    with pytest.raises(OutputBusy, match=r"is being written by run first on .* \(pid \d+, last heartbeat \d+ s ago\); "
+                                         r"wait for it to finish or use another --output"):
+        claim(output, run_id="second").acquire()
+    first.acquire()  # ours: taken again
+    first.release()
+    assert first.read() is None
+    claim(output, run_id="second").acquire()
+
+
+def test_a_live_holder_elsewhere_is_respected_an_expired_one_taken_over(output):
+    _plant(output)
+    with pytest.raises(OutputBusy, match=r"run other on elsewhere \(pid 1, "):
+        claim(output, run_id="mine").acquire()
+    _plant(output, heartbeat=time.time() - 61)
+    mine = claim(output, run_id="mine")
+    mine.acquire()
+    assert mine.read().run_id == "mine"
+
+
+def test_a_dead_process_on_this_host_holds_nothing(tmp_path):
+    out = Out(str(tmp_path / "out"))
+    holder = subprocess.run(
+        [sys.executable, "-c", "import sys; from sgcore.io.lease import Lease; "
+         "Lease(sys.argv[1], run_id='dead').acquire()", out.url], check=True)
+    assert holder.returncode == 0 and claim(out).read().run_id == "dead"
+    # The holder exited without releasing: its pid is gone, the claim is free at once.
+    claim(out, run_id="next").acquire()
+    assert claim(out).read().run_id == "next"
+
+
+def test_heartbeat_renews_and_a_takeover_is_noticed(output):
+    lease = claim(output, run_id="beating", ttl=60.0, interval=0.05)
+    with lease:
+        before = lease.read().heartbeat
+        time.sleep(1.2)
+        assert lease.read().heartbeat > before
+        lease.check()
+        _plant(output, run_id="thief")
+        deadline = time.time() + 5
+        while time.time() < deadline and lease._lost is None:
+            time.sleep(0.05)
+        with pytest.raises(LeaseLost, match="another run took over .*run thief on elsewhere"):
+            lease.check()
+    assert lease.read().run_id == "thief", "release leaves someone else's lease alone"
+
+
+def test_racing_writers_get_one_lease(output):
+    wins, refusals = [], []
+
+    def contend(k: int) -> None:
+        try:
+            claim(output, run_id=f"r{k}").acquire()
+            wins.append(k)
+        except OutputBusy:
+            refusals.append(k)
+
+    threads = [threading.Thread(target=contend, args=(k,)) for k in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(wins) == 1 and len(refusals) == 5
+    assert claim(output).read().run_id == f"r{wins[0]}"
+
+
+def test_a_garbled_lease_claims_nothing(tmp_path):
+    out = Out(str(tmp_path / "out"))
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "_lease.json").write_bytes(b'{"run_id": "half')
+    assert LeaseInfo.from_json(b'{"run_id": "half') is None
+    claim(out, run_id="fresh").acquire()

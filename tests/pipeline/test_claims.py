@@ -1,0 +1,140 @@
+"""What a reader sees is what the job committed: crash leftovers, a second writer, a takeover.
+
+Real processes and real signals: a job's actor is held at the worst moment
+(its part written to the temporary file, not yet renamed: ``os.replace`` is
+made to wait by a ``sitecustomize`` every process of the job loads), then the
+whole process group is SIGKILLed.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pyarrow.dataset as pads
+import pyarrow.parquet as pq
+import pytest
+
+from sgcore.config import JobConfig
+from sgcore.errors import ConfigError
+from sgcore.io import write_manifest
+from sgcore.io.lease import Lease
+from sgcore.pipeline.worker import check_owner
+from tests.conftest import write_images
+from tests.pipeline.test_faults import _wait_gone
+
+REPO = Path(__file__).resolve().parents[2]
+STALL = '''
+import os, time
+_replace = os.replace
+def _stalling_replace(src, dst, *a, **k):
+    if os.path.basename(str(dst)) == os.environ.get("SGCORE_TEST_STALL_AT"):
+        open(os.environ["SGCORE_TEST_STALLED"], "w").write(str(src))
+        time.sleep(600)
+    return _replace(src, dst, *a, **k)
+os.replace = _stalling_replace
+'''
+
+
+def _job(inp: Path, out: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "jobs.smoothgrad", "--input", str(inp), "--output", str(out),
+            "--model", "resnet18", "--weights", "none", "--image-size", "32", "--shard-size", "2",
+            "--batch-size", "2", "--num-actors", "1", "--quiet", *extra]
+
+
+def _readers(out: Path) -> dict[str, pd.DataFrame]:
+    """The output as every documented reader sees it."""
+    seen = {
+        "pandas": pd.read_parquet(out, columns=["image_id", "n_samples"]),
+        "pyarrow.parquet": pq.read_table(out, columns=["image_id", "n_samples"]).to_pandas(),
+        "pyarrow.dataset": pads.dataset(out, format="parquet").to_table(
+            columns=["image_id", "n_samples"]).to_pandas(),
+    }
+    try:
+        import polars as pl
+
+        seen["polars"] = pl.read_parquet(f"{out}/*.parquet", columns=["image_id", "n_samples"]).to_pandas()
+    except ImportError:
+        pass
+    try:
+        import duckdb
+
+        for name, src in (("duckdb glob", f"{out}/*.parquet"), ("duckdb dir", str(out))):
+            seen[name] = duckdb.sql(f"select image_id, n_samples from read_parquet('{src}')").df()
+    except ImportError:
+        pass
+    return seen
+
+
+def test_kill_mid_commit_then_a_second_writer_then_overwrite(tmp_path):
+    inp, out = tmp_path / "in", tmp_path / "out"
+    ids = sorted(write_images(inp, n_per_class=4, size=24))  # 8 images, 4 shards
+    hooks = tmp_path / "hooks"
+    hooks.mkdir()
+    (hooks / "sitecustomize.py").write_text(STALL)
+    stalled = tmp_path / "stalled"
+    env = {**os.environ, "PYTHONPATH": f"{hooks}:{REPO}", "RAY_ADDRESS": "",
+           "SGCORE_TEST_RUN": tmp_path.name, "SGCORE_TEST_STALL_AT": "part-00001.parquet",
+           "SGCORE_TEST_STALLED": str(stalled)}
+    first = subprocess.Popen(_job(inp, out, "--n-samples", "2"), cwd=REPO, env=env, start_new_session=True,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 240
+        while time.time() < deadline and not stalled.exists():
+            assert first.poll() is None, "the first job ended before its commit could be held"
+            time.sleep(0.05)
+        assert stalled.exists(), "the first job never reached the commit of part-00001"
+        temp = Path(stalled.read_text())
+        assert temp.exists() and temp.name != "part-00001.parquet"
+        holder = Lease(str(out)).read()
+
+        # A second job with another config while the first one holds the output: refused, one line.
+        second = subprocess.run(_job(inp, out, "--n-samples", "4"), cwd=REPO, capture_output=True, text=True,
+                                timeout=300, env={**env, "SGCORE_TEST_STALL_AT": ""})
+        assert second.returncode == 2, second.stderr[-2000:]
+        err = second.stderr.strip().splitlines()
+        assert len(err) == 1 and "Traceback" not in second.stderr
+        assert f"is being written by run {holder.run_id} on " in err[0] and f"pid {holder.pid}" in err[0]
+    finally:
+        os.killpg(first.pid, signal.SIGKILL)
+        first.wait(timeout=30)
+    _wait_gone(f"SGCORE_TEST_RUN={tmp_path.name}")
+    assert temp.exists(), "the kill left the half-committed part behind"
+
+    # Readers skip the leftover even before any cleanup.
+    for name, df in _readers(out).items():
+        assert df.image_id.is_unique and set(df.image_id) <= set(ids), name
+
+    # The fixed command, another config: the dead holder's claim is taken at once,
+    # --overwrite clears its parts and its leftovers.
+    third = subprocess.run(_job(inp, out, "--n-samples", "4", "--overwrite"), cwd=REPO, capture_output=True,
+                           text=True, timeout=600, env={**env, "SGCORE_TEST_STALL_AT": ""})
+    assert third.returncode == 0, third.stderr[-2000:]
+    _wait_gone(f"SGCORE_TEST_RUN={tmp_path.name}")
+    assert not temp.exists()
+    assert sorted(p.name for p in out.iterdir()) == [
+        "_SUCCESS", "_manifest.json", *(f"part-0000{i}.parquet" for i in range(4))]
+    seen = _readers(out)
+    assert {"pandas", "pyarrow.parquet", "pyarrow.dataset"} <= set(seen)
+    for name, df in seen.items():
+        assert sorted(df.image_id) == ids, f"{name}: one row per image"
+        assert set(df.n_samples) == {4}, f"{name}: no stale rows of the killed config"
+
+
+def test_a_commit_into_an_output_of_another_config_is_refused(tmp_path):
+    out = tmp_path / "out"
+    theirs = JobConfig(input=str(tmp_path), output=str(out), n_samples=8)
+    ours = JobConfig(input=str(tmp_path), output=str(out), n_samples=4)
+    out.mkdir()
+    with pytest.raises(ConfigError, match=r"manifest config hash None, this job's \w+\); shard 00000"):
+        check_owner(ours, "00000", "ours")  # no manifest (an --overwrite of another run removed it)
+    write_manifest(str(out), {"config_hash": "theirs", "config": {}})
+    with pytest.raises(ConfigError, match=r"now holds results of another config \(manifest config hash "
+                                          r"theirs, this job's ours\); shard 00000 not committed"):
+        check_owner(ours, "00000", "ours")
+    check_owner(theirs, "00000", "theirs")
