@@ -125,6 +125,11 @@ def inspect_file(f: Any, *, image_column: str | None, label_column: str | None, 
                          class_names=hf_class_names(schema, label))
 
 
+def read_ids(f: Any, id_column: str) -> list[Any]:
+    """The values of ``id_column``, in file order (only that column is read)."""
+    return pq.ParquetFile(f).read(columns=[id_column]).column(0).to_pylist()
+
+
 def iter_rows(
     f: Any,
     *,
@@ -182,5 +187,6 @@ __all__ = [
     "inspect_file",
     "is_parquet",
     "iter_rows",
+    "read_ids",
     "resolve_columns",
 ]

@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 
 from sgcore.errors import InputError
 from sgcore.io import parquet_input, webdataset
@@ -215,15 +216,17 @@ def _list_input(url: str | Sequence[str], storage_options: dict[str, Any] | None
     fs: Any = None
     files: set[str] = set()
     dirs: list[str] = []
+    globbed = False
     for u in urls:
         fs, path = url_to_fs(u, storage_options)
-        found = _expand(fs, path, u)
-        if not found[0] and not found[1]:
+        found, folders, was_glob = _expand(fs, path, u)
+        if not found and not folders:
             # One missing URL of a list must not shrink the dataset silently.
             raise InputError(f"input {u} does not exist; check the URL and credentials")
-        files.update(found[0])
-        dirs.extend(found[1])
-    if len(urls) == 1 and len(dirs) == 1 and not _has_magic(urls[0]):
+        files.update(found)
+        dirs.extend(folders)
+        globbed = globbed or was_glob
+    if len(urls) == 1 and len(dirs) == 1 and not globbed:
         root = dirs[0].rstrip("/")
     else:
         parents = [posixpath.dirname(f) for f in files] + [d.rstrip("/") for d in dirs]
@@ -234,10 +237,15 @@ def _list_input(url: str | Sequence[str], storage_options: dict[str, Any] | None
     return fs, root, names, root_url
 
 
-def _expand(fs: Any, path: str, url: str) -> tuple[list[str], list[str]]:
-    """(files, listed folders) for one URL: a glob, a folder or a file."""
+def _expand(fs: Any, path: str, url: str) -> tuple[list[str], list[str], bool]:
+    """(files, listed folders, whether it was a glob) for one URL: a folder, a file or a glob.
+
+    A path that exists is taken as it is, even with ``*``, ``?`` or ``[`` in
+    its name (a folder ``weird[1]``); only a path that does not exist is a
+    glob pattern.
+    """
     try:
-        if _has_magic(path):
+        if _has_magic(path) and not fs.exists(path):
             matches = sorted(fs.glob(path))
             if not matches:
                 raise InputError(f"no files match {url}")
@@ -249,13 +257,13 @@ def _expand(fs: Any, path: str, url: str) -> tuple[list[str], list[str]]:
                     dirs.append(m)
                 else:
                     files.append(m)
-            return files, dirs
+            return files, dirs, True
         if fs.isfile(path):
-            return [path], []
+            return [path], [], False
         found = retry_call(lambda: fs.find(path.rstrip("/"), withdirs=False), what=f"list {url}")
         if not found and not fs.exists(path):
-            return [], []
-        return list(found), [path]
+            return [], [], False
+        return list(found), [path], False
     except InputError:
         raise  # already names the URL and the fix (a StorageAuthError included)
     except FileNotFoundError as e:
@@ -421,8 +429,18 @@ def _plan_parquet(fs: Any, root: str, root_url: str, files: list[str], *, shard_
         except Exception as e:  # unreadable footer: one error row for the file, at decode
             return e
 
+    def read_ids(rel: str) -> list[Any]:
+        path = posixpath.join(root, rel) if root else rel
+        try:
+            with open_input(fs, path, url=join(root_url, rel), buffer_size=1 << 16) as f:
+                return parquet_input.read_ids(f, id_column)
+        except (OSError, ValueError, pa.ArrowException):
+            return []  # unreadable: that file becomes an error row at decode
+
     with ThreadPoolExecutor(max_workers=min(_FOOTER_THREADS, max(1, len(files)))) as pool:
         layouts = list(pool.map(inspect, files))
+        if id_column is not None:
+            _check_unique_ids(list(pool.map(read_ids, files)), files, id_column, limit)
     common = dict(kind="parquet", root=root_url, image_column=image_column,
                   label_column=label_column, id_column=id_column, labels_url=labels)
     shards: list[ShardSpec] = []
@@ -451,6 +469,33 @@ def _plan_parquet(fs: Any, root: str, root_url: str, files: list[str], *, shard_
                 shard_id=sid, members=tuple(f"{rel}#{r}" for r in range(first, stop)), file=rel,
                 count=stop - first, row_groups=groups_, first_row=first, stop_row=stop, **common))
     return [s for s in shards if s.size > 0 or s.count is None]
+
+
+def _check_unique_ids(ids: list[list[Any]], files: list[str], id_column: str, limit: int | None) -> None:
+    """Refuses an ``id_column`` whose values repeat among the planned rows (ids name outputs).
+
+    Raises:
+        InputError: naming the repeated values, how often, and where.
+    """
+    where: dict[str, list[str]] = {}
+    left = limit
+    for rel, values in zip(files, ids, strict=True):
+        for row, v in enumerate(values):
+            if left is not None and left <= 0:
+                break
+            if v is not None:
+                where.setdefault(str(v), []).append(f"{rel}#{row}")
+            if left is not None:
+                left -= 1
+    repeated = {k: v for k, v in where.items() if len(v) > 1}
+    if repeated:
+        shown = "; ".join(f"{k!r} {len(v)} times ({', '.join(v[:3])}{', ...' if len(v) > 3 else ''})"
+                          for k, v in list(repeated.items())[:3])
+        raise InputError(
+            f"--id-column {id_column!r} repeats values: {shown}; {len(repeated)} value(s) repeat in all. "
+            "Image ids must be unique: choose a column of unique values, or drop --id-column "
+            "(ids are then <file>#<row>)"
+        )
 
 
 def _group_row_groups(rows: tuple[int, ...], shard_size: int) -> list[tuple[tuple[int, ...], int, int]]:
@@ -523,13 +568,24 @@ def _read_tar(spec: ShardSpec, storage_options: dict[str, Any] | None) -> Iterat
     fs, root = url_to_fs(spec.root, storage_options)
     path = posixpath.join(root, rel) if root else rel
     n = 0
+    seen: dict[str, int] = {}
     try:
         with open_input(fs, path, url=url) as f:
             for sample in webdataset.iter_tar(f, max_samples=spec.max_samples):
                 member, data = sample.image() or ("", b"")
-                yield RawSample(image_id=f"{rel}/{sample.key}", source=f"{url}#{member}",
-                                label=sample.label(), data=data)
                 n += 1
+                image_id = f"{rel}/{sample.key}"
+                if sample.key in seen:
+                    # A repeated key (not adjacent, or it would have joined the sample):
+                    # its own id and an error row, so that ids stay unique (and npz keys too).
+                    seen[sample.key] += 1
+                    yield RawSample(
+                        image_id=f"{image_id}#{seen[sample.key]}", source=f"{url}#{member}", label=None,
+                        error=(f"sample key {sample.key!r} repeats in {url} (occurrence {seen[sample.key]}, "
+                               f"member {member}); WebDataset keys must be unique: only the first is used"))
+                    continue
+                seen[sample.key] = 1
+                yield RawSample(image_id=image_id, source=f"{url}#{member}", label=sample.label(), data=data)
     except StorageUnavailable:
         raise
     except Exception as e:

@@ -130,3 +130,43 @@ def test_one_missing_url_of_a_list_is_refused(tmp_path):
         plan_shards(str(nope), shard_size=4)
     (tmp_path / "empty").mkdir()  # an existing, empty folder is not an error
     assert plan_shards(f"{a},{tmp_path / 'empty'}", shard_size=4)[0].members == ("a/img0.png", "a/img1.png")
+
+
+# ------------------------------------------------------------------ unique ids
+def test_a_repeated_webdataset_key_gets_its_own_id_and_an_error_row(tmp_path):
+    samples = tar_samples("s", 3)
+    samples.append((samples[0][0], samples[1][1]))  # key s0000 again, not adjacent: a second sample
+    write_tar(tmp_path / "wds" / "a.tar", samples)
+    (shard,) = plan_shards(str(tmp_path / "wds"), shard_size=10)
+    recs = decode_shard(shard, resize_size=8, crop_size=8).records
+    ids = [r["image_id"] for r in recs]
+    assert ids == ["a.tar/s0000", "a.tar/s0001", "a.tar/s0002", "a.tar/s0000#2"] and len(set(ids)) == 4
+    assert [r["error"] is None for r in recs] == [True, True, True, False]
+    assert re.match(r"sample key 's0000' repeats in .*/a\.tar \(occurrence 2, member s0000\.jpg\); "
+                    r"WebDataset keys must be unique: only the first is used$", recs[3]["error"])
+
+
+def test_an_id_column_with_repeated_values_is_refused_naming_them(tmp_path):
+    root = tmp_path / "t"
+    root.mkdir()
+    pq.write_table(pa.table({"image": [encode(rgb(i)) for i in range(4)], "uid": ["x", "y", "x", "x"]}),
+                   root / "data.parquet")
+    with pytest.raises(InputError, match=r"^--id-column 'uid' repeats values: 'x' 3 times \(data\.parquet#0, "
+                                         r"data\.parquet#2, data\.parquet#3\); 1 value\(s\) repeat in all\. "
+                                         r"Image ids must be unique"):
+        plan_shards(str(root), shard_size=10, id_column="uid")
+    # Within --limit the ids are unique: that plan is fine.
+    assert sum(s.size for s in plan_shards(str(root), shard_size=10, id_column="uid", limit=2)) == 2
+
+
+def test_an_existing_folder_with_glob_characters_is_a_folder(tmp_path):
+    root = _images(tmp_path / "weird[1]", n=3)
+    (tmp_path / "weird1").mkdir()  # what the pattern would match: not this
+    (tmp_path / "weird1" / "other.png").write_bytes(encode(rgb(9)))
+    for url in (str(root), f"file://{root}"):
+        (shard,) = plan_shards(url, shard_size=10)
+        assert [r["image_id"] for r in decode_shard(shard, resize_size=8, crop_size=8).records] == [
+            "img0.png", "img1.png", "img2.png"], url
+    # A pattern that names no existing path is still a glob.
+    (shard,) = plan_shards(str(tmp_path / "weird1" / "*[!x].png"), shard_size=10)
+    assert shard.size == 1

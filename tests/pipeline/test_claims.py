@@ -24,7 +24,9 @@ from sgcore.config import JobConfig
 from sgcore.errors import ConfigError
 from sgcore.io import write_manifest
 from sgcore.io.lease import Lease
+from sgcore.pipeline import run_job
 from sgcore.pipeline.worker import check_owner
+from sgcore.results import load_maps, open_results
 from tests.conftest import write_images
 from tests.pipeline.test_faults import _wait_gone
 
@@ -138,3 +140,27 @@ def test_a_commit_into_an_output_of_another_config_is_refused(tmp_path):
                                           r"theirs, this job's ours\); shard 00000 not committed"):
         check_owner(ours, "00000", "ours")
     check_owner(theirs, "00000", "theirs")
+
+
+@pytest.mark.usefixtures("ray_local")
+@pytest.mark.parametrize("fmt", ["parquet", "npz"])
+def test_a_repeated_webdataset_key_leaves_ids_and_map_keys_unique(tmp_path, fmt):
+    from tests.io.datasets import tar_samples, write_tar
+
+    samples = tar_samples("s", 3)
+    samples.append((samples[0][0], samples[1][1]))  # s0000 again, after two others
+    write_tar(tmp_path / "wds" / "a.tar", samples)
+    out = tmp_path / "out"
+    result = run_job(JobConfig(input=str(tmp_path / "wds"), output=str(out), model="resnet18", weights="none",
+                               image_size=16, n_samples=2, shard_size=8, format=fmt, progress=False))
+    assert result.rows == 4 and result.errors == 1
+    df = open_results(str(out)).to_table().to_pandas()  # (pandas would trip over maps/*.npz)
+    assert df.image_id.is_unique and sorted(df.image_id) == ["a.tar/s0000", "a.tar/s0000#2", "a.tar/s0001",
+                                                             "a.tar/s0002"]
+    repeat = df.set_index("image_id").loc["a.tar/s0000#2"]
+    assert repeat.status == "error" and "repeats in" in repeat.error
+    if fmt == "npz":
+        ok = df[df.status == "ok"]
+        assert ok.map_key.is_unique
+        maps = load_maps(str(out), list(ok.image_id))
+        assert set(maps) == set(ok.image_id)
