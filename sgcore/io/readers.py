@@ -23,6 +23,8 @@ fails the shard (it is retried, not committed as error rows).
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import logging
 import posixpath
 import tarfile
@@ -73,6 +75,9 @@ class ShardSpec:
         max_samples: read no more than this many samples of the tar (--limit).
         labels: per-member labels from a labels file (images layout).
         labels_url: the labels file, read by the decode task (tar/Parquet layouts).
+        content: a hash of the size and modification stamp (mtime, S3 ETag) of the
+            shard's input files as listed; recorded in its part, so that a resume
+            notices replaced bytes under the same names.
     """
 
     shard_id: str
@@ -90,6 +95,7 @@ class ShardSpec:
     max_samples: int | None = None
     labels: tuple[str | None, ...] | None = None
     labels_url: str | None = None
+    content: str | None = None  # identity of the input bytes (see _content_identity)
 
     @property
     def size(self) -> int:
@@ -119,6 +125,7 @@ class DecodedShard:
     shard_id: str
     images: np.ndarray  # (N_ok, H, W, 3) uint8
     records: list[dict[str, Any]] = field(default_factory=list)
+    content: str | None = None  # the spec's input identity, recorded in the part
 
     @property
     def num_ok(self) -> int:
@@ -171,7 +178,7 @@ def plan_shards(
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
         raise ValueError(f"limit must be a positive integer; got {limit!r}")
     shown = url if isinstance(url, str) else ", ".join(url)
-    fs, root, names, root_url = _list_input(url, storage_options)
+    fs, root, names, root_url, stamps = _list_input(url, storage_options)
     kind = _choose_layout(names, input_format, shown)
     # Read (and so check) the labels file here, before any work is scheduled.
     table = load_labels(labels, storage_options) if labels else None
@@ -191,7 +198,32 @@ def plan_shards(
         if table is not None and id_column is None:
             _check_labels(table, [(m, f"{join(root_url, m.rsplit('#', 1)[0])}#{m.rsplit('#', 1)[1]}")
                                   for s in shards for m in s.members if "#" in m])
-    return shards
+    return [dataclasses.replace(s, content=_content_identity(s, stamps)) for s in shards]
+
+
+def _content_identity(spec: ShardSpec, stamps: dict[str, str]) -> str | None:
+    """A hash of the listed size and stamp of each input file of ``spec`` (None if unknown)."""
+    files = [spec.file] if spec.file is not None else list(spec.members)
+    parts = []
+    for f in files:
+        stamp = stamps.get(f)
+        if stamp is None:
+            return None
+        parts.append(f"{f}\0{stamp}")
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
+
+
+def _stamp(info: dict[str, Any]) -> str | None:
+    """Size plus what changes when the bytes do: an ETag/checksum, else the modification time."""
+    size = info.get("size")
+    for key in ("ETag", "etag", "md5Hash", "md5", "crc32c", "content_md5"):
+        if info.get(key):
+            return f"{size}:{str(info[key]).strip(chr(34))}"
+    for key in ("mtime", "LastModified", "last_modified", "updated", "modified", "created"):
+        if info.get(key) is not None:
+            value = info[key]
+            return f"{size}:{value.isoformat() if hasattr(value, 'isoformat') else value}"
+    return None
 
 
 # ----------------------------------------------------------------- listing
@@ -207,14 +239,15 @@ def _protocol(url: str) -> str:
     return url.split("://", 1)[0] if "://" in url else "file"
 
 
-def _list_input(url: str | Sequence[str], storage_options: dict[str, Any] | None) -> tuple[Any, str, list[str], str]:
-    """(filesystem, root path, sorted names relative to root, root URL)."""
+def _list_input(url: str | Sequence[str],
+                storage_options: dict[str, Any] | None) -> tuple[Any, str, list[str], str, dict[str, str]]:
+    """(filesystem, root path, sorted names relative to root, root URL, name -> size/stamp)."""
     urls = _split_urls(url)
     protocols = {_protocol(u) for u in urls}
     if len(protocols) > 1:
         raise InputError(f"input URLs must share one protocol; got {', '.join(sorted(protocols))}")
     fs: Any = None
-    files: set[str] = set()
+    files: dict[str, dict[str, Any]] = {}
     dirs: list[str] = []
     globbed = False
     for u in urls:
@@ -232,13 +265,14 @@ def _list_input(url: str | Sequence[str], storage_options: dict[str, Any] | None
         parents = [posixpath.dirname(f) for f in files] + [d.rstrip("/") for d in dirs]
         root = _common_dir(parents)
     names = sorted(_relative(p, root) for p in files)
+    stamps = {_relative(p, root): st for p, info in files.items() if (st := _stamp(info)) is not None}
     first = urls[0]
     root_url = full_url(fs, root) if "://" not in first else _with_protocol(first, fs, root)
-    return fs, root, names, root_url
+    return fs, root, names, root_url, stamps
 
 
-def _expand(fs: Any, path: str, url: str) -> tuple[list[str], list[str], bool]:
-    """(files, listed folders, whether it was a glob) for one URL: a folder, a file or a glob.
+def _expand(fs: Any, path: str, url: str) -> tuple[dict[str, dict[str, Any]], list[str], bool]:
+    """(files -> their info, listed folders, whether it was a glob) for one URL: a folder, a file or a glob.
 
     A path that exists is taken as it is, even with ``*``, ``?`` or ``[`` in
     its name (a folder ``weird[1]``); only a path that does not exist is a
@@ -246,24 +280,25 @@ def _expand(fs: Any, path: str, url: str) -> tuple[list[str], list[str], bool]:
     """
     try:
         if _has_magic(path) and not fs.exists(path):
-            matches = sorted(fs.glob(path))
+            matches = dict(sorted(fs.glob(path, detail=True).items()))
             if not matches:
                 raise InputError(f"no files match {url}")
-            files: list[str] = []
+            files: dict[str, dict[str, Any]] = {}
             dirs: list[str] = []
-            for m in matches:
-                if fs.isdir(m):
-                    files.extend(retry_call(lambda m=m: fs.find(m, withdirs=False), what=f"list {url}"))
+            for m, info in matches.items():
+                if info.get("type") == "directory" or (info.get("type") is None and fs.isdir(m)):
+                    files.update(retry_call(lambda m=m: fs.find(m, withdirs=False, detail=True),
+                                            what=f"list {url}"))
                     dirs.append(m)
                 else:
-                    files.append(m)
+                    files[m] = info
             return files, dirs, True
         if fs.isfile(path):
-            return [path], [], False
-        found = retry_call(lambda: fs.find(path.rstrip("/"), withdirs=False), what=f"list {url}")
+            return {path: fs.info(path)}, [], False
+        found = retry_call(lambda: fs.find(path.rstrip("/"), withdirs=False, detail=True), what=f"list {url}")
         if not found and not fs.exists(path):
-            return [], [], False
-        return list(found), [path], False
+            return {}, [], False
+        return dict(found), [path], False
     except InputError:
         raise  # already names the URL and the fix (a StorageAuthError included)
     except FileNotFoundError as e:
@@ -752,7 +787,7 @@ def decode_shard(
     images = (
         np.stack(arrays) if arrays else np.zeros((0, ch, cw, geometry.get("channels", 3)), dtype=np.uint8)
     )
-    return DecodedShard(shard_id=spec.shard_id, images=images, records=records)
+    return DecodedShard(shard_id=spec.shard_id, images=images, records=records, content=spec.content)
 
 
 def _relative(path: str, root: str) -> str:

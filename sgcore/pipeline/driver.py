@@ -44,6 +44,7 @@ import os
 import posixpath
 import resource
 import signal
+import sys
 import threading
 import time
 from collections import deque
@@ -587,7 +588,7 @@ class _Scheduler:
         # missing part is redone all the same.
         previous = set_default_policy(storage_policy(min(self.config.storage_retry_s, 5.0))) if storage else None
         try:
-            write_part(self.config, spec.shard_id, rows, config_hash=self.chash,
+            write_part(self.config, spec.shard_id, rows, config_hash=self.chash, content=spec.content,
                        map_shape=self.preprocess.map_shape,
                        channels=3 if self.config.store_full else None, status="failed")
         except OSError as e:
@@ -736,6 +737,7 @@ def _committed_shards(config: JobConfig, shards: list[ShardSpec], chash: str,
         return {}
     old_shards = (old or {}).get("shards", {})
     done: dict[str, dict[str, Any]] = {}
+    changed: list[str] = []
     for s in shards:
         name = part_name(s.shard_id)
         if name not in existing:
@@ -746,8 +748,19 @@ def _committed_shards(config: JobConfig, shards: list[ShardSpec], chash: str,
         status = meta.get("status")
         if status is None:  # a part from before footers recorded it: ask the manifest
             status = "failed" if old_shards.get(s.shard_id, {}).get("status") == "failed" else "committed"
-        if status == "committed":
-            done[s.shard_id] = meta
+        if status != "committed":
+            continue
+        if meta.get("content") and s.content and meta["content"] != s.content:
+            changed.append(s.shard_id)  # same names, other bytes: its maps are of the old images
+            continue
+        done[s.shard_id] = meta
+    if changed:
+        message = (f"the input files of {plural(len(changed), 'shard')} changed since they were written "
+                   f"(size or modification stamp): {', '.join(changed[:10])}"
+                   f"{', ...' if len(changed) > 10 else ''}; redoing them")
+        log.warning("%s", message)
+        if config.progress:
+            print(f"[sgcore] {message}", file=sys.stderr, flush=True)
     return done
 
 

@@ -180,7 +180,7 @@ class ShardProcessor:
             before_commit()
         write_part(self.config, decoded.shard_id, rows, config_hash=config_hash,
                    channels=self.loaded.preprocess.channels if self.config.store_full else None,
-                   map_shape=self.loaded.preprocess.map_shape)
+                   map_shape=self.loaded.preprocess.map_shape, content=decoded.content)
         return summarize(decoded.shard_id, rows, seconds=time.perf_counter() - t0,
                          seconds_compute=seconds_compute, attempt=attempt, finished=time.time())
 
@@ -304,6 +304,7 @@ def write_part(
     map_shape: tuple[int, int],
     channels: int | None = None,
     status: str = "committed",
+    content: str | None = None,
 ) -> None:
     """Encodes and commits one shard (npz first, so the Parquet part marks commit).
 
@@ -312,10 +313,12 @@ def write_part(
             counts: ``"committed"`` when the shard was processed (per-image
             errors included), ``"failed"`` when its rows are error rows for a
             shard that failed every attempt. A rerun skips only committed parts.
+        content: the identity of the shard's input files (``ShardSpec.content``);
+            a rerun redoes the shard when it differs from the listing's.
     """
     if status not in PART_STATUSES:
         raise ValueError(f"status must be one of {', '.join(PART_STATUSES)}; got {status!r}")
-    meta = {"config_hash": config_hash, "status": status, **summarize(shard_id, rows)}
+    meta = {"config_hash": config_hash, "status": status, "content": content, **summarize(shard_id, rows)}
     parquet, npz = encode_part(rows, map_shape=map_shape, metadata=meta, fmt=config.format,
                                channels=channels)
     if npz is not None:

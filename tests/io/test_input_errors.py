@@ -1,7 +1,9 @@
 """Bad inputs are refused at planning time with one line naming the input and the fix."""
 
 import logging
+import os
 import re
+import time
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -170,3 +172,27 @@ def test_an_existing_folder_with_glob_characters_is_a_folder(tmp_path):
     # A pattern that names no existing path is still a glob.
     (shard,) = plan_shards(str(tmp_path / "weird1" / "*[!x].png"), shard_size=10)
     assert shard.size == 1
+
+
+# --------------------------------------------------------- input content identity
+def test_a_shard_identity_follows_its_bytes_locally_and_on_s3(tmp_path, s3_server):
+    s3fs = pytest.importorskip("s3fs")
+    local = _images(tmp_path / "imgs", n=4)
+    fs = s3fs.S3FileSystem(skip_instance_cache=True)
+    fs.mkdir("sgcore-content")
+    for p in sorted(local.iterdir()):
+        fs.pipe_file(f"sgcore-content/imgs/{p.name}", p.read_bytes())
+    opts = {"skip_instance_cache": True}
+    for url, replace in ((str(local), lambda name, data: (local / name).write_bytes(data)),
+                         ("s3://sgcore-content/imgs", lambda name, data: fs.pipe_file(f"sgcore-content/imgs/{name}",
+                                                                                      data))):
+        first = plan_shards(url, shard_size=2, storage_options=opts)
+        assert all(s.content for s in first) and len({s.content for s in first}) == 2, url
+        assert [s.content for s in plan_shards(url, shard_size=2, storage_options=opts)] == [
+            s.content for s in first], f"{url}: a listing of the same bytes gives the same identity"
+        time.sleep(0.01)
+        replace("img3.png", encode(rgb(99)))  # same name, other bytes (ETag on S3; mtime locally)
+        if "://" not in url:
+            os.utime(local / "img3.png", ns=(time.time_ns() + 10**9,) * 2)
+        second = plan_shards(url, shard_size=2, storage_options=opts)
+        assert second[0].content == first[0].content and second[1].content != first[1].content, url

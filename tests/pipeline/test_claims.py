@@ -15,6 +15,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
@@ -164,3 +165,34 @@ def test_a_repeated_webdataset_key_leaves_ids_and_map_keys_unique(tmp_path, fmt)
         assert ok.map_key.is_unique
         maps = load_maps(str(out), list(ok.image_id))
         assert set(maps) == set(ok.image_id)
+
+
+@pytest.mark.usefixtures("ray_local")
+def test_a_resume_redoes_the_shards_whose_input_bytes_changed(tmp_path, capsys):
+    from PIL import Image
+
+    inp, out = tmp_path / "in", tmp_path / "out"
+    ids = sorted(write_images(inp, n_per_class=4, size=24))  # 8 images, shards of 2 in id order
+    cfg = dict(input=str(inp), output=str(out), model="resnet18", weights="none", image_size=16, n_samples=2,
+               shard_size=2, progress=True)
+    run_job(JobConfig(**cfg))
+    before = open_results(str(out)).to_table().to_pandas().set_index("image_id")
+    parts = {p.name: p.stat().st_mtime_ns for p in out.glob("part-*.parquet")}
+    # Same names, other bytes: new pixels for one image, garbage for one in another shard.
+    repainted, broken = ids[0], ids[5]
+    Image.fromarray(np.full((24, 24, 3), 200, np.uint8)).save(inp / repainted)
+    (inp / broken).write_bytes(b"not an image any more")
+    for rel in (repainted, broken):
+        os.utime(inp / rel, ns=(time.time_ns() + 10**9, time.time_ns() + 10**9))
+    capsys.readouterr()
+    again = run_job(JobConfig(**cfg))
+    err = capsys.readouterr().err
+    assert ("[sgcore] the input files of 2 shards changed since they were written (size or modification "
+            "stamp): 00000, 00002; redoing them") in err
+    assert again.shards_skipped == 2 and again.rows == 8
+    after = open_results(str(out)).to_table().to_pandas().set_index("image_id")
+    assert after.index.is_unique and sorted(after.index) == ids
+    assert after.loc[broken].status == "error" and before.loc[broken].status == "ok"
+    assert not np.array_equal(np.asarray(after.loc[repainted].saliency), np.asarray(before.loc[repainted].saliency))
+    untouched = {n: t for n, t in parts.items() if n not in ("part-00000.parquet", "part-00002.parquet")}
+    assert {p.name: p.stat().st_mtime_ns for p in out.glob("part-*.parquet") if p.name in untouched} == untouched
