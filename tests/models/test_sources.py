@@ -149,11 +149,12 @@ def test_identity_hashes_every_weights_file(tmp_path):
     assert set(model_identity("demo")["files"]) == {"demo-shipped"}
 
 
-def test_guided_backprop_on_an_archive_is_refused_before_any_work(capsys, artifacts, images, tmp_path):
+@pytest.mark.parametrize("kind", ["torchscript", "export"])
+def test_guided_backprop_on_an_archive_is_refused_before_any_work(capsys, artifacts, images, tmp_path, kind):
     argv = ["--input", str(images), "--output", str(tmp_path / "o"), "--model",
-            f"torchscript:{artifacts}/not-an-archive.pt", "--base", "guided_backprop", "--quiet"]
+            f"{kind}:{artifacts}/not-an-archive.pt", "--base", "guided_backprop", "--quiet"]
     assert main(argv) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "--base guided_backprop cannot run on --model torchscript:...: a torchscript " \
+    assert err.count("\n") == 1 and f"--base guided_backprop cannot run on --model {kind}:...: a {kind} " \
         "archive holds no Python ReLU modules to guide; use --base gradient" in err, err
     assert not (tmp_path / "o").exists()

@@ -217,13 +217,23 @@ def test_hugging_face_directory_on_s3(ray_zoo, zoo, photos, tmp_path, s3_server)
     assert list(manifest["model"]["files"]) == ["s3://zoo/hf-vit"]
 
 
-def test_torchscript_archive_with_a_sidecar(ray_zoo, zoo, photos, tmp_path):
+def test_torchscript_archive_with_a_sidecar(ray_zoo, zoo, photos, tmp_path, capsys):
     df, manifest = _run(photos, tmp_path / "out", model=f"torchscript:{zoo / 'demo.ts'}")
     assert set(df.predicted_name) <= set("abcd") and (df.map_height == 48).all()
     _check_maps(df, photos, torch.jit.load(str(zoo / "demo.ts")).eval(), _torchvision_transform(DEMO_PRE))
     summary = _audit(tmp_path / "out", tmp_path)  # the cascade randomizes the archive's own parameters
     assert [s["layer"] for s in summary["sanity"]][0] == "inner.classifier"
     assert manifest["model"]["source"] == "torchscript" and manifest["preprocess"]["crop_size"] == 48
+    from jobs.sweep import main as sweep_main
+
+    # The sweep refuses guided backprop on the archive, as the job does.
+    capsys.readouterr()
+    assert sweep_main(["--results", str(tmp_path / "out"), "--report", str(tmp_path / "sweep"),
+                       "--base", "guided_backprop", "--images", "1"]) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if "pid=" not in line]  # not Ray's actor logs
+    assert len(err) == 1 and err[0].startswith("error: --base guided_backprop cannot run on --model torchscript:...: "
+                                               "a torchscript archive holds no Python ReLU modules to guide"), err
+    assert not (tmp_path / "sweep").exists()
     import hashlib
 
     assert manifest["model"]["files"] == {str(zoo / "demo.ts"): hashlib.sha256((zoo / "demo.ts").read_bytes()).hexdigest()}
