@@ -76,7 +76,15 @@ def randomization_order(model: nn.Module, example: torch.Tensor) -> list[str]:
     the layers were declared. Layers with a weight of two or more dimensions
     count; normalization layers keep their parameters (as in Adebayo et al.,
     whose cascade walks the convolutional and fully connected layers).
+
+    A TorchScript or ``torch.export`` archive calls no Python modules that a
+    hook could see (TorchScript refuses forward hooks; an exported graph reads
+    the weights directly), so there the order is the one in which a backward
+    pass from the output reaches each layer's weight: the same order for a
+    chain of layers, computed from the archive's own parameters.
     """
+    if any(isinstance(m, torch.jit.ScriptModule) for m in model.modules()):
+        return _backward_order(model, example)
     called: list[str] = []
     handles = []
     for name, module in model.named_modules():
@@ -89,11 +97,44 @@ def randomization_order(model: nn.Module, example: torch.Tensor) -> list[str]:
     finally:
         for h in handles:
             h.remove()
+    if not called and handles:  # weight layers, none of them called: an exported graph
+        return _backward_order(model, example)
     seen: list[str] = []
     for name in called:
         if name not in seen:
             seen.append(name)
     return seen[::-1]
+
+
+def _backward_order(model: nn.Module, example: torch.Tensor) -> list[str]:
+    """Weight layers in the order a backward pass from the output reaches their weights."""
+    weights: dict[str, torch.Tensor] = {}
+    for name, module in model.named_modules():
+        weight = getattr(module, "weight", None)
+        if isinstance(weight, torch.Tensor) and weight.dim() >= 2 and weight.is_leaf:
+            weights.setdefault(name, weight)
+    if not weights:
+        return []
+    reached: list[str] = []
+    flags = [(p, p.requires_grad) for p in weights.values()]
+    handles = []
+    try:
+        for name, weight in weights.items():
+            weight.requires_grad_(True)
+            handles.append(weight.register_hook(_grad_recorder(name, reached)))
+        with torch.enable_grad():
+            out = model(example[:1])
+            torch.autograd.grad(out.sum(), list(weights.values()), allow_unused=True)
+    finally:
+        for h in handles:
+            h.remove()
+        for p, flag in flags:
+            p.requires_grad_(flag)
+    seen: list[str] = []
+    for name in reached:
+        if name not in seen:
+            seen.append(name)
+    return seen
 
 
 def randomize_layer(module: nn.Module, generator: torch.Generator) -> None:
@@ -160,7 +201,10 @@ def cascading_randomization(
     if on_step is not None:
         on_step(1, total)
     trained_norm = minmax(trained_abs)
-    work = copy.deepcopy(model)
+    # Without grad mode a TorchScript module's copy holds leaf parameters (with it,
+    # clones that the kernel could not freeze); an nn.Module's copy is the same either way.
+    with torch.no_grad():
+        work = copy.deepcopy(model)
     modules = dict(work.named_modules())
     unknown = [name for name in layers if name not in modules]
     if unknown:
@@ -201,5 +245,12 @@ def _maps(
 def _recorder(name: str, called: list[str]):  # noqa: ANN202 - a hook factory
     def hook(module: nn.Module, inputs: object, output: object) -> None:
         called.append(name)
+
+    return hook
+
+
+def _grad_recorder(name: str, reached: list[str]):  # noqa: ANN202 - a hook factory
+    def hook(grad: torch.Tensor) -> None:
+        reached.append(name)
 
     return hook

@@ -30,7 +30,7 @@ from sgcore.audit.sweep import (
 )
 from sgcore.errors import ConfigError
 from sgcore.io import join, plan_shards
-from sgcore.models import load_model
+from sgcore.models import check_base, load_model
 from sgcore.results import open_results_dir, read_index, row_classes
 from sgcore.seeds import image_seed
 
@@ -116,6 +116,7 @@ def run_sweep(config: SweepConfig, *, log: Any = print) -> dict[str, Any]:
     picked = _pick_images(config)
     ids, targets, model_name, weights = picked.ids, picked.targets, picked.model, picked.weights
     settings = config.settings(picked.job)
+    check_base(model_name, settings.base)  # before the model is loaded: guided backprop cannot see an archive's ReLUs
     noise = settings.noise_level
     loaded = load_model(model_name, weights, image_size=picked.image_size, storage_options=config.storage_options,
                         preprocess=picked.job.get("preprocess"))

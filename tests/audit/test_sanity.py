@@ -37,6 +37,46 @@ def test_randomization_order_follows_forward_pass_top_first() -> None:
     assert order == ["head", "body.3", "body.0"]  # BatchNorm keeps its parameters
 
 
+def _archives(model: nn.Module, example: torch.Tensor) -> dict[str, nn.Module]:
+    """The model as the job loads each kind of archive (a TorchScript module, an exported graph)."""
+    import warnings
+
+    from sgcore.models.outputs import Classifier
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # torch.jit.script is deprecated
+        scripted = torch.jit.script(model)
+    exported = torch.export.export(model, (example,), dynamic_shapes={"x": {0: torch.export.Dim("batch", min=1)}})
+    return {"module": Classifier(model), "torchscript": Classifier(scripted),
+            "export": Classifier(exported.module(), frozen_mode=True)}
+
+
+@pytest.mark.parametrize("kind", ["torchscript", "export"])
+def test_archives_cascade_in_the_modules_order_with_the_same_numbers(kind) -> None:
+    # An archive calls no hookable modules: the order comes from the backward pass,
+    # and randomizing its parameters in place gives the nn.Module's figures.
+    torch.manual_seed(2)
+    model = HeadFirst().eval()
+    x = torch.randn(3, 3, 12, 12)
+    models = _archives(model, x)
+    archive = models[kind].eval()
+    order = randomization_order(archive, x)
+    assert order == randomization_order(models["module"], x) == ["inner.head", "inner.body.3", "inner.body.0"]
+    assert all(p.requires_grad for p in archive.parameters())  # flags as they were
+    state = {k: v.clone() for k, v in archive.state_dict().items()}
+    t, seeds = torch.tensor([0, 1, 2]), torch.tensor([4, 5, 6])
+    settings = MapSettings(n_samples=3, noise_level=0.1)
+    got = cascading_randomization(archive, x, t, settings=settings, seeds=seeds, seed=3)
+    want = cascading_randomization(models["module"], x, t, settings=settings, seeds=seeds, seed=3)
+    assert got.layers == want.layers
+    np.testing.assert_allclose(got.spearman_abs, want.spearman_abs, atol=1e-6)
+    np.testing.assert_allclose(got.spearman_signed, want.spearman_signed, atol=1e-6)
+    np.testing.assert_allclose(got.ssim, want.ssim, atol=1e-6)
+    assert got.spearman_abs[-1].mean() < 0.9  # the randomization reached the archive's maps
+    for k, v in archive.state_dict().items():
+        assert torch.equal(v, state[k])
+
+
 def test_randomize_layer_is_seeded_and_changes_weights() -> None:
     a, b = nn.Conv2d(3, 4, 3), nn.Conv2d(3, 4, 3)
     before = a.weight.detach().clone()

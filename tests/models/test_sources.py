@@ -75,6 +75,18 @@ def test_a_missing_extra_names_it(monkeypatch):
         load_model("hf:google/vit-base-patch16-224")
 
 
+@pytest.mark.parametrize(("module", "model", "extra"), [("timm", "timm:resnet10t", "timm"),
+                                                      ("transformers", "hf:{d}/empty-dir", "hf")])
+def test_a_missing_extra_is_one_line_and_exit_2(monkeypatch, capsys, artifacts, images, tmp_path, module, model, extra):
+    monkeypatch.setitem(sys.modules, module, None)
+    argv = ["--input", str(images), "--output", str(tmp_path / "out"), "--model", model.format(d=artifacts),
+            "--weights", "none" if module == "timm" else "default", "--n-samples", "1", "--gpus-per-actor", "0",
+            "--quiet"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: ") and f"pip install 'sgcore[{extra}]'" in err, err
+
+
 def test_timm_default_weights_without_network_name_the_checkpoint_flag(monkeypatch):
     def offline(*a, **k):
         raise OSError("network unreachable")
@@ -149,11 +161,12 @@ def test_identity_hashes_every_weights_file(tmp_path):
     assert set(model_identity("demo")["files"]) == {"demo-shipped"}
 
 
-def test_guided_backprop_on_an_archive_is_refused_before_any_work(capsys, artifacts, images, tmp_path):
+@pytest.mark.parametrize("kind", ["torchscript", "export"])
+def test_guided_backprop_on_an_archive_is_refused_before_any_work(capsys, artifacts, images, tmp_path, kind):
     argv = ["--input", str(images), "--output", str(tmp_path / "o"), "--model",
-            f"torchscript:{artifacts}/not-an-archive.pt", "--base", "guided_backprop", "--quiet"]
+            f"{kind}:{artifacts}/not-an-archive.pt", "--base", "guided_backprop", "--quiet"]
     assert main(argv) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "--base guided_backprop cannot run on --model torchscript:...: a torchscript " \
+    assert err.count("\n") == 1 and f"--base guided_backprop cannot run on --model {kind}:...: a {kind} " \
         "archive holds no Python ReLU modules to guide; use --base gradient" in err, err
     assert not (tmp_path / "o").exists()

@@ -1,4 +1,6 @@
-"""Model sources end to end on a local Ray: timm and Hugging Face (local and s3://).
+"""Model sources end to end on a local Ray: timm, Hugging Face (local and s3://),
+TorchScript and torch.export archives, Python factories; a resume after the
+weights changed at the same path is refused.
 
 Each map must equal (within float16) the kernel called directly on the same model,
 fed by the source library's own preprocessing of the same image, with the row's seed.
@@ -213,3 +215,93 @@ def test_hugging_face_directory_on_s3(ray_zoo, zoo, photos, tmp_path, s3_server)
     # The same content, so the same hash, wherever it lives.
     assert list(manifest["model"]["files"].values()) == list(local["model"]["files"].values())
     assert list(manifest["model"]["files"]) == ["s3://zoo/hf-vit"]
+
+
+def test_torchscript_archive_with_a_sidecar(ray_zoo, zoo, photos, tmp_path, capsys):
+    df, manifest = _run(photos, tmp_path / "out", model=f"torchscript:{zoo / 'demo.ts'}")
+    assert set(df.predicted_name) <= set("abcd") and (df.map_height == 48).all()
+    _check_maps(df, photos, torch.jit.load(str(zoo / "demo.ts")).eval(), _torchvision_transform(DEMO_PRE))
+    summary = _audit(tmp_path / "out", tmp_path)  # the cascade randomizes the archive's own parameters
+    assert [s["layer"] for s in summary["sanity"]][0] == "inner.classifier"
+    assert manifest["model"]["source"] == "torchscript" and manifest["preprocess"]["crop_size"] == 48
+    from jobs.sweep import main as sweep_main
+
+    # The sweep refuses guided backprop on the archive, as the job does.
+    capsys.readouterr()
+    assert sweep_main(["--results", str(tmp_path / "out"), "--report", str(tmp_path / "sweep"),
+                       "--base", "guided_backprop", "--images", "1"]) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if "pid=" not in line]  # not Ray's actor logs
+    assert len(err) == 1 and err[0].startswith("error: --base guided_backprop cannot run on --model torchscript:...: "
+                                               "a torchscript archive holds no Python ReLU modules to guide"), err
+    assert not (tmp_path / "sweep").exists()
+    import hashlib
+
+    assert manifest["model"]["files"] == {str(zoo / "demo.ts"): hashlib.sha256((zoo / "demo.ts").read_bytes()).hexdigest()}
+
+
+def test_export_archive_with_preprocess(ray_zoo, zoo, photos, tmp_path):
+    df, manifest = _run(photos, tmp_path / "out", model=f"export:{zoo / 'demo.pt2'}", preprocess=DEMO_PRE)
+    assert (df.map_height == 48).all() and (df.map_width == 48).all()
+    net = DemoNet()
+    net.load_state_dict(torch.load(zoo / "demo-state.pt", weights_only=True))
+    _check_maps(df, photos, net.eval(), _torchvision_transform(DEMO_PRE))  # the network it was exported from
+    _check_maps(df, photos, torch.export.load(str(zoo / "demo.pt2")).module(), _torchvision_transform(DEMO_PRE))
+    summary = _audit(tmp_path / "out", tmp_path)
+    assert [s["layer"] for s in summary["sanity"]][0] == "inner.classifier"
+    assert manifest["model"]["source"] == "export" and manifest["preprocess"]["interpolation"] == "bilinear"
+
+
+def _factory_net():
+    import acme_nets  # on sys.path by ray_zoo
+
+    torch.manual_seed(5)
+    net, pre = acme_nets.build()
+    return net, pre
+
+
+def test_python_factory_with_a_checkpoint(ray_zoo, zoo, photos, tmp_path):
+    net, pre = _factory_net()
+    torch.save(net.state_dict(), tmp_path / "acme.pt")
+    df, manifest = _run(photos, tmp_path / "out", model="py:acme_nets:build", weights=str(tmp_path / "acme.pt"))
+    assert (df.map_height == 40).all() and (df.map_width == 56).all()
+    _check_maps(df, photos, net.eval(), _torchvision_transform(pre))
+    assert manifest["model"]["source"] == "py" and manifest["preprocess"]["crop_size"] == [40, 56]
+    assert list(manifest["model"]["files"]) == [str(tmp_path / "acme.pt")]
+
+
+@pytest.mark.parametrize("kind", ["checkpoint", "torchscript"])
+def test_a_resume_after_the_weights_changed_at_the_same_path_is_refused(ray_zoo, zoo, photos, tmp_path, kind):
+    import shutil
+
+    from sgcore.errors import ConfigError
+
+    if kind == "checkpoint":
+        net, _ = _factory_net()
+        path = tmp_path / "acme.pt"
+        torch.save(net.state_dict(), path)
+        spec = dict(model="py:acme_nets:build", weights=str(path))
+    else:
+        path = tmp_path / "demo.ts"
+        shutil.copy(zoo / "demo.ts", path)
+        shutil.copy(zoo / "demo.ts.preprocess.json", tmp_path / "demo.ts.preprocess.json")
+        spec = dict(model=f"torchscript:{path}")
+    out = tmp_path / "out"
+    _run(photos, out, **spec)
+    parts = {p.name: p.read_bytes() for p in out.glob("part-*.parquet")}
+    # The same bytes again: a resume that has nothing left to do.
+    assert run_job(JobConfig(input=str(photos), output=str(out), **{**SMALL, **spec})).shards_skipped == len(parts)
+    torch.manual_seed(11)
+    if kind == "checkpoint":
+        import acme_nets
+
+        other, _ = acme_nets.build()
+        torch.save(other.state_dict(), path)
+    else:
+        torch.jit.save(torch.jit.script(DemoNet().eval()), str(path))
+    with pytest.raises(ConfigError) as e:
+        run_job(JobConfig(input=str(photos), output=str(out), **{**SMALL, **spec}))
+    msg = str(e.value)
+    assert "\n" not in msg
+    assert msg.startswith(f"the model file {path} changed since {out} was written (sha256 "), msg
+    assert msg.endswith("its maps would mix two models: use a new --output, or pass --overwrite to replace them"), msg
+    assert {p.name: p.read_bytes() for p in out.glob("part-*.parquet")} == parts  # nothing mixed in

@@ -22,6 +22,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -419,3 +420,78 @@ def test_lost_dashboard_while_waiting_exits_3(monkeypatch, capsys):
     monkeypatch.setattr("sgcore.pipeline.submit.job_client", lambda address: Lost("RUNNING"))
     assert js.main(["--no-working-dir", "--", "python", "-V"]) == 3
     assert "job raysubmit_42 may still be running (ray job status raysubmit_42)" in capsys.readouterr().err
+
+
+# ---- every --model source through `ray job submit` ----------------------------
+
+_FACTORY = '''
+from torch import nn
+
+
+def build():
+    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 2))
+    return net, {"crop_size": 32, "mean": [0.5] * 3, "std": [0.5] * 3}
+'''
+
+
+@pytest.mark.parametrize("source", [
+    "py",  # the factory shipped in --working-dir: the most likely to break, so CI runs it
+    pytest.param("timm", marks=pytest.mark.slow),
+    pytest.param("hf", marks=pytest.mark.slow),
+    pytest.param("torchscript", marks=pytest.mark.slow),
+    pytest.param("export", marks=pytest.mark.slow),
+])
+def test_own_model_sources_through_ray_job_submit(ray_head, image_dir, tmp_path, source):
+    # Every --model source with Ray's own CLI; the factory lives only in the working dir.
+    import torch
+
+    work = tmp_path / "proj"
+    for pkg in ("sgcore", "jobs"):
+        shutil.copytree(REPO / pkg, work / pkg, ignore=shutil.ignore_patterns("__pycache__"))
+    (work / "acme_nets").mkdir()
+    (work / "acme_nets" / "__init__.py").write_text(_FACTORY)
+    pre = {"crop_size": 32, "resize_size": 36, "mean": [0.5] * 3, "std": [0.5] * 3}
+    extra: list[str] = []
+    if source == "py":
+        model = "py:acme_nets:build"
+    elif source == "timm":
+        timm = pytest.importorskip("timm")
+        torch.save(timm.create_model("resnet10t", num_classes=2).state_dict(), tmp_path / "r10.pth")
+        model, extra = "timm:resnet10t", ["--weights", str(tmp_path / "r10.pth"), "--image-size", "32"]
+    elif source == "hf":
+        transformers = pytest.importorskip("transformers")
+        cfg = transformers.ViTConfig(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=1,
+                                     num_attention_heads=2, intermediate_size=64, num_labels=2)
+        transformers.ViTForImageClassification(cfg).save_pretrained(tmp_path / "vit")
+        transformers.ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(tmp_path / "vit")
+        model = f"hf:{tmp_path / 'vit'}"
+    else:
+        from sgcore.models import DemoNet
+
+        net = DemoNet().eval()
+        if source == "torchscript":
+            torch.jit.save(torch.jit.script(net), str(tmp_path / "net.ts"))
+            (tmp_path / "net.ts.preprocess.json").write_text(json.dumps(pre))
+            model = f"torchscript:{tmp_path / 'net.ts'}"
+        else:
+            ep = torch.export.export(net, (torch.zeros(2, 3, 32, 32),),
+                                     dynamic_shapes={"x": {0: torch.export.Dim("batch", min=1)}})
+            torch.export.save(ep, str(tmp_path / "net.pt2"))
+            model, extra = f"export:{tmp_path / 'net.pt2'}", ["--preprocess", json.dumps(pre)]
+    out = tmp_path / "out"
+    r = subprocess.run(
+        [str(RAY), "job", "submit", "--address", ray_head["url"], "--working-dir", str(work), "--",
+         "python", "-m", "jobs.smoothgrad", "--input", str(image_dir), "--output", str(out),
+         "--model", model, *extra, "--n-samples", "2", "--shard-size", "4", "--quiet"],
+        cwd=tmp_path, env=ray_head["env"], capture_output=True, text=True, timeout=400,
+    )
+    logs = r.stdout[-3000:] + r.stderr[-3000:]
+    assert r.returncode == 0, logs
+    df = pd.concat([pd.read_parquet(p) for p in sorted(out.glob("part-*.parquet"))], ignore_index=True)
+    assert len(df) == 7 and list(df[df.status == "error"].image_id) == ["cat/broken.jpg"]
+    ok = df[df.status == "ok"]
+    assert len(ok) == 6 and (ok.map_height == 32).all()
+    assert all(np.abs(np.asarray(m, np.float32)).sum() > 0 for m in ok.saliency)
+    manifest = json.loads((out / "_manifest.json").read_text())
+    assert manifest["model"]["source"] == source and manifest["status"] == "complete"
+    assert (out / "_SUCCESS").exists()
