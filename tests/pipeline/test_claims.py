@@ -64,6 +64,10 @@ def _readers(out: Path) -> dict[str, pd.DataFrame]:
         seen["polars"] = pl.read_parquet(f"{out}/*.parquet", columns=["image_id", "n_samples"]).to_pandas()
     except ImportError:
         pass
+    import ray
+
+    if ray.is_initialized():  # the module's local Ray (ray_local)
+        seen["ray.data"] = ray.data.read_parquet(str(out)).select_columns(["image_id", "n_samples"]).to_pandas()
     try:
         import duckdb
 
@@ -74,6 +78,7 @@ def _readers(out: Path) -> dict[str, pd.DataFrame]:
     return seen
 
 
+@pytest.mark.usefixtures("ray_local")
 def test_kill_mid_commit_then_a_second_writer_then_overwrite(tmp_path):
     inp, out = tmp_path / "in", tmp_path / "out"
     ids = sorted(write_images(inp, n_per_class=4, size=24))  # 8 images, 4 shards
@@ -123,7 +128,7 @@ def test_kill_mid_commit_then_a_second_writer_then_overwrite(tmp_path):
     assert sorted(p.name for p in out.iterdir()) == [
         "_SUCCESS", "_manifest.json", *(f"part-0000{i}.parquet" for i in range(4))]
     seen = _readers(out)
-    assert {"pandas", "pyarrow.parquet", "pyarrow.dataset"} <= set(seen)
+    assert {"pandas", "pyarrow.parquet", "pyarrow.dataset", "polars", "duckdb glob", "ray.data"} <= set(seen)
     for name, df in seen.items():
         assert sorted(df.image_id) == ids, f"{name}: one row per image"
         assert set(df.n_samples) == {4}, f"{name}: no stale rows of the killed config"

@@ -145,7 +145,7 @@ def test_job_cli_exits_nonzero_naming_failed_shards(tmp_path, capsys):
                  "--model", "resnet18", "--weights", "none", "--image-size", "32", "--n-samples", "2",
                  "--shard-size", "2", "--max-retries", "0", "--quiet", "--inject-faults", FAULTS])
     assert code == 1
-    assert "1 shard(s) failed" in capsys.readouterr().err
+    assert "[sgcore] 1 shard failed: 00002" in capsys.readouterr().err
 
 
 @pytest.mark.usefixtures("ray_local")
