@@ -313,7 +313,15 @@ def connect_ray(address: str | None) -> bool:
     if address:
         ray.init(address=address, **kwargs)
     else:
-        ray.init(address="local", include_dashboard=False, **kwargs)
+        # A new local Ray turns token authentication on by default and says so on every
+        # run; the setting stays (the same security), the line goes.
+        notice = logging.getLogger("ray._private.authentication.authentication_token_setup")
+        level = notice.level
+        notice.setLevel(logging.ERROR)
+        try:
+            ray.init(address="local", include_dashboard=False, **kwargs)
+        finally:
+            notice.setLevel(level)
     return True
 
 
