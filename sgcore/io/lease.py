@@ -36,6 +36,7 @@ from typing import Any
 
 from sgcore.errors import ConfigError
 from sgcore.io._fs import is_local, join, url_to_fs
+from sgcore.io._retry import retry_call
 
 LEASE_NAME = "_lease.json"
 
@@ -183,8 +184,8 @@ class Lease:
         while not self._stop.wait(self.interval):
             try:
                 self.renew()
-            except OSError:
-                pass  # a storage hiccup: the next beat tries again; expiry is ttl away
+            except Exception:  # noqa: BLE001 - a storage hiccup: the next beat tries again; expiry is ttl away
+                pass
 
     def _info(self) -> LeaseInfo:
         return LeaseInfo(run_id=self.run_id, host=socket.gethostname(), pid=os.getpid(),
@@ -245,10 +246,10 @@ class Lease:
         fs = self.fs
         try:
             if self._kind == "s3":
-                etag = fs.info(self._path, refresh=True)["ETag"]
-                raw = fs.cat_file(self._path)
+                etag = retry_call(lambda: fs.info(self._path, refresh=True)["ETag"], what=f"read {self.url}")
+                raw = retry_call(lambda: fs.cat_file(self._path), what=f"read {self.url}")
                 return LeaseInfo.from_json(raw), etag
-            return LeaseInfo.from_json(fs.cat_file(self._path)), None
+            return LeaseInfo.from_json(retry_call(lambda: fs.cat_file(self._path), what=f"read {self.url}")), None
         except FileNotFoundError:
             return None, None
 
@@ -262,20 +263,21 @@ class Lease:
             return True
         fs = self.fs
         if self._kind == "s3":
-            fs.makedirs(os.path.dirname(self._path), exist_ok=True)
+            retry_call(lambda: fs.makedirs(os.path.dirname(self._path), exist_ok=True), what=f"write {self.url}")
             try:
                 if token is None:
-                    fs.pipe_file(self._path, data, mode="create")
+                    retry_call(lambda: fs.pipe_file(self._path, data, mode="create"), what=f"write {self.url}")
                 else:
-                    fs.pipe_file(self._path, data, IfMatch=token)
+                    retry_call(lambda: fs.pipe_file(self._path, data, IfMatch=token), what=f"write {self.url}")
             except (OSError, ValueError) as e:
                 if "Precondition" in str(e) or "412" in str(e) or isinstance(e, FileExistsError):
                     return False
                 raise
             fs.invalidate_cache(self._path)
             return True
-        fs.pipe_file(self._path, data)
-        back = LeaseInfo.from_json(fs.cat_file(self._path))
+        retry_call(lambda: fs.makedirs(os.path.dirname(self._path), exist_ok=True), what=f"write {self.url}")
+        retry_call(lambda: fs.pipe_file(self._path, data), what=f"write {self.url}")
+        back = LeaseInfo.from_json(retry_call(lambda: fs.cat_file(self._path), what=f"read {self.url}"))
         return back is not None and back.run_id == info.run_id
 
     def _remove(self, handle: Any) -> None:
@@ -284,7 +286,7 @@ class Lease:
             os.remove(self._path)  # a waiter sees another inode and opens the path again
             return
         with contextlib.suppress(FileNotFoundError):
-            self.fs.rm_file(self._path)
+            retry_call(lambda: self.fs.rm_file(self._path), what=f"remove {self.url}")
 
 
 __all__ = ["DEFAULT_TTL_S", "Lease", "LeaseInfo", "LeaseLost", "OutputBusy"]

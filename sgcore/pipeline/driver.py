@@ -246,6 +246,8 @@ def _run_job(config: JobConfig) -> JobResult:
     _refuse_file_output(config)
     # One writer at a time: from the output checks to the last manifest write, this
     # run holds the output's lease (a second run is refused with one line naming it).
+    fs, path = url_to_fs(config.output, config.storage_options)
+    new_dir = is_local(fs) and not fs.exists(path)
     lease = Lease(config.output, config.storage_options)
     lease.acquire()
     lease.start_heartbeat()
@@ -254,6 +256,9 @@ def _run_job(config: JobConfig) -> JobResult:
                             t0=t0, started=started)
     finally:
         lease.release()
+        if new_dir:  # a run that never started leaves no folder made only for its claim
+            with contextlib.suppress(OSError):
+                os.rmdir(path)
 
 
 def _run_claimed(config: JobConfig, lease: Lease, preprocess: Preprocess, identity: dict[str, Any],

@@ -136,7 +136,8 @@ def test_wrong_keys_against_an_s3_that_checks_them(s3_server, monkeypatch):
     (["--input", "s3://some-bucket/images/", "--output", "{tmp}/out"],
      f"error: no AWS credentials to list s3://some-bucket/images/: {FIX}"),
     (["--input", "{tmp}/in", "--output", "s3://some-bucket/out/"],
-     f"error: no AWS credentials to read s3://some-bucket/out/_manifest.json: {FIX}"),
+     # the first thing the job touches in the output is its one-writer claim
+     f"error: no AWS credentials to read s3://some-bucket/out/_lease.json: {FIX}"),
 ])
 def test_job_without_credentials_exits_2_with_one_line(tmp_path, args, line):
     from tests.io.datasets import encode, rgb
