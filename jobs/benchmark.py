@@ -5,6 +5,7 @@
     python -m jobs.benchmark --model demo --mode fidelity
     python -m jobs.benchmark --mode pipeline --images 480      # the whole job vs the bare kernel
     python -m jobs.benchmark --mode calibration --model demo   # reliability estimate vs n=4096 maps
+    python -m jobs.benchmark --mode adaptive --model digits    # adaptive vs fixed n=50, same worst decile
 
 Writes outputs/benchmark/<stem>.md and .json and prints the Markdown table.
 Exit status: 0 done, 2 bad arguments (one line on stderr naming the flag).
@@ -17,7 +18,7 @@ import argparse
 from sgcore.cli import make_parser, run_cli
 from sgcore.settings import PRECISIONS
 
-MODES = ("speed", "fidelity", "both", "pipeline", "calibration")
+MODES = ("speed", "fidelity", "both", "pipeline", "calibration", "adaptive")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -26,8 +27,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mode", choices=MODES, default="speed",
                    help="speed, fidelity (samples each noise kind needs), both, pipeline: the whole job "
                         "(demo model) against the bare kernel, or calibration: the per-map reliability estimate "
-                        "against long reference maps (--model demo or digits)")
-    p.add_argument("--reference-n", type=int, default=4096, help="calibration mode: samples of the reference maps")
+                        "against long reference maps, or adaptive: model evaluations of adaptive sampling against "
+                        "fixed --fixed-n at the same worst-decile correlation (calibration, adaptive: --model demo "
+                        "or digits)")
+    p.add_argument("--reference-n", type=int, default=4096,
+                   help="calibration, adaptive modes: samples of the reference maps")
+    p.add_argument("--fixed-n", type=int, default=50, help="adaptive mode: samples of the fixed-n baseline")
+    p.add_argument("--min-samples", type=int, default=16, help="adaptive mode: fewest samples per image")
+    p.add_argument("--max-samples", type=int, default=512, help="adaptive mode: most samples per image")
+    p.add_argument("--round-samples", type=int, default=16, help="adaptive mode: samples added per round")
     p.add_argument("--images", type=int, default=480, help="pipeline mode: demo images")
     p.add_argument("--image-size", type=int, default=64, help="side of the square synthetic images")
     p.add_argument("--batch", type=int, default=8, help="images per call")

@@ -18,6 +18,7 @@ def run_benchmark(*, model: str = "resnet18", mode: str = "speed", images: int =
                   batch: int = 8, n_samples: int = 16, precisions: Sequence[str] | None = None,
                   compile: bool = False, loop: bool = True, captum: bool = True, repeats: int = 3,
                   device: str = "auto", out: str = "outputs/benchmark", reference_n: int = 4096,
+                  fixed_n: int = 50, min_samples: int = 16, max_samples: int = 512, round_samples: int = 16,
                   log: Callable[[str], None] = print) -> int:
     """Runs one benchmark and writes ``<out>/<stem>.md`` and ``.json``; returns the exit status.
 
@@ -25,7 +26,10 @@ def run_benchmark(*, model: str = "resnet18", mode: str = "speed", images: int =
         mode: ``speed``, ``fidelity``, ``both`` (:mod:`sgcore.bench.kernel`),
             ``pipeline`` (:mod:`sgcore.bench.pipeline`, the whole job on ``images``
             demo images) or ``calibration`` (the reliability estimate against
-            ``reference_n``-sample maps, :mod:`sgcore.attribution.calibration`).
+            ``reference_n``-sample maps, :mod:`sgcore.attribution.calibration`)
+            or ``adaptive`` (adaptive sampling against fixed ``fixed_n`` at the
+            same worst-decile measured correlation, :mod:`sgcore.bench.adaptive`;
+            ``min_samples``, ``max_samples``, ``round_samples``: its policy).
         device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
 
     Raises:
@@ -34,6 +38,11 @@ def run_benchmark(*, model: str = "resnet18", mode: str = "speed", images: int =
     """
     target = check_arguments(mode=mode, batch=batch, images=images, repeats=repeats, n_samples=n_samples,
                              image_size=image_size, captum=captum, device=device, reference_n=reference_n)
+    if mode == "adaptive":
+        _check_adaptive(fixed_n, min_samples, max_samples, round_samples)
+        return _adaptive(model=model, image_size=image_size, batch=batch, reference_n=reference_n,
+                         repeats=repeats, device=target, out=out, log=log, fixed_n=fixed_n,
+                         min_samples=min_samples, max_samples=max_samples, round_samples=round_samples)
     if mode == "pipeline":
         return _pipeline(images=images, n_samples=n_samples, repeats=repeats, out=out, log=log)
     if mode == "calibration":
@@ -150,4 +159,40 @@ def _calibration(*, model: str, image_size: int, batch: int, reference_n: int, r
     plot(results, str(folder / f"{stem}.png"))
     log(to_markdown(results))
     log(f"wrote {folder / stem}.md, .json and .png")
+    return 0
+
+
+def _check_adaptive(fixed_n: int, min_samples: int, max_samples: int, round_samples: int) -> None:
+    from sgcore.settings import check_adaptive_policy
+
+    if fixed_n < 2:  # one sample has no reliability estimate to start the search from
+        raise ConfigError(f"--fixed-n must be >= 2; got {fixed_n}")
+    try:
+        check_adaptive_policy(0.5, min_samples, max_samples, round_samples)
+    except (TypeError, ValueError) as e:
+        name, rest = str(e).split(" ", 1)
+        raise ConfigError(f"--{name.replace('_', '-')} {rest}") from e
+
+
+def _adaptive(*, model: str, image_size: int, batch: int, reference_n: int, repeats: int,
+              device: torch.device, out: str, log: Callable[[str], None], **policy: int) -> int:
+    from sgcore.attribution import prepare_model
+    from sgcore.bench.adaptive import run_adaptive_bench, to_markdown
+
+    if model not in ("demo", "digits"):
+        raise ConfigError(f"--mode adaptive needs a trained model: --model demo or digits; got {model!r}")
+    net, images, weights = model_and_images(model, image_size, batch)
+    net, images = prepare_model(net).to(device), images.to(device)
+    with torch.no_grad():
+        targets = net(images).argmax(dim=1)
+    report = run_adaptive_bench(net, images, targets, reference_n=reference_n, repeats=repeats, log=log, **policy)
+    report = {"model": model, "weights": weights, "device": str(device), **report}
+    folder = Path(out)
+    folder.mkdir(parents=True, exist_ok=True)
+    stem = f"adaptive-{model}-{images.shape[0]}img-ref{reference_n}-{device.type}"
+    table = to_markdown(report, model)
+    (folder / f"{stem}.json").write_text(json.dumps(report, indent=2))
+    (folder / f"{stem}.md").write_text(table + "\n")
+    log(table)
+    log(f"wrote {folder / stem}.md and .json")
     return 0
