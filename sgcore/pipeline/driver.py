@@ -44,7 +44,6 @@ import os
 import posixpath
 import resource
 import signal
-import sys
 import threading
 import time
 from collections import deque
@@ -179,16 +178,16 @@ def _model_on_driver(config: JobConfig) -> tuple[Preprocess, dict[str, Any]]:
     (``--image-size 1``) then stops the job with one line before a cluster is
     involved.
     """
-    if split_spec(config.model) is None and config.model != "demo" and config.weights != "none":
+    torchvision_or_demo = split_spec(config.model) is None
+    if torchvision_or_demo and config.model != "demo" and config.weights != "none":
         preprocess = resolve_preprocess(config.model, config.weights, image_size=config.image_size,
                                         storage_options=config.storage_options, preprocess=config.preprocess)
         return preprocess, model_identity(config.model, config.weights, storage_options=config.storage_options)
     loaded = probe_model(config)
     class_target(config.target, loaded.categories, loaded.num_classes)
-    if split_spec(config.model) is None:
-        return loaded.preprocess, model_identity(config.model, config.weights,
-                                                 storage_options=config.storage_options)
-    return loaded.preprocess, loaded.identity()
+    identity = (model_identity(config.model, config.weights, storage_options=config.storage_options)
+                if torchvision_or_demo else loaded.identity())
+    return loaded.preprocess, identity
 
 
 def run_job(config: JobConfig) -> JobResult:
@@ -763,9 +762,7 @@ def _committed_shards(config: JobConfig, shards: list[ShardSpec], chash: str,
         message = (f"the input files of {plural(len(changed), 'shard')} changed since they were written "
                    f"(size or modification stamp): {', '.join(changed[:10])}"
                    f"{', ...' if len(changed) > 10 else ''}; redoing them")
-        log.warning("%s", message)
-        if config.progress:
-            print(f"[sgcore] {message}", file=sys.stderr, flush=True)
+        log.warning("%s", message)  # the CLI prints warnings; a library caller gets a record
     return done
 
 

@@ -8,6 +8,7 @@ whole process group is SIGKILLed.
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import subprocess
@@ -173,7 +174,7 @@ def test_a_repeated_webdataset_key_leaves_ids_and_map_keys_unique(tmp_path, fmt)
 
 
 @pytest.mark.usefixtures("ray_local")
-def test_a_resume_redoes_the_shards_whose_input_bytes_changed(tmp_path, capsys):
+def test_a_resume_redoes_the_shards_whose_input_bytes_changed(tmp_path, caplog):
     from PIL import Image
 
     inp, out = tmp_path / "in", tmp_path / "out"
@@ -189,11 +190,11 @@ def test_a_resume_redoes_the_shards_whose_input_bytes_changed(tmp_path, capsys):
     (inp / broken).write_bytes(b"not an image any more")
     for rel in (repainted, broken):
         os.utime(inp / rel, ns=(time.time_ns() + 10**9, time.time_ns() + 10**9))
-    capsys.readouterr()
-    again = run_job(JobConfig(**cfg))
-    err = capsys.readouterr().err
-    assert ("[sgcore] the input files of 2 shards changed since they were written (size or modification "
-            "stamp): 00000, 00002; redoing them") in err
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="sgcore"):
+        again = run_job(JobConfig(**cfg))
+    assert ("the input files of 2 shards changed since they were written (size or modification "
+            "stamp): 00000, 00002; redoing them") in caplog.messages
     assert again.shards_skipped == 2 and again.rows == 8
     after = open_results(str(out)).to_table().to_pandas().set_index("image_id")
     assert after.index.is_unique and sorted(after.index) == ids
