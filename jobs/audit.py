@@ -62,6 +62,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="attempts after the first for a chunk whose replica died (default: %(default)s)")
     c.add_argument("--compare", metavar="URL2",
                    help="second results directory to compare maps with (default: no comparison)")
+    c.add_argument("--compare-margin", type=float, default=0.06,
+                   help="with --compare, a map changed significantly when its Spearman with the other run's falls "
+                        "this far below what the two maps' own Monte Carlo noise allows (default: %(default)s)")
+    c.add_argument("--reliability-threshold", type=float, default=0.8,
+                   help="maps whose estimated reliability (Spearman with their converged map) is below this are "
+                        "counted as unreliable, and the report says which figures rest on them "
+                        "(default: %(default)s)")
     g = p.add_argument_group("strategies (SpRAy clusters per class; cheap: reads the stored maps)")
     g.add_argument("--no-strategies", dest="strategies", action="store_false",
                    help="skip the strategy clusters (SpRAy) per class")
@@ -103,6 +110,11 @@ def headline(summary: dict) -> str:
     if f := summary.get("faithfulness"):
         parts.append(f"deletion AUC {f['deletion_auc']:.2f} vs {f['deletion_auc_random']:.2f} random, "
                      f"insertion {f['insertion_auc']:.2f} vs {f['insertion_auc_random']:.2f}")
+    if rel := summary.get("reliability"):
+        parts.append(f"{rel['below']} of {rel['images']} maps below reliability {rel['threshold']:g} "
+                     f"(median {rel['quantiles']['p50']:.2f})")
+    if (cmp := summary.get("compare")) and cmp.get("judged"):
+        parts.append(f"compare: {cmp['significant']} of {cmp['judged']} maps changed beyond Monte Carlo noise")
     if (strategies := summary.get("strategies")) is not None:
         flagged = [f"{c['name']} #{k['cluster']} ({k['images']})" for c in strategies for k in c["clusters"] if k["flagged"]]
         parts.append(f"flagged strategies: {', '.join(flagged)}" if flagged else "no strategy flagged")

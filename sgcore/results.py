@@ -63,6 +63,8 @@ META_COLUMNS = (
     "predicted_name",
     "score",
     "seed",
+    "reliability",
+    "n_samples",
     *GEOMETRY_COLUMNS,
 )
 

@@ -4,6 +4,17 @@ Images are matched by ``image_id``; the change is ``1 - Spearman`` of the
 two maps (rank correlation, as in Adebayo et al. 2018, so that a global
 rescaling of gradients between models does not count as change), with SSIM
 of the min-max normalized maps alongside.
+
+Part of every change is Monte Carlo noise: two SmoothGrad estimates of the
+*same* converged map, with reliabilities ``r_a`` and ``r_b`` (each one's
+estimated Spearman with the converged map, a column of every row), correlate
+about ``r_a · r_b`` when their noise is independent (the attenuation of a
+correlation by measurement error: for Pearson correlation exactly
+``corr(a, μ) · corr(b, μ)``; Spearman follows it closely for maps this size).
+An image's maps changed *significantly* when their Spearman falls below that
+noise floor by more than a margin (``DEFAULT_COMPARE_MARGIN``, twice the
+calibration tolerance of the reliability estimate). Runs that share seeds
+share their noise, so for them the floor is conservative: fewer changes count.
 """
 
 from __future__ import annotations
@@ -11,9 +22,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import pyarrow as pa
 
 from sgcore.audit.metrics import minmax, spearman, ssim
 from sgcore.results import Results, iter_parts, read_index, read_maps, row_classes
+
+DEFAULT_COMPARE_MARGIN = 0.06
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -26,10 +40,24 @@ class ImageChange:
     ssim: float
     predicted_a: int
     predicted_b: int
+    reliability_a: float = float("nan")
+    reliability_b: float = float("nan")
 
     @property
     def change(self) -> float:
         return 1.0 - self.spearman
+
+    @property
+    def noise_floor(self) -> float:
+        """The Spearman the two maps would have from Monte Carlo noise alone (NaN: a map has no estimate)."""
+        return self.reliability_a * self.reliability_b
+
+    def significant(self, margin: float = DEFAULT_COMPARE_MARGIN) -> bool | None:
+        """Changed beyond the maps' own noise; None when either map has no reliability estimate."""
+        floor = self.noise_floor
+        if not np.isfinite(floor) or not np.isfinite(self.spearman):
+            return None
+        return bool(self.spearman < floor - margin)
 
 
 def map_change(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -60,6 +88,7 @@ def compare_results(a: Results, b: Results) -> list[ImageChange]:
     index_b = read_index(b)
     row_b = {image_id: i for i, image_id in enumerate(index_b.column("image_id").to_pylist())}
     predicted_b = index_b.column("predicted").to_pylist()
+    reliability_b = _reliability(index_b)
     out: list[ImageChange] = []
     for meta, maps in iter_parts(a):
         ids = meta.column("image_id").to_pylist()
@@ -76,6 +105,7 @@ def compare_results(a: Results, b: Results) -> list[ImageChange]:
         rho, s = map_change(maps[keep], maps_b)
         labels = row_classes(meta)
         predicted = meta.column("predicted").to_pylist()
+        reliability_a = _reliability(meta)
         for j, i in enumerate(keep):
             out.append(
                 ImageChange(
@@ -85,14 +115,23 @@ def compare_results(a: Results, b: Results) -> list[ImageChange]:
                     ssim=float(s[j]),
                     predicted_a=int(predicted[i]),
                     predicted_b=int(predicted_b[rows[j]]),
+                    reliability_a=reliability_a[i],
+                    reliability_b=reliability_b[rows[j]],
                 )
             )
     out.sort(key=lambda c: (-np.nan_to_num(c.change, nan=2.0), c.image_id))
     return out
 
 
-def class_changes(changes: list[ImageChange]) -> list[dict[str, float | int | str]]:
-    """Per class: images, mean Spearman, mean SSIM, share of flipped predictions; most changed first."""
+def _reliability(table: pa.Table) -> list[float]:
+    """Each row's reliability estimate (NaN where it has none)."""
+    if "reliability" not in table.column_names:
+        return [float("nan")] * len(table)
+    return [float("nan") if v is None else float(v) for v in table.column("reliability").to_pylist()]
+
+
+def class_changes(changes: list[ImageChange], margin: float = DEFAULT_COMPARE_MARGIN) -> list[dict[str, float | int | str]]:
+    """Per class: images, mean Spearman, mean SSIM, share of flipped predictions, significant changes; most changed first."""
     groups: dict[str, list[ImageChange]] = {}
     for c in changes:
         groups.setdefault(c.label, []).append(c)
@@ -105,8 +144,15 @@ def class_changes(changes: list[ImageChange]) -> list[dict[str, float | int | st
                 "spearman": float(np.nanmean([c.spearman for c in cs])),
                 "ssim": float(np.nanmean([c.ssim for c in cs])) if any(np.isfinite(c.ssim) for c in cs) else float("nan"),
                 "prediction_changed": float(np.mean([c.predicted_a != c.predicted_b for c in cs])),
+                "noise_floor": _nanmean([c.noise_floor for c in cs]),
+                "significant": sum(1 for c in cs if c.significant(margin)),
             }
         )
     rows.sort(key=lambda r: (r["spearman"], r["label"]))
     return rows
 
+
+
+def _nanmean(values: list[float]) -> float:
+    v = np.asarray(values, dtype=np.float64)
+    return float(np.nanmean(v)) if np.isfinite(v).any() else float("nan")

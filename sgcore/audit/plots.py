@@ -153,8 +153,14 @@ def sweep_figure(grid: np.ndarray, noise_levels: Sequence[float], counts: Sequen
     return _png(fig)
 
 
-def convergence_curve(counts: Sequence[int], relative_l2: np.ndarray, spearman: np.ndarray, reference: int) -> bytes:
-    """Mean distance to the reference map against n (log-log), with 1/sqrt(n)."""
+def convergence_curve(counts: Sequence[int], relative_l2: np.ndarray, spearman: np.ndarray, reference: int, *,
+                      estimated: np.ndarray | None = None, expected: np.ndarray | None = None) -> bytes:
+    """Mean distance to the reference map against n (log-log), with 1/sqrt(n).
+
+    With ``estimated`` (the maps' reliability estimates) and ``expected``
+    (what they predict for the Spearman with the reference), both
+    ``(len(counts), N)``, the right panel shows them beside the measurement.
+    """
     plt = _plt()
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
     n = np.asarray(counts, dtype=np.float64)
@@ -164,10 +170,16 @@ def convergence_curve(counts: Sequence[int], relative_l2: np.ndarray, spearman: 
     axes[0].set_xlabel("samples n")
     axes[0].set_ylabel(f"relative L2 to n={reference} map")
     axes[0].legend()
-    axes[1].semilogx(n, spearman.mean(axis=1), "o-")
+    axes[1].semilogx(n, spearman.mean(axis=1), "o-", label=f"measured, with the n={reference} map")
+    if expected is not None:
+        axes[1].semilogx(n, _nanmean_rows(expected), "s--", label="predicted by the estimates")
+    if estimated is not None:
+        axes[1].semilogx(n, _nanmean_rows(estimated), "^:", label="estimated, with the converged map")
     axes[1].set_xlabel("samples n")
-    axes[1].set_ylabel(f"Spearman with n={reference} map")
+    axes[1].set_ylabel("Spearman")
     axes[1].set_ylim(min(0.0, float(spearman.mean(axis=1).min())), 1.02)
+    if expected is not None or estimated is not None:
+        axes[1].legend(fontsize=8)
     fig.suptitle("Convergence of SmoothGrad with the number of samples")
     return _png(fig)
 
@@ -203,3 +215,24 @@ def histogram(values: np.ndarray, *, xlabel: str, title: str) -> bytes:
     ax.set_ylabel("images")
     ax.set_title(title)
     return _png(fig)
+
+
+def distributions(groups: dict[str, list[float]], *, xlabel: str, title: str, threshold: float | None = None) -> bytes:
+    """One horizontal box plot per group (e.g. per class), with an optional threshold line."""
+    plt = _plt()
+    names = sorted(groups)
+    fig, ax = plt.subplots(figsize=(6, 0.9 + 0.35 * max(1, len(names))))
+    ax.boxplot([np.asarray(groups[n], dtype=np.float64) for n in names], vert=False, widths=0.6)
+    ax.set_yticks(range(1, len(names) + 1), [f"{n} ({len(groups[n])})" for n in names])
+    if threshold is not None:
+        ax.axvline(threshold, color="tab:red", linestyle="--", linewidth=1)
+    ax.set_xlabel(xlabel)
+    ax.set_title(title)
+    return _png(fig)
+
+
+def _nanmean_rows(v: np.ndarray) -> np.ndarray:
+    """Per row, the mean of the finite values (NaN where a row has none: nothing is plotted there)."""
+    v = np.asarray(v, dtype=np.float64)
+    ok = np.isfinite(v)
+    return np.where(ok.any(axis=1), np.where(ok, v, 0.0).sum(axis=1) / np.maximum(ok.sum(axis=1), 1), np.nan)

@@ -21,13 +21,15 @@ import numpy as np
 from sgcore.audit import plots
 from sgcore.audit._workers import Chunk, WorkerSpec, run_chunks
 from sgcore.audit.classes import ClassView
-from sgcore.audit.compare import class_changes, compare_results
+from sgcore.audit.compare import DEFAULT_COMPARE_MARGIN, class_changes, compare_results
 from sgcore.audit.faithfulness import FaithfulnessResult
 from sgcore.audit.localization import (
     LocalizationScores,
     boxes_to_map_mask,
     localization_scores,
 )
+from sgcore.audit.reliability import DEFAULT_THRESHOLD as DEFAULT_RELIABILITY_THRESHOLD
+from sgcore.audit.reliability import add_risks, reliability_section
 from sgcore.audit.report import Report, write_report
 from sgcore.audit.results import hash_sample, load_images, load_mask, read_boxes
 from sgcore.audit.road_pic import road_pic_section
@@ -88,6 +90,12 @@ class AuditConfig:
         strategy_by: group by ``"predicted"`` class or by ``"label"``.
         max_strategies: most clusters per class.
         strategy_resolution: maps are area-averaged to this many cells a side.
+        reliability_threshold: maps whose estimated reliability (Spearman
+            with their converged map) is below this count as unreliable.
+        compare_margin: with ``compare``, an image's maps changed
+            significantly when their Spearman is below what the two maps' own
+            Monte Carlo noise allows (the product of their reliabilities)
+            by more than this.
         address: Ray cluster; None: ``RAY_ADDRESS``, else a fresh local Ray
             (``"auto"`` joins a cluster started with ``ray start``).
     """
@@ -119,6 +127,8 @@ class AuditConfig:
     strategy_by: str = "predicted"
     max_strategies: int = 8
     strategy_resolution: int = 16
+    reliability_threshold: float = DEFAULT_RELIABILITY_THRESHOLD
+    compare_margin: float = DEFAULT_COMPARE_MARGIN
     address: str | None = None
     allow_partial: bool = False
     storage_options: dict[str, Any] = field(default_factory=dict, repr=False)
@@ -145,6 +155,10 @@ class AuditConfig:
             raise ConfigError(f"num_actors must be a non-negative integer; got {self.num_actors!r}")
         if not 0.0 < self.border_width < 0.5:
             raise ConfigError(f"border_width must be in (0, 0.5); got {self.border_width}")
+        for name in ("reliability_threshold", "compare_margin"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | float) or not 0.0 <= value <= 1.0:
+                raise ConfigError(f"{name} must be a number in [0, 1]; got {value!r}")
         if self.gpus_per_actor < 0:
             raise ConfigError(f"gpus_per_actor must be >= 0; got {self.gpus_per_actor}")
         if isinstance(self.max_retries, bool) or not isinstance(self.max_retries, int) or self.max_retries < 0:
@@ -256,9 +270,12 @@ def run_audit(
         labels = row_classes(meta)
         ids = meta.column("image_id").to_pylist()
         stats = view.add(labels, ids, maps)
+        estimates = _column(meta, "reliability")
+        samples = _column(meta, "n_samples")
         for i, image_id in enumerate(ids):
             per_image.append(
-                {"image_id": image_id, "label": labels[i], **{k: float(v[i]) for k, v in stats.items()}}
+                {"image_id": image_id, "label": labels[i], **{k: float(v[i]) for k, v in stats.items()},
+                 "reliability": estimates[i], "n_samples": samples[i]}
             )
         start = len(per_image) - len(ids)
         seen_ids.update(ids)
@@ -307,6 +324,7 @@ def run_audit(
     report.overview.extend(_overview(results, model, weights, random_weights, job, run_settings, used, heavy,
                                      summary, config))
     _class_section(report, summary, view, results, index, config, map_shape)
+    reliability = reliability_section(report, summary, per_image, config.reliability_threshold)
     if boxes is not None:
         info: dict[str, Any] = {
             "ground_truth": "boxes",
@@ -339,6 +357,7 @@ def run_audit(
     summary["sanity"] = None
     summary["faithfulness"] = None
     summary["device"] = None  # where the maps were recomputed, when they were
+    rows: list[int] = []
     if heavy:
         rows = hash_sample(index.column("image_id").to_pylist(), config.sample, config.seed)
         sampled_maps = read_maps(results, index, rows)
@@ -420,6 +439,12 @@ def run_audit(
         if outputs and config.faithfulness:
             _faithfulness_section(report, summary, outputs, config.steps)
             road_pic_section(report, summary, outputs)
+
+    sampled_ids = [index.column("image_id")[r].as_py() for r in rows]
+    recomputed = heavy and settings.n_samples != run_settings.get("n_samples")
+    add_risks(reliability, summary, per_image, heavy_ids=sampled_ids or None,
+              heavy_note=(f"the run's maps of the sampled images; the checks recompute theirs at n={settings.n_samples}"
+                          if recomputed else "the run's maps of the sampled images"))
 
     # ---- comparison -----------------------------------------------------------
     if config.compare:
@@ -648,8 +673,12 @@ def _compare_section(report: Report, summary: dict[str, Any], a: Results, b: Res
         summary["compare"] = {"other": b.url, "images": 0}
         s.text(f"No image ids in common with {b.url}.")
         return
-    per_class = class_changes(changes)
+    margin = config.compare_margin
+    per_class = class_changes(changes, margin)
     top = changes[: max(10, config.examples * 3)]
+    verdicts = [c.significant(margin) for c in changes]
+    judged = sum(v is not None for v in verdicts)
+    significant = sum(bool(v) for v in verdicts)
     summary["compare"] = {
         "other": b.url,
         "other_model": b.config.get("model"),
@@ -657,24 +686,46 @@ def _compare_section(report: Report, summary: dict[str, Any], a: Results, b: Res
         "images": len(changes),
         "spearman": float(np.nanmean([c.spearman for c in changes])),
         "prediction_changed": float(np.mean([c.predicted_a != c.predicted_b for c in changes])),
+        "margin": margin,
+        "noise_floor": float(np.nanmean([c.noise_floor for c in changes])) if judged else None,
+        "judged": judged,
+        "significant": significant,
+        "significant_share": significant / judged if judged else None,
         "classes": per_class,
         "most_changed": [
             {"image_id": c.image_id, "label": c.label, "spearman": c.spearman, "ssim": c.ssim,
+             "noise_floor": c.noise_floor, "significant": c.significant(margin),
              "predicted_a": c.predicted_a, "predicted_b": c.predicted_b}
             for c in top
         ],
     }
+    info = summary["compare"]
     s.text(
         f"{len(changes)} images in both result sets; mean Spearman of their maps "
-        f"{summary['compare']['spearman']:.3f}; prediction changed on "
-        f"{100 * summary['compare']['prediction_changed']:.1f}%. Classes, most changed first:"
+        f"{info['spearman']:.3f}; prediction changed on {100 * info['prediction_changed']:.1f}%."
     )
-    s.finding(f"Against {b.url}: the maps of {len(changes)} shared images correlate {summary['compare']['spearman']:.2f} "
-              f"(Spearman) on average; the prediction changed on "
-              f"{100 * summary['compare']['prediction_changed']:.1f}% of them.")
-    s.table(per_class, ["label", "images", "spearman", "ssim", "prediction_changed"])
+    if judged:
+        s.text(
+            f"Monte Carlo noise alone would make the two runs' maps of an unchanged model correlate about "
+            f"{info['noise_floor']:.3f} on average (per image, the product of the two maps' reliabilities). "
+            f"An image counts as significantly changed when its Spearman falls more than {margin:g} below its own "
+            f"floor: {significant} of {judged} images ({100 * info['significant_share']:.1f}%)."
+            + (f" {len(changes) - judged} images lack a reliability estimate and are not judged."
+               if judged < len(changes) else "")
+        )
+        s.finding(f"Against {b.url}: {significant} of {judged} shared images ({100 * info['significant_share']:.1f}%) "
+                  f"changed their maps beyond Monte Carlo noise (mean Spearman {info['spearman']:.2f} against a "
+                  f"noise floor of {info['noise_floor']:.2f}); the prediction changed on "
+                  f"{100 * info['prediction_changed']:.1f}% of them.")
+    else:
+        s.text("Neither run's rows carry reliability estimates, so no change can be told apart from Monte Carlo noise.")
+        s.finding(f"Against {b.url}: the maps of {len(changes)} shared images correlate {info['spearman']:.2f} "
+                  f"(Spearman) on average; the prediction changed on {100 * info['prediction_changed']:.1f}% "
+                  "of them.")
+    s.text("Classes, most changed first:")
+    s.table(per_class, ["label", "images", "spearman", "noise_floor", "significant", "ssim", "prediction_changed"])
     s.text("Most changed images:")
-    s.table(summary["compare"]["most_changed"])
+    s.table(info["most_changed"])
     s.figure(
         "compare_hist",
         plots.histogram(np.array([c.spearman for c in changes]), xlabel="Spearman(map A, map B)", title="Map agreement"),
@@ -690,6 +741,11 @@ _SETTINGS = ("n_samples", "noise_level", "aggregate", "base", "reduction", "prec
 def _describe(settings: dict[str, Any]) -> str:
     return (f"{settings.get('aggregate')} of {settings.get('base')}, n={settings.get('n_samples')}, "
             f"noise={settings.get('noise_level')}, {settings.get('precision')}")
+
+
+def _column(meta: Any, name: str) -> list[Any]:
+    """A column of a part's rows as Python values (Nones where the part lacks it)."""
+    return meta.column(name).to_pylist() if name in meta.column_names else [None] * len(meta)
 
 
 def _error_reasons(errors: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from sgcore.attribution import reduce_channels, smoothgrad
+from sgcore.attribution import SmoothGradResult, reduce_channels, smoothgrad
 from sgcore.audit.metrics import minmax, spearman, ssim
 from sgcore.settings import SmoothGradSettings
 
@@ -48,6 +48,13 @@ class MapSettings(SmoothGradSettings):
     ) -> torch.Tensor:
         """SmoothGrad maps ``(B, C, H, W)`` of ``images`` with these settings, on their device."""
         return smoothgrad(model, images, targets, seeds=seeds, **self.kernel_arguments())
+
+    def maps_with_reliability(
+        self, model: nn.Module, images: torch.Tensor, targets: torch.Tensor, seeds: torch.Tensor | None = None
+    ) -> SmoothGradResult:
+        """The same maps with each one's reliability estimate (for the 2-D map of ``reduction``)."""
+        return smoothgrad(model, images, targets, seeds=seeds, return_reliability=True,
+                          reliability_reduction=self.reduction, **self.kernel_arguments())
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -39,13 +39,24 @@ class Convergence:
     """Per-image distance to the reference map, ``(len(counts), N)`` each.
 
     ``relative_l2`` is ``||m_n - m_ref|| / ||m_ref||`` of the 2-D maps;
-    ``spearman`` is their rank correlation.
+    ``spearman`` is their rank correlation. ``estimated`` is the kernel's
+    reliability estimate of each n-sample map (its Spearman with the
+    *converged* map, from its own samples; NaN at n = 1) and
+    ``reference_reliability`` ``(N,)`` that of the reference. The reference
+    is itself an estimate, so the measured Spearman should come out near
+    ``estimated * reference_reliability`` (:func:`expected_spearman`).
     """
 
     sample_counts: tuple[int, ...]
     reference_samples: int
     relative_l2: np.ndarray
     spearman: np.ndarray
+    estimated: np.ndarray
+    reference_reliability: np.ndarray
+
+    def expected_spearman(self) -> np.ndarray:
+        """``(len(counts), N)``: the Spearman with the reference the estimates predict."""
+        return self.estimated * self.reference_reliability[None, :]
 
 
 def sweep_grid(
@@ -110,19 +121,23 @@ def convergence(
     settings = settings or MapSettings()
     b = images.shape[0]
     seeds = seeds if seeds is not None else torch.zeros(b, dtype=torch.int64)
-    ref = _reduced(replace(settings, n_samples=reference_samples), model, images, targets, seeds + 1)
+    ref, ref_rel = _reduced_with_reliability(replace(settings, n_samples=reference_samples), model, images,
+                                             targets, seeds + 1)
     ref_norm = np.linalg.norm(ref.reshape(b, -1), axis=1)
-    l2, rho = [], []
+    l2, rho, est = [], [], []
     for n in sample_counts:
-        m = _reduced(replace(settings, n_samples=n), model, images, targets, seeds)
+        m, rel = _reduced_with_reliability(replace(settings, n_samples=n), model, images, targets, seeds)
         diff = np.linalg.norm((m - ref).reshape(b, -1), axis=1)
         l2.append(diff / np.where(ref_norm > 0, ref_norm, 1.0))
         rho.append(np.atleast_1d(spearman(m, ref)))
+        est.append(rel)
     return Convergence(
         sample_counts=tuple(sample_counts),
         reference_samples=reference_samples,
         relative_l2=np.stack(l2),
         spearman=np.stack(rho),
+        estimated=np.stack(est),
+        reference_reliability=ref_rel,
     )
 
 
@@ -132,3 +147,12 @@ def _reduced(
     """2-D maps ``(B, H, W)`` float64 on the CPU, reduced with ``settings.reduction``."""
     full = settings.maps(model, images, targets, seeds)
     return reduce_channels(full, settings.reduction).cpu().numpy().astype(np.float64)
+
+
+def _reduced_with_reliability(
+    settings: MapSettings, model: nn.Module, images: torch.Tensor, targets: torch.Tensor, seeds: torch.Tensor
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`_reduced`'s maps (the same values) and each one's reliability estimate ``(B,)`` float64."""
+    result = settings.maps_with_reliability(model, images, targets, seeds)
+    maps = reduce_channels(result.maps, settings.reduction).cpu().numpy().astype(np.float64)
+    return maps, result.reliability.cpu().numpy().astype(np.float64)

@@ -52,6 +52,16 @@ def test_sweep_job_from_results(demo_results: Path, tmp_path: Path) -> None:
     l2 = [p["relative_l2"] for p in summary["convergence"]["points"]]
     assert l2[0] > l2[-1]
     assert (out / "img" / "grid_00.png").exists() and (out / "img" / "convergence.png").exists()
+    # The kernel's reliability estimate beside the measured Spearman (none at n = 1: no split halves).
+    points = summary["convergence"]["points"]
+    assert points[0]["estimated_reliability"] is None
+    est = [p["estimated_reliability"] for p in points[1:]]
+    assert 0.0 < est[0] < est[1] < 1.0
+    ref = summary["convergence"]["reference_reliability"]
+    assert 0.0 < ref <= 1.0
+    for p in points[1:]:
+        assert p["expected_spearman"] == pytest.approx(p["estimated_reliability"] * ref, abs=0.02)
+    assert "expected_spearman" in (out / "index.html").read_text()
 
 
 def test_sweep_job_from_an_image_folder(demo_root: Path, tmp_path: Path) -> None:
@@ -143,3 +153,9 @@ def test_headline_reads_the_summary_and_skips_missing_sections():
         "saliency inside the boxes 0.67 vs their area 0.36 | deletion AUC 0.33 vs 0.50 random, insertion 0.91 vs 0.84")
     assert headline({"images": {"ok": 10, "rows": 12, "errors": 2}, "sanity": [], "localization": None}) == (
         "audited 10 of 12 images (2 error rows: see the report)")
+    with_reliability = {"images": {"ok": 240, "rows": 240, "errors": 0},
+                        "reliability": {"below": 22, "images": 240, "threshold": 0.8, "quantiles": {"p50": 0.9096}},
+                        "compare": {"significant": 3, "judged": 240}}
+    assert headline(with_reliability) == (
+        "audited 240 of 240 images | 22 of 240 maps below reliability 0.8 (median 0.91) | "
+        "compare: 3 of 240 maps changed beyond Monte Carlo noise")

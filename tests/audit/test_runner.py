@@ -39,7 +39,7 @@ def test_audit_writes_report_and_summary(audit: tuple[dict, Path]) -> None:
     assert summary["sanity_images"] == 8
     lines = (report / "per_image.csv").read_text().splitlines()
     assert len(lines) == 25
-    assert lines[0] == ("image_id,label,entropy,gini,border_share,mass_in_mask,mask_area,pointing_hit,"
+    assert lines[0] == ("image_id,label,entropy,gini,border_share,reliability,n_samples,mass_in_mask,mask_area,pointing_hit,"
                         "strategy_class,strategy,strategy_flagged")
     assert 'href="per_image.csv"' in page
 
