@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 from collections import deque
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -74,6 +75,7 @@ def smoothgrad_adaptive(
     max_batch: int | None = None,
     noise: str = "gaussian",
     reliability_reduction: str = "abs_sum",
+    on_done: Callable[[int], None] | None = None,
 ) -> SmoothGradResult:
     """SmoothGrad maps with as many samples per image as its reliability needs.
 
@@ -83,6 +85,8 @@ def smoothgrad_adaptive(
         min_samples, max_samples: bounds on an image's samples (multiples of
             ``reliability.BLOCK``).
         round_samples: samples added per round after ``min_samples``.
+        on_done: called with an image's index as soon as its map is final
+            (live progress over a long call).
 
     Returns:
         ``SmoothGradResult``: maps ``(B, C, H, W)``, the reliability of each,
@@ -103,6 +107,8 @@ def smoothgrad_adaptive(
     _check_choice("reliability_reduction", reliability_reduction, REDUCTIONS)
     target, low, high, step = check_policy(target_reliability, min_samples, max_samples, round_samples)
     noise_level = _check_noise_level(noise_level)
+    if on_done is not None and not callable(on_done):
+        raise TypeError(f"on_done must be callable or None; got {type(on_done).__name__}")
     if max_batch is None:
         max_batch = default_max_batch(images.device, shape)
     max_batch = _check_int("max_batch", max_batch, minimum=1)
@@ -165,6 +171,8 @@ def smoothgrad_adaptive(
                 reliability[i] = rel
                 if (noise_level == 0.0 or rel >= target) or st[1] >= high:
                     del state[i]
+                    if on_done is not None:
+                        on_done(i)
                 else:
                     st[1] = min(high, st[1] + step)
     if noise_level == 0.0:

@@ -37,8 +37,10 @@ def _norm(key: Hashable) -> Hashable:
 class Progress:
     """Counts images and shards; prints a line at most every ``interval`` seconds.
 
-    A line is printed only when the count moved since the last one (or, while
-    nothing moves, every ``heartbeat`` seconds), so no step shows twice.
+    A line is printed only when the count moved since the last one, so no step
+    shows twice; while nothing moves, a heartbeat every ``heartbeat`` seconds
+    repeats the count and says it is one (``still working: no image finished
+    in the last 1m00s``).
     """
 
     def __init__(self, total_images: int, total_shards: int, *, enabled: bool = True,
@@ -58,6 +60,7 @@ class Progress:
         self.start = time.perf_counter()
         self._last = float("-inf")
         self._last_done = -1
+        self._moved_at = time.perf_counter()
 
     @property
     def images(self) -> int:
@@ -122,6 +125,11 @@ class Progress:
         moved = done != self._last_done
         due = now - self._last >= self.interval and (moved or now - self._last >= self.heartbeat)
         if (force and moved) or due:
+            line = self.line()
+            if moved:
+                self._moved_at = now
+            else:  # a heartbeat: the same count, said to be one
+                line += f" | still working: no image finished in the last {format_duration(now - self._moved_at)}"
             self._last = now
             self._last_done = done
-            print(self.line(), file=self.stream, flush=True)
+            print(line, file=self.stream, flush=True)

@@ -70,18 +70,36 @@ class ShardProcessor:
                      on_batch: Callable[[int], None] | None = None) -> list[dict[str, Any]]:
         """One row per record of ``decoded``, in order: ok with a map, or error.
 
+        With a fixed ``n`` the kernel runs batch by batch. With ``--n-samples
+        auto`` one adaptive call takes every image of the shard: an image that
+        converges leaves the expanded batch and the next image *of the shard*
+        takes its place, so the forward passes stay full up to the shard's last
+        images (per batch, each batch's slowest images ran in ever emptier
+        passes). An image's map depends only on its own seed and the settings,
+        so the rows are the same either way.
+
         Args:
-            on_batch: called with the number of images after each kernel batch
-                (live progress).
+            on_batch: called with a number of images as they finish, about a
+                batch at a time (live progress).
         """
         cfg = self.config
         rows = [self._base_row(decoded.shard_id, rec) for rec in decoded.records]
         todo = [i for i, rec in enumerate(decoded.records) if rec["index"] >= 0]
-        for start in range(0, len(todo), cfg.batch_size):
-            chunk = todo[start : start + cfg.batch_size]
-            self._compute_batch(decoded, chunk, rows)
-            if on_batch is not None:
-                on_batch(len(chunk))
+        chunks = [todo[start : start + cfg.batch_size] for start in range(0, len(todo), cfg.batch_size)]
+        if cfg.target_reliability is None:
+            for chunk in chunks:
+                self._explain(*self._targets(decoded, chunk, rows), rows)
+                if on_batch is not None:
+                    on_batch(len(chunk))
+            return rows
+        picked = [self._targets(decoded, chunk, rows) for chunk in chunks]
+        waiting = [i for chunk, (_, kept, _) in zip(chunks, picked, strict=True) for i in chunk if i not in set(kept)]
+        if on_batch is not None and waiting:
+            on_batch(len(waiting))  # error rows are done
+        kept = [i for _, k, _ in picked for i in k]
+        if kept:
+            x = torch.cat([p[0] for p in picked if p[1]])
+            self._explain(x, kept, [t for _, _, ts in picked for t in ts], rows, on_batch=on_batch)
         return rows
 
     def _base_row(self, shard_id: str, rec: dict[str, Any]) -> dict[str, Any]:
@@ -89,7 +107,14 @@ class ShardProcessor:
         return make_row(self.config, shard_id, rec, crop=self.loaded.preprocess.map_shape,
                         label_index=self._index.get(label) if label is not None else None)
 
-    def _compute_batch(self, decoded: DecodedShard, chunk: list[int], rows: list[dict[str, Any]]) -> None:
+    def _targets(self, decoded: DecodedShard, chunk: list[int],
+                 rows: list[dict[str, Any]]) -> tuple[torch.Tensor, list[int], list[int]]:
+        """The model's prediction for each image of ``chunk`` and the class to explain.
+
+        Fills ``predicted``, ``target`` and ``score`` of their rows (or an error
+        row for a label the model does not know); returns the model inputs of
+        the images to explain, their row numbers and their targets.
+        """
         cfg = self.config
         idx = [decoded.records[i]["index"] for i in chunk]
         pixels = torch.from_numpy(np.ascontiguousarray(decoded.images[idx]))
@@ -120,29 +145,35 @@ class ShardProcessor:
             row["score"] = float(probs[j, target])
             keep.append(j)
             targets.append(target)
-        if not keep:
+        return x[keep], [chunk[j] for j in keep], targets
+
+    def _explain(self, x: torch.Tensor, kept: list[int], targets: list[int], rows: list[dict[str, Any]], *,
+                 on_batch: Callable[[int], None] | None = None) -> None:
+        """The maps of model inputs ``x`` (rows ``kept``, classes ``targets``) into their rows."""
+        if not kept:
             return
-        seeds = torch.tensor([rows[chunk[j]]["seed"] for j in keep], dtype=torch.int64)
+        cfg = self.config
+        seeds = torch.tensor([rows[i]["seed"] for i in kept], dtype=torch.int64)
         target_t = torch.tensor(targets, dtype=torch.int64, device=self.device)
         with _model_errors(self.config, x):
             if cfg.target_reliability is None:
-                result = smoothgrad(self.explained, x[keep], target_t, seeds=seeds, **cfg.kernel_arguments(),
+                result = smoothgrad(self.explained, x, target_t, seeds=seeds, **cfg.kernel_arguments(),
                                     return_reliability=True, reliability_reduction=cfg.reduction)
             else:
-                # Images that converge leave the expanded batch and the next ones of
-                # this batch take their place (sgcore.attribution.adaptive).
                 kw = {k: v for k, v in cfg.kernel_arguments().items() if k not in ("n_samples", "ig_steps")}
+                done = _Batches(cfg.batch_size, on_batch)
                 result = smoothgrad_adaptive(
-                    self.explained, x[keep], target_t, seeds=seeds, target_reliability=cfg.target_reliability,
+                    self.explained, x, target_t, seeds=seeds, target_reliability=cfg.target_reliability,
                     min_samples=cfg.min_samples, max_samples=cfg.max_samples,
-                    reliability_reduction=cfg.reduction, **kw)
+                    reliability_reduction=cfg.reduction, on_done=done.add, **kw)
+                done.flush()
         maps = result.maps
         reliability = result.reliability.cpu().tolist()
         used = result.n_samples.tolist()
         reduced = reduce_channels(maps, cfg.reduction).cpu().numpy()
         full = maps.cpu().numpy() if cfg.store_full else None
-        for k, j in enumerate(keep):
-            row = rows[chunk[j]]
+        for k, i in enumerate(kept):
+            row = rows[i]
             m = reduced[k]
             if not np.isfinite(m).all():
                 row["status"] = "error"
@@ -209,6 +240,23 @@ def class_target(target: str, categories: list[str] | None, num_classes: int) ->
     close = difflib.get_close_matches(value, categories, n=3)
     hint = f" (did you mean {', '.join(close)}?)" if close else ""
     raise ConfigError(f"--target {target}: no category {value!r} among the model's {len(categories)}{hint}")
+
+
+class _Batches:
+    """Counts images as the adaptive kernel finishes them; reports about a batch at a time."""
+
+    def __init__(self, size: int, report: Callable[[int], None] | None) -> None:
+        self.size, self.report, self.pending = size, report, 0
+
+    def add(self, _image: int) -> None:
+        self.pending += 1
+        if self.pending >= self.size:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.pending and self.report is not None:
+            self.report(self.pending)
+        self.pending = 0
 
 
 @contextlib.contextmanager

@@ -74,3 +74,53 @@ def test_job_exits_2_with_one_line_on_a_bad_policy(capsys):
     assert main(["--input", "i", "--output", "o", "--n-samples", "auto", "--target-reliability", "1.5"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "target_reliability must be in (0, 1); got 1.5" in err[0]
+
+
+def test_converged_images_are_replaced_from_the_whole_shard_so_passes_stay_full(tmp_path):
+    """With --n-samples auto one adaptive call takes the whole shard: the forward passes are full until
+    the shard's last images, where per-batch calls left every batch's slowest images in emptier passes."""
+    import torch
+
+    from sgcore.attribution.adaptive import smoothgrad_adaptive
+
+    root = tmp_path / "img"
+    write_images(root, n_per_class=8)
+    config = JobConfig(input=str(root), output="unused", model="demo", weights="default", image_size=32,
+                       progress=False, batch_size=2, max_batch=64, n_samples=128, target_reliability=0.93,
+                       min_samples=16, max_samples=128)
+    processor = ShardProcessor(config)
+    pre = processor.loaded.preprocess
+    (spec,) = plan_shards(config.input, shard_size=64)
+    decoded = decode_shard(spec, resize_size=pre.resize_size, crop_size=pre.crop_size,
+                           interpolation=pre.interpolation)
+    passes: list[int] = []
+    hook = processor.model.register_forward_hook(
+        lambda _m, args, _o: passes.append(args[0].shape[0]) if torch.is_grad_enabled() else None)
+    finished: list[int] = []
+    rows = processor.compute_rows(decoded, on_batch=finished.append)
+    hook.remove()
+    ok = [r for r in rows if r["status"] == "ok"]
+    assert len(ok) == len(rows) == 16 and sum(finished) == len(rows)
+    assert len(finished) >= len(rows) // 2  # progress came about a batch at a time, not once at the end
+    assert sum(passes) == sum(r["n_samples"] for r in ok)
+    # Full passes until the shard runs dry, then only the tail.
+    first_short = next(k for k, n in enumerate(passes) if n < 64)
+    assert all(n == 64 for n in passes[:first_short])
+    fill = sum(passes) / (64 * len(passes))
+
+    # The same images explained batch by batch (the old schedule): a batch of 2 images fills at most
+    # 2 x 16 of the 64 rows a pass may hold.
+    per_batch: list[int] = []
+    hook = processor.model.register_forward_hook(
+        lambda _m, args, _o: per_batch.append(args[0].shape[0]) if torch.is_grad_enabled() else None)
+    x = pre.normalize(torch.from_numpy(np.ascontiguousarray(decoded.images)))
+    targets = torch.tensor([r["target"] for r in ok])
+    seeds = torch.tensor([r["seed"] for r in ok])
+    kw = {k: v for k, v in config.kernel_arguments().items() if k not in ("n_samples", "ig_steps")}
+    for i in range(0, len(ok), 2):
+        smoothgrad_adaptive(processor.explained, x[i : i + 2], targets[i : i + 2], seeds=seeds[i : i + 2],
+                            target_reliability=0.93, min_samples=16, max_samples=128, **kw)
+    hook.remove()
+    assert sum(per_batch) == sum(passes)  # the same samples
+    assert len(passes) < len(per_batch)
+    assert fill > 0.8 > 0.5 >= sum(per_batch) / (64 * len(per_batch))
