@@ -85,7 +85,7 @@ from sgcore.pipeline.cluster import (
     release_capacity,
     request_capacity,
 )
-from sgcore.pipeline.progress import Progress, format_duration, plural
+from sgcore.pipeline.progress import Progress, format_duration, format_rate, plural
 from sgcore.pipeline.worker import class_target, make_row, probe_model, summarize, write_part
 
 log = logging.getLogger("sgcore")
@@ -140,7 +140,7 @@ class JobResult:
         failed = f", {plural(self.shards_failed, 'shard')} failed" if self.shards_failed else ""
         return (
             f"{head}{done}{failed} | {computed} computed in {format_duration(self.seconds)}, "
-            f"{self.images_per_s:.1f} images/s on {plural(self.actors, 'replica')} | "
+            f"{format_rate(self.images_per_s)} images/s on {plural(self.actors, 'replica')} | "
             f"results: {self.output}"
         )
 

@@ -22,6 +22,13 @@ def format_duration(seconds: float) -> str:
     return f"{h}h{m:02d}m{s:02d}s" if h else (f"{m}m{s:02d}s" if m else f"{s}s")
 
 
+def format_rate(per_s: float) -> str:
+    """Images per second, with enough digits to stay non-zero on a slow CPU (0.04, not 0.0)."""
+    if per_s <= 0.0:
+        return "0.0"
+    return f"{per_s:.1f}" if per_s >= 1.0 else f"{per_s:.2g}"
+
+
 def plural(n: int, noun: str) -> str:
     """``1 shard``, ``2 shards``, ``0 errors``."""
     return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
@@ -112,7 +119,7 @@ class Progress:
         eta = format_duration(left / rate) if rate > 0 else "?"
         return (
             f"[sgcore] {done}/{self.total_images} images ({pct:.0f}%) | "
-            f"{rate:.1f} images/s | ETA {eta} | {plural(self.errors, 'error')} | "
+            f"{format_rate(rate)} images/s | ETA {eta} | {plural(self.errors, 'error')} | "
             f"shards {self.shards}/{self.total_shards}"
         )
 

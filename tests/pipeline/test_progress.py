@@ -10,7 +10,7 @@ import pytest
 from sgcore.config import JobConfig
 from sgcore.pipeline import run_job
 from sgcore.pipeline.driver import JobResult
-from sgcore.pipeline.progress import Progress, plural
+from sgcore.pipeline.progress import Progress, format_rate, plural
 from tests.conftest import write_images
 
 
@@ -41,6 +41,12 @@ def test_each_step_prints_once():
     p.maybe_print(force=True)
     lines = out.getvalue().splitlines()
     assert [ln.split(" images")[0] for ln in lines] == ["[sgcore] 0/4", "[sgcore] 2/4", "[sgcore] 4/4"]
+
+
+def test_a_slow_rate_stays_readable():
+    assert (format_rate(0.0), format_rate(0.0437), format_rate(0.5), format_rate(7.14)) == ("0.0", "0.044", "0.5", "7.1")
+    slow = JobResult(output="out", rows=12, ok=12, shards=4, seconds=300.0, images_per_s=0.04, actors=1)
+    assert "12 computed in 5m00s, 0.04 images/s on 1 replica" in slow.summary()
 
 
 def test_a_heartbeat_says_it_is_one():
