@@ -305,3 +305,58 @@ def test_a_resume_after_the_weights_changed_at_the_same_path_is_refused(ray_zoo,
     assert msg.startswith(f"the model file {path} changed since {out} was written (sha256 "), msg
     assert msg.endswith("its maps would mix two models: use a new --output, or pass --overwrite to replace them"), msg
     assert {p.name: p.read_bytes() for p in out.glob("part-*.parquet")} == parts  # nothing mixed in
+
+
+# ---- jobs.sweep on a run of each source ----------------------------------------
+
+def _sweep_spec(source: str, zoo: Path, tmp_path: Path) -> dict:
+    """The job's model flags for ``source``; the py run explains the softmax, so the sweep must too."""
+    if source == "py":
+        net, _ = _factory_net()
+        torch.save(net.state_dict(), tmp_path / "acme.pt")
+        return dict(model="py:acme_nets:build", weights=str(tmp_path / "acme.pt"), score="softmax")
+    return {
+        "torchscript": dict(model=f"torchscript:{zoo / 'demo.ts'}"),  # preprocessing from the sidecar
+        "export": dict(model=f"export:{zoo / 'demo.pt2'}", preprocess=DEMO_PRE),  # from --preprocess
+        "timm": dict(model="timm:resnet10t", weights=str(zoo / "r10.pth"), image_size=64, target="class:bee"),
+        "hf": dict(model=f"hf:{zoo / 'hf-vit'}"),
+    }[source]
+
+
+@pytest.mark.parametrize("source", [
+    "py", "torchscript",  # cheap: CI runs them
+    pytest.param("export", marks=pytest.mark.slow),  # the same promise for the other sources
+    pytest.param("timm", marks=pytest.mark.slow),
+    pytest.param("hf", marks=pytest.mark.slow),
+])
+def test_sweep_rebuilds_the_runs_model(ray_zoo, zoo, photos, tmp_path, monkeypatch, source):
+    """jobs.sweep on a run: the model, weights, preprocessing and score come from its manifest,
+    so the grid's cell at the run's settings holds the run's stored maps of the same images."""
+    import sgcore.audit.sweep_runner as sweep_runner
+    from jobs.sweep import main as sweep_main
+    from sgcore.audit.classes import map_statistics
+
+    spec = _sweep_spec(source, zoo, tmp_path)
+    df, manifest = _run(photos, tmp_path / "out", **spec)
+    grids = []
+    real_grid = sweep_runner.sweep_grid
+    monkeypatch.setattr(sweep_runner, "sweep_grid", lambda *a, **k: grids.append(real_grid(*a, **k)) or grids[-1])
+    report = tmp_path / "sweep"
+    assert sweep_main(["--results", str(tmp_path / "out"), "--report", str(report), "--images", "2",
+                       "--noise-levels", "0,0.15", "--sample-counts", f"1,{SMALL['n_samples']}",
+                       "--convergence-counts", "1,2", "--reference-samples", "4"]) == 0
+    summary = json.loads((report / "summary.json").read_text())
+    assert (report / "index.html").exists() and len(list((report / "img").iterdir())) == 3  # 2 grids + the curve
+    assert (summary["model"], summary["weights"]) == (manifest["config"]["model"], manifest["config"]["weights"])
+    ids = [im["image_id"] for im in summary["images"]]
+    assert len(ids) == 2 and [im["target"] for im in summary["images"]] == [int(df.target[i]) for i in ids]
+    stored = np.stack([np.asarray(df.saliency[i], np.float32).reshape(int(df.map_height[i]), int(df.map_width[i]))
+                       for i in ids])
+    (grid,) = grids
+    swept = grid.maps[1, 1]  # noise 0.15, n = the run's: the job's own maps
+    assert swept.shape == stored.shape
+    np.testing.assert_allclose(swept, stored, rtol=4e-3, atol=2e-3 * float(np.abs(stored).max()))
+    cell = next(c for c in summary["grid"]["cells"] if c["noise_level"] == 0.15 and c["n_samples"] == SMALL["n_samples"])
+    stats = map_statistics(stored)
+    assert cell["entropy"] == pytest.approx(float(stats["entropy"].mean()), rel=1e-3)
+    assert cell["gini"] == pytest.approx(float(stats["gini"].mean()), rel=1e-3)
