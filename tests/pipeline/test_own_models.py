@@ -117,15 +117,16 @@ def _run(photos, out, **kw):
     return df.set_index("image_id"), json.loads((Path(out) / "_manifest.json").read_text())
 
 
-def _audit(out, tmp_path):
-    """jobs.audit on a run of this source, in process: sanity cascade and faithfulness."""
+def _audit(out, tmp_path, *, num_actors: int = 0):
+    """jobs.audit on a run of this source: sanity cascade and faithfulness, in process (0) or on actors."""
     from jobs.audit import main as audit_main
 
     report = tmp_path / "report"
-    assert audit_main(["--results", str(out), "--report", str(report), "--num-actors", "0", "--sample", "2",
-                       "--steps", "4", "--n-samples", "2", "--no-localization"]) == 0
+    assert audit_main(["--results", str(out), "--report", str(report), "--num-actors", str(num_actors),
+                       "--sample", "2", "--steps", "4", "--n-samples", "2", "--no-localization"]) == 0
     summary = json.loads((report / "summary.json").read_text())
     assert summary["sanity"] is not None and summary["faithfulness"] is not None
+    assert summary["heavy"]["failed_chunks"] == [] and summary["heavy"]["evaluated_images"] == 2
     return summary
 
 
@@ -266,6 +267,10 @@ def test_python_factory_with_a_checkpoint(ray_zoo, zoo, photos, tmp_path):
     assert (df.map_height == 40).all() and (df.map_width == 56).all()
     _check_maps(df, photos, net.eval(), _torchvision_transform(pre))
     assert manifest["model"]["source"] == "py" and manifest["preprocess"]["crop_size"] == [40, 56]
+    # jobs.audit on a Ray actor: the factory is imported there (a py_module of ray_zoo, as --py-modules ships it).
+    summary = _audit(tmp_path / "out", tmp_path, num_actors=1)
+    assert summary["heavy"]["replicas"] == 1
+    assert [s["layer"] for s in summary["sanity"]] == ["inner.body.4", "inner.body.0"]  # from the output down
     assert list(manifest["model"]["files"]) == [str(tmp_path / "acme.pt")]
 
 
