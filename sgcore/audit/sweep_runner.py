@@ -19,7 +19,7 @@ import torch
 from sgcore.audit import plots
 from sgcore.audit.classes import map_statistics
 from sgcore.audit.report import Report, write_report
-from sgcore.audit.results import hash_sample, load_images
+from sgcore.audit.results import check_model_files, hash_sample, load_images
 from sgcore.audit.sanity import MapSettings
 from sgcore.audit.sweep import (
     DEFAULT_CONVERGENCE_COUNTS,
@@ -117,6 +117,8 @@ def run_sweep(config: SweepConfig, *, log: Any = print) -> dict[str, Any]:
     ids, targets, model_name, weights = picked.ids, picked.targets, picked.model, picked.weights
     settings = config.settings(picked.job)
     check_base(model_name, settings.base)  # before the model is loaded: guided backprop cannot see an archive's ReLUs
+    if picked.results is not None:
+        check_model_files(picked.results, model_name, weights, config.storage_options, what="the sweep")
     noise = settings.noise_level
     # As the audit does: the run's resolved preprocessing, given whole, and the run's --score,
     # so the cell at the run's settings holds the run's own maps.
@@ -219,6 +221,7 @@ class _Picked:
     image_size: int | None
     preprocess: dict[str, Any] | None  # the run's resolved preprocessing (None for --input: the model's own)
     job: dict[str, Any]  # the results' recorded config ({} for --input)
+    results: Any = None  # the opened results directory (None for --input)
 
 
 def _pick_images(config: SweepConfig) -> _Picked:
@@ -241,7 +244,7 @@ def _pick_images(config: SweepConfig) -> _Picked:
             ids=ids, labels=[classes[r] for r in rows], sources=sources, targets=[int(tg[r]) for r in rows],
             seeds=[int(sd[r]) for r in rows], model=config.model or job.get("model") or "demo",
             weights=config.weights or job.get("weights") or "default", image_size=job.get("image_size"),
-            preprocess=_run_preprocess(results, config), job=job,
+            preprocess=_run_preprocess(results, config), job=job, results=results,
         )
     if config.input is None:  # SweepConfig.__post_init__ requires input or results
         raise ConfigError("sweep needs --input or --results with an input in its manifest")

@@ -365,3 +365,34 @@ def test_sweep_rebuilds_the_runs_model(ray_zoo, zoo, photos, tmp_path, monkeypat
     stats = map_statistics(stored)
     assert cell["entropy"] == pytest.approx(float(stats["entropy"].mean()), rel=1e-3)
     assert cell["gini"] == pytest.approx(float(stats["gini"].mean()), rel=1e-3)
+
+
+def test_audit_and_sweep_refuse_a_run_whose_checkpoint_changed(ray_zoo, photos, tmp_path, capsys):
+    """The same spec at the same path with other bytes is another model: neither jobs.audit nor
+    jobs.sweep recomputes the run's maps with it (one line, exit 2, no report)."""
+    from jobs.audit import main as audit_main
+    from jobs.sweep import main as sweep_main
+
+    net, _ = _factory_net()
+    ckpt = tmp_path / "acme.pt"
+    torch.save(net.state_dict(), ckpt)
+    out = tmp_path / "out"
+    _, manifest = _run(photos, out, model="py:acme_nets:build", weights=str(ckpt))
+    torch.manual_seed(11)
+    import acme_nets
+
+    torch.save(acme_nets.build()[0].state_dict(), ckpt)
+    old = manifest["model"]["files"][str(ckpt)]
+    for name, main, extra in [("audit", audit_main, ["--num-actors", "0", "--sample", "2", "--no-localization"]),
+                              ("sweep", sweep_main, ["--images", "1"])]:
+        capsys.readouterr()
+        assert main(["--results", str(out), "--report", str(tmp_path / name), *extra]) == 2
+        err = [line for line in capsys.readouterr().err.splitlines() if "pid=" not in line]
+        assert len(err) == 1, err
+        assert err[0].startswith(f"error: the model file {ckpt} changed since {out} was written (sha256 {old[:12]}... "), err
+        assert f"the {name} would explain another model than the one its maps are of" in err[0], err
+        assert not (tmp_path / name).exists()
+    # Another model named on purpose is the user's choice.
+    assert sweep_main(["--results", str(out), "--report", str(tmp_path / "other"), "--weights", "none",
+                       "--images", "1", "--noise-levels", "0.1", "--sample-counts", "1", "--convergence-counts", "1",
+                       "--reference-samples", "1"]) == 0
