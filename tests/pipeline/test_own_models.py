@@ -320,6 +320,12 @@ def _sweep_spec(source: str, zoo: Path, tmp_path: Path) -> dict:
         net, _ = _factory_net()
         torch.save(net.state_dict(), tmp_path / "acme.pt")
         return dict(model="py:acme_nets:build", weights=str(tmp_path / "acme.pt"), score="softmax")
+    if source == "torchvision":
+        import torchvision
+
+        torch.manual_seed(3)
+        torch.save(torchvision.models.resnet18(num_classes=3).state_dict(), tmp_path / "r18.pt")
+        return dict(model="resnet18", weights=str(tmp_path / "r18.pt"), image_size=32)
     return {
         "torchscript": dict(model=f"torchscript:{zoo / 'demo.ts'}"),  # preprocessing from the sidecar
         "export": dict(model=f"export:{zoo / 'demo.pt2'}", preprocess=DEMO_PRE),  # from --preprocess
@@ -333,6 +339,7 @@ def _sweep_spec(source: str, zoo: Path, tmp_path: Path) -> dict:
     pytest.param("export", marks=pytest.mark.slow),  # the same promise for the other sources
     pytest.param("timm", marks=pytest.mark.slow),
     pytest.param("hf", marks=pytest.mark.slow),
+    pytest.param("torchvision", marks=pytest.mark.slow),
 ])
 def test_sweep_rebuilds_the_runs_model(ray_zoo, zoo, photos, tmp_path, monkeypatch, source):
     """jobs.sweep on a run: the model, weights, preprocessing and score come from its manifest,
