@@ -83,7 +83,9 @@ def artifacts(tmp_path_factory):
                                                 r"shape mismatches \['0\.weight \(8, 3, 3, 3\) vs \(4, 3, 3, 3\)', "
                                                 r"'0\.bias \(8,\) vs \(4,\)', '4\.weight \(2, 8\) vs \(2, 4\)'\]$"),
     ("timm:", "none", r"--model 'timm:' names no model after 'timm:'"),
-])
+], ids=["timm-unknown-name", "hf-no-config", "torchscript-no-archive", "export-no-archive", "py-returns-str",
+        "py-not-importable", "py-no-callable", "timm-demo-checkpoint", "timm-resnet18-checkpoint",
+        "py-other-layers-checkpoint", "py-wider-layers-checkpoint", "timm-empty-name"])
 def test_bad_model_specs_get_one_line_and_exit_2(capsys, artifacts, images, tmp_path, model, weights, line):
     model, weights = model.format(d=artifacts), weights.format(d=artifacts)
     argv = ["--input", str(images), "--output", str(tmp_path / "out"), "--model", model, "--weights", weights,
