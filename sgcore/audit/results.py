@@ -6,19 +6,22 @@ The results directory itself is read by :mod:`sgcore.results`, the one reader.
 from __future__ import annotations
 
 import io
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
 from PIL import Image
 
-from sgcore.errors import InputError
+from sgcore.errors import ConfigError, InputError
 from sgcore.io import decode_image
 from sgcore.io import read_source as _io_read_source
 from sgcore.io.decode import resize_and_crop
 from sgcore.io.labels import read_table
 from sgcore.models.preprocess import Preprocess
 from sgcore.seeds import image_seed
+
+if TYPE_CHECKING:
+    from sgcore.results import Results
 
 BOX_COLUMNS = ("image_id", "x0", "y0", "x1", "y1")
 _BOXES_HINT = "pass --boxes a CSV or Parquet file with columns image_id, x0, y0, x1, y1 (original image pixels)"
@@ -32,6 +35,37 @@ def hash_sample(ids: list[str], k: int, seed: int) -> list[int]:
     """
     order = sorted(range(len(ids)), key=lambda i: (image_seed(seed, ids[i]), ids[i]))
     return sorted(order[:k])
+
+
+def check_model_files(results: Results, model: str, weights: str, storage_options: dict[str, Any] | None,
+                      *, what: str) -> None:
+    """Refuses to recompute a run's maps with its model when a file of that model changed since.
+
+    The manifest records the sha256 of every weights file, archive or directory
+    the run loaded; the same spec at the same path with other bytes is another
+    model, whose maps would be set beside the run's as if they were its own.
+    Another ``--model``/``--weights`` than the run's is the user's choice and
+    is not checked.
+
+    Raises:
+        ConfigError: one line naming the file, both hashes and the way out.
+    """
+    job = results.config
+    if model != job.get("model") or weights != (job.get("weights") or "default"):
+        return
+    recorded = (results.manifest.get("model") or {}).get("files") or {}
+    if not recorded:
+        return
+    from sgcore.models import model_identity
+
+    now = model_identity(model, weights, storage_options=storage_options).get("files") or {}
+    for name, sha in now.items():
+        if name in recorded and recorded[name] != sha:
+            raise ConfigError(
+                f"the model file {name} changed since {results.url} was written (sha256 {recorded[name][:12]}... "
+                f"-> {sha[:12]}...); {what} would explain another model than the one its maps are of: restore "
+                "that file, or pass --model/--weights to name another model on purpose"
+            )
 
 
 def read_source(

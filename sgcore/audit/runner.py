@@ -31,7 +31,7 @@ from sgcore.audit.localization import (
 from sgcore.audit.reliability import DEFAULT_THRESHOLD as DEFAULT_RELIABILITY_THRESHOLD
 from sgcore.audit.reliability import add_risks, reliability_section
 from sgcore.audit.report import Report, write_report
-from sgcore.audit.results import hash_sample, load_images, load_mask, read_boxes
+from sgcore.audit.results import check_model_files, hash_sample, load_images, load_mask, read_boxes
 from sgcore.audit.road_pic import road_pic_section
 from sgcore.audit.sanity import MapSettings
 from sgcore.audit.strategies import StrategyConfig
@@ -215,6 +215,8 @@ def run_audit(
     random_weights = str(weights).lower() == "none"
     settings = MapSettings.from_job(job, n_samples=config.n_samples)
     heavy = config.sanity or config.faithfulness
+    if heavy:  # only the heavy checks rebuild the model
+        check_model_files(results, model, weights, config.storage_options, what="the audit")
     masks_root = None
     boxes: dict[str, np.ndarray] | None = None
     if config.localization and config.boxes:

@@ -20,7 +20,7 @@ import torch
 from sgcore.audit import plots
 from sgcore.audit.classes import map_statistics
 from sgcore.audit.report import Report, write_report
-from sgcore.audit.results import hash_sample, load_images
+from sgcore.audit.results import check_model_files, hash_sample, load_images
 from sgcore.audit.sanity import MapSettings
 from sgcore.audit.sweep import (
     DEFAULT_CONVERGENCE_COUNTS,
@@ -31,7 +31,7 @@ from sgcore.audit.sweep import (
 )
 from sgcore.errors import ConfigError
 from sgcore.io import join, plan_shards
-from sgcore.models import check_base, load_model
+from sgcore.models import check_base, load_model, with_score
 from sgcore.results import open_results_dir, read_index, row_classes
 from sgcore.seeds import image_seed
 
@@ -118,13 +118,17 @@ def run_sweep(config: SweepConfig, *, log: Any = print) -> dict[str, Any]:
     ids, targets, model_name, weights = picked.ids, picked.targets, picked.model, picked.weights
     settings = config.settings(picked.job)
     check_base(model_name, settings.base)  # before the model is loaded: guided backprop cannot see an archive's ReLUs
+    if picked.results is not None:
+        check_model_files(picked.results, model_name, weights, config.storage_options, what="the sweep")
     noise = settings.noise_level
+    # As the audit does: the run's resolved preprocessing, given whole, and the run's --score,
+    # so the cell at the run's settings holds the run's own maps.
     loaded = load_model(model_name, weights, image_size=picked.image_size, storage_options=config.storage_options,
-                        preprocess=picked.job.get("preprocess"))
+                        preprocess=picked.preprocess)
     preprocess = loaded.preprocess
     pixels = load_images(picked.sources, preprocess, config.storage_options, image_column=picked.job.get("image_column"))
     x = preprocess.normalize(torch.from_numpy(pixels))
-    model = loaded.model
+    model = with_score(loaded.model, picked.job.get("score") or "logit")
     if targets is None:
         with torch.no_grad():
             targets = model(x).argmax(dim=1).tolist()
@@ -233,7 +237,9 @@ class _Picked:
     model: str
     weights: str
     image_size: int | None
+    preprocess: dict[str, Any] | None  # the run's resolved preprocessing (None for --input: the model's own)
     job: dict[str, Any]  # the results' recorded config ({} for --input)
+    results: Any = None  # the opened results directory (None for --input)
 
 
 def _pick_images(config: SweepConfig) -> _Picked:
@@ -255,7 +261,8 @@ def _pick_images(config: SweepConfig) -> _Picked:
         return _Picked(
             ids=ids, labels=[classes[r] for r in rows], sources=sources, targets=[int(tg[r]) for r in rows],
             seeds=[int(sd[r]) for r in rows], model=config.model or job.get("model") or "demo",
-            weights=config.weights or job.get("weights") or "default", image_size=job.get("image_size"), job=job,
+            weights=config.weights or job.get("weights") or "default", image_size=job.get("image_size"),
+            preprocess=_run_preprocess(results, config), job=job, results=results,
         )
     if config.input is None:  # SweepConfig.__post_init__ requires input or results
         raise ConfigError("sweep needs --input or --results with an input in its manifest")
@@ -272,5 +279,15 @@ def _pick_images(config: SweepConfig) -> _Picked:
         # The class is the parent folder's name, as the job's reader labels an images layout.
         ids=ids, labels=[posixpath.basename(posixpath.dirname(i)) or None for i in ids],
         sources=[found[r][1] for r in rows], targets=None, seeds=[image_seed(config.seed, i) for i in ids],
-        model=config.model or "demo", weights=config.weights or "default", image_size=None, job={},
+        model=config.model or "demo", weights=config.weights or "default", image_size=None, preprocess=None, job={},
     )
+
+
+def _run_preprocess(results: Any, config: SweepConfig) -> dict[str, Any] | None:
+    """The preprocessing the run resolved, unless --model/--weights name another model; then its own
+    (with the run's --preprocess overrides)."""
+    job = results.config
+    same = (config.model in (None, job.get("model"))) and (config.weights in (None, job.get("weights")))
+    if same and results.manifest.get("preprocess"):
+        return results.preprocess.to_dict()
+    return job.get("preprocess")

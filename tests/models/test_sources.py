@@ -28,6 +28,15 @@ def images(tmp_path_factory):
     return root
 
 
+GOODNETS = """
+from torch import nn
+
+
+def build(width=4):
+    return nn.Sequential(nn.Conv2d(3, width, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(width, 2))
+"""
+
+
 @pytest.fixture(scope="module")
 def artifacts(tmp_path_factory):
     d = tmp_path_factory.mktemp("bad")
@@ -38,10 +47,18 @@ def artifacts(tmp_path_factory):
     pkg = d / "py" / "badnets"
     pkg.mkdir(parents=True)
     (pkg / "__init__.py").write_text("def build():\n    return 'a string'\n")
+    (d / "py" / "goodnets.py").write_text(GOODNETS)
     sys.path.insert(0, str(d / "py"))
+    import goodnets
+
+    # Checkpoints of other architectures for the factory: other layers, and the same layers wider.
+    torch.save(DemoNet().state_dict(), d / "demo-for-py.pt")
+    torch.save({"state_dict": goodnets.build(width=8).state_dict()}, d / "wide-for-py.pt")
+    torch.save(timm.create_model("resnet18", num_classes=3).state_dict(), d / "r18-for-r10.pth")
     yield d
     sys.path.remove(str(d / "py"))
     sys.modules.pop("badnets", None)
+    sys.modules.pop("goodnets", None)
 
 
 @pytest.mark.parametrize(("model", "weights", "line"), [
@@ -54,16 +71,32 @@ def artifacts(tmp_path_factory):
     ("py:no_such_pkg_zz:build", "default", r"--model py:no_such_pkg_zz:build: cannot import no_such_pkg_zz .*PYTHONPATH"),
     ("py:badnets", "default", r"--model py:badnets must be py:MODULE:CALLABLE"),
     ("timm:resnet10t", "{d}/demo-for-resnet.pth", r"checkpoint .*demo-for-resnet\.pth does not fit timm:resnet10t: missing keys"),
+    ("timm:resnet10t", "{d}/r18-for-r10.pth", r"checkpoint .*r18-for-r10\.pth does not fit timm:resnet10t: missing keys "
+                                              r"\['conv1\.0\.weight', .*\] \(\+\d+ more\); unexpected keys \[.*\] "
+                                              r"\(\+\d+ more\); shape mismatches \['layer2\.0\.downsample\.1\.weight \(128,\) vs "
+                                              r"\(128, 64, 1, 1\)'"),
+    # A checkpoint of another architecture in a factory: what does not fit, summarized (5 keys, then a count).
+    ("py:goodnets:build", "{d}/demo-for-py.pt", r"checkpoint .*demo-for-py\.pt does not fit py:goodnets:build: "
+                                                r"missing keys \['0\.weight', '0\.bias', '4\.weight', '4\.bias'\]; "
+                                                r"unexpected keys \['features\.0\.weight', .*\] \(\+\d+ more\)$"),
+    ("py:goodnets:build", "{d}/wide-for-py.pt", r"checkpoint .*wide-for-py\.pt does not fit py:goodnets:build: "
+                                                r"shape mismatches \['0\.weight \(8, 3, 3, 3\) vs \(4, 3, 3, 3\)', "
+                                                r"'0\.bias \(8,\) vs \(4,\)', '4\.weight \(2, 8\) vs \(2, 4\)'\]$"),
     ("timm:", "none", r"--model 'timm:' names no model after 'timm:'"),
-])
+], ids=["timm-unknown-name", "hf-no-config", "torchscript-no-archive", "export-no-archive", "py-returns-str",
+        "py-not-importable", "py-no-callable", "timm-demo-checkpoint", "timm-resnet18-checkpoint",
+        "py-other-layers-checkpoint", "py-wider-layers-checkpoint", "timm-empty-name"])
 def test_bad_model_specs_get_one_line_and_exit_2(capsys, artifacts, images, tmp_path, model, weights, line):
     model, weights = model.format(d=artifacts), weights.format(d=artifacts)
     argv = ["--input", str(images), "--output", str(tmp_path / "out"), "--model", model, "--weights", weights,
             "--n-samples", "1", "--gpus-per-actor", "0", "--quiet"]
     assert main(argv) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and err.startswith("error: "), err
-    assert __import__("re").search(line, err), err
+    assert err.count("\n") == 1 and err.startswith("error: ") and len(err) < 1000, err
+    assert __import__("re").search(line, err.rstrip("\n")), err
+    # Stopped on the driver before any Ray work: no cluster, no output folder, no manifest or lease.
+    assert not (tmp_path / "out").exists()
+    assert "ray" not in sys.modules or not sys.modules["ray"].is_initialized()
 
 
 def test_a_missing_extra_names_it(monkeypatch):

@@ -117,15 +117,16 @@ def _run(photos, out, **kw):
     return df.set_index("image_id"), json.loads((Path(out) / "_manifest.json").read_text())
 
 
-def _audit(out, tmp_path):
-    """jobs.audit on a run of this source, in process: sanity cascade and faithfulness."""
+def _audit(out, tmp_path, *, num_actors: int = 0):
+    """jobs.audit on a run of this source: sanity cascade and faithfulness, in process (0) or on actors."""
     from jobs.audit import main as audit_main
 
     report = tmp_path / "report"
-    assert audit_main(["--results", str(out), "--report", str(report), "--num-actors", "0", "--sample", "2",
-                       "--steps", "4", "--n-samples", "2", "--no-localization"]) == 0
+    assert audit_main(["--results", str(out), "--report", str(report), "--num-actors", str(num_actors),
+                       "--sample", "2", "--steps", "4", "--n-samples", "2", "--no-localization"]) == 0
     summary = json.loads((report / "summary.json").read_text())
     assert summary["sanity"] is not None and summary["faithfulness"] is not None
+    assert summary["heavy"]["failed_chunks"] == [] and summary["heavy"]["evaluated_images"] == 2
     return summary
 
 
@@ -266,6 +267,10 @@ def test_python_factory_with_a_checkpoint(ray_zoo, zoo, photos, tmp_path):
     assert (df.map_height == 40).all() and (df.map_width == 56).all()
     _check_maps(df, photos, net.eval(), _torchvision_transform(pre))
     assert manifest["model"]["source"] == "py" and manifest["preprocess"]["crop_size"] == [40, 56]
+    # jobs.audit on a Ray actor: the factory is imported there (a py_module of ray_zoo, as --py-modules ships it).
+    summary = _audit(tmp_path / "out", tmp_path, num_actors=1)
+    assert summary["heavy"]["replicas"] == 1
+    assert [s["layer"] for s in summary["sanity"]] == ["inner.body.4", "inner.body.0"]  # from the output down
     assert list(manifest["model"]["files"]) == [str(tmp_path / "acme.pt")]
 
 
@@ -305,3 +310,96 @@ def test_a_resume_after_the_weights_changed_at_the_same_path_is_refused(ray_zoo,
     assert msg.startswith(f"the model file {path} changed since {out} was written (sha256 "), msg
     assert msg.endswith("its maps would mix two models: use a new --output, or pass --overwrite to replace them"), msg
     assert {p.name: p.read_bytes() for p in out.glob("part-*.parquet")} == parts  # nothing mixed in
+
+
+# ---- jobs.sweep on a run of each source ----------------------------------------
+
+def _sweep_spec(source: str, zoo: Path, tmp_path: Path) -> dict:
+    """The job's model flags for ``source``; the py run explains the softmax, so the sweep must too."""
+    if source == "py":
+        net, _ = _factory_net()
+        torch.save(net.state_dict(), tmp_path / "acme.pt")
+        return dict(model="py:acme_nets:build", weights=str(tmp_path / "acme.pt"), score="softmax")
+    if source == "torchvision":
+        import torchvision
+
+        torch.manual_seed(3)
+        torch.save(torchvision.models.resnet18(num_classes=3).state_dict(), tmp_path / "r18.pt")
+        return dict(model="resnet18", weights=str(tmp_path / "r18.pt"), image_size=32)
+    return {
+        "torchscript": dict(model=f"torchscript:{zoo / 'demo.ts'}"),  # preprocessing from the sidecar
+        "export": dict(model=f"export:{zoo / 'demo.pt2'}", preprocess=DEMO_PRE),  # from --preprocess
+        "timm": dict(model="timm:resnet10t", weights=str(zoo / "r10.pth"), image_size=64, target="class:bee"),
+        "hf": dict(model=f"hf:{zoo / 'hf-vit'}"),
+    }[source]
+
+
+@pytest.mark.parametrize("source", [
+    "py", "torchscript",  # cheap: CI runs them
+    pytest.param("export", marks=pytest.mark.slow),  # the same promise for the other sources
+    pytest.param("timm", marks=pytest.mark.slow),
+    pytest.param("hf", marks=pytest.mark.slow),
+    pytest.param("torchvision", marks=pytest.mark.slow),
+])
+def test_sweep_rebuilds_the_runs_model(ray_zoo, zoo, photos, tmp_path, monkeypatch, source):
+    """jobs.sweep on a run: the model, weights, preprocessing and score come from its manifest,
+    so the grid's cell at the run's settings holds the run's stored maps of the same images."""
+    import sgcore.audit.sweep_runner as sweep_runner
+    from jobs.sweep import main as sweep_main
+    from sgcore.audit.classes import map_statistics
+
+    spec = _sweep_spec(source, zoo, tmp_path)
+    df, manifest = _run(photos, tmp_path / "out", **spec)
+    grids = []
+    real_grid = sweep_runner.sweep_grid
+    monkeypatch.setattr(sweep_runner, "sweep_grid", lambda *a, **k: grids.append(real_grid(*a, **k)) or grids[-1])
+    report = tmp_path / "sweep"
+    assert sweep_main(["--results", str(tmp_path / "out"), "--report", str(report), "--images", "2",
+                       "--noise-levels", "0,0.15", "--sample-counts", f"1,{SMALL['n_samples']}",
+                       "--convergence-counts", "1,2", "--reference-samples", "4"]) == 0
+    summary = json.loads((report / "summary.json").read_text())
+    assert (report / "index.html").exists() and len(list((report / "img").iterdir())) == 3  # 2 grids + the curve
+    assert (summary["model"], summary["weights"]) == (manifest["config"]["model"], manifest["config"]["weights"])
+    ids = [im["image_id"] for im in summary["images"]]
+    assert len(ids) == 2 and [im["target"] for im in summary["images"]] == [int(df.target[i]) for i in ids]
+    stored = np.stack([np.asarray(df.saliency[i], np.float32).reshape(int(df.map_height[i]), int(df.map_width[i]))
+                       for i in ids])
+    (grid,) = grids
+    swept = grid.maps[1, 1]  # noise 0.15, n = the run's: the job's own maps
+    assert swept.shape == stored.shape
+    np.testing.assert_allclose(swept, stored, rtol=4e-3, atol=2e-3 * float(np.abs(stored).max()))
+    cell = next(c for c in summary["grid"]["cells"] if c["noise_level"] == 0.15 and c["n_samples"] == SMALL["n_samples"])
+    stats = map_statistics(stored)
+    assert cell["entropy"] == pytest.approx(float(stats["entropy"].mean()), rel=1e-3)
+    assert cell["gini"] == pytest.approx(float(stats["gini"].mean()), rel=1e-3)
+
+
+def test_audit_and_sweep_refuse_a_run_whose_checkpoint_changed(ray_zoo, photos, tmp_path, capsys):
+    """The same spec at the same path with other bytes is another model: neither jobs.audit nor
+    jobs.sweep recomputes the run's maps with it (one line, exit 2, no report)."""
+    from jobs.audit import main as audit_main
+    from jobs.sweep import main as sweep_main
+
+    net, _ = _factory_net()
+    ckpt = tmp_path / "acme.pt"
+    torch.save(net.state_dict(), ckpt)
+    out = tmp_path / "out"
+    _, manifest = _run(photos, out, model="py:acme_nets:build", weights=str(ckpt))
+    torch.manual_seed(11)
+    import acme_nets
+
+    torch.save(acme_nets.build()[0].state_dict(), ckpt)
+    old = manifest["model"]["files"][str(ckpt)]
+    for name, main, extra in [("audit", audit_main, ["--num-actors", "0", "--sample", "2", "--no-localization"]),
+                              ("sweep", sweep_main, ["--images", "1"])]:
+        capsys.readouterr()
+        assert main(["--results", str(out), "--report", str(tmp_path / name), *extra]) == 2
+        err = [line for line in capsys.readouterr().err.splitlines() if "pid=" not in line]
+        assert len(err) == 1, err
+        assert err[0].startswith(f"error: the model file {ckpt} changed since {out} was written (sha256 {old[:12]}... "), err
+        assert f"the {name} would explain another model than the one its maps are of" in err[0], err
+        assert not (tmp_path / name).exists()
+    # Another model named on purpose is the user's choice.
+    assert sweep_main(["--results", str(out), "--report", str(tmp_path / "other"), "--weights", "none",
+                       "--images", "1", "--noise-levels", "0.1", "--sample-counts", "1", "--convergence-counts", "1",
+                       "--reference-samples", "1"]) == 0
