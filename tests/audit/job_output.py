@@ -26,6 +26,7 @@ def write_results(
     out: Path,
     images_root: Path,
     *,
+    model: str = "demo",
     weights: str = "default",
     n_samples: int = N_SAMPLES,
     shard_size: int = 8,
@@ -37,7 +38,7 @@ def write_results(
     ``settings``: further :class:`~sgcore.config.JobConfig` fields (aggregate, base, format, ...).
     The first shard also lists :data:`GONE`, an image deleted after listing, which becomes an error row.
     """
-    config = JobConfig(input=str(images_root), output=str(out), model="demo", weights=weights,
+    config = JobConfig(input=str(images_root), output=str(out), model=model, weights=weights,
                        n_samples=n_samples, shard_size=shard_size, limit=limit, progress=False, **settings)
     shards = plan_shards(config.input, shard_size=config.shard_size, limit=config.limit)
     shards[0] = replace(shards[0], members=(*shards[0].members, GONE), count=shards[0].size + 1)

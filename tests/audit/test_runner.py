@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from torch import nn
 
 from sgcore.audit import AuditConfig, open_results_dir, read_index, read_maps, run_audit
@@ -14,6 +15,7 @@ from sgcore.audit._workers import Chunk, WorkerSpec, run_chunks
 from sgcore.audit.sanity import MapSettings
 from sgcore.errors import ConfigError, InputError
 from sgcore.models import DemoNet
+from tests.audit.job_output import write_results
 
 
 @pytest.fixture(scope="module")
@@ -220,3 +222,20 @@ def test_audit_reads_a_real_job_run(demo_root: Path, demo_results: Path, ray_loc
     ours = json.loads((demo_results / "_manifest.json").read_text())
     assert set(ours["config"]) == set(real["config"]) and set(ours["preprocess"]) == set(real["preprocess"])
     assert {e["status"] for e in real["shards"].values()} == {e["status"] for e in ours["shards"].values()}
+
+
+def test_audit_of_a_torchvision_run(demo_root: Path, tmp_path: Path) -> None:
+    """A torchvision architecture's run (resnet18, random init: no download here) audits like the demo's:
+    the sanity cascade walks its 21 weight layers from fc down, faithfulness and localization run."""
+    torch.manual_seed(0)
+    results = write_results(tmp_path / "results", demo_root / "images", model="resnet18", weights="none",
+                            image_size=32, n_samples=2, limit=6)
+    summary = run_audit(AuditConfig(results=str(results), report=str(tmp_path / "report"), sample=2, n_samples=2,
+                                    steps=4, examples=0, strategies=False, num_actors=0), log=lambda m: None)
+    assert summary["model"] == "resnet18" and summary["random_weights"] is True
+    layers = [s["layer"] for s in summary["sanity"]]
+    assert len(layers) == 21 and layers[0] == "fc" and layers[-1] == "conv1"
+    assert summary["faithfulness"]["images"] == 2
+    assert summary["localization"]["images"] == 6 and summary["localization"]["missing_masks"] == 0
+    assert summary["reliability"]["images"] == 6
+    assert (tmp_path / "report" / "index.html").is_file()
