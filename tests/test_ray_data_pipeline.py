@@ -99,3 +99,27 @@ def test_read_results_gives_maps_as_tensors(data):
     assert batch["saliency"].dtype == np.float16
     assert set(batch["status"]) == {"ok"}
     assert read_results(str(data["job_out"])).count() == len(data["good"]) + 1
+
+
+def test_read_webdataset_gives_the_jobs_rows(tmp_path):
+    """Images of different sizes, png and jpg fields, cls and json labels, a corrupt image
+    and a sample without one: Ray Data keeps the bytes (decoder=None), the stage does the rest."""
+    import ray
+
+    from sgcore.pipeline import run_job
+    from tests.io.datasets import tar_samples, write_tar
+
+    src = tmp_path / "shards"
+    write_tar(src / "a.tar", [*tar_samples("train/s", 5, varied_sizes=True),
+                              ("train/broken", {"png": b"not a png", "cls": b"1"}),
+                              ("train/notes", {"txt": b"no image in this sample"})])
+    write_tar(src / "b.tar", tar_samples("t", 2, seed=10, varied_sizes=True))
+    run_job(JobConfig(input=str(src), output=str(tmp_path / "job"), progress=False, **SETTINGS))
+    job = _read_dir(tmp_path / "job")
+    assert len(job) == 8 and "a.tar/train/s0001" in set(job.image_id)  # the job's WebDataset ids
+
+    ds = ray.data.read_webdataset(str(src), decoder=None)
+    got = _run(ds, tmp_path / "out", **SETTINGS, root=str(src))
+    _assert_rows_match(got, job, columns=[*SAME, "source", "error", "target_name", "score"])
+    assert set(got.label) == {"0", "1", "2", "class0", "class1"}  # from cls and from json
+    assert list(got[got.image_id == "a.tar/train/broken"].status) == ["error"]
