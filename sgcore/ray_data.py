@@ -34,12 +34,14 @@ import json
 import math
 import posixpath
 import re
+import weakref
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import ray
+from ray.exceptions import UserCodeException
 
 from sgcore.config import JobConfig
 from sgcore.errors import ConfigError
@@ -76,6 +78,15 @@ def _unknown(name: str) -> ConfigError:
     close = difflib.get_close_matches(name, known, n=1)
     hint = f"did you mean {close[0]!r}? " if close else ""
     return ConfigError(f"SmoothGradMaps has no setting {name!r}; {hint}settings: {', '.join(known)}")
+
+
+class SettingsError(ConfigError, UserCodeException):
+    """A bad :class:`SmoothGradMaps` setting, found on the driver when the pipeline starts.
+
+    A :class:`~sgcore.errors.ConfigError`; also Ray's ``UserCodeException``, so that
+    Ray Data reports it as the caller's error (one line, no internal stack) and not
+    as a failure of Ray itself.
+    """
 
 
 def check_settings(**settings: Any) -> dict[str, Any]:
@@ -150,15 +161,22 @@ class SmoothGradMaps:
             for Ray Data checkpointing).
 
     Raises:
-        ConfigError: a bad setting (in the actor; call :meth:`settings` on the
-            driver to get it there first, in one line).
+        SettingsError: a bad setting, on the driver when the pipeline starts
+            executing, before any actor starts: a logical-plan rule of Ray Data
+            checks every ``SmoothGradMaps`` stage's ``fn_constructor_kwargs``
+            (plain dicts too). :meth:`settings` checks them earlier, where the
+            dict is built. Where Ray Data lacks that rule, each actor raises
+            the same one-line ``ConfigError`` as it starts.
     """
 
     def __init__(self, **settings: Any):
         from sgcore.pipeline.actors import set_cpu_threads
         from sgcore.pipeline.worker import ShardProcessor, pick_device
 
-        self.config = _config(settings)
+        try:  # the driver checked already (see check_stage); this is for another Ray
+            self.config = _config(settings)
+        except ConfigError as e:
+            raise ConfigError(_stage_message(e)) from None
         self.root = settings.get("root")
         self.keep_columns = tuple(settings.get("keep_columns", ()))
         in_worker = _in_ray_worker()
@@ -270,6 +288,69 @@ class SmoothGradMaps:
         if not wds and self.config.id_column == "path" and "/" in image_id:
             return posixpath.basename(posixpath.dirname(image_id))  # the job's folder labels
         return None
+
+
+# ------------------------------------------------------- the driver-side check
+# Ray Data (2.60) calls nothing of the class with its fn_constructor_kwargs on the
+# driver, so a plain dict would only be checked in each actor, where the failure
+# reaches the driver as ActorDiedError and is logged as an internal Ray error. A
+# logical-plan rule runs on the driver when the pipeline executes, before Ray Data
+# plans any operator or starts any actor: it checks every SmoothGradMaps stage
+# there and changes nothing. The rule API is Ray Data's (a DeveloperAPI); where it
+# is missing, the actor's own check (the same one) still fails the pipeline.
+try:
+    from ray.data._internal.logical.interfaces import Rule as _Rule
+    from ray.data._internal.logical.operators.map_operator import AbstractUDFMap as _UDFMap
+    from ray.data._internal.logical.optimizers import get_logical_ruleset as _logical_ruleset
+except ImportError:  # another Ray: the actors check
+    _Rule, _UDFMap, _logical_ruleset = object, None, None  # type: ignore[assignment,misc]
+
+_CHECKED: weakref.WeakSet[Any] = weakref.WeakSet()  # stages already checked (plans re-optimize)
+
+
+def check_stage(args: Sequence[Any] | None, kwargs: Mapping[str, Any] | None) -> None:
+    """Checks one ``map_batches(SmoothGradMaps, ...)`` stage's constructor arguments.
+
+    Raises:
+        SettingsError: positional arguments, or a setting :func:`check_settings` refuses.
+    """
+    if args:
+        raise SettingsError("SmoothGradMaps takes its settings as keywords "
+                            "(fn_constructor_kwargs=...); got fn_constructor_args")
+    try:
+        check_settings(**(kwargs or {}))
+    except ConfigError as e:
+        raise SettingsError(_stage_message(e)) from None
+
+
+def _stage_message(error: ConfigError) -> str:
+    message = str(error)
+    return message if message.startswith("SmoothGradMaps") else f"SmoothGradMaps: {message}"
+
+
+class _CheckSmoothGradMaps(_Rule):  # type: ignore[misc,valid-type]
+    """Checks every SmoothGradMaps stage of a logical plan on the driver; returns it unchanged."""
+
+    def apply(self, plan: Any) -> Any:
+        for op in plan.dag.post_order_iter():
+            if (isinstance(op, _UDFMap) and isinstance(op.fn, type)  # type: ignore[arg-type]
+                    and issubclass(op.fn, SmoothGradMaps) and op not in _CHECKED):
+                check_stage(op.fn_constructor_args, op.fn_constructor_kwargs)
+                _CHECKED.add(op)
+        return plan
+
+
+def _register_driver_check() -> bool:
+    """Adds the check to Ray Data's logical rules (once per process); False if it cannot."""
+    if _logical_ruleset is None:
+        return False
+    ruleset = _logical_ruleset()
+    if _CheckSmoothGradMaps not in list(ruleset):
+        ruleset.add(_CheckSmoothGradMaps)
+    return True
+
+
+DRIVER_CHECK = _register_driver_check()
 
 
 def read_results(url: str | Sequence[str], *, ok_only: bool = False, **read_parquet_args: Any) -> Any:
@@ -410,4 +491,5 @@ def _source(root: str | None, rel: str) -> str:
     return f"{root.rstrip('/')}/{rel}"
 
 
-__all__ = ["IMAGE_COLUMNS", "JOB_SETTINGS", "SmoothGradMaps", "check_settings", "read_results"]
+__all__ = ["IMAGE_COLUMNS", "JOB_SETTINGS", "SettingsError", "SmoothGradMaps", "check_settings",
+           "check_stage", "read_results"]
