@@ -118,3 +118,30 @@ def test_a_batch_that_fails_becomes_error_rows(data, monkeypatch):
     assert all(e == "batch failed: RuntimeError: CUDA out of memory" for e in df.error)
 
 
+
+
+def test_a_webdataset_batch_uses_each_rows_own_image_field():
+    """As read_webdataset(decoder=None) gives them: fields a sample lacks are NaN."""
+    from tests.io.datasets import encode, rgb
+
+    stage = SmoothGradMaps(**SETTINGS, root="/shards", keep_columns=["__key__"])
+    nan = float("nan")
+    png, jpg = encode(rgb(0, (24, 20))), encode(rgb(1, (40, 20)), "JPEG")
+
+    def column(*values):
+        out = np.empty(len(values), dtype=object)
+        out[:] = values
+        return out
+
+    batch = {"__key__": column("s0", "d/s1", "notes", "s3"),
+             "__url__": column(*["/shards/a.tar"] * 4),
+             "png": column(png, nan, nan, b"not a png"), "jpg": column(nan, jpg, nan, nan),
+             "cls": column(b"2", nan, nan, b" "), "json": column(nan, b'{"class": "fox"}', nan, nan),
+             "txt": column(nan, nan, b"a sample without an image", nan)}
+    table = stage(batch)
+    df = table.to_pandas()
+    assert list(df.image_id) == ["a.tar/s0", "a.tar/d/s1", "a.tar/s3"]  # the job: no row for "notes"
+    assert list(df.source) == ["/shards/a.tar#s0.png", "/shards/a.tar#d/s1.jpg", "/shards/a.tar#s3.png"]
+    assert list(df.status) == ["ok", "ok", "error"]
+    assert table.column("label").to_pylist() == ["2", "fox", None]  # cls, else json; a blank cls is no label
+    assert list(df["__key__"]) == ["s0", "d/s1", "s3"]  # kept columns follow the kept rows

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import traceback
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +12,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from sgcore.config import JobConfig
-from sgcore.ray_data import SmoothGradMaps, read_results
+from sgcore.errors import ConfigError
+from sgcore.ray_data import SettingsError, SmoothGradMaps, read_results
 from tests.test_ray_data import SAME, SETTINGS, _assert_rows_match, _maps, _read_dir, make_images
 
 pytestmark = pytest.mark.usefixtures("ray_local")
@@ -99,3 +101,82 @@ def test_read_results_gives_maps_as_tensors(data):
     assert batch["saliency"].dtype == np.float16
     assert set(batch["status"]) == {"ok"}
     assert read_results(str(data["job_out"])).count() == len(data["good"]) + 1
+
+
+def test_read_webdataset_gives_the_jobs_rows(tmp_path):
+    """Images of different sizes, png and jpg fields, cls and json labels, a corrupt image
+    and a sample without one: Ray Data keeps the bytes (decoder=None), the stage does the rest."""
+    import ray
+
+    from sgcore.pipeline import run_job
+    from tests.io.datasets import tar_samples, write_tar
+
+    src = tmp_path / "shards"
+    write_tar(src / "a.tar", [*tar_samples("train/s", 5, varied_sizes=True),
+                              ("train/broken", {"png": b"not a png", "cls": b"1"}),
+                              ("train/notes", {"txt": b"no image in this sample"})])
+    write_tar(src / "b.tar", tar_samples("t", 2, seed=10, varied_sizes=True))
+    run_job(JobConfig(input=str(src), output=str(tmp_path / "job"), progress=False, **SETTINGS))
+    job = _read_dir(tmp_path / "job")
+    assert len(job) == 8 and "a.tar/train/s0001" in set(job.image_id)  # the job's WebDataset ids
+
+    ds = ray.data.read_webdataset(str(src), decoder=None)
+    got = _run(ds, tmp_path / "out", **SETTINGS, root=str(src))
+    _assert_rows_match(got, job, columns=[*SAME, "source", "error", "target_name", "score"])
+    assert set(got.label) == {"0", "1", "2", "class0", "class1"}  # from cls and from json
+    assert list(got[got.image_id == "a.tar/train/broken"].status) == ["error"]
+
+
+def _stage_actors() -> int:
+    """Actors of SmoothGradMaps stages this Ray has ever started (dead ones included)."""
+    from ray._private import state
+
+    return sum("SmoothGradMaps" in a["ActorClassName"] for a in state.actors().values())
+
+
+def _plain_dict_stage(data: dict, **settings):
+    import ray
+
+    ds = ray.data.read_binary_files(str(data["root"]), include_paths=True)
+    return ds.map_batches(SmoothGradMaps, fn_constructor_kwargs={**SETTINGS, **settings},
+                          compute=ray.data.ActorPoolStrategy(size=1), num_cpus=0.5, batch_size=3)
+
+
+@pytest.mark.parametrize("settings, message", [
+    (dict(n_samples=0), r"^SmoothGradMaps: n_samples must be a positive integer; got 0$"),
+    (dict(model="nope"), r"^SmoothGradMaps: unknown model 'nope'; choose one of list_models\(\)"),
+    (dict(aggregate="x"), r"^SmoothGradMaps: aggregate must be one of mean, square, var; got 'x'$"),
+    (dict(modle="demo"), r"^SmoothGradMaps has no setting 'modle'; did you mean 'model'\?"),
+])
+def test_a_bad_plain_dict_fails_on_the_driver_in_one_line(data, tmp_path, capfd, settings, message):
+    """fn_constructor_kwargs=dict(...), not SmoothGradMaps.settings: still checked on the
+    driver when the pipeline starts, before any actor; Ray Data calls it the user's error."""
+    capfd.readouterr()
+    before = _stage_actors()
+    with pytest.raises(SettingsError, match=message) as e:
+        _plain_dict_stage(data, **settings).write_parquet(str(tmp_path / "out"))
+    assert isinstance(e.value, ConfigError) and "\n" not in str(e.value)
+    # What the user sees last: the one line, not chained to Ray's SystemException.
+    assert traceback.format_exception(e.value)[-1] == f"sgcore.ray_data.SettingsError: {e.value}\n"
+    assert e.value.__cause__ is None
+    assert _stage_actors() == before  # no actor was started
+    printed = "".join(capfd.readouterr())
+    assert "internal code" not in printed and "ActorDiedError" not in printed
+    assert not list((tmp_path / "out").glob("*.parquet"))  # nothing written
+
+
+def test_without_the_driver_check_each_actor_fails_with_the_same_line(data, tmp_path):
+    """Where Ray Data lacks the planner rule, the actor's own check is the last line the user sees."""
+    from ray.data._internal.logical.optimizers import get_logical_ruleset
+
+    from sgcore.ray_data import _CheckSmoothGradMaps
+
+    get_logical_ruleset().remove(_CheckSmoothGradMaps)
+    try:
+        with pytest.raises(Exception) as e:
+            _plain_dict_stage(data, n_samples=0).write_parquet(str(tmp_path / "out"))
+    finally:
+        get_logical_ruleset().add(_CheckSmoothGradMaps)
+    assert type(e.value).__name__ == "ActorDiedError"
+    assert str(e.value).splitlines()[-1] == (
+        "sgcore.errors.ConfigError: SmoothGradMaps: n_samples must be a positive integer; got 0")

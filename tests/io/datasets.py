@@ -84,10 +84,13 @@ def write_tar(path: Path, samples: list[tuple[str, dict[str, bytes]]]) -> None:
                 tar.addfile(info, io.BytesIO(data))
 
 
-def tar_samples(prefix: str, n: int, *, seed: int = 0) -> list[tuple[str, dict[str, bytes]]]:
+def tar_samples(prefix: str, n: int, *, seed: int = 0,
+                varied_sizes: bool = False) -> list[tuple[str, dict[str, bytes]]]:
+    """Alternating ``png`` + ``cls`` and ``jpg`` + ``json`` samples (``varied_sizes``: each 4 px wider)."""
     out = []
     for i in range(n):
-        fields: dict[str, bytes] = {"jpg" if i % 2 else "png": encode(rgb(seed + i), "JPEG" if i % 2 else "PNG")}
+        img = rgb(seed + i, (24 + 4 * i, 20)) if varied_sizes else rgb(seed + i)
+        fields: dict[str, bytes] = {"jpg" if i % 2 else "png": encode(img, "JPEG" if i % 2 else "PNG")}
         if i % 2:
             fields["json"] = json.dumps({"label": f"class{i % 3}"}).encode()
         else:
