@@ -60,9 +60,10 @@ def test_findings_link_to_their_sections(random_audit: tuple[dict, Path, list[st
     page = (report / "index.html").read_text()
     ids = set(re.findall(r'<section id="([^"]+)">', page))
     sections = {f["section"] for f in summary["findings"]}
-    assert {"classes", "localization", "sanity", "faithfulness"} <= sections
+    assert {"classes", "reliability", "localization", "sanity", "faithfulness"} <= sections
     # Beyond those, only the strategy section's flagged clusters have findings of their own.
-    assert all(s.startswith("strategies") for s in sections - {"classes", "localization", "sanity", "faithfulness"})
+    assert all(s.startswith("strategies")
+               for s in sections - {"classes", "reliability", "localization", "sanity", "faithfulness"})
     links = re.findall(r'<ul class="findings">(.*?)</ul>', page, re.S)[0]
     assert set(re.findall(r'href="#([^"]+)"', links)) <= ids
     assert page.index('id="findings"') < page.index("<section ")  # findings come before the sections
