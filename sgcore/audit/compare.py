@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
-from sgcore.audit.metrics import minmax, spearman, ssim
+from sgcore.audit.metrics import finite_mean, minmax, spearman, ssim
 from sgcore.results import Results, iter_parts, read_index, read_maps, row_classes
 
 DEFAULT_COMPARE_MARGIN = 0.06
@@ -130,7 +130,8 @@ def _reliability(table: pa.Table) -> list[float]:
     return [float("nan") if v is None else float(v) for v in table.column("reliability").to_pylist()]
 
 
-def class_changes(changes: list[ImageChange], margin: float = DEFAULT_COMPARE_MARGIN) -> list[dict[str, float | int | str]]:
+def class_changes(changes: list[ImageChange],
+                  margin: float = DEFAULT_COMPARE_MARGIN) -> list[dict[str, float | int | str | None]]:
     """Per class: images, mean Spearman, mean SSIM, share of flipped predictions, significant changes; most changed first."""
     groups: dict[str, list[ImageChange]] = {}
     for c in changes:
@@ -144,15 +145,9 @@ def class_changes(changes: list[ImageChange], margin: float = DEFAULT_COMPARE_MA
                 "spearman": float(np.nanmean([c.spearman for c in cs])),
                 "ssim": float(np.nanmean([c.ssim for c in cs])) if any(np.isfinite(c.ssim) for c in cs) else float("nan"),
                 "prediction_changed": float(np.mean([c.predicted_a != c.predicted_b for c in cs])),
-                "noise_floor": _nanmean([c.noise_floor for c in cs]),
+                "noise_floor": finite_mean([c.noise_floor for c in cs]),
                 "significant": sum(1 for c in cs if c.significant(margin)),
             }
         )
     rows.sort(key=lambda r: (r["spearman"], r["label"]))
     return rows
-
-
-
-def _nanmean(values: list[float]) -> float:
-    v = np.asarray(values, dtype=np.float64)
-    return float(np.nanmean(v)) if np.isfinite(v).any() else float("nan")

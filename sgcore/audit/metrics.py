@@ -8,6 +8,7 @@ function says otherwise (``spearman`` and ``ssim`` compare maps as given).
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 import torch
@@ -94,6 +95,13 @@ def border_share(maps: np.ndarray, *, width_fraction: float = 0.125) -> np.ndarr
     p = _distribution(m2.reshape(m2.shape[0], -1))
     share = p[:, mask.reshape(-1)].sum(axis=1)
     return _unbatch(share, single)
+
+
+def finite_mean(values: Any) -> float | None:
+    """Mean of the finite values (NaN marks "no estimate"); None when there is none."""
+    v = np.asarray(values, dtype=np.float64)
+    ok = np.isfinite(v)
+    return float(v[ok].mean()) if ok.any() else None
 
 
 def rankdata(values: np.ndarray) -> np.ndarray:

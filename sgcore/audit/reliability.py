@@ -29,6 +29,15 @@ def _value(row: dict[str, Any]) -> float:
     return float(v) if v is not None and math.isfinite(float(v)) else math.nan
 
 
+def _by_class(per_image: list[dict[str, Any]]) -> dict[str, list[float]]:
+    """The known reliabilities of each class (by ``label``, as the per-class view groups them)."""
+    groups: dict[str, list[float]] = {}
+    for r in per_image:
+        if math.isfinite(x := _value(r)):
+            groups.setdefault(str(r.get("label")), []).append(x)
+    return groups
+
+
 def _quantiles(v: np.ndarray) -> dict[str, float]:
     return {"min": float(v.min()), "p10": float(np.quantile(v, 0.1)), "p50": float(np.median(v)),
             "p90": float(np.quantile(v, 0.9)), "mean": float(v.mean())}
@@ -48,12 +57,8 @@ def reliability_summary(per_image: list[dict[str, Any]], threshold: float = DEFA
         return None
     v = values[known]
     counts, edges = np.histogram(v, bins=20, range=(min(0.0, float(v.min())), 1.0))
-    groups: dict[str, list[float]] = {}
-    for r, x in zip(per_image, values, strict=True):
-        if math.isfinite(x):
-            groups.setdefault(str(r.get("label")), []).append(x)
     classes = []
-    for name, xs in groups.items():
+    for name, xs in _by_class(per_image).items():
         a = np.asarray(xs)
         q = _quantiles(a)
         classes.append({"name": name, "images": int(a.size), "mean": q["mean"], "p10": q["p10"], "p50": q["p50"],
@@ -154,11 +159,7 @@ def reliability_section(report: Report, summary: dict[str, Any], per_image: list
         s.finding(f"Every map is at least {threshold:g} reliable (estimated Spearman with its converged map; "
                   f"median {q['p50']:.2f}).")
     s.table(info["classes"], ["name", "images", "mean", "p10", "p50", "min", "below"])
-    groups: dict[str, list[float]] = {}
-    for r in per_image:
-        if math.isfinite(x := _value(r)):
-            groups.setdefault(str(r.get("label")), []).append(x)
-    s.figure("reliability", plots.distributions(groups, xlabel="estimated Spearman with the converged map",
+    s.figure("reliability", plots.distributions(_by_class(per_image), xlabel="estimated Spearman with the converged map",
                                                 title="Map reliability per class", threshold=threshold),
              f"Per class: the reliability of each map (box: quartiles; dashed line: the threshold {threshold:g}).")
     s.text("Least reliable maps:")

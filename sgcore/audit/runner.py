@@ -28,6 +28,7 @@ from sgcore.audit.localization import (
     boxes_to_map_mask,
     localization_scores,
 )
+from sgcore.audit.metrics import finite_mean
 from sgcore.audit.reliability import DEFAULT_THRESHOLD as DEFAULT_RELIABILITY_THRESHOLD
 from sgcore.audit.reliability import add_risks, reliability_section
 from sgcore.audit.report import Report, write_report
@@ -359,9 +360,10 @@ def run_audit(
     summary["sanity"] = None
     summary["faithfulness"] = None
     summary["device"] = None  # where the maps were recomputed, when they were
+    all_ids = index.column("image_id").to_pylist()
     rows: list[int] = []
     if heavy:
-        rows = hash_sample(index.column("image_id").to_pylist(), config.sample, config.seed)
+        rows = hash_sample(all_ids, config.sample, config.seed)
         sampled_maps = read_maps(results, index, rows)
         sources = _sources(index, rows, config.input)
         targets = index.column("target").to_pylist()
@@ -442,9 +444,8 @@ def run_audit(
             _faithfulness_section(report, summary, outputs, config.steps)
             road_pic_section(report, summary, outputs)
 
-    sampled_ids = [index.column("image_id")[r].as_py() for r in rows]
     recomputed = heavy and settings.n_samples != run_settings.get("n_samples")
-    add_risks(reliability, summary, per_image, heavy_ids=sampled_ids or None,
+    add_risks(reliability, summary, per_image, heavy_ids=[all_ids[r] for r in rows] or None,
               heavy_note=(f"the run's maps of the sampled images; the checks recompute theirs at n={settings.n_samples}"
                           if recomputed else "the run's maps of the sampled images"))
 
@@ -689,7 +690,7 @@ def _compare_section(report: Report, summary: dict[str, Any], a: Results, b: Res
         "spearman": float(np.nanmean([c.spearman for c in changes])),
         "prediction_changed": float(np.mean([c.predicted_a != c.predicted_b for c in changes])),
         "margin": margin,
-        "noise_floor": float(np.nanmean([c.noise_floor for c in changes])) if judged else None,
+        "noise_floor": finite_mean([c.noise_floor for c in changes]),
         "judged": judged,
         "significant": significant,
         "significant_share": significant / judged if judged else None,

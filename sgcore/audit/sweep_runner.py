@@ -14,11 +14,11 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 import torch
 
 from sgcore.audit import plots
 from sgcore.audit.classes import map_statistics
+from sgcore.audit.metrics import finite_mean
 from sgcore.audit.report import Report, write_report
 from sgcore.audit.results import check_model_files, hash_sample, load_images
 from sgcore.audit.sanity import MapSettings
@@ -155,7 +155,7 @@ def run_sweep(config: SweepConfig, *, log: Any = print) -> dict[str, Any]:
     expected = conv.expected_spearman()
     conv_rows = [
         {"n_samples": n, "relative_l2": float(conv.relative_l2[k].mean()), "spearman": float(conv.spearman[k].mean()),
-         "estimated_reliability": _mean(conv.estimated[k]), "expected_spearman": _mean(expected[k])}
+         "estimated_reliability": finite_mean(conv.estimated[k]), "expected_spearman": finite_mean(expected[k])}
         for k, n in enumerate(conv.sample_counts)
     ]
     enough = [r["n_samples"] for r in conv_rows if r["spearman"] >= 0.95]
@@ -170,7 +170,7 @@ def run_sweep(config: SweepConfig, *, log: Any = print) -> dict[str, Any]:
         "convergence": {
             "noise_level": noise,
             "reference_samples": conv.reference_samples,
-            "reference_reliability": _mean(conv.reference_reliability),
+            "reference_reliability": finite_mean(conv.reference_reliability),
             "points": conv_rows,
             "n_for_spearman_0.95": enough[0] if enough else None,
         },
@@ -217,12 +217,6 @@ def run_sweep(config: SweepConfig, *, log: Any = print) -> dict[str, Any]:
     write_report(config.report, report, summary, config.storage_options)
     log(f"sweep: wrote {join(config.report, 'index.html')}")
     return summary
-
-
-def _mean(v: np.ndarray) -> float | None:
-    """Mean of the finite values (the estimate is NaN at n = 1); None when there is none."""
-    v = np.asarray(v, dtype=np.float64)
-    return float(v[np.isfinite(v)].mean()) if np.isfinite(v).any() else None
 
 
 @dataclass(frozen=True, kw_only=True)

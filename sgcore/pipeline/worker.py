@@ -93,10 +93,9 @@ class ShardProcessor:
                     on_batch(len(chunk))
             return rows
         picked = [self._targets(decoded, chunk, rows) for chunk in chunks]
-        waiting = [i for chunk, (_, kept, _) in zip(chunks, picked, strict=True) for i in chunk if i not in set(kept)]
-        if on_batch is not None and waiting:
-            on_batch(len(waiting))  # error rows are done
         kept = [i for _, k, _ in picked for i in k]
+        if on_batch is not None and len(todo) > len(kept):
+            on_batch(len(todo) - len(kept))  # rows that became errors before the kernel are done
         if kept:
             x = torch.cat([p[0] for p in picked if p[1]])
             self._explain(x, kept, [t for _, _, ts in picked for t in ts], rows, on_batch=on_batch)
