@@ -273,7 +273,7 @@ def _run_claimed(config: JobConfig, lease: Lease, preprocess: Preprocess, identi
     old = None if config.overwrite else read_manifest(config.output, config.storage_options)
     if old is not None and old.get("config_hash") != chash:
         old = None
-    committed = _committed_shards(config, shards, chash, old)
+    committed = _committed_shards(config, shards, chash)
     todo = [s for s in shards if s.shard_id not in committed]
     fresh = read_manifest(config.output, config.storage_options) is None
     run = _new_run(started, shards=len(todo), skipped=len(committed))
@@ -674,7 +674,7 @@ def _guard_output(config: JobConfig, chash: str, fingerprint: str,
             f"{config.output} holds results of another config (changed: {changed}); "
             "use a new --output, or pass --overwrite to replace them"
         )
-    if old.get("plan", {}).get("fingerprint") not in (None, fingerprint):
+    if old.get("plan", {}).get("fingerprint") != fingerprint:
         raise ConfigError(
             f"the input listing of {config.input} changed since {config.output} was written "
             "(files added or removed); use a new --output, or pass --overwrite"
@@ -727,8 +727,7 @@ def _clear_output(config: JobConfig) -> None:
     remove_success(config.output, config.storage_options)
 
 
-def _committed_shards(config: JobConfig, shards: list[ShardSpec], chash: str,
-                      old: dict[str, Any] | None) -> dict[str, dict[str, Any]]:
+def _committed_shards(config: JobConfig, shards: list[ShardSpec], chash: str) -> dict[str, dict[str, Any]]:
     """Shards whose part was committed under this config hash -> its footer metadata.
 
     A part whose footer says ``failed`` (error rows of a shard that failed
@@ -739,7 +738,6 @@ def _committed_shards(config: JobConfig, shards: list[ShardSpec], chash: str,
         existing = {p.rsplit("/", 1)[-1] for p in fs.glob(f"{path.rstrip('/')}/part-*.parquet")}
     except (FileNotFoundError, OSError):
         return {}
-    old_shards = (old or {}).get("shards", {})
     done: dict[str, dict[str, Any]] = {}
     changed: list[str] = []
     for s in shards:
@@ -749,10 +747,7 @@ def _committed_shards(config: JobConfig, shards: list[ShardSpec], chash: str,
         meta = read_part_metadata(join(config.output, name), config.storage_options)
         if not meta or meta.get("config_hash") != chash or meta.get("rows") is None:
             continue
-        status = meta.get("status")
-        if status is None:  # a part from before footers recorded it: ask the manifest
-            status = "failed" if old_shards.get(s.shard_id, {}).get("status") == "failed" else "committed"
-        if status != "committed":
+        if meta.get("status") != "committed":
             continue
         if meta.get("content") and s.content and meta["content"] != s.content:
             changed.append(s.shard_id)  # same names, other bytes: its maps are of the old images
@@ -793,25 +788,8 @@ def _new_manifest(config: JobConfig, chash: str, fingerprint: str, preprocess: P
                  "fingerprint": fingerprint},
         "shards": entries,
         "failed_shards": [],
-        "runs": [*_previous_runs(old), run],
+        "runs": [*old.get("runs", []), run],
     }
-
-
-def _previous_runs(old: dict[str, Any]) -> list[dict[str, Any]]:
-    """``old``'s runs; a manifest from before runs were kept gives its totals as one run."""
-    if "runs" in old or "totals" not in old:
-        return list(old.get("runs", []))
-    t = old["totals"]
-    return [{
-        "started": old.get("created"), "finished": old.get("finished"), "status": old.get("status"),
-        "seconds": t.get("seconds"), "shards": t.get("shards"), "shards_skipped": None,
-        "shards_failed": t.get("shards_failed", 0), "failed_shards": [],
-        "rows": t.get("rows", 0), "ok": t.get("ok", 0), "errors": t.get("errors", 0),
-        "actors": t.get("actors", 0), "actors_lost": t.get("actors_lost", 0),
-        "driver_max_rss_mb": t.get("driver_max_rss_mb"), "worker_max_rss_mb": t.get("worker_max_rss_mb"),
-        "git_revision": old.get("git_revision"), "versions": old.get("versions", {}),
-        "note": "rebuilt from the totals of a manifest written before runs were recorded",
-    }]
 
 
 def _new_run(started: str, *, shards: int, skipped: int) -> dict[str, Any]:

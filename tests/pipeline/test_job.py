@@ -112,22 +112,6 @@ def test_rerun_resumes_and_a_different_config_is_refused(image_dir, tmp_path):
     assert {p.name: p.stat().st_mtime_ns for p in out.glob("part-*.parquet")} == stamps
 
 
-def test_manifest_from_before_runs_keeps_its_record(image_dir, tmp_path):
-    out = tmp_path / "out"
-    cfg = JobConfig(input=str(image_dir), output=str(out), **SMALL)
-    run_job(cfg)
-    manifest = json.loads((out / "_manifest.json").read_text())
-    # What an older sgcore wrote: totals of its one run, no "runs".
-    del manifest["runs"]
-    manifest["totals"].update(seconds=28.5, actors=1, worker_max_rss_mb=800.0)
-    (out / "_manifest.json").write_text(json.dumps(manifest))
-    run_job(cfg)  # nothing to do
-    runs = json.loads((out / "_manifest.json").read_text())["runs"]
-    assert len(runs) == 2 and "rebuilt from the totals" in runs[0]["note"]
-    assert (runs[0]["seconds"], runs[0]["actors"], runs[0]["rows"]) == (28.5, 1, 7)
-    assert runs[1]["shards"] == 0 and runs[1]["shards_skipped"] == 3
-
-
 def test_checkpoint_of_another_model_stops_the_job_at_once(image_dir, tmp_path):
     # The demo net's weights for a resnet18: every replica would fail to start.
     from sgcore.models import DEMO_WEIGHTS_PATH
