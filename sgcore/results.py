@@ -7,9 +7,10 @@
     maps = load_maps("s3://bucket/maps", image_ids=df.image_id[:10])   # id -> (H, W) float32
     overlay(df.iloc[0]).save("first.png")               # the map over the original image
 
-The output layout (DESIGN.md contract 5): ``part-<shard>.parquet`` files, and
-with ``--format npz`` the maps in ``maps/part-<shard>.npz`` keyed by
-``image_id``; ``_manifest.json`` and ``_SUCCESS`` are not data and are left out.
+The output layout (DESIGN.md contract 5, owned by :mod:`sgcore.io.output`):
+``part-<shard>.parquet`` files, and with ``--format npz`` the maps in
+``maps/part-<shard>.npz`` keyed by ``image_id``; ``_manifest.json`` and
+``_SUCCESS`` are not data and are left out.
 
 Two ways in: :func:`open_results` (the rows as a pyarrow dataset, for any
 analysis) and :func:`open_results_dir` (a :class:`Results` with the manifest,
@@ -19,8 +20,6 @@ read part by part, as the audit and the renderer do).
 from __future__ import annotations
 
 import io
-import json
-import posixpath
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -37,7 +36,9 @@ from sgcore.io import (
     GEOMETRY_COLUMNS,
     MANIFEST_NAME,
     SUCCESS_NAME,
-    join,
+    Manifest,
+    OutputDir,
+    npz_url,
     read_bytes,
     read_source,
     url_to_fs,
@@ -69,16 +70,12 @@ META_COLUMNS = (
 )
 
 
-def _part_paths(url: str, storage_options: dict[str, Any] | None) -> tuple[Any, list[str]]:
-    fs, path = url_to_fs(url, storage_options)
-    root = path.rstrip("/")
-    try:
-        parts = sorted(p for p in fs.glob(f"{root}/part-*.parquet"))
-    except FileNotFoundError:
-        parts = []
-    if not parts:
+def _parts(url: str, storage_options: dict[str, Any] | None) -> OutputDir:
+    """The output at ``url``, refused when it holds no parts."""
+    out = OutputDir(url, storage_options)
+    if not out.has_parts():
         raise InputError(f"no part-*.parquet files under {url}; is it a results directory?")
-    return fs, parts
+    return out
 
 
 def open_results(url: str, storage_options: dict[str, Any] | None = None) -> pads.Dataset:
@@ -90,12 +87,12 @@ def open_results(url: str, storage_options: dict[str, Any] | None = None) -> pad
     Raises:
         InputError: ``url`` holds no parts.
     """
-    fs, parts = _part_paths(url, storage_options)
-    if is_local(fs):
-        return pads.dataset(parts, format="parquet")
+    out = _parts(url, storage_options)
+    if is_local(out.fs):
+        return pads.dataset(out.part_paths(), format="parquet")
     from pyarrow.fs import FSSpecHandler, PyFileSystem
 
-    return pads.dataset(parts, format="parquet", filesystem=PyFileSystem(FSSpecHandler(fs)))
+    return pads.dataset(out.part_paths(), format="parquet", filesystem=PyFileSystem(FSSpecHandler(out.fs)))
 
 
 def load_maps(
@@ -201,13 +198,13 @@ def _npz_maps(url: str, table: pa.Table, *, full: bool,
     for i, sid in enumerate(shards):
         by_shard.setdefault(sid, []).append(i)
     for sid, rows in sorted(by_shard.items()):
-        npz_url = join(url, "maps", f"part-{sid}.npz")
-        _, path = url_to_fs(npz_url, storage_options)
-        with np.load(io.BytesIO(read_bytes(fs, path, url=npz_url))) as z:
+        maps_url = npz_url(url, sid)
+        _, path = url_to_fs(maps_url, storage_options)
+        with np.load(io.BytesIO(read_bytes(fs, path, url=maps_url))) as z:
             for i in rows:
                 name = f"{keys[i]}/full" if full else keys[i]
                 if name not in z.files:
-                    raise InputError(f"{npz_url} has no map {name!r}; was the job run with --store-full?")
+                    raise InputError(f"{maps_url} has no map {name!r}; was the job run with --store-full?")
                 out[i] = z[name].astype(np.float32)
     if not out:
         return np.zeros((0, 0, 0), np.float32)
@@ -321,8 +318,7 @@ def part_files(url: str, storage_options: dict[str, Any] | None = None) -> list[
     Raises:
         InputError: ``url`` holds no parts.
     """
-    _, parts = _part_paths(url, storage_options)
-    return [join(url, posixpath.basename(p)) for p in parts]
+    return _parts(url, storage_options).part_urls()
 
 
 # --------------------------------------------------------------------------- a results directory
@@ -334,27 +330,27 @@ class Results:
 
     Attributes:
         url: the directory URL as given.
-        manifest: the parsed ``_manifest.json``.
+        manifest: the output's ``_manifest.json`` (schema: :mod:`sgcore.io.output`).
         parts: URLs of the ``part-*.parquet`` files, sorted.
         complete: whether ``_SUCCESS`` is present.
     """
 
     url: str
-    manifest: dict[str, Any]
+    manifest: Manifest
     parts: list[str]
     complete: bool
     storage_options: dict[str, Any] = field(default_factory=dict, repr=False)
 
     @property
     def config(self) -> dict[str, Any]:
-        return dict(self.manifest.get("config") or {})
+        return dict(self.manifest.config)
 
     @property
     def preprocess(self) -> Preprocess:
         """The preprocessing that produced the maps, from the manifest."""
         from sgcore.models.preprocess import Preprocess
 
-        data = self.manifest.get("preprocess")
+        data = self.manifest.preprocess
         if not data:
             raise InputError(f"results at {self.url} have no 'preprocess' in {MANIFEST_NAME}")
         return Preprocess.from_dict(data)
@@ -378,21 +374,22 @@ def open_results_dir(
     Raises:
         InputError: no manifest, no part files, or no ``_SUCCESS``.
     """
-    fs, root = url_to_fs(url, storage_options)
-    root = root.rstrip("/")
+    out = OutputDir(url, storage_options)
     try:
-        manifest = json.loads(fs.cat_file(posixpath.join(root, MANIFEST_NAME)))
-    except FileNotFoundError as e:
-        raise InputError(f"no {MANIFEST_NAME} under {url}; is it the --output of jobs.smoothgrad?") from e
+        manifest = out.read_manifest()
+    except InputError:  # refused credentials: the message says how to fix them
+        raise
     except (OSError, ValueError) as e:
-        raise InputError(f"cannot read {join(url, MANIFEST_NAME)}: {e}") from e
-    complete = fs.exists(posixpath.join(root, SUCCESS_NAME))
+        raise InputError(f"cannot read {out.url_of(MANIFEST_NAME)}: {e}") from e
+    if manifest is None:
+        raise InputError(f"no {MANIFEST_NAME} under {url}; is it the --output of jobs.smoothgrad?")
+    complete = out.has_success()
     if not complete and not allow_partial:
         raise InputError(
             f"results at {url} are incomplete (no {SUCCESS_NAME}); wait for the job to finish "
             f"or pass allow_partial=True (--allow-partial)"
         )
-    return Results(url=url, manifest=manifest, parts=part_files(url, storage_options), complete=complete,
+    return Results(url=url, manifest=manifest, parts=_parts(url, storage_options).part_urls(), complete=complete,
                    storage_options=dict(storage_options or {}))
 
 

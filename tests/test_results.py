@@ -7,7 +7,18 @@ import pytest
 from PIL import Image
 
 from sgcore.errors import InputError
-from sgcore.io import decode_image, encode_part, join, write_bytes, write_manifest, write_success
+from sgcore.io import (
+    Manifest,
+    Plan,
+    ShardEntry,
+    decode_image,
+    encode_part,
+    npz_url,
+    part_url,
+    write_bytes,
+    write_manifest,
+    write_success,
+)
 from sgcore.results import load_maps, open_results, overlay, part_files, table_maps
 from tests.io.datasets import encode
 
@@ -44,9 +55,12 @@ def _write_results(tmp_path, fmt="parquet", full=False):
     parquet, npz = encode_part(rows, map_shape=(32, 32), metadata={}, fmt=fmt,
                                channels=3 if full else None)
     if npz is not None:
-        write_bytes(join(out, "maps", "part-00000.npz"), npz)
-    write_bytes(join(out, "part-00000.parquet"), parquet)
-    write_manifest(out, {"status": "complete"})
+        write_bytes(npz_url(out, "00000"), npz)
+    write_bytes(part_url(out, "00000"), parquet)
+    write_manifest(out, Manifest(config={"format": fmt}, config_hash="h", preprocess={}, status="complete",
+                                 plan=Plan(shards=1, images=3, fingerprint="f"),
+                                 shards={"00000": ShardEntry(images=3, first="sq.png", status="committed",
+                                                             rows=3, ok=2, errors=1)}))
     write_success(out)
     return out, rows
 
@@ -165,8 +179,8 @@ def test_pandas_reads_the_directory_directly(tmp_path):
 
 def test_part_files_lists_the_parts_sorted(tmp_path):
     out, _ = _write_results(tmp_path)
-    write_bytes(join(out, "part-00002.parquet"), (tmp_path / "out" / "part-00000.parquet").read_bytes())
-    assert part_files(out) == [join(out, "part-00000.parquet"), join(out, "part-00002.parquet")]
+    write_bytes(part_url(out, "00002"), (tmp_path / "out" / "part-00000.parquet").read_bytes())
+    assert part_files(out) == [part_url(out, "00000"), part_url(out, "00002")]
     with pytest.raises(InputError, match=r"no part-\*.parquet files under .*in; is it a results directory"):
         part_files(str(tmp_path / "in"))
 

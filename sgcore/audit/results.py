@@ -53,7 +53,7 @@ def check_model_files(results: Results, model: str, weights: str, storage_option
     job = results.config
     if model != job.get("model") or weights != (job.get("weights") or "default"):
         return
-    recorded = (results.manifest.get("model") or {}).get("files") or {}
+    recorded = results.manifest.model.get("files") or {}
     if not recorded:
         return
     from sgcore.models import model_identity

@@ -233,7 +233,7 @@ def run_audit(
             f"results {results.url} · model {model} ({weights}{', random' if random_weights else ''}) · "
             f"maps of the run: {_describe(run_settings)}"
             + (f" · recomputed for the checks: {_describe(used)}" if heavy else "")
-            + f" · config {results.manifest.get('config_hash')}"
+            + f" · config {results.manifest.config_hash}"
         ),
     )
     if random_weights:
@@ -246,7 +246,7 @@ def run_audit(
         "model": model,
         "weights": weights,
         "random_weights": random_weights,
-        "config_hash": results.manifest.get("config_hash"),
+        "config_hash": results.manifest.config_hash,
         "run_settings": run_settings,
         # The settings the audit's recomputed maps used (what its numbers rest on).
         "settings": used if heavy else run_settings,
@@ -395,7 +395,7 @@ def run_audit(
         ]
         layers = _weight_layers(model)
         log("audit plan: " + _plan_line(config, settings, len(rows), summary["images"], len(chunks), layers))
-        partial = _Partial(config, spec, results.manifest.get("config_hash"))
+        partial = _Partial(config, spec, results.manifest.config_hash)
         kept = {i: v for i in range(len(chunks)) if (v := partial.load(i, chunks[i])) is not None}
         if kept:
             log(f"audit: resuming: {len(kept)} of {len(chunks)} chunk(s) kept from an earlier run in {partial.root}")

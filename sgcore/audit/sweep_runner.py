@@ -282,6 +282,6 @@ def _run_preprocess(results: Any, config: SweepConfig) -> dict[str, Any] | None:
     (with the run's --preprocess overrides)."""
     job = results.config
     same = (config.model in (None, job.get("model"))) and (config.weights in (None, job.get("weights")))
-    if same and results.manifest.get("preprocess"):
+    if same and results.manifest.preprocess:
         return results.preprocess.to_dict()
     return job.get("preprocess")

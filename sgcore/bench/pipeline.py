@@ -97,9 +97,12 @@ def _steady_rate(out: Path) -> float:
     actors are up, which is where decoding or writing could starve the model."""
     from sgcore.io import read_manifest
 
-    shards = sorted(read_manifest(str(out))["shards"].values(), key=lambda e: e["finished"])
-    span = shards[-1]["finished"] - shards[0]["finished"]
-    return sum(e["rows"] for e in shards[1:]) / span if span > 0 else float("nan")
+    manifest = read_manifest(str(out))
+    if manifest is None:
+        raise RuntimeError(f"the job wrote no manifest under {out}")
+    shards = sorted(manifest.shards.values(), key=lambda e: e.finished or 0.0)
+    span = (shards[-1].finished or 0.0) - (shards[0].finished or 0.0)
+    return sum(e.rows or 0 for e in shards[1:]) / span if span > 0 else float("nan")
 
 
 def to_markdown(result: dict[str, Any]) -> str:

@@ -1,4 +1,4 @@
-"""Storage: listing and reading inputs, decoding, writing results and manifests.
+"""Storage: listing and reading inputs, decoding, encoding results, the output directory.
 
 Never imports Ray: everything here runs the same in a Ray task or a plain process.
 """
@@ -19,13 +19,28 @@ from sgcore.io._retry import (
 )
 from sgcore.io.decode import IMAGE_EXTENSIONS, DecodeError, Geometry, decode_array, decode_image
 from sgcore.io.labels import read_labels
-from sgcore.io.manifest import (
+from sgcore.io.output import (
+    LEASE_NAME,
     MANIFEST_NAME,
+    PART_METADATA_KEY,
+    PART_STATUSES,
     SUCCESS_NAME,
+    Manifest,
+    OutputDir,
+    Plan,
+    RunEntry,
+    ShardEntry,
+    Totals,
     git_revision,
+    npz_name,
+    npz_url,
     package_versions,
+    part_name,
+    part_url,
     read_manifest,
+    read_part_metadata,
     remove_success,
+    write_bytes,
     write_manifest,
     write_success,
 )
@@ -39,18 +54,7 @@ from sgcore.io.readers import (
     read_shard,
     read_source,
 )
-from sgcore.io.writers import (
-    GEOMETRY_COLUMNS,
-    PART_METADATA_KEY,
-    encode_part,
-    npz_name,
-    part_name,
-    part_url,
-    read_part_metadata,
-    result_schema,
-    rows_to_table,
-    write_bytes,
-)
+from sgcore.io.writers import GEOMETRY_COLUMNS, encode_part, result_schema, rows_to_table
 
 __all__ = [
     "DEFAULT_POLICY",
@@ -58,9 +62,17 @@ __all__ = [
     "DEFAULT_STORAGE_RETRY_S",
     "IMAGE_EXTENSIONS",
     "INPUT_FORMATS",
+    "LEASE_NAME",
     "MANIFEST_NAME",
     "PART_METADATA_KEY",
+    "PART_STATUSES",
     "SUCCESS_NAME",
+    "Manifest",
+    "OutputDir",
+    "Plan",
+    "RunEntry",
+    "ShardEntry",
+    "Totals",
     "DecodeError",
     "DecodedShard",
     "Geometry",
@@ -78,6 +90,7 @@ __all__ = [
     "is_transient",
     "join",
     "npz_name",
+    "npz_url",
     "open_input",
     "package_versions",
     "part_name",

@@ -37,8 +37,7 @@ from typing import Any
 from sgcore.errors import ConfigError
 from sgcore.io._fs import is_local, join, url_to_fs
 from sgcore.io._retry import retry_call
-
-LEASE_NAME = "_lease.json"
+from sgcore.io.output import LEASE_NAME
 
 DEFAULT_TTL_S = 120.0
 

@@ -1,28 +1,21 @@
-"""Encoding result rows (Parquet, npz) and committing them atomically.
+"""Encoding result rows (Parquet, npz): the output schema and its typed geometry columns.
 
-Encoding is separate from writing: ``encode_part(rows) -> bytes`` then one
-write. On object stores one PUT is atomic; locally we write a temporary file
-and rename it, so a reader never sees half a part.
+Encoding is separate from writing: ``encode_part(rows) -> bytes``, then one
+atomic write into the output (:func:`sgcore.io.output.write_bytes`, which also
+owns the parts' names and footers).
 """
 
 from __future__ import annotations
 
 import io
 import json
-import os
-import posixpath
-import uuid
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from sgcore.io._fs import is_local, join, url_to_fs
-from sgcore.io._retry import RetryPolicy, retry_call
-
-# Metadata key in each part's Parquet footer: config hash + shard id.
-PART_METADATA_KEY = b"sgcore"
+from sgcore.io.output import PART_METADATA_KEY
 
 _SCALARS: list[tuple[str, pa.DataType]] = [
     ("image_id", pa.string()),
@@ -61,15 +54,6 @@ _GEOMETRY: list[tuple[str, pa.DataType]] = [
 # The columns that place a row's map on its original image (see sgcore.io.decode.Geometry);
 # every reader takes them from here.
 GEOMETRY_COLUMNS: tuple[str, ...] = tuple(name for name, _ in _GEOMETRY)
-
-
-def part_name(shard_id: str) -> str:
-    """Deterministic file name of a shard's rows: a retry overwrites it."""
-    return f"part-{shard_id}.parquet"
-
-
-def npz_name(shard_id: str) -> str:
-    return f"maps/part-{shard_id}.npz"
 
 
 def result_schema(map_shape: tuple[int, int], *, fmt: str = "parquet", channels: int | None = None) -> pa.Schema:
@@ -169,86 +153,3 @@ def _tensor_column(maps: list[np.ndarray | None], shape: tuple[int, ...]) -> pa.
             flat[i] = np.asarray(m, dtype=np.float16).reshape(-1)
     storage = pa.FixedSizeListArray.from_arrays(pa.array(flat.reshape(-1)), size)
     return pa.ExtensionArray.from_storage(pa.fixed_shape_tensor(pa.float16(), list(shape)), storage)
-
-
-# Local writes go to a temporary file first, then rename. Its name starts with
-# "." so that every Parquet reader (pyarrow, pandas, polars, DuckDB, Ray Data)
-# skips it, and a crash between write and rename leaves nothing they read; the
-# next run removes such leftovers (``TEMP_GLOB``).
-TEMP_GLOB = ".*.tmp-*"
-
-
-def temp_path(path: str) -> str:
-    """``dir/.name.tmp-<uuid>`` for the final ``dir/name``."""
-    parent, name = posixpath.split(path)
-    return posixpath.join(parent, f".{name}.tmp-{uuid.uuid4().hex}")
-
-
-def write_bytes(
-    url: str,
-    data: bytes,
-    storage_options: dict[str, Any] | None = None,
-    *,
-    policy: RetryPolicy | None = None,
-) -> None:
-    """Writes ``data`` to ``url`` atomically (temp + rename locally, one PUT remotely).
-
-    Transient errors (timeouts, 5xx, throttling) are retried with backoff
-    (:mod:`sgcore.io._retry`); a permanent one fails at once.
-
-    Raises:
-        OSError: naming ``url``, after the retries (its subclasses kept:
-            ``PermissionError`` for refused credentials, ...).
-    """
-    fs, path = url_to_fs(url, storage_options)
-    parent = posixpath.dirname(path)
-
-    def once() -> None:
-        if is_local(fs):
-            os.makedirs(parent, exist_ok=True)
-            tmp = temp_path(path)
-            try:
-                with open(tmp, "wb") as f:
-                    f.write(data)
-                    f.flush()
-                    os.fsync(f.fileno())
-                os.replace(tmp, path)
-            finally:
-                if os.path.exists(tmp):
-                    os.remove(tmp)
-        else:
-            if parent:
-                fs.makedirs(parent, exist_ok=True)
-            fs.pipe_file(path, data)
-
-    try:
-        retry_call(once, what=f"write {url}", policy=policy)
-    except OSError as e:
-        if str(e).startswith(f"write {url}:"):  # retry_call's message names it already
-            raise
-        try:
-            named = type(e)(f"cannot write {url}: {e}")
-        except Exception:  # an OSError subclass with its own constructor
-            named = OSError(f"cannot write {url}: {e}")
-        raise named from e
-
-
-def read_part_metadata(url: str, storage_options: dict[str, Any] | None = None) -> dict[str, Any] | None:
-    """The sgcore metadata of a committed part, or None when it is absent/unreadable."""
-    fs, path = url_to_fs(url, storage_options)
-
-    def read() -> dict[bytes, bytes]:
-        with fs.open(path, "rb") as f:
-            return pq.read_schema(f).metadata or {}
-
-    try:
-        meta = retry_call(read, what=f"read {url}")
-    except (FileNotFoundError, OSError, pa.ArrowInvalid):
-        return None
-    raw = meta.get(PART_METADATA_KEY)
-    return json.loads(raw) if raw else None
-
-
-def part_url(output: str, shard_id: str) -> str:
-    return join(output, part_name(shard_id))
-

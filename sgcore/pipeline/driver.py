@@ -8,30 +8,10 @@ every attempt still gets a part (error rows for its images, status
 ``failed``) and is redone by the next run. ``_SUCCESS`` is written last, only
 when every shard is committed.
 
-The manifest (``_manifest.json``) describes the whole output and every
-invocation that wrote to it:
-
-- ``status``: ``running``, ``complete`` (every shard committed), ``failed``
-  (some shard failed every attempt; they are listed in ``failed_shards``) or
-  ``stopped`` (the run raised, e.g. ``--max-error-rate``, or was stopped by
-  SIGTERM or Ctrl-C: the run's ``stopped_by`` names the signal).
-- ``created``, ``sgcore_version``, ``versions``, ``git_revision``: of the run
-  that created the output; ``finished``: when the latest run ended.
-- ``shards``: one entry per shard: ``status``, ``rows``/``ok``/``errors``,
-  ``attempts``, ``failures``, ``seconds``, ``node``/``pid``/``device``,
-  ``finished`` and ``run`` (1-based index into ``runs``) as recorded by the
-  run that wrote its part; a resume keeps them for the shards it skips.
-- ``runs``: one entry per invocation that reached the plan, appended across
-  resumes of the same config (``--overwrite`` starts a new list):
-  ``started``, ``finished``, ``status``, ``seconds``, ``shards`` (run by it),
-  ``shards_skipped``, ``shards_failed``, ``failed_shards``, ``rows``/``ok``/
-  ``errors`` (written by it), ``actors`` (peak pool size), ``actors_lost``,
-  ``driver_max_rss_mb``, ``worker_max_rss_mb``, ``git_revision``, ``versions``.
-- ``totals``: the output as it stands: ``rows``/``ok``/``errors`` over all
-  parts, ``shards``, ``shards_committed``, ``shards_failed``; and over all
-  runs: ``runs``, ``seconds`` (summed), ``actors`` (largest pool),
-  ``actors_lost`` (summed), ``driver_max_rss_mb``/``worker_max_rss_mb``
-  (peaks).
+The driver keeps the output's manifest (:class:`sgcore.io.Manifest`; its
+schema is in :mod:`sgcore.io.output`, which owns the output directory): written
+when a run starts work, updated as shards finish in memory, written again when
+the run ends.
 """
 
 from __future__ import annotations
@@ -41,7 +21,6 @@ import hashlib
 import json
 import logging
 import os
-import posixpath
 import resource
 import signal
 import threading
@@ -55,25 +34,19 @@ import ray
 from sgcore.config import JobConfig
 from sgcore.errors import ConfigError, InputError, Stopped
 from sgcore.io import (
+    Manifest,
+    OutputDir,
+    RunEntry,
     ShardSpec,
-    git_revision,
     is_storage_unavailable,
     join,
-    package_versions,
-    part_name,
     plan_shards,
-    read_manifest,
-    read_part_metadata,
-    remove_success,
     set_default_policy,
     storage_policy,
-    url_to_fs,
-    write_manifest,
-    write_success,
 )
 from sgcore.io._fs import is_local
 from sgcore.io.lease import Lease, LeaseLost
-from sgcore.io.writers import TEMP_GLOB
+from sgcore.io.output import now
 from sgcore.models import Preprocess, check_base, model_identity, resolve_preprocess
 from sgcore.models.sources import split_spec
 from sgcore.pipeline._faults import parse_faults
@@ -226,7 +199,7 @@ def _on_sigterm() -> Any:
 
 def _run_job(config: JobConfig) -> JobResult:
     t0 = time.perf_counter()
-    started = _now()
+    started = now()
     if config.inject_faults:
         try:
             parse_faults(config.inject_faults)
@@ -242,47 +215,48 @@ def _run_job(config: JobConfig) -> JobResult:
     )
     chash = job_hash(config, identity)
     fingerprint = plan_fingerprint(shards)
-    _refuse_file_output(config)
+    out = OutputDir(config.output, config.storage_options)
+    if out.is_local_file():
+        raise ConfigError(f"--output {config.output} is a file; give a directory for the results")
     # One writer at a time: from the output checks to the last manifest write, this
     # run holds the output's lease (a second run is refused with one line naming it).
-    fs, path = url_to_fs(config.output, config.storage_options)
-    new_dir = is_local(fs) and not fs.exists(path)
+    new_dir = is_local(out.fs) and not out.fs.exists(out.path)
     lease = Lease(config.output, config.storage_options)
     lease.acquire()
     lease.start_heartbeat()
     try:
-        return _run_claimed(config, lease, preprocess, identity, shards, chash, fingerprint,
+        return _run_claimed(config, out, lease, preprocess, identity, shards, chash, fingerprint,
                             t0=t0, started=started)
     finally:
         lease.release()
         if new_dir:  # a run that never started leaves no folder made only for its claim
             with contextlib.suppress(OSError):
-                os.rmdir(path)
+                os.rmdir(out.path)
 
 
-def _run_claimed(config: JobConfig, lease: Lease, preprocess: Preprocess, identity: dict[str, Any],
-                 shards: list[ShardSpec], chash: str, fingerprint: str, *, t0: float,
-                 started: str) -> JobResult:
+def _run_claimed(config: JobConfig, out: OutputDir, lease: Lease, preprocess: Preprocess,
+                 identity: dict[str, Any], shards: list[ShardSpec], chash: str, fingerprint: str, *,
+                 t0: float, started: str) -> JobResult:
     """The run proper, under ``lease``."""
-    _guard_output(config, chash, fingerprint, identity)
-    removed = _remove_temp_files(config)
+    _guard_output(config, out, chash, fingerprint, identity)
+    removed = out.remove_temp_files()  # safe under the lease: no other writer is alive
     if removed:
         log.info("removed %s of a writer that died: %s", plural(len(removed), "temporary file"),
                  ", ".join(removed[:5]))
     # --overwrite (or another config) starts a new record; a resume extends it.
-    old = None if config.overwrite else read_manifest(config.output, config.storage_options)
-    if old is not None and old.get("config_hash") != chash:
+    old = None if config.overwrite else out.read_manifest()
+    if old is not None and old.config_hash != chash:
         old = None
-    committed = _committed_shards(config, shards, chash)
+    committed = _committed_shards(out, shards, chash)
     todo = [s for s in shards if s.shard_id not in committed]
-    fresh = read_manifest(config.output, config.storage_options) is None
-    run = _new_run(started, shards=len(todo), skipped=len(committed))
-    manifest = _new_manifest(config, chash, fingerprint, preprocess, shards, committed, old, run)
-    manifest["model"] = identity
-    manifest["totals"] = _totals(manifest)
+    fresh = out.read_manifest() is None
+    run = RunEntry.begin(started, shards=len(todo), skipped=len(committed))
+    manifest = Manifest.begin(config=config.public_dict(), config_hash=chash, preprocess=preprocess.to_dict(),
+                              model=identity, fingerprint=fingerprint, shards=shards, committed=committed,
+                              previous=old, run=run)
     if todo:
-        remove_success(config.output, config.storage_options)
-        write_manifest(config.output, manifest, config.storage_options)
+        out.remove_success()
+        out.write_manifest(manifest)
 
     result = JobResult(output=config.output, shards=len(shards), shards_skipped=len(committed))
     progress = Progress(sum(s.size for s in shards), len(shards), enabled=config.progress)
@@ -292,10 +266,10 @@ def _run_claimed(config: JobConfig, lease: Lease, preprocess: Preprocess, identi
               f"{plural(len(committed), 'shard')} already done, {plural(len(todo), 'shard')} to go",
               file=progress.stream, flush=True)
     for sid in committed:
-        entry = manifest["shards"][sid]
-        result.rows += entry.get("rows", 0)
-        result.ok += entry.get("ok", 0)
-        result.errors += entry.get("errors", 0)
+        entry = manifest.shards[sid]
+        result.rows += entry.rows or 0
+        result.ok += entry.ok or 0
+        result.errors += entry.errors or 0
     before = (result.rows, result.ok, result.errors)
     result.images_skipped = result.rows
 
@@ -311,9 +285,9 @@ def _run_claimed(config: JobConfig, lease: Lease, preprocess: Preprocess, identi
             try:
                 scheduler = _Scheduler(config, chash, preprocess, todo, manifest, result, progress, lease)
                 # What the replicas really hold (a CPU-only cluster: 0 GPUs, whatever was asked).
-                run.update(gpus_per_actor=scheduler.plan.num_gpus,
-                           gpus_per_actor_requested=config.gpus_per_actor)
-                manifest["config"]["gpus_per_actor"] = scheduler.plan.num_gpus
+                run.gpus_per_actor = scheduler.plan.num_gpus
+                run.gpus_per_actor_requested = config.gpus_per_actor
+                manifest.config["gpus_per_actor"] = scheduler.plan.num_gpus
                 scheduler.run()
             finally:
                 if scheduler is not None and scheduler.requested_capacity:
@@ -325,7 +299,7 @@ def _run_claimed(config: JobConfig, lease: Lease, preprocess: Preprocess, identi
     except KeyboardInterrupt as e:
         signum = e.signum if isinstance(e, Stopped) else Stopped.received
         if signum is not None:
-            run["stopped_by"] = Stopped(signum).args[0]
+            run.stopped_by = Stopped(signum).args[0]
         raise
     except StorageFailed as e:
         status = "failed"
@@ -337,68 +311,48 @@ def _run_claimed(config: JobConfig, lease: Lease, preprocess: Preprocess, identi
         raise JobFailed(f"{e}; stopped without writing more to {config.output}") from None
     except (ConfigError, InputError):
         # A run that never started (a replica refused the settings) leaves nothing.
-        never_started = fresh and not _has_parts(config)
+        never_started = fresh and not out.has_parts()
         raise
     finally:
         result.seconds = time.perf_counter() - t0
         computed = result.rows - result.images_skipped
         result.images_per_s = computed / result.seconds if result.seconds > 0 else 0.0
-        run.update(
-            finished=_now(), status=status, seconds=round(result.seconds, 2),
-            shards_failed=result.shards_failed, failed_shards=list(result.failed_shards),
-            rows=result.rows - before[0], ok=result.ok - before[1], errors=result.errors - before[2],
-            actors=result.actors, actors_lost=result.actors_lost,
-            worker_max_rss_mb=round(result.worker_max_rss_mb, 1),
-            driver_max_rss_mb=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-        )
-        for entry in manifest["shards"].values():
-            if entry.get("status") == "running":  # in flight when the run ended: not done
-                entry["status"] = "pending"
-        manifest["status"] = status
-        manifest["finished"] = run["finished"]
-        manifest["failed_shards"] = sorted(
-            sid for sid, e in manifest["shards"].items() if e.get("status") == "failed"
-        )
-        manifest["totals"] = _totals(manifest)
+        run.finished, run.status, run.seconds = now(), status, round(result.seconds, 2)
+        run.shards_failed, run.failed_shards = result.shards_failed, list(result.failed_shards)
+        run.rows, run.ok = result.rows - before[0], result.ok - before[1]
+        run.errors = result.errors - before[2]
+        run.actors, run.actors_lost = result.actors, result.actors_lost
+        run.worker_max_rss_mb = round(result.worker_max_rss_mb, 1)
+        run.driver_max_rss_mb = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+        for entry in manifest.shards.values():
+            if entry.status == "running":  # in flight when the run ended: not done
+                entry.status = "pending"
+        manifest.status = status
+        manifest.finished = run.finished
         if lost:
             pass
         elif never_started:
-            _remove_manifest(config)
+            out.remove_manifest()
         else:
-            _write_final_manifest(config, manifest, storage_failure)
+            _write_final_manifest(config, out, manifest, storage_failure)
     if status == "complete":
-        write_success(config.output, config.storage_options)
+        out.write_success()
     return result
 
 
-def _write_final_manifest(config: JobConfig, manifest: dict[str, Any],
+def _write_final_manifest(config: JobConfig, out: OutputDir, manifest: Manifest,
                           storage_failure: StorageFailed | None) -> None:
     """The run's last manifest write; while storage is down, a short try that names the shards."""
     if storage_failure is None:
-        write_manifest(config.output, manifest, config.storage_options)
+        out.write_manifest(manifest)
         return
     previous = set_default_policy(storage_policy(min(config.storage_retry_s, 5.0)))
     try:
-        write_manifest(config.output, manifest, config.storage_options)
+        out.write_manifest(manifest)
     except OSError as e:
         raise StorageFailed(f"{storage_failure}; the manifest could not be written either ({e})") from None
     finally:
         set_default_policy(previous)
-
-
-def _remove_manifest(config: JobConfig) -> None:
-    from sgcore.io import MANIFEST_NAME
-
-    fs, path = url_to_fs(join(config.output, MANIFEST_NAME), config.storage_options)
-    try:
-        fs.rm_file(path)
-    except (FileNotFoundError, OSError):
-        return
-    if is_local(fs):
-        try:  # the directory too, when the run created it and left it empty
-            os.rmdir(posixpath.dirname(path))
-        except OSError:
-            pass
 
 
 # --------------------------------------------------------------------------- #
@@ -408,7 +362,7 @@ class _Scheduler:
     """Keeps every actor fed (bounded queue), retries, replaces dead actors."""
 
     def __init__(self, config: JobConfig, chash: str, preprocess: Preprocess,
-                 todo: list[ShardSpec], manifest: dict[str, Any], result: JobResult,
+                 todo: list[ShardSpec], manifest: Manifest, result: JobResult,
                  progress: Progress, lease: Lease | None = None):
         self.config = config
         self.lease = lease
@@ -471,7 +425,8 @@ class _Scheduler:
         fut = actor.process.remote(decoded, self.chash, attempt)
         self.inflight[fut] = (spec, attempt, slot, decoded, actor)
         self.load[slot] += 1
-        self.manifest["shards"][spec.shard_id].update(status="running", attempts=attempt + 1)
+        entry = self.manifest.shards[spec.shard_id]
+        entry.status, entry.attempts = "running", attempt + 1
 
     def run(self) -> None:
         self.progress.restart_clock()
@@ -544,15 +499,15 @@ class _Scheduler:
             return
         # Down for good: every shard that met the outage fails now (no part: the
         # store takes none; the next run redoes them), the rest stay pending.
-        self.manifest["shards"][spec.shard_id].setdefault("failures", []).append(reason[:500])
+        self.manifest.shards[spec.shard_id].add_failure(reason)
         for sid in sorted(self.storage_failing):
             if sid not in self.result.failed_shards:
-                self.manifest["shards"][sid]["status"] = "failed"
+                self.manifest.shards[sid].status = "failed"
                 self.result.shards_failed += 1
                 self.result.failed_shards.append(sid)
         failed = sorted(self.result.failed_shards)
-        left = len(self.manifest["shards"]) - len(failed) - sum(
-            e.get("status") == "committed" for e in self.manifest["shards"].values())
+        left = len(self.manifest.shards) - len(failed) - sum(
+            e.status == "committed" for e in self.manifest.shards.values())
         raise StorageFailed(
             f"storage unavailable for {format_duration(waited)} (over --storage-outage-s "
             f"{self.config.storage_outage_s:g}): {plural(len(failed), 'shard')} failed "
@@ -579,8 +534,7 @@ class _Scheduler:
 
     def _retry(self, spec: ShardSpec, attempt: int, reason: str, decoded: Any, *,
                storage: bool = False) -> None:
-        entry = self.manifest["shards"][spec.shard_id]
-        entry.setdefault("failures", []).append(reason[:500])
+        self.manifest.shards[spec.shard_id].add_failure(reason)
         if attempt < self.config.max_retries:
             log.warning("shard %s failed (attempt %d): %s; retrying", spec.shard_id, attempt + 1, reason)
             self.pending.appendleft((spec, attempt + 1))
@@ -608,13 +562,14 @@ class _Scheduler:
 
     def _record(self, spec: ShardSpec, summary: dict[str, Any], *, status: str,
                 key: tuple[str, int] | None = None) -> None:
-        entry = self.manifest["shards"][spec.shard_id]
-        entry.update(status=status, rows=summary["rows"], ok=summary["ok"],
-                     errors=summary["errors"], seconds=round(summary.get("seconds", 0.0), 3),
-                     run=len(self.manifest["runs"]))
+        entry = self.manifest.shards[spec.shard_id]
+        entry.status = status
+        entry.rows, entry.ok, entry.errors = summary["rows"], summary["ok"], summary["errors"]
+        entry.seconds = round(summary.get("seconds", 0.0), 3)
+        entry.run = len(self.manifest.runs)
         for field_name in ("node", "pid", "device", "finished"):
             if field_name in summary:
-                entry[field_name] = summary[field_name]
+                setattr(entry, field_name, summary[field_name])
         if "max_rss_mb" in summary:
             self.result.worker_max_rss_mb = max(self.result.worker_max_rss_mb, summary["max_rss_mb"])
         self.result.rows += summary["rows"]
@@ -647,72 +602,38 @@ def _error_rows(config: JobConfig, spec: ShardSpec, decoded: Any, message: str,
     return [make_row(config, spec.shard_id, rec, crop=crop, error=message) for rec in records]
 
 
-def _guard_output(config: JobConfig, chash: str, fingerprint: str,
+def _guard_output(config: JobConfig, out: OutputDir, chash: str, fingerprint: str,
                   identity: dict[str, Any] | None = None) -> None:
     """Refuses to mix two configs (or two input listings) in one output."""
-    old = read_manifest(config.output, config.storage_options)
+    old = out.read_manifest()
     if old is None:
         return
     if config.overwrite:
-        _clear_output(config)
+        out.clear()
         return
-    if not _has_parts(config):
+    if not out.has_parts():
         return  # a run that stopped before writing anything (bad weights, say)
-    if old.get("config_hash") != chash:
-        old_files = (old.get("model") or {}).get("files") or {}
+    if old.config_hash != chash:
+        old_files = old.model.get("files") or {}
         new_files = (identity or {}).get("files") or {}
         replaced = [f for f in new_files if f in old_files and old_files[f] != new_files[f]]
-        if replaced and not _diff(old.get("config", {}), config.result_fields(), empty=""):
+        if replaced and not _diff(old.config, config.result_fields(), empty=""):
             f = replaced[0]
             raise ConfigError(
                 f"the model file {f} changed since {config.output} was written (sha256 "
                 f"{old_files[f][:12]}... -> {new_files[f][:12]}...); its maps would mix two models: "
                 "use a new --output, or pass --overwrite to replace them"
             )
-        changed = _diff(old.get("config", {}), config.result_fields())
+        changed = _diff(old.config, config.result_fields())
         raise ConfigError(
             f"{config.output} holds results of another config (changed: {changed}); "
             "use a new --output, or pass --overwrite to replace them"
         )
-    if old.get("plan", {}).get("fingerprint") != fingerprint:
+    if old.plan.fingerprint != fingerprint:
         raise ConfigError(
             f"the input listing of {config.input} changed since {config.output} was written "
             "(files added or removed); use a new --output, or pass --overwrite"
         )
-
-
-def _refuse_file_output(config: JobConfig) -> None:
-    fs, path = url_to_fs(config.output, config.storage_options)
-    # (On object stores a key and a prefix of the same name can coexist.)
-    if is_local(fs) and fs.isfile(path):
-        raise ConfigError(f"--output {config.output} is a file; give a directory for the results")
-
-
-def _remove_temp_files(config: JobConfig) -> list[str]:
-    """Removes the temporary files of writers that died mid-write; returns their names.
-
-    Only local writes use temporary files (``.part-*.tmp-*``, skipped by every
-    Parquet reader); an object store's PUT is atomic. Safe under the lease: no
-    other writer is alive.
-    """
-    fs, path = url_to_fs(config.output, config.storage_options)
-    if not is_local(fs):
-        return []
-    root = path.rstrip("/")
-    found = fs.glob(f"{root}/{TEMP_GLOB}") + fs.glob(f"{root}/maps/{TEMP_GLOB}")
-    for p in found:
-        with contextlib.suppress(FileNotFoundError):
-            fs.rm_file(p)
-    return [p.rsplit("/", 1)[-1] for p in found]
-
-
-def _has_parts(config: JobConfig) -> bool:
-    """Whether the output holds any result part (a manifest alone protects nothing)."""
-    fs, path = url_to_fs(config.output, config.storage_options)
-    try:
-        return bool(fs.glob(f"{path.rstrip('/')}/part-*.parquet"))
-    except (FileNotFoundError, OSError):
-        return False
 
 
 def _diff(old: dict[str, Any], new: dict[str, Any], empty: str = "sgcore version") -> str:
@@ -720,39 +641,9 @@ def _diff(old: dict[str, Any], new: dict[str, Any], empty: str = "sgcore version
     return ", ".join(f"{k}: {old.get(k)!r} -> {new[k]!r}" for k in keys) or empty
 
 
-def _clear_output(config: JobConfig) -> None:
-    fs, path = url_to_fs(config.output, config.storage_options)
-    for p in fs.glob(f"{path.rstrip('/')}/part-*.parquet") + fs.glob(f"{path.rstrip('/')}/maps/part-*.npz"):
-        fs.rm_file(p)
-    remove_success(config.output, config.storage_options)
-
-
-def _committed_shards(config: JobConfig, shards: list[ShardSpec], chash: str) -> dict[str, dict[str, Any]]:
-    """Shards whose part was committed under this config hash -> its footer metadata.
-
-    A part whose footer says ``failed`` (error rows of a shard that failed
-    every attempt) is not done: the run redoes that shard and overwrites it.
-    """
-    fs, path = url_to_fs(config.output, config.storage_options)
-    try:
-        existing = {p.rsplit("/", 1)[-1] for p in fs.glob(f"{path.rstrip('/')}/part-*.parquet")}
-    except (FileNotFoundError, OSError):
-        return {}
-    done: dict[str, dict[str, Any]] = {}
-    changed: list[str] = []
-    for s in shards:
-        name = part_name(s.shard_id)
-        if name not in existing:
-            continue
-        meta = read_part_metadata(join(config.output, name), config.storage_options)
-        if not meta or meta.get("config_hash") != chash or meta.get("rows") is None:
-            continue
-        if meta.get("status") != "committed":
-            continue
-        if meta.get("content") and s.content and meta["content"] != s.content:
-            changed.append(s.shard_id)  # same names, other bytes: its maps are of the old images
-            continue
-        done[s.shard_id] = meta
+def _committed_shards(out: OutputDir, shards: list[ShardSpec], chash: str) -> dict[str, dict[str, Any]]:
+    """Shards whose part was committed under this config hash -> its footer (resume skips them)."""
+    done, changed = out.committed_parts(chash, {s.shard_id: s.content for s in shards})
     if changed:
         message = (f"the input files of {plural(len(changed), 'shard')} changed since they were written "
                    f"(size or modification stamp): {', '.join(changed[:10])}"
@@ -761,78 +652,7 @@ def _committed_shards(config: JobConfig, shards: list[ShardSpec], chash: str) ->
     return done
 
 
-def _new_manifest(config: JobConfig, chash: str, fingerprint: str, preprocess: Preprocess,
-                  shards: list[ShardSpec], committed: dict[str, dict[str, Any]],
-                  old: dict[str, Any] | None, run: dict[str, Any]) -> dict[str, Any]:
-    """The manifest with ``run`` appended to ``old``'s runs (same config, not --overwrite)."""
-    old = old or {}
-    old_shards = old.get("shards", {})
-    entries: dict[str, Any] = {}
-    for s in shards:
-        entry: dict[str, Any] = {"images": s.size, "first": s.members[0], "status": "pending"}
-        if s.shard_id in committed:
-            # What the run that wrote the part recorded; the counts from its footer.
-            entry = {**old_shards.get(s.shard_id, {}), **entry, "status": "committed"}
-            entry.update({k: committed[s.shard_id][k] for k in ("rows", "ok", "errors")})
-        entries[s.shard_id] = entry
-    return {
-        "sgcore_version": old.get("sgcore_version", run["versions"].get("sgcore")),
-        "created": old.get("created", run["started"]),
-        "status": "running",
-        "config": config.public_dict(),
-        "config_hash": chash,
-        "preprocess": preprocess.to_dict(),
-        "versions": old.get("versions", run["versions"]),
-        "git_revision": old.get("git_revision", run["git_revision"]),
-        "plan": {"shards": len(shards), "images": sum(s.size for s in shards),
-                 "fingerprint": fingerprint},
-        "shards": entries,
-        "failed_shards": [],
-        "runs": [*old.get("runs", []), run],
-    }
-
-
-def _new_run(started: str, *, shards: int, skipped: int) -> dict[str, Any]:
-    """The ``runs`` entry of this invocation; completed when it ends."""
-    return {
-        "started": started, "finished": None, "status": "running", "seconds": None,
-        "shards": shards, "shards_skipped": skipped, "shards_failed": 0, "failed_shards": [],
-        "rows": 0, "ok": 0, "errors": 0, "actors": 0, "actors_lost": 0,
-        "driver_max_rss_mb": None, "worker_max_rss_mb": None,
-        "git_revision": git_revision(), "versions": package_versions(),
-    }
-
-
-def _totals(manifest: dict[str, Any]) -> dict[str, Any]:
-    """The whole output: counts over every part, work over every run."""
-    entries = [e for e in manifest["shards"].values() if e.get("status") in ("committed", "failed")]
-    runs = manifest["runs"]
-
-    def peak(key: str) -> float:
-        return max((r.get(key) or 0.0 for r in runs), default=0.0)
-
-    return {
-        "rows": sum(e.get("rows", 0) for e in entries),
-        "ok": sum(e.get("ok", 0) for e in entries),
-        "errors": sum(e.get("errors", 0) for e in entries),
-        "shards": len(manifest["shards"]),
-        "shards_committed": sum(e["status"] == "committed" for e in entries),
-        "shards_failed": sum(e["status"] == "failed" for e in entries),
-        "runs": len(runs),
-        "seconds": round(sum(r.get("seconds") or 0.0 for r in runs), 2),
-        "actors": max((r.get("actors") or 0 for r in runs), default=0),
-        "actors_lost": sum(r.get("actors_lost") or 0 for r in runs),
-        "driver_max_rss_mb": peak("driver_max_rss_mb"),
-        "worker_max_rss_mb": peak("worker_max_rss_mb"),
-    }
-
-
 def _short(e: BaseException) -> str:
     text = str(e).strip().splitlines()
     return (text[-1] if text else type(e).__name__)[:300]
 
-
-def _now() -> str:
-    from sgcore.io.manifest import now
-
-    return now()

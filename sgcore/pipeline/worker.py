@@ -19,10 +19,10 @@ from sgcore.attribution.adaptive import smoothgrad_adaptive
 from sgcore.config import JobConfig
 from sgcore.errors import ConfigError, ModelError
 from sgcore.io import (
+    PART_STATUSES,
     DecodedShard,
     encode_part,
-    join,
-    npz_name,
+    npz_url,
     part_url,
     read_manifest,
     write_bytes,
@@ -31,9 +31,6 @@ from sgcore.models import LoadedModel, check_base, load_model, with_score
 from sgcore.seeds import image_seed
 
 METHOD_NAMES = {"mean": "smoothgrad", "square": "smoothgrad_sq", "var": "vargrad"}
-# A part's footer status: processed (skipped on resume), or error rows of a
-# shard that failed every attempt (redone on resume).
-PART_STATUSES = ("committed", "failed")
 
 
 def pick_device(want_gpu: bool) -> torch.device:
@@ -369,7 +366,7 @@ def write_part(
     parquet, npz = encode_part(rows, map_shape=map_shape, metadata=meta, fmt=config.format,
                                channels=channels)
     if npz is not None:
-        write_bytes(join(config.output, npz_name(shard_id)), npz, config.storage_options)
+        write_bytes(npz_url(config.output, shard_id), npz, config.storage_options)
     write_bytes(part_url(config.output, shard_id), parquet, config.storage_options)
 
 
@@ -384,7 +381,7 @@ def check_owner(config: JobConfig, shard_id: str, config_hash: str) -> None:
         ConfigError: the manifest is missing or of another config.
     """
     manifest = read_manifest(config.output, config.storage_options)
-    owner = (manifest or {}).get("config_hash")
+    owner = manifest.config_hash if manifest is not None else None
     if owner != config_hash:
         raise ConfigError(
             f"{config.output} now holds results of another config (manifest config hash {owner}, "

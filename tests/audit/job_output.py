@@ -3,8 +3,9 @@
 :func:`write_results` runs what a job's actors run, without Ray: the shard
 plan, the decode task and :class:`sgcore.pipeline.ShardProcessor` (rows by
 ``make_row``, parts committed by ``write_part``), so the audit tests read the
-parts ``jobs.smoothgrad`` writes. The manifest holds the fields the audit
-reads (config, its hash, preprocessing), each from the job's own code;
+parts ``jobs.smoothgrad`` writes. The manifest is built as the driver builds
+it (:meth:`sgcore.io.Manifest.begin`), with the config, its hash and the
+preprocessing from the job's own code;
 ``test_runner.py::test_audit_reads_a_real_job_run`` audits a whole Ray run.
 """
 
@@ -15,7 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from sgcore.config import JobConfig
-from sgcore.io import decode_shard, package_versions, plan_shards, write_manifest, write_success
+from sgcore.io import Manifest, RunEntry, decode_shard, plan_shards, write_manifest, write_success
+from sgcore.io.output import now
 from sgcore.pipeline import ShardProcessor, plan_fingerprint
 
 N_SAMPLES = 8  # enough for the checks below on the 64 px demo, fast on 2 CPUs
@@ -45,17 +47,18 @@ def write_results(
     processor = ShardProcessor(config)
     pre = processor.loaded.preprocess
     chash = config.config_hash()
-    entries = {}
+    manifest = Manifest.begin(config=config.public_dict(), config_hash=chash, preprocess=pre.to_dict(), model={},
+                              fingerprint=plan_fingerprint(shards), shards=shards, committed={}, previous=None,
+                              run=RunEntry.begin(now(), shards=len(shards), skipped=0))
     for spec in shards:
         decoded = decode_shard(spec, resize_size=pre.resize_size, crop_size=pre.crop_size,
                                interpolation=pre.interpolation)
         summary = processor.process(decoded, config_hash=chash)
-        entries[spec.shard_id] = {"status": "committed", **{k: summary[k] for k in ("rows", "ok", "errors")}}
-    manifest = {
-        "status": "complete", "config": config.public_dict(), "config_hash": chash, "preprocess": pre.to_dict(),
-        "versions": package_versions(), "plan": {"shards": len(shards), "fingerprint": plan_fingerprint(shards)},
-        "shards": entries,
-    }
+        entry = manifest.shards[spec.shard_id]
+        entry.status, entry.rows, entry.ok, entry.errors = "committed", summary["rows"], summary["ok"], summary["errors"]
+        entry.run = 1
+    manifest.status = manifest.runs[0].status = "complete"
+    manifest.finished = manifest.runs[0].finished = now()
     write_manifest(config.output, manifest)
     write_success(config.output)
     return out

@@ -253,6 +253,8 @@ def test_write_retries_transient_errors_and_names_the_url_on_permanent_ones(tmp_
 
 def test_manifest_success_and_part_metadata_survive_transient_errors(tmp_path):
     from sgcore.io import (
+        Manifest,
+        Plan,
         encode_part,
         read_manifest,
         read_part_metadata,
@@ -263,11 +265,12 @@ def test_manifest_success_and_part_metadata_survive_transient_errors(tmp_path):
     opts = {"fail_fraction": 1.0, "failures": 2, "error": "connection"}
     FlakyFileSystem.clear_instance_cache()
     out = f"flaky://{tmp_path}/out"
-    write_manifest(out, {"status": "running"}, opts)
+    manifest = Manifest(config={}, config_hash="h", preprocess={}, plan=Plan(shards=1, images=1, fingerprint="f"))
+    write_manifest(out, manifest, opts)
     write_success(out, opts)
     data, _ = encode_part([], map_shape=(2, 2), metadata={"config_hash": "h"})
     write_bytes(f"{out}/part-00000.parquet", data, opts)
-    assert read_manifest(out, opts) == {"status": "running"}
+    assert read_manifest(out, opts) == manifest
     assert read_part_metadata(f"{out}/part-00000.parquet", opts) == {"config_hash": "h"}
     # The marker is really there, read past the flaky layer (whose exists()/info() never fail).
     assert (tmp_path / "out" / "_SUCCESS").read_bytes() == b""

@@ -24,7 +24,7 @@ import pytest
 
 from sgcore.config import JobConfig
 from sgcore.errors import ConfigError
-from sgcore.io import write_manifest
+from sgcore.io import Manifest, Plan, write_manifest
 from sgcore.io.lease import Lease
 from sgcore.pipeline import run_job
 from sgcore.pipeline.worker import check_owner
@@ -142,7 +142,8 @@ def test_a_commit_into_an_output_of_another_config_is_refused(tmp_path):
     out.mkdir()
     with pytest.raises(ConfigError, match=r"manifest config hash None, this job's \w+\); shard 00000"):
         check_owner(ours, "00000", "ours")  # no manifest (an --overwrite of another run removed it)
-    write_manifest(str(out), {"config_hash": "theirs", "config": {}})
+    write_manifest(str(out), Manifest(config={}, config_hash="theirs", preprocess={},
+                                      plan=Plan(shards=1, images=1, fingerprint="f")))
     with pytest.raises(ConfigError, match=r"now holds results of another config \(manifest config hash "
                                           r"theirs, this job's ours\); shard 00000 not committed"):
         check_owner(ours, "00000", "ours")
