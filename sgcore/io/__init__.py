@@ -17,7 +17,8 @@ from sgcore.io._retry import (
     storage_auth_error,
     storage_policy,
 )
-from sgcore.io.decode import IMAGE_EXTENSIONS, DecodeError, Geometry, decode_array, decode_image
+from sgcore.io.decode import IMAGE_EXTENSIONS, Geometry, decode_array, decode_image
+from sgcore.io.failures import DECODE_ERRORS, READ_ERRORS, STORAGE_ERRORS, DecodeError
 from sgcore.io.labels import read_labels
 from sgcore.io.manifest import (
     MANIFEST_NAME,
@@ -53,6 +54,7 @@ from sgcore.io.writers import (
 )
 
 __all__ = [
+    "DECODE_ERRORS",
     "DEFAULT_POLICY",
     "GEOMETRY_COLUMNS",
     "DEFAULT_STORAGE_RETRY_S",
@@ -60,6 +62,8 @@ __all__ = [
     "INPUT_FORMATS",
     "MANIFEST_NAME",
     "PART_METADATA_KEY",
+    "READ_ERRORS",
+    "STORAGE_ERRORS",
     "SUCCESS_NAME",
     "DecodeError",
     "DecodedShard",
