@@ -17,7 +17,8 @@ from sgcore.io._retry import (
     storage_auth_error,
     storage_policy,
 )
-from sgcore.io.decode import IMAGE_EXTENSIONS, DecodeError, Geometry, decode_array, decode_image
+from sgcore.io.decode import IMAGE_EXTENSIONS, Geometry, decode_array, decode_image
+from sgcore.io.failures import DECODE_ERRORS, READ_ERRORS, STORAGE_ERRORS, DecodeError
 from sgcore.io.labels import read_labels
 from sgcore.io.output import (
     LEASE_NAME,
@@ -57,6 +58,7 @@ from sgcore.io.readers import (
 from sgcore.io.writers import GEOMETRY_COLUMNS, encode_part, result_schema, rows_to_table
 
 __all__ = [
+    "DECODE_ERRORS",
     "DEFAULT_POLICY",
     "GEOMETRY_COLUMNS",
     "DEFAULT_STORAGE_RETRY_S",
@@ -66,6 +68,8 @@ __all__ = [
     "MANIFEST_NAME",
     "PART_METADATA_KEY",
     "PART_STATUSES",
+    "READ_ERRORS",
+    "STORAGE_ERRORS",
     "SUCCESS_NAME",
     "Manifest",
     "OutputDir",

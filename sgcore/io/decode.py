@@ -16,6 +16,8 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from sgcore.io.failures import PIL_ERRORS, DecodeError
+
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 # 8192 x 8192 by default: larger images are refused before they are decoded.
 DEFAULT_MAX_PIXELS = 8192 * 8192
@@ -30,10 +32,6 @@ _RESAMPLE = {
 }
 RESIZE_MODES = ("center_crop", "squash", "letterbox")
 Size = int | tuple[int, int]
-
-
-class DecodeError(ValueError):
-    """The bytes are not an image we can use; the message says why."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -94,7 +92,7 @@ def decode_image(
         raise DecodeError("not a recognised image format") from e
     except Image.DecompressionBombError as e:
         raise DecodeError(f"decompression bomb guard: {e}") from e
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombWarning) as e:
+    except PIL_ERRORS as e:
         raise DecodeError(f"cannot decode image: {e}") from e
     return resize_and_crop(rgb, resize_size=resize_size, crop_size=crop_size,
                            interpolation=interpolation, **geometry)

@@ -34,19 +34,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
 
 from sgcore.errors import InputError
 from sgcore.io import parquet_input, webdataset
 from sgcore.io._fs import full_url, join, open_input, read_bytes, url_to_fs
 from sgcore.io._retry import StorageUnavailable, retry_call, storage_auth_error
-from sgcore.io.decode import (
-    DEFAULT_MAX_PIXELS,
-    IMAGE_EXTENSIONS,
-    DecodeError,
-    Geometry,
-    decode_image,
-)
+from sgcore.io.decode import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, Geometry, decode_image
+from sgcore.io.failures import READ_ERRORS, STORAGE_ERRORS, DecodeError
 from sgcore.io.labels import LabelsFile, cached_labels, load_labels, lookup
 
 log = logging.getLogger("sgcore")
@@ -303,7 +297,7 @@ def _expand(fs: Any, path: str, url: str) -> tuple[dict[str, dict[str, Any]], li
         raise  # already names the URL and the fix (a StorageAuthError included)
     except FileNotFoundError as e:
         raise InputError(f"input {url} does not exist; check the URL and credentials") from e
-    except Exception as e:
+    except STORAGE_ERRORS as e:
         auth = storage_auth_error(e, f"list {url}")
         if auth is not None:
             raise auth from e
@@ -436,7 +430,7 @@ def _plan_tars(fs: Any, root: str, root_url: str, tars: list[str], *, limit: int
             try:
                 with open_input(fs, path, url=join(root_url, rel)) as f:
                     count = webdataset.count_samples(f, stop_at=left)
-            except Exception:  # unreadable: the decode task reports it as an error row
+            except READ_ERRORS:  # unreadable: the decode task reports it as an error row
                 count = None
             cap = left
         shards.append(ShardSpec(shard_id=f"{i:05d}", kind="webdataset", root=root_url, members=(rel,),
@@ -451,7 +445,7 @@ def _plan_tars(fs: Any, root: str, root_url: str, tars: list[str], *, limit: int
 def _plan_parquet(fs: Any, root: str, root_url: str, files: list[str], *, shard_size: int,
                   limit: int | None, image_column: str | None, label_column: str | None,
                   id_column: str | None, labels: str | None) -> list[ShardSpec]:
-    def inspect(rel: str) -> parquet_input.ParquetLayout | Exception:
+    def inspect(rel: str) -> parquet_input.ParquetLayout | BaseException:
         path = posixpath.join(root, rel) if root else rel
         url = join(root_url, rel)
         try:
@@ -461,7 +455,7 @@ def _plan_parquet(fs: Any, root: str, root_url: str, files: list[str], *, shard_
                                                   url=url)
         except InputError:
             raise
-        except Exception as e:  # unreadable footer: one error row for the file, at decode
+        except READ_ERRORS as e:  # unreadable footer: one error row for the file, at decode
             return e
 
     def read_ids(rel: str) -> list[Any]:
@@ -469,7 +463,7 @@ def _plan_parquet(fs: Any, root: str, root_url: str, files: list[str], *, shard_
         try:
             with open_input(fs, path, url=join(root_url, rel), buffer_size=1 << 16) as f:
                 return parquet_input.read_ids(f, id_column)
-        except (OSError, ValueError, pa.ArrowException):
+        except READ_ERRORS:
             return []  # unreadable: that file becomes an error row at decode
 
     with ThreadPoolExecutor(max_workers=min(_FOOTER_THREADS, max(1, len(files)))) as pool:
@@ -483,7 +477,7 @@ def _plan_parquet(fs: Any, root: str, root_url: str, files: list[str], *, shard_
     for i, (rel, layout) in enumerate(zip(files, layouts, strict=True)):
         if left is not None and left <= 0:
             break
-        if isinstance(layout, Exception):
+        if isinstance(layout, BaseException):
             shards.append(ShardSpec(shard_id=f"{i:05d}", members=(rel,), file=rel, count=1, **common))
             if left is not None:
                 left -= 1
@@ -577,7 +571,7 @@ def _read_images(spec: ShardSpec, storage_options: dict[str, Any] | None) -> Ite
     # whatever failed is then read alone, with retries on transient errors.
     try:
         blobs = fs.cat(paths, on_error="return")
-    except Exception as e:
+    except STORAGE_ERRORS as e:
         blobs = {p: e for p in paths}
     for k, (member, p) in enumerate(zip(spec.members, paths, strict=True)):
         source = join(spec.root, member)
@@ -590,7 +584,7 @@ def _read_images(spec: ShardSpec, storage_options: dict[str, Any] | None) -> Ite
                 data = read_bytes(fs, p, url=source)
             except StorageUnavailable:
                 raise  # the store, not the image: the shard fails and is retried
-            except Exception as e:
+            except STORAGE_ERRORS as e:
                 yield RawSample(image_id=member, source=source, label=label,
                                 error=f"cannot read {source}: {type(e).__name__}: {e}")
                 continue
@@ -623,7 +617,7 @@ def _read_tar(spec: ShardSpec, storage_options: dict[str, Any] | None) -> Iterat
                 yield RawSample(image_id=image_id, source=f"{url}#{member}", label=sample.label(), data=data)
     except StorageUnavailable:
         raise
-    except Exception as e:
+    except READ_ERRORS as e:
         where = "cannot read" if n == 0 else f"stopped after {n} sample(s) reading"
         yield RawSample(image_id=rel, source=url, label=None,
                         error=f"{where} {url}: {type(e).__name__}: {e}")
@@ -654,7 +648,7 @@ def _read_parquet(spec: ShardSpec, storage_options: dict[str, Any] | None) -> It
                     yield RawSample(image_id=image_id, source=source, label=label, data=bytes(data))
     except StorageUnavailable:
         raise
-    except Exception as e:
+    except (InputError, *READ_ERRORS) as e:  # InputError: the file's columns changed since the plan
         message = f"cannot read {url}: {type(e).__name__}: {e}"
         pending = [m for m in spec.members if "#" in m and int(m.rsplit("#", 1)[1]) not in done]
         if pending:
@@ -680,7 +674,7 @@ def _read_referenced(fs: Any, url: str, img_path: str, image_id: str, source: st
                          data=read_bytes(tfs, tpath, url=target_url))
     except StorageUnavailable:
         raise
-    except Exception as e:
+    except STORAGE_ERRORS as e:
         return RawSample(image_id=image_id, source=source, label=label,
                          error=f"cannot read {target_url} (image path of {source}): {type(e).__name__}: {e}")
 
@@ -736,7 +730,7 @@ def _is_file(url: str, storage_options: dict[str, Any] | None) -> bool:
     fs, path = url_to_fs(url, storage_options)
     try:
         return bool(retry_call(lambda: fs.isfile(path), what=f"stat {url}"))
-    except Exception:  # cannot tell: read it as the member it looks like
+    except STORAGE_ERRORS:  # cannot tell: read it as the member it looks like
         return False
 
 
