@@ -31,7 +31,7 @@ import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 from PIL import Image, ImageOps
 
-from sgcore.errors import InputError
+from sgcore.errors import ConfigError, InputError
 from sgcore.io import (
     GEOMETRY_COLUMNS,
     MANIFEST_NAME,
@@ -377,7 +377,7 @@ def open_results_dir(
     out = OutputDir(url, storage_options)
     try:
         manifest = out.read_manifest()
-    except InputError:  # refused credentials: the message says how to fix them
+    except (InputError, ConfigError):  # refused credentials or --storage-options: the message says the fix
         raise
     except (OSError, ValueError) as e:
         raise InputError(f"cannot read {out.url_of(MANIFEST_NAME)}: {e}") from e
