@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import io
 import json
+import logging
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,6 +20,8 @@ from sgcore.io._fs import read_bytes, url_to_fs
 KEY_COLUMNS = ("image_id", "path", "file", "filename", "file_name", "image", "key", "source", "url",
                "id")
 LABEL_COLUMNS = ("label", "class", "cls", "category", "target")
+
+log = logging.getLogger("sgcore")
 
 
 def read_table(
@@ -74,6 +77,11 @@ class LabelsFile:
         """Which columns were used, for error messages."""
         return (f"path column {self.key_column!r}, label column {self.label_column!r}; "
                 f"columns: {', '.join(self.columns)}")
+
+    def describe_ids(self) -> str:
+        """An id of the file, for error messages."""
+        first = next(iter(self.mapping), None)
+        return f"file ids e.g. {first!r}" if first is not None else "the file has no labelled rows"
 
 
 def load_labels(url: str, storage_options: dict[str, Any] | None = None) -> LabelsFile:
@@ -132,5 +140,27 @@ def lookup(labels: dict[str, str], image_id: str, source: str) -> str | None:
     return found if found is not None else labels.get(source)
 
 
-__all__ = ["KEY_COLUMNS", "LABEL_COLUMNS", "LabelsFile", "cached_labels", "load_labels", "lookup",
-           "read_labels"]
+def check_labels(labels: LabelsFile, images: list[tuple[str, str]]) -> None:
+    """Refuses a labels file that labels none of ``images`` ((id, source) pairs); warns if some miss.
+
+    Raises:
+        InputError: not one image id (or source URL) is a key of the file.
+    """
+    if not images:
+        return
+    missed = [image_id for image_id, source in images if lookup(labels.mapping, image_id, source) is None]
+    if not missed:
+        return
+    n = len(images)
+    if len(missed) == n:
+        raise InputError(
+            f"labels file {labels.url}: 0 of {n} image ids matched ({labels.describe_ids()}, image ids "
+            f"e.g. {images[0][0]!r}); its path column must hold image ids or full URLs "
+            f"({labels.describe()})"
+        )
+    log.warning("labels file %s: %d of %d image ids matched; the other %d get no label (e.g. %r)",
+                labels.url, n - len(missed), n, len(missed), missed[0])
+
+
+__all__ = ["KEY_COLUMNS", "LABEL_COLUMNS", "LabelsFile", "cached_labels", "check_labels", "load_labels",
+           "lookup", "read_labels"]

@@ -1,0 +1,207 @@
+"""What every input layout shares: the shard and sample types, the protocol, the input root."""
+
+from __future__ import annotations
+
+import io
+import posixpath
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from fsspec.spec import AbstractFileSystem
+
+from sgcore.io._fs import join, open_input, read_bytes, url_to_fs
+from sgcore.io.labels import LabelsFile
+
+
+@dataclass(frozen=True, kw_only=True)
+class ShardSpec:
+    """One unit of work: which files (or rows), relative to the input root.
+
+    Attributes:
+        shard_id: names the output part (``part-<shard_id>.parquet``).
+        kind: the layout, ``images``, ``webdataset`` or ``parquet``.
+        root: URL the members are relative to.
+        members: image paths (images); the tar path (webdataset); the row ids
+            ``<file>#<row>`` (parquet, or the file path when its footer could not
+            be read).
+        file: the tar/Parquet file, relative to ``root``.
+        count: number of images when known (None for tars listed without --limit).
+        row_groups, first_row, stop_row: the Parquet row groups of this shard, the
+            file-level index of their first row, and the row to stop at.
+        image_column, label_column, id_column: Parquet columns (None: detected).
+        max_samples: read no more than this many samples of the tar (--limit).
+        labels: per-member labels from a labels file (images layout).
+        labels_url: the labels file, read by the decode task (tar/Parquet layouts).
+        content: a hash of the size and modification stamp (mtime, S3 ETag) of the
+            shard's input files as listed; recorded in its part, so that a resume
+            notices replaced bytes under the same names.
+    """
+
+    shard_id: str
+    kind: str
+    root: str
+    members: tuple[str, ...]
+    file: str | None = None
+    count: int | None = None
+    row_groups: tuple[int, ...] | None = None
+    first_row: int = 0
+    stop_row: int | None = None
+    image_column: str | None = None
+    label_column: str | None = None
+    id_column: str | None = None
+    max_samples: int | None = None
+    labels: tuple[str | None, ...] | None = None
+    labels_url: str | None = None
+    content: str | None = None  # identity of the input bytes (see listing.content_identity)
+
+    @property
+    def size(self) -> int:
+        """Images in the shard (1 for a tar whose count is not known before reading it)."""
+        return self.count if self.count is not None else len(self.members)
+
+
+@dataclass(frozen=True, kw_only=True)
+class RawSample:
+    """One input image before decoding; ``error`` set when it could not be read."""
+
+    image_id: str
+    source: str
+    label: str | None
+    data: bytes | None = None
+    error: str | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class Root:
+    """An input root resolved once: its filesystem, its path there, and its URL.
+
+    Shard members are relative to it; their filesystem paths and their URLs (for
+    ``source`` and messages) are formed here, the same way for every layout.
+    """
+
+    fs: AbstractFileSystem
+    path: str
+    url: str
+
+    @classmethod
+    def of(cls, url: str, storage_options: dict[str, Any] | None) -> Root:
+        fs, path = url_to_fs(url, storage_options)
+        return cls(fs=fs, path=path, url=url)
+
+    def path_of(self, rel: str) -> str:
+        return posixpath.join(self.path, rel) if self.path else rel
+
+    def url_of(self, rel: str) -> str:
+        return join(self.url, rel)
+
+    def open(self, rel: str, *, buffer_size: int = 1 << 20) -> io.BufferedReader:
+        """A retrying, buffered reader over the file ``rel`` (see :func:`sgcore.io.open_input`)."""
+        return open_input(self.fs, self.path_of(rel), url=self.url_of(rel), buffer_size=buffer_size)
+
+
+def open_url(url: str, storage_options: dict[str, Any] | None, *,
+             buffer_size: int = 1 << 20) -> io.BufferedReader:
+    """A retrying, buffered reader over the object at ``url``."""
+    fs, path = url_to_fs(url, storage_options)
+    return open_input(fs, path, url=url, buffer_size=buffer_size)
+
+
+def read_url(url: str, storage_options: dict[str, Any] | None) -> bytes:
+    """The whole object at ``url``, transient errors retried."""
+    fs, path = url_to_fs(url, storage_options)
+    return read_bytes(fs, path, url=url)
+
+
+def shard_file(spec: ShardSpec) -> str:
+    """The tar/Parquet file of a one-file shard, relative to its root."""
+    return spec.file or spec.members[0]
+
+
+def hidden(name: str) -> bool:
+    """Whether a file is one every Parquet reader skips (``_`` or ``.`` prefix)."""
+    return posixpath.basename(name).startswith((".", "_"))
+
+
+@dataclass(frozen=True, kw_only=True)
+class Listing:
+    """An input as listed: its root, the files under it and their stamps.
+
+    Attributes:
+        root: the longest common folder of the input's files.
+        names: every file, relative to ``root``, sorted (of any layout or none).
+        stamps: name -> size and modification stamp, where the store gives one.
+        shown: the input as given (URLs joined with ``, ``), for messages.
+    """
+
+    root: Root
+    names: list[str]
+    stamps: dict[str, str]
+    shown: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class PlanOptions:
+    """The planning settings of :func:`sgcore.io.plan_shards`, checked there.
+
+    Attributes:
+        labels: the labels file as read once by the planner (None without one).
+        labels_url: its URL, which tar/Parquet shards carry to their decode task.
+    """
+
+    shard_size: int
+    limit: int | None = None
+    image_column: str | None = None
+    label_column: str | None = None
+    id_column: str | None = None
+    labels: LabelsFile | None = None
+    labels_url: str | None = None
+
+
+class Layout(Protocol):
+    """One input layout: which files are its inputs, how they become shards and samples.
+
+    Attributes:
+        name: the ``--input-format`` value, and the ``kind`` of its shards.
+        found: what its inputs are called in "no ... under URL" messages.
+        counted: how a count of its inputs reads ("3 image file(s)").
+    """
+
+    name: str
+    found: str
+    counted: str
+
+    def detects(self, name: str) -> bool:
+        """Whether a listed file (relative to the root) counts as an input of this layout."""
+        ...
+
+    def plan(self, listing: Listing, options: PlanOptions) -> list[ShardSpec]:
+        """Cuts the listed inputs into shards with stable ids; checks the labels file against them.
+
+        Raises:
+            InputError: the inputs cannot be planned as asked (a missing column,
+                repeated ids, a labels file that matches nothing).
+        """
+        ...
+
+    def read(self, spec: ShardSpec, storage_options: dict[str, Any] | None) -> Iterator[RawSample]:
+        """Yields the shard's samples in order.
+
+        An input that cannot be read or decoded (one of
+        :data:`sgcore.io.failures.READ_ERRORS`) becomes a sample with an error;
+        :class:`StorageUnavailable` and any other exception propagate.
+        """
+        ...
+
+    def holds(self, source: str) -> bool:
+        """Whether a result row's ``source`` names a member inside one of this layout's files."""
+        ...
+
+    def read_source(self, source: str, storage_options: dict[str, Any] | None, *,
+                    image_column: str | None = None) -> bytes:
+        """The original image bytes behind a ``source`` (see :func:`sgcore.io.read_source`)."""
+        ...
+
+
+__all__ = ["Layout", "Listing", "PlanOptions", "RawSample", "Root", "ShardSpec", "hidden", "open_url",
+           "read_url", "shard_file"]
