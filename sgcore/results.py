@@ -65,6 +65,7 @@ META_COLUMNS = (
     "score",
     "seed",
     "reliability",
+    "reproducibility",
     "n_samples",
     *GEOMETRY_COLUMNS,
 )

@@ -119,6 +119,7 @@ def smoothgrad_adaptive(
     acc = _Accumulator(aggregate, batch, shape, x.device)
     acc.split(noise, blocked=True)
     reliability = torch.full((batch,), float("nan"), dtype=torch.float32, device=x.device)
+    reproducibility = reliability.clone()
     grad_fn = _input_gradient_fn(model, precision, x.device, prefers_channels_last(model), int(targets.max()))
 
     def noisy(i: int, k0: int, k1: int) -> torch.Tensor:
@@ -167,8 +168,9 @@ def smoothgrad_adaptive(
                 round_start = st[1] - sum(p.shape[0] for p in st[2])
                 acc.add(i, torch.cat(st[2]), round_start)
                 st[2] = []
-                rel = float(acc.reliability(reliability_reduction, [i], seeds=seed_list)[0])
-                reliability[i] = rel
+                est = acc.reliability(reliability_reduction, [i], seeds=seed_list)
+                rel = float(est.reliability[0])
+                reliability[i], reproducibility[i] = rel, float(est.reproducibility[0])
                 if (noise_level == 0.0 or rel >= target) or st[1] >= high:
                     del state[i]
                     if on_done is not None:
@@ -177,5 +179,6 @@ def smoothgrad_adaptive(
                     st[1] = min(high, st[1] + step)
     if noise_level == 0.0:
         reliability.fill_(1.0)
+        reproducibility.fill_(1.0)
     counts = torch.tensor(acc.count, dtype=torch.int64)
-    return SmoothGradResult(acc.result(), reliability, counts)
+    return SmoothGradResult(acc.result(), reliability, counts, reproducibility)

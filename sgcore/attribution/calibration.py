@@ -11,6 +11,13 @@ noise model, ``corr(map, ref) = ρ_map · ρ_ref``). Both are reported: the
 estimate as is (``abs_error``) and the estimate times the reference's own
 estimated reliability (``abs_error_vs_ref``), which is the figure that
 predicts the measured correlation.
+
+With ``repeats ≥ 2`` the repeats at one ``n`` are twins (same image and
+settings, independent noise): their measured Spearman with each other is
+set beside what their reproducibility estimates predict
+(:func:`~sgcore.attribution.reliability.expected_agreement`; for twins the
+reproducibility itself), the figure ``jobs.audit --compare`` takes its noise
+floor from. It costs no extra map.
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ from torch import nn
 
 from sgcore.attribution.postprocess import reduce_channels
 from sgcore.attribution.ranks import spearman
+from sgcore.attribution.reliability import expected_agreement
 from sgcore.attribution.smoothgrad import SmoothGradResult, smoothgrad
 
 # Seeds of the reference maps: far from any test seed.
@@ -67,6 +75,7 @@ def calibrate(
     rows, points = [], []
     for n in ns:
         est, meas, err, err_ref = [], [], [], []
+        twins: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
         for rep in range(repeats):
             seeds = torch.arange(batch) + 10_000 * (rep + 1) + n
             got = smoothgrad(model, images, targets, n_samples=n, seeds=seeds, noise=noise, **kw)
@@ -74,16 +83,28 @@ def calibrate(
                 raise RuntimeError("smoothgrad(return_reliability=True) returned no reliability")
             measured = spearman(reduce_channels(got.maps, reduction), ref_maps)
             e = got.reliability.double()
+            twins.append((reduce_channels(got.maps, reduction), e, got.reproducibility.double()))
             for i in range(batch):
                 est.append(float(e[i]))
                 meas.append(float(measured[i]))
                 err.append(abs(float(e[i]) - float(measured[i])))
                 err_ref.append(abs(float(e[i] * ref_rel[i]) - float(measured[i])))
                 points.append({"n": n, "estimate": float(e[i]), "measured": float(measured[i])})
-        rows.append({"n": n, "estimate": statistics.fmean(est), "measured": statistics.fmean(meas),
-                     "abs_error": statistics.fmean(err), "abs_error_vs_ref": statistics.fmean(err_ref)})
-        log(f"  {noise} n={n}: estimate {rows[-1]['estimate']:.4f} measured {rows[-1]['measured']:.4f} "
-            f"|err| {rows[-1]['abs_error']:.4f} (x ref {rows[-1]['abs_error_vs_ref']:.4f})")
+        row = {"n": n, "estimate": statistics.fmean(est), "measured": statistics.fmean(meas),
+               "abs_error": statistics.fmean(err), "abs_error_vs_ref": statistics.fmean(err_ref)}
+        if len(twins) >= 2:
+            (map_a, rel_a, rep_a), (map_b, rel_b, rep_b) = twins[:2]
+            agree = spearman(map_a, map_b).double().cpu().numpy()
+            floor = expected_agreement(rel_a.cpu().numpy(), rep_a.cpu().numpy(), rel_b.cpu().numpy(),
+                                       rep_b.cpu().numpy())
+            row.update(twin_estimate=float(floor.mean()), twin_measured=float(agree.mean()),
+                       twin_abs_error=float(abs(floor - agree).mean()),
+                       twin_product=float((rel_a * rel_b).mean()))
+        rows.append(row)
+        log(f"  {noise} n={n}: estimate {row['estimate']:.4f} measured {row['measured']:.4f} "
+            f"|err| {row['abs_error']:.4f} (x ref {row['abs_error_vs_ref']:.4f})"
+            + (f"; twins {row['twin_measured']:.4f}, estimated {row['twin_estimate']:.4f} "
+               f"|err| {row['twin_abs_error']:.4f}" if "twin_measured" in row else ""))
     return {"reference_n": reference_n, "noise": noise, "reference": ref,
             "reference_reliability": float(ref_rel.mean()), "rows": rows, "points": points}
 
@@ -104,15 +125,18 @@ def to_markdown(results: list[dict[str, Any]]) -> str:
     """One table row per (model, noise, n) of ``calibrate`` results tagged with ``model``."""
     lines = [
         "| model | noise | n | images × repeats | estimate (mean) | measured vs reference (mean) "
-        "| mean abs(estimate − measured) | mean abs(estimate·ρ_ref − measured) |",
-        "|---|---|---:|---:|---:|---:|---:|---:|",
+        "| mean abs(estimate − measured) | mean abs(estimate·ρ_ref − measured) "
+        "| twins: measured (mean) | twins: estimated (mean) | twins: mean abs error | twins: ρ_a·ρ_b (mean) |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for res in results:
         for row in res["rows"]:
             count = sum(1 for p in res["points"] if p["n"] == row["n"])
+            twin = " | ".join(f"{row[k]:.4f}" if k in row else "—"
+                              for k in ("twin_measured", "twin_estimate", "twin_abs_error", "twin_product"))
             lines.append(
                 f"| {res.get('model', '')} | {res['noise']} | {row['n']} | {count} | {row['estimate']:.4f} "
-                f"| {row['measured']:.4f} | {row['abs_error']:.4f} | {row['abs_error_vs_ref']:.4f} |"
+                f"| {row['measured']:.4f} | {row['abs_error']:.4f} | {row['abs_error_vs_ref']:.4f} | {twin} |"
             )
     return "\n".join(lines)
 

@@ -14,25 +14,38 @@ Estimator: split-half variance, then an empirical-Bayes parametric bootstrap.
    pair would lose the cancellation the pair exists for); quasi-random blocks
    are kept whole where the kernel draws them in blocks (adaptive sampling),
    so each half keeps its strata. Per element, ``(a − b)² / (1/m_A + 1/m_B)``
-   estimates the per-sample variance, hence ``v = s² / n`` the variance of the
-   stored (unreduced) map ``μ̂``; pairs and strata count as they should because
-   the halves are made of whole ones.
-2. Per image, a Gaussian prior over the converged map's elements,
-   ``μ ~ N(0, τ²)`` with ``τ² = mean(μ̂²) − mean(v)``, gives the posterior
-   ``μ | μ̂ ~ N(w μ̂, w v)``, ``w = τ² / (τ² + v)``. Draw a converged map from
-   it, draw a stored map around that (``+ N(0, v)``), reduce both to 2-D and
-   take their Spearman correlation; average a few draws (seeded from the
-   image's seed, so the figure is as deterministic as the map).
-3. ``τ²`` is kept at least ``TAU_FLOOR`` (a quarter) of ``mean(max(μ̂² − v, 0))``.
-   Without the floor, a few elements of huge Monte Carlo variance (heavy-tailed
-   gradients) made ``mean(v)`` all but equal ``mean(μ̂²)`` on about one demo map
-   in a hundred at n = 16–32: the prior collapsed and a map measured at 0.90
-   read 0.04. The positive part does not collapse; alone it is optimistic
-   (+0.06 at n = 16 on the demo), a quarter of it only lifts the collapsed
-   cases. On 96 demo maps (two sets of 48 images, n = 1024 references) the
-   floor removed every collapse and the mean error at n = 16 went from 0.040 /
-   0.035 to 0.029 / 0.031, unchanged at n = 64 and on the digits model
-   (docs/performance.md §9).
+   estimates the per-sample variance with one degree of freedom; it is
+   averaged over the channels and a ``VAR_WINDOW`` (3 × 3) box, which gives
+   about ``9·C`` (Monte Carlo variance is smooth in space), and ``v = s² / n``
+   is the variance of the stored (unreduced) map ``μ̂``. Pairs and strata count
+   as they should because the halves are made of whole ones. With one degree
+   of freedom the simulated noise was far more uneven than the real one (a
+   χ²₁ variance puts most elements near zero): the estimate read +0.04 too
+   high on the demo model at n = 16–64 (docs/performance.md §12).
+2. Per pixel, a Gaussian prior over the converged map's elements,
+   ``μ ~ N(0, τ²)`` with ``τ² = box(μ̂²) − box(v)`` over a ``PRIOR_WINDOW``
+   (5 × 5) box and all channels, gives the posterior ``μ | μ̂ ~ N(w μ̂, w v)``,
+   ``w = τ² / (τ² + v)``. Saliency concentrates on regions, and its variance
+   with it: one prior for the whole image shrank the strong, high-variance
+   pixels as much as the background (pessimistic by 0.04 at n = 16 even with
+   the true variance). Draw a converged map from the posterior, draw a stored
+   map around that (``+ N(0, v)``), reduce both to 2-D and take their Spearman
+   correlation; average a few draws (seeded from the image's seed, so the
+   figure is as deterministic as the map).
+3. ``τ²`` is kept at least ``TAU_FLOOR`` (a quarter) of the box mean of
+   ``max(μ̂² − v, 0)``. Without the floor, a few elements of huge Monte Carlo
+   variance (heavy-tailed gradients) made the prior collapse (``τ² → 0``) on
+   about one demo map in a hundred at n = 16–32 and a map measured at 0.90
+   read 0.04 (docs/performance.md §11).
+4. The same draws give the *reproducibility*: a twin map drawn around the
+   same simulated converged map with independent noise, and the Spearman of
+   the stored map with it (:class:`Estimate`). Two finite maps of one image
+   share the reduction's bias (below), so they agree more than the product of
+   their reliabilities: on the demo at n = 32, 0.84 measured, 0.73 by the
+   product, 0.85 by this figure. :func:`expected_agreement` turns the two
+   figures of two maps (any ``n``) into the agreement their noise alone
+   allows: the noise floor of ``jobs.audit --compare`` and the prediction of
+   ``jobs.sweep``'s convergence curve.
 
 Why not the textbook split-half Spearman–Brown step-up (``step_up`` below,
 kept for the synthetic tests)? Measured on the trained demo model it is far
@@ -43,13 +56,15 @@ local gradient variance. That bias pattern is the same in both halves, so the
 halves agree with each other much better than either agrees with the limit.
 The bootstrap above simulates exactly that reduction, bias included. Its
 calibration against n = 4096 references with independent seeds is in
-docs/performance.md; it errs on the pessimistic side at small ``n``.
+docs/performance.md §12.
 """
 
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
+import numpy as np
 import torch
 
 from sgcore.attribution.postprocess import reduce_channels
@@ -58,6 +73,10 @@ from sgcore.settings import ADAPTIVE_BLOCK
 
 # Floor of the prior variance: this share of the mean positive part of μ̂² − v.
 TAU_FLOOR = 0.25
+# Side of the box that pools each element's split-half variance.
+VAR_WINDOW = 3
+# Side of the box over which the prior's variance is estimated per pixel.
+PRIOR_WINDOW = 5
 
 # Samples per noise block in adaptive sampling (sobol strata, antithetic
 # pairs and the split halves never straddle a block).
@@ -116,8 +135,8 @@ def bootstrap_reliability(
     reduction: str = "abs_sum",
     seeds: list[int] | None = None,
     draws: int = 4,
-) -> torch.Tensor:
-    """Estimated Spearman correlation of each reduced map with its limit (module docstring).
+) -> Estimate:
+    """Estimated Spearman correlation of each reduced map with its limit, and with a twin (module docstring).
 
     Args:
         maps: ``(N, C, H, W)`` stored maps (all samples), before reduction.
@@ -128,61 +147,122 @@ def bootstrap_reliability(
         draws: bootstrap draws per map.
 
     Returns:
-        ``(N,)`` float64 in [-1, 1]; NaN where a simulated map is constant.
+        :class:`Estimate` of ``(N,)`` float64 in [-1, 1]; NaN where a
+        simulated map is constant.
     """
+    if maps.dim() != 4:
+        raise ValueError(f"bootstrap_reliability needs (N, C, H, W) maps; got shape {tuple(maps.shape)}")
     n = maps.shape[0]
     view = (-1,) + (1,) * (maps.dim() - 1)
     m_a = m_a.to(device=maps.device, dtype=torch.float32).view(view)
     m_b = m_b.to(device=maps.device, dtype=torch.float32).view(view)
     s2 = (half_a - half_b).square() / (1.0 / m_a + 1.0 / m_b)
-    v = s2 / (m_a + m_b)
-    flat_mu2 = maps.square().reshape(n, -1).mean(dim=1)
-    flat_v = v.reshape(n, -1).mean(dim=1)
-    # A few elements of huge Monte Carlo variance (heavy-tailed gradients) can
-    # make mean(v) all but equal mean(μ̂²) while the bulk of the map is signal:
-    # the prior then collapses (τ² → 0) and a map measured at 0.90 reads 0.04.
-    # The positive part of μ̂² − v, averaged, does not collapse; a quarter of it
-    # is the floor (module docstring).
-    flat_pos = (maps.square() - v).clamp(min=0).reshape(n, -1).mean(dim=1)
-    tau2 = torch.maximum(flat_mu2 - flat_v, TAU_FLOOR * flat_pos)
-    tau2 = tau2.clamp(min=torch.finfo(torch.float32).tiny).view(view)
+    # One split gives each element's variance one degree of freedom; pooled
+    # over the channels and a VAR_WINDOW box (Monte Carlo variance is smooth in
+    # space) it has about 9·C (module docstring, step 1).
+    v = (_box(s2.mean(dim=1, keepdim=True), VAR_WINDOW) / (m_a + m_b)).expand_as(maps)
+    # The prior's variance, per pixel from a PRIOR_WINDOW box over all
+    # channels (step 2); floored (step 3) where heavy-tailed variance would
+    # make it collapse.
+    mu2 = maps.square()
+    local_mu2 = _box(mu2.mean(dim=1, keepdim=True), PRIOR_WINDOW)
+    local_v = _box(v.mean(dim=1, keepdim=True), PRIOR_WINDOW)
+    local_pos = _box((mu2 - v).clamp(min=0).mean(dim=1, keepdim=True), PRIOR_WINDOW)
+    tau2 = torch.maximum(local_mu2 - local_v, TAU_FLOOR * local_pos)
+    tau2 = tau2.clamp(min=torch.finfo(torch.float32).tiny)
     w = tau2 / (tau2 + v)
     centre, post_sd, sd = w * maps, (w * v).sqrt(), v.sqrt()
     seeds = [0] * n if seeds is None else seeds
     # One generator per map (its figure does not depend on its batch
     # neighbours), one batched reduction and rank correlation for all maps.
     shape = (draws, *maps.shape[1:])
-    z = torch.empty((n, 2, *shape), dtype=maps.dtype, device=maps.device)
+    z = torch.empty((n, 3, *shape), dtype=maps.dtype, device=maps.device)
     for i in range(n):
         gen = torch.Generator(device=maps.device)
         gen.manual_seed(int(seeds[i]) ^ 0x5EED_BEEF)
-        z[i] = torch.randn((2, *shape), generator=gen, device=maps.device, dtype=maps.dtype)
+        z[i] = torch.randn((3, *shape), generator=gen, device=maps.device, dtype=maps.dtype)
     truth = centre.unsqueeze(1) + post_sd.unsqueeze(1) * z[:, 0]
-    stored = truth + sd.unsqueeze(1) * z[:, 1]
     flat = (n * draws, *maps.shape[1:])
-    rho = _spearman_continuous(reduce_channels(stored.reshape(flat), reduction),
-                               reduce_channels(truth.reshape(flat), reduction))
-    return rho.view(n, draws).mean(dim=1)
+    stored, twin = (_unit_ranks(reduce_channels((truth + sd.unsqueeze(1) * z[:, k]).reshape(flat), reduction))
+                    for k in (1, 2))
+    truth = _unit_ranks(reduce_channels(truth.reshape(flat), reduction))
+    rho = _rank_correlation(stored, truth).view(n, draws).mean(dim=1)
+    rep = _rank_correlation(stored, twin).view(n, draws).mean(dim=1)
+    return Estimate(rho, rep)
 
 
-def _spearman_continuous(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Spearman of maps without ties (simulated Gaussian draws): one sort per map.
+class Estimate(NamedTuple):
+    """The two figures of :func:`bootstrap_reliability`, each ``(N,)``.
 
-    ``ranks.spearman`` averages tied ranks, which these draws never have (ties
-    have probability zero), at several times the cost.
+    Attributes:
+        reliability: Spearman of the stored 2-D map with its converged map.
+        reproducibility: Spearman of the stored map with a *twin*, another map
+            of the same image, settings and ``n`` with independent noise.
+            Higher than ``reliability²`` (the product rule) where the channel
+            reduction is biased: ``|μ̂|`` is lifted where the signal is weak,
+            by the same pattern in both maps (module docstring).
     """
-    def ranks(x: torch.Tensor) -> torch.Tensor:
-        flat = x.reshape(x.shape[0], -1)
-        order = flat.argsort(dim=1)
-        pos = torch.arange(flat.shape[1], dtype=torch.float64, device=x.device).expand_as(order)
-        return torch.empty_like(pos).scatter_(1, order, pos)
 
-    ra, rb = ranks(a), ranks(b)
-    ra = ra - ra.mean(dim=1, keepdim=True)
-    rb = rb - rb.mean(dim=1, keepdim=True)
-    den = ra.norm(dim=1) * rb.norm(dim=1)
-    rho = ((ra * rb).sum(dim=1) / den.clamp(min=torch.finfo(torch.float64).tiny)).clamp(-1.0, 1.0)
-    return torch.where(den > 0, rho, torch.full_like(rho, float("nan")))
+    reliability: torch.Tensor
+    reproducibility: torch.Tensor
+
+
+def expected_agreement(
+    rel_a: np.ndarray | float, rep_a: np.ndarray | float, rel_b: np.ndarray | float, rep_b: np.ndarray | float
+) -> np.ndarray:
+    """Spearman expected between two maps of one image that differ only in their Monte Carlo noise.
+
+    Each map is ``(reliability, reproducibility)`` (:class:`Estimate`); the
+    maps may have different ``n``. Model: a reduced map is ``T + b + e``,
+    the converged map ``T`` (unit variance), a bias ``b`` of variance ``β``
+    whose pattern is the same in every map of the image (the reduction's lift
+    where the local noise is strong, smaller at larger ``n``), and independent
+    noise ``e``. Then ``reliability = 1/sqrt(1 + β + ε)`` and
+    ``reproducibility = (1 + β) · reliability²``, so ``β = rep / rel² − 1``,
+    and two maps agree at ``rel_a · rel_b · (1 + sqrt(β_a β_b))``. For twins
+    (same ``n``) that is the reproducibility itself; against a converged map
+    (``β_b = 0``) the reliability. A NaN reproducibility counts as ``β = 0``
+    (the product rule, a lower floor).
+
+    Returns:
+        float64 array in [-1, 1] of the broadcast shape; NaN where a
+        reliability is NaN.
+    """
+    rel_a, rep_a, rel_b, rep_b = (np.asarray(v, dtype=np.float64) for v in (rel_a, rep_a, rel_b, rep_b))
+
+    def bias(rel: np.ndarray, rep: np.ndarray) -> np.ndarray:
+        with np.errstate(divide="ignore", invalid="ignore"):
+            beta = rep / np.square(rel) - 1.0
+        return np.where(np.isfinite(beta), np.maximum(beta, 0.0), 0.0)
+
+    return np.clip(rel_a * rel_b * (1.0 + np.sqrt(bias(rel_a, rep_a) * bias(rel_b, rep_b))), -1.0, 1.0)
+
+
+def _box(x: torch.Tensor, size: int) -> torch.Tensor:
+    """Mean over a ``size × size`` window around each element (edges: the part inside)."""
+    if size <= 1:
+        return x
+    return torch.nn.functional.avg_pool2d(x, size, stride=1, padding=size // 2, count_include_pad=False)
+
+
+def _unit_ranks(x: torch.Tensor) -> torch.Tensor:
+    """Ranks of each map ``(M, ...)`` as ``(M, L)`` float64, centred and of unit norm: one sort per map.
+
+    For simulated Gaussian draws, which have no ties (probability zero):
+    ``ranks.spearman`` averages tied ranks at several times the cost. A map of
+    one element has no ranks to correlate: NaN.
+    """
+    flat = x.reshape(x.shape[0], -1)
+    order = flat.argsort(dim=1)
+    pos = torch.arange(flat.shape[1], dtype=torch.float64, device=x.device).expand_as(order)
+    r = torch.empty_like(pos).scatter_(1, order, pos)
+    r = r - r.mean(dim=1, keepdim=True)
+    return r / r.norm(dim=1, keepdim=True)  # 0/0 = NaN for one element
+
+
+def _rank_correlation(ra: torch.Tensor, rb: torch.Tensor) -> torch.Tensor:
+    """Spearman of maps from their :func:`_unit_ranks`."""
+    return (ra * rb).sum(dim=1).clamp(-1.0, 1.0)
 
 
 def split_half_reliability(

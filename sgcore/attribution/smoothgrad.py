@@ -24,7 +24,7 @@ from sgcore.attribution._bases import (
 )
 from sgcore.attribution._noise import standard_noise
 from sgcore.attribution.postprocess import REDUCTIONS
-from sgcore.attribution.reliability import bootstrap_reliability, half_mask
+from sgcore.attribution.reliability import Estimate, bootstrap_reliability, half_mask
 
 # The choices have one owner, the torch-free sgcore.settings (the job's config
 # and the CLI read them without importing torch); re-exported here.
@@ -61,11 +61,16 @@ class SmoothGradResult(NamedTuple):
             1 where ``noise_level=0`` (exact), NaN where it cannot be estimated
             (one sample, or a constant half-map).
         n_samples: int64 ``(B,)``, samples each map averages.
+        reproducibility: float32 ``(B,)``, the estimated Spearman correlation
+            of each 2-D map with a twin: a map of the same image and settings
+            with independent noise (``reliability.Estimate``); 1 where exact,
+            NaN where the reliability is.
     """
 
     maps: torch.Tensor
     reliability: torch.Tensor
     n_samples: torch.Tensor
+    reproducibility: torch.Tensor
 
 
 def smoothgrad(
@@ -203,10 +208,10 @@ def smoothgrad(
     counts = torch.full((batch,), n, dtype=torch.int64)
     if n == 1:
         fill = 1.0 if noise_level == 0.0 else float("nan")
-        rel = torch.full((batch,), fill, dtype=torch.float32, device=maps.device)
+        rel = rep = torch.full((batch,), fill, dtype=torch.float32, device=maps.device)
     else:
-        rel = acc.reliability(reliability_reduction, seeds=seed_list).to(torch.float32)
-    return SmoothGradResult(maps, rel, counts)
+        rel, rep = (e.to(torch.float32) for e in acc.reliability(reliability_reduction, seeds=seed_list))
+    return SmoothGradResult(maps, rel, counts, rep)
 
 
 def default_max_batch(device: torch.device, shape: tuple[int, ...]) -> int:
@@ -405,8 +410,8 @@ class _Accumulator:
 
     def reliability(
         self, reduction: str, rows: list[int] | None = None, *, seeds: list[int] | None = None
-    ) -> torch.Tensor:
-        """Reliability of images ``rows`` (all by default), float64 (``reliability`` module)."""
+    ) -> Estimate:
+        """Reliability and reproducibility of images ``rows`` (all by default), float64 (``reliability`` module)."""
         if self.halves is None:
             raise RuntimeError("reliability needs an accumulator that was split")
         rows = list(range(self.mean.shape[0])) if rows is None else rows
@@ -421,12 +426,13 @@ class _Accumulator:
             half_b = (n_all * whole - m_a.to(whole).view(view) * half_a) / m_b.clamp(min=1).to(whole).view(view)
         else:
             half_b = b.result(rows)
-        rel = bootstrap_reliability(
+        est = bootstrap_reliability(
             whole, half_a, half_b, m_a.clamp(min=1), m_b.clamp(min=1),
             reduction=reduction, seeds=None if seeds is None else [seeds[i] for i in rows],
         )
         # A half without samples has no estimate.
-        return torch.where(both.to(rel.device), rel, torch.nan)
+        both = both.to(est.reliability.device)
+        return Estimate(*(torch.where(both, e, torch.nan) for e in est))
 
     def add(self, i: int, block: torch.Tensor, k0: int = 0) -> None:
         """Merges per-sample maps ``(m, C, H, W)`` of image ``i``, samples ``k0:k0+m``."""

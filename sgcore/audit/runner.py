@@ -95,8 +95,8 @@ class AuditConfig:
             with their converged map) is below this count as unreliable.
         compare_margin: with ``compare``, an image's maps changed
             significantly when their Spearman is below what the two maps' own
-            Monte Carlo noise allows (the product of their reliabilities)
-            by more than this.
+            Monte Carlo noise allows (``expected_agreement`` of their
+            reliability and reproducibility columns) by more than this.
         address: Ray cluster; None: ``RAY_ADDRESS``, else a fresh local Ray
             (``"auto"`` joins a cluster started with ``ray start``).
     """
@@ -710,7 +710,7 @@ def _compare_section(report: Report, summary: dict[str, Any], a: Results, b: Res
     if judged:
         s.text(
             f"Monte Carlo noise alone would make the two runs' maps of an unchanged model correlate about "
-            f"{info['noise_floor']:.3f} on average (per image, the product of the two maps' reliabilities). "
+            f"{info['noise_floor']:.3f} on average (per image, what two maps of their reliability and reproducibility agree at from noise alone). "
             f"An image counts as significantly changed when its Spearman falls more than {margin:g} below its own "
             f"floor: {significant} of {judged} images ({100 * info['significant_share']:.1f}%)."
             + (f" {len(changes) - judged} images lack a reliability estimate and are not judged."

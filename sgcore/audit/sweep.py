@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from sgcore.attribution import reduce_channels
+from sgcore.attribution.reliability import expected_agreement
 from sgcore.audit.metrics import spearman
 from sgcore.audit.sanity import MapSettings
 
@@ -42,9 +43,13 @@ class Convergence:
     ``spearman`` is their rank correlation. ``estimated`` is the kernel's
     reliability estimate of each n-sample map (its Spearman with the
     *converged* map, from its own samples; NaN at n = 1) and
-    ``reference_reliability`` ``(N,)`` that of the reference. The reference
-    is itself an estimate, so the measured Spearman should come out near
-    ``estimated * reference_reliability`` (:func:`expected_spearman`).
+    ``reference_reliability`` ``(N,)`` that of the reference;
+    ``reproducibility`` and ``reference_reproducibility`` the kernel's
+    estimates of each map's Spearman with a twin of independent noise. The
+    reference is itself an estimate whose reduction shares part of the n-sample
+    map's bias, so the measured Spearman should come out near
+    :func:`~sgcore.attribution.reliability.expected_agreement` of the two
+    (:meth:`expected_spearman`), not near the product of the reliabilities.
     """
 
     sample_counts: tuple[int, ...]
@@ -53,10 +58,13 @@ class Convergence:
     spearman: np.ndarray
     estimated: np.ndarray
     reference_reliability: np.ndarray
+    reproducibility: np.ndarray
+    reference_reproducibility: np.ndarray
 
     def expected_spearman(self) -> np.ndarray:
         """``(len(counts), N)``: the Spearman with the reference the estimates predict."""
-        return self.estimated * self.reference_reliability[None, :]
+        return expected_agreement(self.estimated, self.reproducibility,
+                                  self.reference_reliability[None, :], self.reference_reproducibility[None, :])
 
 
 def sweep_grid(
@@ -121,16 +129,17 @@ def convergence(
     settings = settings or MapSettings()
     b = images.shape[0]
     seeds = seeds if seeds is not None else torch.zeros(b, dtype=torch.int64)
-    ref, ref_rel = _reduced_with_reliability(replace(settings, n_samples=reference_samples), model, images,
-                                             targets, seeds + 1)
+    ref, ref_rel, ref_rep = _reduced_with_reliability(replace(settings, n_samples=reference_samples), model, images,
+                                                      targets, seeds + 1)
     ref_norm = np.linalg.norm(ref.reshape(b, -1), axis=1)
-    l2, rho, est = [], [], []
+    l2, rho, est, rep = [], [], [], []
     for n in sample_counts:
-        m, rel = _reduced_with_reliability(replace(settings, n_samples=n), model, images, targets, seeds)
+        m, rel, twin = _reduced_with_reliability(replace(settings, n_samples=n), model, images, targets, seeds)
         diff = np.linalg.norm((m - ref).reshape(b, -1), axis=1)
         l2.append(diff / np.where(ref_norm > 0, ref_norm, 1.0))
         rho.append(np.atleast_1d(spearman(m, ref)))
         est.append(rel)
+        rep.append(twin)
     return Convergence(
         sample_counts=tuple(sample_counts),
         reference_samples=reference_samples,
@@ -138,6 +147,8 @@ def convergence(
         spearman=np.stack(rho),
         estimated=np.stack(est),
         reference_reliability=ref_rel,
+        reproducibility=np.stack(rep),
+        reference_reproducibility=ref_rep,
     )
 
 
@@ -151,8 +162,8 @@ def _reduced(
 
 def _reduced_with_reliability(
     settings: MapSettings, model: nn.Module, images: torch.Tensor, targets: torch.Tensor, seeds: torch.Tensor
-) -> tuple[np.ndarray, np.ndarray]:
-    """:func:`_reduced`'s maps (the same values) and each one's reliability estimate ``(B,)`` float64."""
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`_reduced`'s maps (the same values), each one's reliability and reproducibility ``(B,)`` float64."""
     result = settings.maps_with_reliability(model, images, targets, seeds)
     maps = reduce_channels(result.maps, settings.reduction).cpu().numpy().astype(np.float64)
-    return maps, result.reliability.cpu().numpy().astype(np.float64)
+    return maps, *(e.cpu().numpy().astype(np.float64) for e in (result.reliability, result.reproducibility))

@@ -155,7 +155,8 @@ def run_sweep(config: SweepConfig, *, log: Any = print) -> dict[str, Any]:
     expected = conv.expected_spearman()
     conv_rows = [
         {"n_samples": n, "relative_l2": float(conv.relative_l2[k].mean()), "spearman": float(conv.spearman[k].mean()),
-         "estimated_reliability": finite_mean(conv.estimated[k]), "expected_spearman": finite_mean(expected[k])}
+         "estimated_reliability": finite_mean(conv.estimated[k]),
+         "estimated_reproducibility": finite_mean(conv.reproducibility[k]), "expected_spearman": finite_mean(expected[k])}
         for k, n in enumerate(conv.sample_counts)
     ]
     enough = [r["n_samples"] for r in conv_rows if r["spearman"] >= 0.95]
@@ -171,6 +172,7 @@ def run_sweep(config: SweepConfig, *, log: Any = print) -> dict[str, Any]:
             "noise_level": noise,
             "reference_samples": conv.reference_samples,
             "reference_reliability": finite_mean(conv.reference_reliability),
+            "reference_reproducibility": finite_mean(conv.reference_reproducibility),
             "points": conv_rows,
             "n_for_spearman_0.95": enough[0] if enough else None,
         },
@@ -200,10 +202,11 @@ def run_sweep(config: SweepConfig, *, log: Any = print) -> dict[str, Any]:
         f"{noise:.2f}. Spearman ≥ 0.95 first at n = {summary['convergence']['n_for_spearman_0.95']}. "
         "Beside the measured Spearman: the kernel's own reliability estimate of each map (its Spearman with the "
         "converged map, from its own samples, as every row of a run carries it) and what the estimates predict "
-        "for the measurement (estimate × the reference's own estimate"
-        + (f", {ref_rel:.3f}" if (ref_rel := summary["convergence"]["reference_reliability"]) is not None
-           else ", which it has none of here")
-        + ", since the reference is itself a finite sample)."
+        "for the measurement (from both maps' reliability and reproducibility estimates, the reference's "
+        "reliability"
+        + (f" {ref_rel:.3f}" if (ref_rel := summary["convergence"]["reference_reliability"]) is not None
+           else " unknown here")
+        + ", since the reference is itself a finite sample that shares part of the map's bias)."
     )
     sec2.table(conv_rows, ["n_samples", "relative_l2", "spearman", "expected_spearman", "estimated_reliability"])
     sec2.figure(

@@ -40,6 +40,10 @@ _SCALARS: list[tuple[str, pa.DataType]] = [
     # Estimated Spearman correlation of the stored map with its converged map
     # (sgcore.attribution.reliability); null on error rows.
     ("reliability", pa.float32()),
+    # Estimated Spearman correlation of the stored map with a twin (same image
+    # and settings, independent noise); with ``reliability`` the noise floor of
+    # a comparison (sgcore.attribution.reliability.expected_agreement).
+    ("reproducibility", pa.float32()),
 ]
 _GEOMETRY: list[tuple[str, pa.DataType]] = [
     ("map_height", pa.int32()),

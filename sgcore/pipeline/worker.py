@@ -165,6 +165,7 @@ class ShardProcessor:
                 done.flush()
         maps = result.maps
         reliability = result.reliability.cpu().tolist()
+        reproducibility = result.reproducibility.cpu().tolist()
         used = result.n_samples.tolist()
         reduced = reduce_channels(maps, cfg.reduction).cpu().numpy()
         full = maps.cpu().numpy() if cfg.store_full else None
@@ -181,6 +182,7 @@ class ShardProcessor:
                 continue
             row["saliency"] = m.astype(np.float16)
             row["reliability"] = reliability[k]
+            row["reproducibility"] = reproducibility[k]
             row["n_samples"] = int(used[k])
             if full is not None:
                 row["saliency_full"] = full[k].astype(np.float16)
@@ -322,6 +324,7 @@ def make_row(config: JobConfig, shard_id: str, rec: dict[str, Any], *, crop: int
         "n_samples": int(config.n_samples),
         "seed": image_seed(config.seed, rec["image_id"]),
         "reliability": None,
+        "reproducibility": None,
         "map_height": map_h,
         "map_width": map_w,
         "saliency": None,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -9,7 +10,7 @@ from sgcore.attribution import SmoothGradResult, smoothgrad, step_up
 from sgcore.attribution.calibration import calibrate
 from sgcore.attribution.postprocess import reduce_channels
 from sgcore.attribution.ranks import spearman
-from sgcore.attribution.reliability import bootstrap_reliability, half_mask
+from sgcore.attribution.reliability import bootstrap_reliability, expected_agreement, half_mask
 
 
 def _pearson(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -51,7 +52,28 @@ def test_bootstrap_matches_the_known_correlation_of_synthetic_estimates(n):
     m = torch.full((batch,), n / 2)
     est = bootstrap_reliability(maps, a, b, m, m)
     measured = spearman(reduce_channels(maps), reduce_channels(truth))
-    assert abs(float(est.mean() - measured.mean())) < 0.04, (est, measured)
+    assert abs(float(est.reliability.mean() - measured.mean())) < 0.04, (est, measured)
+    # A twin: the same truth, independent samples. The two maps agree more than
+    # the product of their reliabilities (the reduction's bias is shared), as
+    # the estimate says.
+    twin = (truth.unsqueeze(1) + scale.unsqueeze(1) * torch.randn((batch, n, *shape), generator=gen)).mean(dim=1)
+    agree = spearman(reduce_channels(maps), reduce_channels(twin))
+    assert abs(float(est.reproducibility.mean() - agree.mean())) < 0.04, (est, agree)
+    shared_bias = 0.01 if n <= 32 else 0.0  # the bias fades as n grows
+    assert float(agree.mean()) > float(measured.square().mean()) + shared_bias
+
+
+def test_expected_agreement_is_the_reproducibility_of_twins_and_the_reliability_against_the_limit():
+    rel, rep = np.array([0.9, 0.8, 0.7]), np.array([0.85, 0.72, 0.49])
+    np.testing.assert_allclose(expected_agreement(rel, rep, rel, rep), rep)  # twins: the reproducibility
+    np.testing.assert_allclose(expected_agreement(rel, rep, 1.0, 1.0), rel)  # against the converged map
+    # Different n: between the product (no shared bias) and the geometric mean of the reproducibilities.
+    got = expected_agreement(0.8, 0.72, 0.95, 0.92)
+    assert 0.8 * 0.95 < got < (0.72 * 0.92) ** 0.5
+    # No reproducibility (or one below rel²): the product; NaN reliability: NaN.
+    assert expected_agreement(0.9, np.nan, 0.9, 0.85) == pytest.approx(0.81)
+    assert expected_agreement(0.9, 0.5, 0.9, 0.85) == pytest.approx(0.81)
+    assert np.isnan(expected_agreement(np.nan, 0.5, 0.9, 0.85))
 
 
 def test_antithetic_pairs_and_blocks_stay_in_one_half():
@@ -112,9 +134,12 @@ def test_calibration_on_a_trained_model_at_small_sizes(digits):
     # The full check (n=16..128 against n=4096) is in docs/performance.md; here
     # n=16 and 64 against n=512, the reference's own noise discounted.
     model, x, targets = digits
-    out = calibrate(model, x, targets, ns=(16, 64), reference_n=512, repeats=1)
+    out = calibrate(model, x, targets, ns=(16, 64), reference_n=512, repeats=2)
     errors = [row["abs_error_vs_ref"] for row in out["rows"]]
     assert sum(errors) / len(errors) <= 0.03, out["rows"]
+    # The two repeats are twins: their agreement is what their reproducibility says.
+    twin_errors = [row["twin_abs_error"] for row in out["rows"]]
+    assert sum(twin_errors) / len(twin_errors) <= 0.03, out["rows"]
 
 
 @pytest.mark.parametrize("seed", range(6))
@@ -135,7 +160,7 @@ def test_a_few_elements_of_huge_variance_do_not_collapse_the_estimate(seed):
     maps = samples.mean(dim=1)
     a, b = samples[:, 0::2].mean(dim=1), samples[:, 1::2].mean(dim=1)
     m = torch.full((batch,), n / 2)
-    est = bootstrap_reliability(maps, a, b, m, m)
+    est = bootstrap_reliability(maps, a, b, m, m).reliability
     measured = spearman(reduce_channels(maps), reduce_channels(truth))
     assert float(measured.min()) > 0.6
     assert float((est - measured).abs().max()) < 0.2, (est, measured)

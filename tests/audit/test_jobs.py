@@ -10,6 +10,7 @@ import torch
 
 from jobs import audit as audit_job
 from jobs import sweep as sweep_job
+from sgcore.attribution.reliability import expected_agreement
 from sgcore.audit import (
     MapSettings,
     load_images,
@@ -59,8 +60,13 @@ def test_sweep_job_from_results(demo_results: Path, tmp_path: Path) -> None:
     assert 0.0 < est[0] < est[1] < 1.0
     ref = summary["convergence"]["reference_reliability"]
     assert 0.0 < ref <= 1.0
+    ref_twin = summary["convergence"]["reference_reproducibility"]
     for p in points[1:]:
-        assert p["expected_spearman"] == pytest.approx(p["estimated_reliability"] * ref, abs=0.02)
+        # What both maps' reliability and reproducibility predict (means of per-image figures); the
+        # reference is only 32 samples, so it shares much of the map's bias: above the product.
+        mean_prediction = expected_agreement(p["estimated_reliability"], p["estimated_reproducibility"], ref, ref_twin)
+        assert p["expected_spearman"] == pytest.approx(float(mean_prediction), abs=0.03)
+        assert p["expected_spearman"] > p["estimated_reliability"] * ref
     assert "expected_spearman" in (out / "index.html").read_text()
 
 

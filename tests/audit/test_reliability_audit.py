@@ -69,6 +69,11 @@ def test_a_change_is_significant_only_beyond_the_maps_own_noise() -> None:
     assert change(0.70, 0.9, 0.9).significant(0.06) is True
     assert change(0.99, 1.0, 1.0).significant(0.0) is True  # exact maps: any change counts
     assert change(0.2, math.nan, 0.9).significant() is None  # no estimate: not judged
+    # Twins that share the reduction's bias agree at their reproducibility, above the product.
+    twins = ImageChange(image_id="x", label="a", spearman=0.78, ssim=math.nan, predicted_a=0, predicted_b=0,
+                        reliability_a=0.9, reliability_b=0.9, reproducibility_a=0.86, reproducibility_b=0.86)
+    assert twins.noise_floor == pytest.approx(0.86)
+    assert twins.significant(0.06) is True  # 0.78 is within the product's margin, not within the twins'
 
 
 def test_convergence_reports_the_estimate_beside_the_measurement(demo_root: Path) -> None:
