@@ -18,6 +18,7 @@ def test_maps_do_not_depend_on_batch_neighbours_order_or_max_batch(cnn, images, 
         got = smoothgrad_adaptive(cnn, images, targets, seeds=seeds, max_batch=mb, **POLICY)
         assert torch.equal(got.maps, whole.maps) and torch.equal(got.n_samples, whole.n_samples)
         assert torch.equal(got.reliability, whole.reliability)
+        assert torch.equal(got.reproducibility, whole.reproducibility)
     order = torch.arange(images.shape[0] - 1, -1, -1)
     shuffled = smoothgrad_adaptive(cnn, images[order], targets[order], seeds=seeds[order], max_batch=7, **POLICY)
     assert torch.equal(shuffled.maps, whole.maps[order])

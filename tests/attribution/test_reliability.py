@@ -94,10 +94,13 @@ def test_kernel_result_keeps_the_maps_and_adds_a_figure(cnn, images, targets, se
     assert torch.equal(got.maps, plain)
     assert got.reliability.dtype == torch.float32 and got.reliability.shape == (images.shape[0],)
     assert bool(((got.reliability >= 0) & (got.reliability <= 1)).all())
+    assert got.reproducibility.dtype == torch.float32 and got.reproducibility.shape == (images.shape[0],)
+    assert bool(((got.reproducibility >= 0) & (got.reproducibility <= 1)).all())
     assert got.n_samples.tolist() == [12] * images.shape[0]
     again = smoothgrad(cnn, images, targets, seeds=seeds, n_samples=12, noise=noise, max_batch=64,
                        return_reliability=True)
     torch.testing.assert_close(again.reliability, got.reliability, atol=1e-4, rtol=0)
+    torch.testing.assert_close(again.reproducibility, got.reproducibility, atol=1e-4, rtol=0)
 
 
 def test_reliability_grows_with_n_and_is_exact_without_noise(cnn, images, targets, seeds):
@@ -105,9 +108,10 @@ def test_reliability_grows_with_n_and_is_exact_without_noise(cnn, images, target
     low = smoothgrad(cnn, images, targets, n_samples=4, **kw).reliability
     high = smoothgrad(cnn, images, targets, n_samples=256, **kw).reliability
     assert float(high.mean()) > float(low.mean())
-    exact = smoothgrad(cnn, images, targets, noise_level=0.0, **kw).reliability
-    assert exact.tolist() == [1.0] * images.shape[0]
-    assert torch.isnan(smoothgrad(cnn, images, targets, n_samples=1, **kw).reliability).all()
+    exact = smoothgrad(cnn, images, targets, noise_level=0.0, **kw)
+    assert exact.reliability.tolist() == exact.reproducibility.tolist() == [1.0] * images.shape[0]
+    one = smoothgrad(cnn, images, targets, n_samples=1, **kw)
+    assert torch.isnan(one.reliability).all() and torch.isnan(one.reproducibility).all()
 
 
 def test_reliability_arguments_are_checked(cnn, images, targets):

@@ -43,6 +43,7 @@ def test_one_row_per_image_corrupt_file_is_an_error_row(image_dir, tmp_path):
     assert ok.error.isna().all() and ok.saliency.notna().all()
     # Every ok row says how converged its map is; an error row has no map to rate.
     assert ok.reliability.between(0.0, 1.0).all() and bad.reliability.isna().all()
+    assert ok.reproducibility.between(0.0, 1.0).all() and bad.reproducibility.isna().all()
     assert set(ok.label) == {"cat", "dog"}
     assert (result.rows, result.ok, result.errors, result.shards) == (7, 6, 1, 3)
     assert sorted(p.name for p in out.iterdir()) == [
@@ -55,6 +56,7 @@ def test_one_row_per_image_corrupt_file_is_an_error_row(image_dir, tmp_path):
     table = pq.read_table(out / "part-00000.parquet")
     assert str(table.schema.field("saliency").type).startswith("extension<arrow.fixed_shape_tensor")
     assert table.schema.field("reliability").type == pa.float32()
+    assert table.schema.field("reproducibility").type == pa.float32()
 
 
 def test_maps_equal_the_kernel_called_directly(image_dir, tmp_path):
@@ -72,6 +74,7 @@ def test_maps_equal_the_kernel_called_directly(image_dir, tmp_path):
     maps = result.maps
     # Maps agree to float16 storage; the bootstrap figure then to a few hundredths.
     assert abs(float(row.reliability) - float(result.reliability[0])) < 0.05
+    assert abs(float(row.reproducibility) - float(result.reproducibility[0])) < 0.05
     expected = maps.abs().sum(1)[0].numpy()
     got = row.saliency.reshape(32, 32).astype(np.float32)
     np.testing.assert_allclose(got, expected, rtol=2e-3, atol=1e-3 * float(np.abs(expected).max()))
