@@ -21,7 +21,7 @@ run: $(STAMP)
 
 # CI runs everything but the tests marked slow; `make test-all` runs those too.
 test: $(STAMP)
-	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
+	$(PY) -m pytest -q -m "not slow" --durations=25 $(PYTEST_ARGS)
 
 test-all: $(STAMP)
 	$(PY) -m pytest -q $(PYTEST_ARGS)

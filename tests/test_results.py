@@ -10,6 +10,7 @@ from sgcore.errors import InputError
 from sgcore.io import (
     Manifest,
     Plan,
+    ResultRow,
     ShardEntry,
     decode_image,
     encode_part,
@@ -33,12 +34,12 @@ def _square_image(h=90, w=120):
 def _row(image_id, source, data, *, crop=32, full=False):
     arr, geo = decode_image(data, resize_size=crop, crop_size=crop)
     sal = arr[..., 0].astype(np.float32) / 255.0  # the map: bright where the square is
-    row = {"image_id": image_id, "source": source, "shard": "00000", "status": "ok", "error": None,
-           "map_height": crop, "map_width": crop, "saliency": sal,
-           **{k: getattr(geo, k) for k in ("orig_height", "orig_width", "resized_height",
-                                            "resized_width", "crop_top", "crop_left")}}
+    row = ResultRow(image_id=image_id, source=source, shard="00000", status="ok",
+                    map_height=crop, map_width=crop, saliency=sal,
+                    **{k: getattr(geo, k) for k in ("orig_height", "orig_width", "resized_height",
+                                                     "resized_width", "crop_top", "crop_left")})
     if full:
-        row["saliency_full"] = np.stack([sal, sal / 2, sal / 4])
+        row.saliency_full = np.stack([sal, sal / 2, sal / 4])
     return row
 
 
@@ -49,8 +50,8 @@ def _write_results(tmp_path, fmt="parquet", full=False):
     (src / "other.png").write_bytes(_square_image(60, 60))
     rows = [_row("sq.png", str(src / "sq.png"), _square_image(), full=full),
             _row("other.png", str(src / "other.png"), _square_image(60, 60), full=full),
-            {"image_id": "bad.png", "source": str(src / "bad.png"), "shard": "00000",
-             "status": "error", "error": "cannot decode image", "map_height": 32, "map_width": 32}]
+            ResultRow(image_id="bad.png", source=str(src / "bad.png"), shard="00000",
+                      status="error", error="cannot decode image", map_height=32, map_width=32)]
     out = str(tmp_path / "out")
     parquet, npz = encode_part(rows, map_shape=(32, 32), metadata={}, fmt=fmt,
                                channels=3 if full else None)
@@ -79,7 +80,7 @@ def test_load_maps_in_both_formats_equal_the_written_maps(tmp_path, fmt):
     out, rows = _write_results(tmp_path, fmt=fmt, full=True)
     maps = load_maps(out)
     assert sorted(maps) == ["other.png", "sq.png"]
-    np.testing.assert_allclose(maps["sq.png"], rows[0]["saliency"], atol=1e-3)  # float16 storage
+    np.testing.assert_allclose(maps["sq.png"], rows[0].saliency, atol=1e-3)  # float16 storage
     assert maps["sq.png"].dtype == np.float32
     full = load_maps(out, ["sq.png"], full=True)
     assert full["sq.png"].shape == (3, 32, 32)
@@ -192,8 +193,8 @@ def test_table_maps_keep_the_row_order(tmp_path, fmt):
     ok = table.filter(pc.equal(table.column("status"), "ok")).take([1, 0])
     maps = table_maps(ok, out)
     assert maps.dtype == np.float32 and maps.shape == (2, 32, 32)
-    np.testing.assert_allclose(maps[0], rows[1]["saliency"], atol=1e-3)
-    np.testing.assert_allclose(maps[1], rows[0]["saliency"], atol=1e-3)
+    np.testing.assert_allclose(maps[0], rows[1].saliency, atol=1e-3)
+    np.testing.assert_allclose(maps[1], rows[0].saliency, atol=1e-3)
     assert table_maps(ok, out, full=True).shape == (2, 3, 32, 32)
     with pytest.raises(InputError, match="1 row\\(s\\) have no .*; select the status == 'ok' rows"):
         table_maps(table, out)
@@ -210,7 +211,7 @@ def test_one_reader_for_the_directory_its_ok_rows_and_its_error_rows(tmp_path):
     results = open_results_dir(out)
     index = read_index(results)
     assert index.column("image_id").to_pylist() == ["sq.png", "other.png"]  # ok rows only
-    np.testing.assert_allclose(read_maps(results, index, [0])[0], rows[0]["saliency"], atol=1e-3)
+    np.testing.assert_allclose(read_maps(results, index, [0])[0], rows[0].saliency, atol=1e-3)
     assert read_errors(results) == [{"image_id": "bad.png", "source": str(tmp_path / "in" / "bad.png"),
                                      "error": "cannot decode image"}]
     # The geometry is the writer's: every geometry column of the schema, and the reader keeps them all.

@@ -55,7 +55,7 @@ from sgcore.io.readers import (
     read_shard,
     read_source,
 )
-from sgcore.io.writers import GEOMETRY_COLUMNS, encode_part, result_schema, rows_to_table
+from sgcore.io.writers import GEOMETRY_COLUMNS, ResultRow, encode_part, result_schema, rows_to_table
 
 __all__ = [
     "DECODE_ERRORS",
@@ -81,6 +81,7 @@ __all__ = [
     "DecodedShard",
     "Geometry",
     "RawSample",
+    "ResultRow",
     "RetryPolicy",
     "ShardSpec",
     "StorageAuthError",

@@ -1,4 +1,4 @@
-"""Encoding result rows (Parquet, npz): the output schema and its typed geometry columns.
+"""Encoding result rows (Parquet, npz): the typed row, the output schema derived from it.
 
 Encoding is separate from writing: ``encode_part(rows) -> bytes``, then one
 atomic write into the output (:func:`sgcore.io.output.write_bytes`, which also
@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import io
 import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import numpy as np
@@ -17,44 +19,77 @@ import pyarrow.parquet as pq
 
 from sgcore.io.output import PART_METADATA_KEY
 
-_SCALARS: list[tuple[str, pa.DataType]] = [
-    ("image_id", pa.string()),
-    ("source", pa.string()),
-    ("shard", pa.string()),
-    ("status", pa.string()),
-    ("error", pa.string()),
-    ("label", pa.string()),
-    ("label_index", pa.int64()),
-    ("target", pa.int64()),
-    ("target_name", pa.string()),
-    ("predicted", pa.int64()),
-    ("predicted_name", pa.string()),
-    ("score", pa.float32()),
+
+def _column(arrow: pa.DataType, default: Any = None, *, geometry: bool = False, required: bool = False) -> Any:
+    """A column field: its Arrow type, and whether it places the map (geometry)."""
+    metadata = {"arrow": arrow, "geometry": geometry}
+    return field(metadata=metadata) if required else field(default=default, metadata=metadata)
+
+
+@dataclass(slots=True, kw_only=True)
+class ResultRow:
+    """One result row: its fields are the output's columns, in order (DESIGN.md contract 5).
+
+    Each field carries its Arrow type; :func:`result_schema` and
+    :func:`rows_to_table` are derived from this class, so a column is declared
+    here once. ``saliency`` (``(H, W)``) and ``saliency_full`` (``(C, H, W)``)
+    are float16 arrays, or None on error rows (stored as zeros: the tensor
+    column never holds a null; ``status`` says there is no map).
+    """
+
+    image_id: str = _column(pa.string(), required=True)
+    source: str = _column(pa.string(), required=True)
+    shard: str | None = _column(pa.string())
+    status: str = _column(pa.string(), "ok")  # "ok" or "error"
+    error: str | None = _column(pa.string())
+    label: str | None = _column(pa.string())
+    label_index: int | None = _column(pa.int64())
+    target: int | None = _column(pa.int64())
+    target_name: str | None = _column(pa.string())
+    predicted: int | None = _column(pa.int64())
+    predicted_name: str | None = _column(pa.string())
+    score: float | None = _column(pa.float32())
     # The quantity whose gradient the map explains (--score): logit, softmax, log_softmax.
-    ("score_type", pa.string()),
-    ("method", pa.string()),
-    ("base", pa.string()),
-    ("noise_level", pa.float32()),
-    ("n_samples", pa.int32()),
-    ("seed", pa.int64()),
+    score_type: str | None = _column(pa.string())
+    method: str | None = _column(pa.string())
+    base: str | None = _column(pa.string())
+    noise_level: float | None = _column(pa.float32())
+    n_samples: int | None = _column(pa.int32())
+    seed: int | None = _column(pa.int64())
     # Estimated Spearman correlation of the stored map with its converged map
     # (sgcore.attribution.reliability); null on error rows.
-    ("reliability", pa.float32()),
+    reliability: float | None = _column(pa.float32())
     # Estimated Spearman correlation of the stored map with a twin (same image
     # and settings, independent noise); with ``reliability`` the noise floor of
     # a comparison (sgcore.attribution.reliability.expected_agreement).
-    ("reproducibility", pa.float32()),
-]
-_GEOMETRY: list[tuple[str, pa.DataType]] = [
-    ("map_height", pa.int32()),
-    ("map_width", pa.int32()),
-    ("orig_height", pa.int32()),
-    ("orig_width", pa.int32()),
-    ("resized_height", pa.int32()),
-    ("resized_width", pa.int32()),
-    ("crop_top", pa.int32()),
-    ("crop_left", pa.int32()),
-]
+    reproducibility: float | None = _column(pa.float32())
+    # Where the map sits on its original image (see sgcore.io.decode.Geometry).
+    map_height: int | None = _column(pa.int32(), geometry=True)
+    map_width: int | None = _column(pa.int32(), geometry=True)
+    orig_height: int | None = _column(pa.int32(), geometry=True)
+    orig_width: int | None = _column(pa.int32(), geometry=True)
+    resized_height: int | None = _column(pa.int32(), geometry=True)
+    resized_width: int | None = _column(pa.int32(), geometry=True)
+    crop_top: int | None = _column(pa.int32(), geometry=True)
+    crop_left: int | None = _column(pa.int32(), geometry=True)
+    saliency: np.ndarray | None = None
+    saliency_full: np.ndarray | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+    def fail(self, message: str) -> None:
+        """Makes this an error row (its map, if any, is dropped)."""
+        self.status, self.error = "error", message
+        self.saliency = self.saliency_full = None
+
+
+_COLUMNS = [f for f in fields(ResultRow) if "arrow" in f.metadata]
+_SCALARS: list[tuple[str, pa.DataType]] = [(f.name, f.metadata["arrow"]) for f in _COLUMNS
+                                           if not f.metadata["geometry"]]
+_GEOMETRY: list[tuple[str, pa.DataType]] = [(f.name, f.metadata["arrow"]) for f in _COLUMNS
+                                            if f.metadata["geometry"]]
 # The columns that place a row's map on its original image (see sgcore.io.decode.Geometry);
 # every reader takes them from here.
 GEOMETRY_COLUMNS: tuple[str, ...] = tuple(name for name, _ in _GEOMETRY)
@@ -76,7 +111,7 @@ def result_schema(map_shape: tuple[int, int], *, fmt: str = "parquet", channels:
 
 
 def encode_part(
-    rows: list[dict[str, Any]],
+    rows: Sequence[ResultRow],
     *,
     map_shape: tuple[int, int],
     metadata: dict[str, Any],
@@ -85,9 +120,7 @@ def encode_part(
 ) -> tuple[bytes, bytes | None]:
     """Encodes one shard's rows.
 
-    Each row holds the scalar columns plus ``saliency`` (an ``(H, W)`` array
-    or None on error rows, stored as zeros: the column never holds a null) and,
-    with ``channels``, ``saliency_full`` ``(C, H, W)``.
+    With ``channels`` the part also stores each row's ``saliency_full``.
 
     Returns:
         (Parquet bytes, npz bytes or None). With ``fmt="npz"`` the maps go to
@@ -95,11 +128,9 @@ def encode_part(
     """
     npz_bytes = None
     if fmt == "npz":
-        maps = {r["image_id"]: r["saliency"] for r in rows if r.get("saliency") is not None}
+        maps = {r.image_id: r.saliency for r in rows if r.saliency is not None}
         if channels:
-            maps.update(
-                {f"{r['image_id']}/full": r["saliency_full"] for r in rows if r.get("saliency_full") is not None}
-            )
+            maps.update({f"{r.image_id}/full": r.saliency_full for r in rows if r.saliency_full is not None})
         buf = io.BytesIO()
         np.savez_compressed(buf, **{k: np.asarray(v, dtype=np.float16) for k, v in maps.items()})
         npz_bytes = buf.getvalue()
@@ -112,7 +143,7 @@ def encode_part(
 
 
 def rows_to_table(
-    rows: list[dict[str, Any]],
+    rows: Sequence[ResultRow],
     *,
     map_shape: tuple[int, int],
     fmt: str = "parquet",
@@ -126,16 +157,16 @@ def rows_to_table(
     schema = result_schema(map_shape, fmt=fmt, channels=channels)
     columns: dict[str, pa.Array] = {}
     for name, typ in _SCALARS + _GEOMETRY:
-        columns[name] = pa.array([r.get(name) for r in rows], type=typ)
+        columns[name] = pa.array([getattr(r, name) for r in rows], type=typ)
     if fmt == "npz":
         columns["map_key"] = pa.array(
-            [r["image_id"] if r.get("saliency") is not None else None for r in rows], type=pa.string()
+            [r.image_id if r.saliency is not None else None for r in rows], type=pa.string()
         )
     else:
-        columns["saliency"] = _tensor_column([r.get("saliency") for r in rows], tuple(map_shape))
+        columns["saliency"] = _tensor_column([r.saliency for r in rows], tuple(map_shape))
         if channels:
             columns["saliency_full"] = _tensor_column(
-                [r.get("saliency_full") for r in rows], (channels, *map_shape)
+                [r.saliency_full for r in rows], (channels, *map_shape)
             )
     return pa.table({f.name: columns[f.name] for f in schema}, schema=schema)
 

@@ -14,6 +14,7 @@ _LAZY = {
     "Progress": "sgcore.pipeline.progress",
     "format_duration": "sgcore.pipeline.progress",
     "ShardProcessor": "sgcore.pipeline.worker",
+    "ShardSummary": "sgcore.pipeline.worker",
     "make_row": "sgcore.pipeline.worker",
     "write_part": "sgcore.pipeline.worker",
 }

@@ -19,7 +19,7 @@ from sgcore.io import (
     storage_policy,
 )
 from sgcore.pipeline._faults import maybe_inject
-from sgcore.pipeline.worker import ShardProcessor, check_owner, pick_device
+from sgcore.pipeline.worker import ShardProcessor, ShardSummary, check_owner, pick_device
 
 
 def set_cpu_threads(use_gpu: bool, cpu_threads: int | None = None) -> None:
@@ -50,7 +50,7 @@ class SaliencyActor:
         except (ConfigError, InputError) as e:
             self.setup_error = e
 
-    def process(self, decoded: DecodedShard, config_hash: str, attempt: int) -> dict[str, Any]:
+    def process(self, decoded: DecodedShard, config_hash: str, attempt: int) -> ShardSummary:
         if self.setup_error is not None:
             raise self.setup_error
         if self.processor.config.inject_faults:
@@ -62,12 +62,11 @@ class SaliencyActor:
         summary = self.processor.process(decoded, config_hash=config_hash, attempt=attempt,
                                          before_commit=lambda: self._before_commit(decoded.shard_id, config_hash),
                                          on_batch=on_batch)
-        summary["max_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-        summary["pid"] = os.getpid()
-        summary["node"] = ray.get_runtime_context().get_node_id()
-        summary["device"] = str(self.processor.device)
+        summary.max_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        summary.pid = os.getpid()
+        summary.node = ray.get_runtime_context().get_node_id()
+        summary.device = str(self.processor.device)
         return summary
-
 
     def _before_commit(self, shard_id: str, config_hash: str) -> None:
         """Commits only for a live driver whose config still owns the output."""

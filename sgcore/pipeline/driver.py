@@ -10,8 +10,9 @@ when every shard is committed.
 
 The driver keeps the output's manifest (:class:`sgcore.io.Manifest`; its
 schema is in :mod:`sgcore.io.output`, which owns the output directory): written
-when a run starts work, updated as shards finish in memory, written again when
-the run ends.
+when a run starts work, updated in memory as shards finish (by the
+:class:`~sgcore.pipeline.recorder.Recorder`, from the scheduler's shard
+outcomes), written again when the run ends.
 """
 
 from __future__ import annotations
@@ -26,7 +27,6 @@ import signal
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass, field
 from typing import Any
 
 import ray
@@ -36,6 +36,7 @@ from sgcore.errors import ConfigError, InputError, Stopped
 from sgcore.io import (
     Manifest,
     OutputDir,
+    ResultRow,
     RunEntry,
     ShardSpec,
     is_storage_unavailable,
@@ -58,64 +59,26 @@ from sgcore.pipeline.cluster import (
     release_capacity,
     request_capacity,
 )
-from sgcore.pipeline.progress import Progress, format_duration, format_rate, plural
-from sgcore.pipeline.worker import class_target, make_row, probe_model, summarize, write_part
+from sgcore.pipeline.progress import Progress, format_duration, plural
+from sgcore.pipeline.recorder import (
+    Committed,
+    Failed,
+    JobFailed,
+    JobResult,
+    Recorder,
+    Retrying,
+    StorageDown,
+    StorageFailed,
+    Submitted,
+)
+from sgcore.pipeline.worker import ShardSummary, class_target, make_row, probe_model, write_part
+
+__all__ = ["JobFailed", "JobResult", "StorageFailed", "job_hash", "plan_fingerprint", "run_job"]
 
 log = logging.getLogger("sgcore")
 
 # Shards queued per actor: one running, one decoded and waiting.
 _QUEUE_PER_ACTOR = 2
-
-
-class JobFailed(RuntimeError):
-    """The job stopped on purpose (too many errors); the message says why."""
-
-
-class StorageFailed(JobFailed):
-    """Storage stayed down longer than ``storage_outage_s``; the message names the shards."""
-
-
-@dataclass(kw_only=True)
-class JobResult:
-    """What a run did; ``success`` is False when a shard failed every attempt.
-
-    ``rows``/``ok``/``errors`` count the whole output (shards skipped as
-    already done included); per-image errors do not make a run unsuccessful.
-    """
-
-    output: str
-    rows: int = 0
-    ok: int = 0
-    errors: int = 0
-    shards: int = 0
-    shards_skipped: int = 0
-    shards_failed: int = 0
-    images_skipped: int = 0
-    seconds: float = 0.0
-    images_per_s: float = 0.0
-    actors: int = 0
-    actors_lost: int = 0
-    worker_max_rss_mb: float = 0.0
-    failed_shards: list[str] = field(default_factory=list)
-
-    @property
-    def success(self) -> bool:
-        return self.shards_failed == 0
-
-    def summary(self) -> str:
-        head = (f"{plural(self.rows, 'image')} ({self.ok} ok, {plural(self.errors, 'error')}) "
-                f"in {plural(self.shards, 'shard')}")
-        if self.shards_skipped == self.shards:
-            return f"{head}, all already done: nothing recomputed | results: {self.output}"
-        computed = self.rows - self.images_skipped
-        done = (f"; {plural(self.images_skipped, 'image')} in {plural(self.shards_skipped, 'shard')} "
-                "already done" if self.shards_skipped else "")
-        failed = f", {plural(self.shards_failed, 'shard')} failed" if self.shards_failed else ""
-        return (
-            f"{head}{done}{failed} | {computed} computed in {format_duration(self.seconds)}, "
-            f"{format_rate(self.images_per_s)} images/s on {plural(self.actors, 'replica')} | "
-            f"results: {self.output}"
-        )
 
 
 def plan_fingerprint(shards: list[ShardSpec]) -> str:
@@ -369,9 +332,10 @@ class _Scheduler:
         self.chash = chash
         self.preprocess = preprocess
         self.pending: deque[tuple[ShardSpec, int]] = deque((s, 0) for s in todo)
-        self.manifest = manifest
-        self.result = result
-        self.progress = progress
+        self.progress = progress  # read here; changed only by the recorder, and printed
+        # Every change to the manifest, the result and the progress goes through here.
+        self.recorder = Recorder(manifest, result, progress, max_error_rate=config.max_error_rate,
+                                 output=config.output)
         self.plan = plan_for_config(config, ray.cluster_resources(), num_shards=len(todo),
                                     nodes=node_resources())
         log.info("actor pool: %s", self.plan.describe())
@@ -385,9 +349,7 @@ class _Scheduler:
         self.load = [0] * len(self.actors)
         # future -> (shard, attempt, actor slot, decoded ref, actor)
         self.inflight: dict[Any, tuple[ShardSpec, int, int, Any, Any]] = {}
-        self.result.actors = len(self.actors)
-        self._rows_done = 0
-        self._errors_done = 0
+        self.recorder.replicas(len(self.actors))
         # Since when shards fail for storage that stays down (None: the last one succeeded).
         self.outage_since: float | None = None
         self.storage_failing: set[str] = set()  # shards that met it and have not succeeded since
@@ -411,7 +373,7 @@ class _Scheduler:
             else:
                 self.actors.append(self._new_actor())
                 self.load.append(0)
-            self.result.actors = max(self.result.actors, live + 1)
+            self.recorder.replicas(live + 1)
 
     def _submit(self, spec: ShardSpec, attempt: int) -> None:
         slot = min((i for i, a in enumerate(self.actors) if a is not None), key=lambda i: self.load[i])
@@ -425,8 +387,7 @@ class _Scheduler:
         fut = actor.process.remote(decoded, self.chash, attempt)
         self.inflight[fut] = (spec, attempt, slot, decoded, actor)
         self.load[slot] += 1
-        entry = self.manifest.shards[spec.shard_id]
-        entry.status, entry.attempts = "running", attempt + 1
+        self.recorder.record(Submitted(spec.shard_id, attempt))
 
     def run(self) -> None:
         self.progress.restart_clock()
@@ -454,23 +415,19 @@ class _Scheduler:
             counts = ray.get(self.tally.take.remote(), timeout=10)
         except ray.exceptions.RayError:  # progress only: never fail the job for it
             return
-        for key, n in counts.items():
-            self.progress.partial(key, n)
+        self.recorder.images_done(counts)
 
     def _finish(self, fut: Any) -> None:
         spec, attempt, slot, decoded, actor = self.inflight.pop(fut)
         self.load[slot] -= 1
-        key = (spec.shard_id, attempt)
         try:
             summary = ray.get(fut)
         except ray.exceptions.RayActorError as e:
-            self.progress.discard(key)
             log.warning("actor for shard %s died (%s)", spec.shard_id, _short(e))
             self._drop_actor(slot, actor)
             self._retry(spec, attempt, f"actor died: {_short(e)}", decoded)
             return
         except ray.exceptions.RayTaskError as e:
-            self.progress.discard(key)
             if isinstance(e.cause, ConfigError | InputError):
                 # bad settings, or a model that fails on every input (ModelError)
                 raise e.cause from None
@@ -480,12 +437,11 @@ class _Scheduler:
             self._retry(spec, attempt, _short(e), decoded)
             return
         except ray.exceptions.RayError as e:
-            self.progress.discard(key)
             self._retry(spec, attempt, _short(e), decoded)
             return
         self.outage_since = None
         self.storage_failing.discard(spec.shard_id)
-        self._record(spec, summary, status="committed", key=key)
+        self.recorder.record(Committed(summary))
 
     def _storage_failed(self, spec: ShardSpec, attempt: int, reason: str, decoded: Any) -> None:
         """A shard that met a store down past the retry budget; stops a job whose store stays down."""
@@ -497,22 +453,14 @@ class _Scheduler:
         if waited < self.config.storage_outage_s:
             self._retry(spec, attempt, reason, decoded, storage=True)
             return
-        # Down for good: every shard that met the outage fails now (no part: the
-        # store takes none; the next run redoes them), the rest stay pending.
-        self.manifest.shards[spec.shard_id].add_failure(reason)
-        for sid in sorted(self.storage_failing):
-            if sid not in self.result.failed_shards:
-                self.manifest.shards[sid].status = "failed"
-                self.result.shards_failed += 1
-                self.result.failed_shards.append(sid)
-        failed = sorted(self.result.failed_shards)
-        left = len(self.manifest.shards) - len(failed) - sum(
-            e.status == "committed" for e in self.manifest.shards.values())
+        # Down for good: every shard that met the outage fails now, the rest stay pending.
+        self.recorder.record(StorageDown(spec.shard_id, attempt, reason, tuple(sorted(self.storage_failing))))
+        failed = sorted(self.recorder.result.failed_shards)
         raise StorageFailed(
             f"storage unavailable for {format_duration(waited)} (over --storage-outage-s "
             f"{self.config.storage_outage_s:g}): {plural(len(failed), 'shard')} failed "
-            f"({', '.join(failed)}), {plural(left, 'shard')} not done; cause: {reason}; rerun the "
-            "same command once the store is back"
+            f"({', '.join(failed)}), {plural(self.recorder.not_done(), 'shard')} not done; cause: "
+            f"{reason}; rerun the same command once the store is back"
         )
 
     def _drop_actor(self, slot: int, dead: Any) -> None:
@@ -530,13 +478,13 @@ class _Scheduler:
             pass
         alive = sum(a is not None for a in self.actors) - 1
         self.actors[slot] = self._new_actor() if alive == 0 else None
-        self.result.actors_lost += 1
+        self.recorder.replica_lost()
 
     def _retry(self, spec: ShardSpec, attempt: int, reason: str, decoded: Any, *,
                storage: bool = False) -> None:
-        self.manifest.shards[spec.shard_id].add_failure(reason)
         if attempt < self.config.max_retries:
             log.warning("shard %s failed (attempt %d): %s; retrying", spec.shard_id, attempt + 1, reason)
+            self.recorder.record(Retrying(spec.shard_id, attempt, reason))
             self.pending.appendleft((spec, attempt + 1))
             return
         message = f"shard failed after {attempt + 1} attempt(s): {reason}"
@@ -546,9 +494,8 @@ class _Scheduler:
         # missing part is redone all the same.
         previous = set_default_policy(storage_policy(min(self.config.storage_retry_s, 5.0))) if storage else None
         try:
-            write_part(self.config, spec.shard_id, rows, config_hash=self.chash, content=spec.content,
-                       map_shape=self.preprocess.map_shape,
-                       channels=3 if self.config.store_full else None, status="failed")
+            write_part(self.config, self.preprocess, spec.shard_id, rows, config_hash=self.chash,
+                       content=spec.content, status="failed")
         except OSError as e:
             if not storage:
                 raise
@@ -556,44 +503,11 @@ class _Scheduler:
         finally:
             if previous is not None:
                 set_default_policy(previous)
-        self.result.shards_failed += 1
-        self.result.failed_shards.append(spec.shard_id)
-        self._record(spec, summarize(spec.shard_id, rows, attempt=attempt), status="failed")
-
-    def _record(self, spec: ShardSpec, summary: dict[str, Any], *, status: str,
-                key: tuple[str, int] | None = None) -> None:
-        entry = self.manifest.shards[spec.shard_id]
-        entry.status = status
-        entry.rows, entry.ok, entry.errors = summary["rows"], summary["ok"], summary["errors"]
-        entry.seconds = round(summary.get("seconds", 0.0), 3)
-        entry.run = len(self.manifest.runs)
-        for field_name in ("node", "pid", "device", "finished"):
-            if field_name in summary:
-                setattr(entry, field_name, summary[field_name])
-        if "max_rss_mb" in summary:
-            self.result.worker_max_rss_mb = max(self.result.worker_max_rss_mb, summary["max_rss_mb"])
-        self.result.rows += summary["rows"]
-        self.result.ok += summary["ok"]
-        self.result.errors += summary["errors"]
-        self.progress.update(summary["rows"], summary["errors"], key)
-        if status == "committed":  # a failed shard's rows say nothing of the images
-            self._rows_done += summary["rows"]
-            self._errors_done += summary["errors"]
-            self._check_error_rate()
-
-    def _check_error_rate(self) -> None:
-        cfg = self.config
-        seen = self._rows_done
-        if seen >= min(64, self.progress.total_images) and self._errors_done > cfg.max_error_rate * seen:
-            raise JobFailed(
-                f"{self._errors_done} of the first {seen} images failed "
-                f"(over --max-error-rate {cfg.max_error_rate}); wrong --input-format, model or "
-                f"input? Stopped early; see the error column in {cfg.output}"
-            )
+        self.recorder.record(Failed(ShardSummary.of(spec.shard_id, rows, attempt=attempt), reason))
 
 
 def _error_rows(config: JobConfig, spec: ShardSpec, decoded: Any, message: str,
-                crop: int | tuple[int, int]) -> list[dict[str, Any]]:
+                crop: int | tuple[int, int]) -> list[ResultRow]:
     """Error rows for every image of a shard that could not be processed."""
     try:
         records = ray.get(decoded, timeout=60).records

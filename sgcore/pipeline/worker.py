@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
@@ -21,13 +22,14 @@ from sgcore.errors import ConfigError, ModelError
 from sgcore.io import (
     PART_STATUSES,
     DecodedShard,
+    ResultRow,
     encode_part,
     npz_url,
     part_url,
     read_manifest,
     write_bytes,
 )
-from sgcore.models import LoadedModel, check_base, load_model, with_score
+from sgcore.models import LoadedModel, Preprocess, check_base, load_model, with_score
 from sgcore.seeds import image_seed
 
 METHOD_NAMES = {"mean": "smoothgrad", "square": "smoothgrad_sq", "var": "vargrad"}
@@ -64,7 +66,7 @@ class ShardProcessor:
 
     # ------------------------------------------------------------------ rows
     def compute_rows(self, decoded: DecodedShard,
-                     on_batch: Callable[[int], None] | None = None) -> list[dict[str, Any]]:
+                     on_batch: Callable[[int], None] | None = None) -> list[ResultRow]:
         """One row per record of ``decoded``, in order: ok with a map, or error.
 
         With a fixed ``n`` the kernel runs batch by batch. With ``--n-samples
@@ -98,13 +100,13 @@ class ShardProcessor:
             self._explain(x, kept, [t for _, _, ts in picked for t in ts], rows, on_batch=on_batch)
         return rows
 
-    def _base_row(self, shard_id: str, rec: dict[str, Any]) -> dict[str, Any]:
+    def _base_row(self, shard_id: str, rec: dict[str, Any]) -> ResultRow:
         label = rec.get("label")
         return make_row(self.config, shard_id, rec, crop=self.loaded.preprocess.map_shape,
                         label_index=self._index.get(label) if label is not None else None)
 
     def _targets(self, decoded: DecodedShard, chunk: list[int],
-                 rows: list[dict[str, Any]]) -> tuple[torch.Tensor, list[int], list[int]]:
+                 rows: list[ResultRow]) -> tuple[torch.Tensor, list[int], list[int]]:
         """The model's prediction for each image of ``chunk`` and the class to explain.
 
         Fills ``predicted``, ``target`` and ``score`` of their rows (or an error
@@ -122,34 +124,31 @@ class ShardProcessor:
         targets: list[int] = []
         for j, i in enumerate(chunk):
             row = rows[i]
-            row["predicted"] = int(predicted[j])
-            row["predicted_name"] = self._name(int(predicted[j]))
+            row.predicted = int(predicted[j])
+            row.predicted_name = self._name(int(predicted[j]))
             if self.fixed_target is not None:
                 target = self.fixed_target
             elif cfg.target == "label":
-                if row["label_index"] is None:
-                    row["status"] = "error"
-                    row["error"] = (
-                        f"--target label: label {row['label']!r} is not among the model's categories"
-                    )
+                if row.label_index is None:
+                    row.fail(f"--target label: label {row.label!r} is not among the model's categories")
                     continue
-                target = int(row["label_index"])
+                target = int(row.label_index)
             else:
                 target = int(predicted[j])
-            row["target"] = target
-            row["target_name"] = self._name(target)
-            row["score"] = float(probs[j, target])
+            row.target = target
+            row.target_name = self._name(target)
+            row.score = float(probs[j, target])
             keep.append(j)
             targets.append(target)
         return x[keep], [chunk[j] for j in keep], targets
 
-    def _explain(self, x: torch.Tensor, kept: list[int], targets: list[int], rows: list[dict[str, Any]], *,
+    def _explain(self, x: torch.Tensor, kept: list[int], targets: list[int], rows: list[ResultRow], *,
                  on_batch: Callable[[int], None] | None = None) -> None:
         """The maps of model inputs ``x`` (rows ``kept``, classes ``targets``) into their rows."""
         if not kept:
             return
         cfg = self.config
-        seeds = torch.tensor([rows[i]["seed"] for i in kept], dtype=torch.int64)
+        seeds = torch.tensor([rows[i].seed for i in kept], dtype=torch.int64)
         target_t = torch.tensor(targets, dtype=torch.int64, device=self.device)
         with _model_errors(self.config, x):
             if cfg.target_reliability is None:
@@ -173,19 +172,17 @@ class ShardProcessor:
             row = rows[i]
             m = reduced[k]
             if not np.isfinite(m).all():
-                row["status"] = "error"
-                row["error"] = "saliency map has NaN/Inf values (non-finite gradient)"
+                row.fail("saliency map has NaN/Inf values (non-finite gradient)")
                 continue
             if np.abs(m).max(initial=0.0) > 65504.0:
-                row["status"] = "error"
-                row["error"] = "saliency map exceeds the float16 range (|value| > 65504)"
+                row.fail("saliency map exceeds the float16 range (|value| > 65504)")
                 continue
-            row["saliency"] = m.astype(np.float16)
-            row["reliability"] = reliability[k]
-            row["reproducibility"] = reproducibility[k]
-            row["n_samples"] = int(used[k])
+            row.saliency = m.astype(np.float16)
+            row.reliability = reliability[k]
+            row.reproducibility = reproducibility[k]
+            row.n_samples = int(used[k])
             if full is not None:
-                row["saliency_full"] = full[k].astype(np.float16)
+                row.saliency_full = full[k].astype(np.float16)
 
     def _name(self, index: int) -> str | None:
         cats = self.categories
@@ -194,8 +191,8 @@ class ShardProcessor:
     # ----------------------------------------------------------------- write
     def process(self, decoded: DecodedShard, *, config_hash: str, attempt: int = 0,
                 before_commit: Callable[[], None] | None = None,
-                on_batch: Callable[[int], None] | None = None) -> dict[str, Any]:
-        """Computes a shard's rows and commits its part; returns a summary.
+                on_batch: Callable[[int], None] | None = None) -> ShardSummary:
+        """Computes a shard's rows and commits its part; returns its summary.
 
         Args:
             before_commit: called just before the part is written; raising there
@@ -207,11 +204,10 @@ class ShardProcessor:
         seconds_compute = time.perf_counter() - t0
         if before_commit is not None:
             before_commit()
-        write_part(self.config, decoded.shard_id, rows, config_hash=config_hash,
-                   channels=self.loaded.preprocess.channels if self.config.store_full else None,
-                   map_shape=self.loaded.preprocess.map_shape, content=decoded.content)
-        return summarize(decoded.shard_id, rows, seconds=time.perf_counter() - t0,
-                         seconds_compute=seconds_compute, attempt=attempt, finished=time.time())
+        write_part(self.config, self.loaded.preprocess, decoded.shard_id, rows, config_hash=config_hash,
+                   content=decoded.content)
+        return ShardSummary.of(decoded.shard_id, rows, seconds=time.perf_counter() - t0,
+                               seconds_compute=seconds_compute, attempt=attempt, finished=time.time())
 
 
 def class_target(target: str, categories: list[str] | None, num_classes: int) -> int | None:
@@ -302,58 +298,87 @@ def probe_model(config: JobConfig) -> LoadedModel:
 
 
 def make_row(config: JobConfig, shard_id: str, rec: dict[str, Any], *, crop: int | tuple[int, int],
-             label_index: int | None = None, error: str | None = None) -> dict[str, Any]:
+             label_index: int | None = None, error: str | None = None) -> ResultRow:
     """The row of one input record before the model runs (status from the record).
 
     ``crop``: the map's size, an int (square) or ``(H, W)``.
     """
     err = rec.get("error") or error
     map_h, map_w = (crop, crop) if isinstance(crop, int) else crop
-    row: dict[str, Any] = {
-        "image_id": rec["image_id"],
-        "source": rec["source"],
-        "shard": shard_id,
-        "status": "error" if err else "ok",
-        "error": err,
-        "label": rec.get("label"),
-        "label_index": label_index,
-        "method": METHOD_NAMES[config.aggregate],
-        "base": config.base,
-        "score_type": config.score,
-        "noise_level": float(config.noise_level),
-        "n_samples": int(config.n_samples),
-        "seed": image_seed(config.seed, rec["image_id"]),
-        "reliability": None,
-        "reproducibility": None,
-        "map_height": map_h,
-        "map_width": map_w,
-        "saliency": None,
-    }
     geo = rec.get("geometry")
-    if geo is not None:
-        row.update(
-            orig_height=geo.orig_height,
-            orig_width=geo.orig_width,
-            resized_height=geo.resized_height,
-            resized_width=geo.resized_width,
-            crop_top=geo.crop_top,
-            crop_left=geo.crop_left,
-        )
-    return row
+    placement = {} if geo is None else dict(
+        orig_height=geo.orig_height, orig_width=geo.orig_width,
+        resized_height=geo.resized_height, resized_width=geo.resized_width,
+        crop_top=geo.crop_top, crop_left=geo.crop_left,
+    )
+    return ResultRow(
+        image_id=rec["image_id"],
+        source=rec["source"],
+        shard=shard_id,
+        status="error" if err else "ok",
+        error=err,
+        label=rec.get("label"),
+        label_index=label_index,
+        method=METHOD_NAMES[config.aggregate],
+        base=config.base,
+        score_type=config.score,
+        noise_level=float(config.noise_level),
+        n_samples=int(config.n_samples),
+        seed=image_seed(config.seed, rec["image_id"]),
+        map_height=map_h,
+        map_width=map_w,
+        **placement,
+    )
+
+
+@dataclass(kw_only=True)
+class ShardSummary:
+    """What processing one shard came to: its counts, and where and how long it ran.
+
+    The part's footer holds ``shard``, ``rows``, ``ok`` and ``errors``; the
+    driver's recorder (:mod:`sgcore.pipeline.recorder`) takes the rest into the
+    manifest. ``pid``, ``node``, ``device`` and ``max_rss_mb`` are filled by the
+    actor that ran it (None for a shard that failed every attempt).
+    """
+
+    shard: str
+    rows: int
+    ok: int
+    errors: int
+    attempt: int = 0
+    seconds: float = 0.0
+    seconds_compute: float = 0.0
+    finished: float | None = None
+    pid: int | None = None
+    node: str | None = None
+    device: str | None = None
+    max_rss_mb: float | None = None
+
+    @classmethod
+    def of(cls, shard_id: str, rows: Sequence[ResultRow], **extra: Any) -> ShardSummary:
+        ok = sum(1 for r in rows if r.ok)
+        return cls(shard=shard_id, rows=len(rows), ok=ok, errors=len(rows) - ok, **extra)
+
+    def counts(self) -> dict[str, Any]:
+        """The part footer's share: shard, rows, ok, errors."""
+        return {k: v for k, v in asdict(self).items() if k in ("shard", "rows", "ok", "errors")}
 
 
 def write_part(
     config: JobConfig,
+    preprocess: Preprocess,
     shard_id: str,
-    rows: list[dict[str, Any]],
+    rows: Sequence[ResultRow],
     *,
     config_hash: str,
-    map_shape: tuple[int, int],
-    channels: int | None = None,
     status: str = "committed",
     content: str | None = None,
 ) -> None:
     """Encodes and commits one shard (npz first, so the Parquet part marks commit).
+
+    The worker commits a processed shard and the driver the error rows of one
+    that failed every attempt, both through here: the maps' shape comes from
+    ``preprocess``, ``saliency_full`` from ``config.store_full``.
 
     Args:
         status: recorded in the part's footer next to ``config_hash`` and the
@@ -365,9 +390,10 @@ def write_part(
     """
     if status not in PART_STATUSES:
         raise ValueError(f"status must be one of {', '.join(PART_STATUSES)}; got {status!r}")
-    meta = {"config_hash": config_hash, "status": status, "content": content, **summarize(shard_id, rows)}
-    parquet, npz = encode_part(rows, map_shape=map_shape, metadata=meta, fmt=config.format,
-                               channels=channels)
+    meta = {"config_hash": config_hash, "status": status, "content": content,
+            **ShardSummary.of(shard_id, rows).counts()}
+    parquet, npz = encode_part(rows, map_shape=preprocess.map_shape, metadata=meta, fmt=config.format,
+                               channels=preprocess.channels if config.store_full else None)
     if npz is not None:
         write_bytes(npz_url(config.output, shard_id), npz, config.storage_options)
     write_bytes(part_url(config.output, shard_id), parquet, config.storage_options)
@@ -390,11 +416,6 @@ def check_owner(config: JobConfig, shard_id: str, config_hash: str) -> None:
             f"{config.output} now holds results of another config (manifest config hash {owner}, "
             f"this job's {config_hash}); shard {shard_id} not committed"
         )
-
-
-def summarize(shard_id: str, rows: list[dict[str, Any]], **extra: Any) -> dict[str, Any]:
-    ok = sum(1 for r in rows if r["status"] == "ok")
-    return {"shard": shard_id, "rows": len(rows), "ok": ok, "errors": len(rows) - ok, **extra}
 
 
 def _prepare(model: torch.nn.Module, config: JobConfig, device: torch.device) -> torch.nn.Module:

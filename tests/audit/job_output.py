@@ -55,7 +55,7 @@ def write_results(
                                interpolation=pre.interpolation)
         summary = processor.process(decoded, config_hash=chash)
         entry = manifest.shards[spec.shard_id]
-        entry.status, entry.rows, entry.ok, entry.errors = "committed", summary["rows"], summary["ok"], summary["errors"]
+        entry.status, entry.rows, entry.ok, entry.errors = "committed", summary.rows, summary.ok, summary.errors
         entry.run = 1
     manifest.status = manifest.runs[0].status = "complete"
     manifest.finished = manifest.runs[0].finished = now()

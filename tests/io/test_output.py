@@ -10,6 +10,7 @@ import pytest
 from sgcore.io import (
     Manifest,
     OutputDir,
+    ResultRow,
     RunEntry,
     ShardEntry,
     ShardSpec,
@@ -69,7 +70,7 @@ def test_names_of_parts_maps_and_temporary_files():
 
 def test_a_directory_read_skips_temporary_files_and_markers(tmp_path):
     out = str(tmp_path / "out")
-    data, _ = encode_part([{"image_id": "a", "status": "ok", "saliency": None}], map_shape=(2, 2), metadata={})
+    data, _ = encode_part([ResultRow(image_id="a", source="a", status="ok")], map_shape=(2, 2), metadata={})
     write_bytes(part_url(out, "00000"), data)
     (tmp_path / "out" / ".part-00001.parquet.tmp-dead").write_bytes(b"half a part")
     write_manifest(out, _manifest())

@@ -7,17 +7,42 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from sgcore.io import PART_METADATA_KEY, encode_part, read_part_metadata, write_bytes
+from sgcore.io import (
+    PART_METADATA_KEY,
+    ResultRow,
+    encode_part,
+    read_part_metadata,
+    result_schema,
+    write_bytes,
+)
 
 
 def _rows():
-    ok = {"image_id": "a", "source": "/d/a.png", "shard": "00000", "status": "ok", "error": None,
-          "label": "cat", "target": 3, "predicted": 3, "score": 0.9, "method": "smoothgrad",
-          "base": "gradient", "noise_level": 0.15, "n_samples": 8, "seed": 42, "map_height": 4,
-          "map_width": 5, "saliency": np.arange(20, dtype=np.float32).reshape(4, 5)}
-    bad = {"image_id": "b", "source": "/d/b.png", "shard": "00000", "status": "error",
-           "error": "boom", "label": None, "map_height": 4, "map_width": 5, "saliency": None}
+    ok = ResultRow(image_id="a", source="/d/a.png", shard="00000", status="ok", label="cat", target=3,
+                   predicted=3, score=0.9, method="smoothgrad", base="gradient", noise_level=0.15,
+                   n_samples=8, seed=42, map_height=4, map_width=5,
+                   saliency=np.arange(20, dtype=np.float32).reshape(4, 5))
+    bad = ResultRow(image_id="b", source="/d/b.png", shard="00000", status="error", error="boom",
+                    map_height=4, map_width=5)
     return [ok, bad]
+
+
+def test_the_row_type_declares_every_column_of_the_schema_in_order():
+    columns = [n for n in result_schema((4, 5)).names if n != "saliency"]
+    declared = [f for f in ResultRow.__dataclass_fields__ if f not in ("saliency", "saliency_full")]
+    assert declared == columns
+    # a row that names no column it does not have: a misspelt field is an error, not a silent null
+    with pytest.raises(TypeError, match="unexpected keyword argument 'n_sample'"):
+        ResultRow(image_id="a", source="s", n_sample=8)
+    with pytest.raises(AttributeError):
+        ResultRow(image_id="a", source="s").n_sample = 8  # slots: no stray attributes
+
+
+def test_failing_a_row_drops_its_map():
+    row = _rows()[0]
+    assert row.ok
+    row.fail("saliency map has NaN/Inf values")
+    assert (row.ok, row.status, row.error, row.saliency) == (False, "error", "saliency map has NaN/Inf values", None)
 
 
 def test_parquet_part_round_trips_with_pyarrow_and_pandas():
@@ -47,7 +72,7 @@ def test_npz_format_puts_maps_beside_the_rows():
 
 def test_map_of_wrong_shape_is_refused():
     rows = _rows()
-    rows[0]["saliency"] = np.zeros((3, 3))
+    rows[0].saliency = np.zeros((3, 3))
     with pytest.raises(ValueError, match=r"map 0 must have shape \(4, 5\); got \(3, 3\)"):
         encode_part(rows, map_shape=(4, 5), metadata={})
 

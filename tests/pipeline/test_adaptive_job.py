@@ -22,7 +22,7 @@ def _rows(root, **kw):
     (spec,) = plan_shards(config.input, shard_size=64)
     decoded = decode_shard(spec, resize_size=pre.resize_size, crop_size=pre.crop_size,
                            interpolation=pre.interpolation)
-    return [r for r in processor.compute_rows(decoded) if r["status"] == "ok"]
+    return [r for r in processor.compute_rows(decoded) if r.ok]
 
 
 def config_from_args(args):
@@ -36,15 +36,15 @@ def test_rows_record_samples_used_and_do_not_depend_on_batch_size_or_max_batch(t
     root = tmp_path / "img"
     write_images(root, n_per_class=3)
     base = _rows(root, batch_size=16, **POLICY)
-    assert base and all(16 <= r["n_samples"] <= 64 for r in base)
-    assert all(0.0 <= r["reliability"] <= 1.0 for r in base)
-    assert all(r["reliability"] >= 0.85 or r["n_samples"] == 64 for r in base)
+    assert base and all(16 <= r.n_samples <= 64 for r in base)
+    assert all(0.0 <= r.reliability <= 1.0 for r in base)
+    assert all(r.reliability >= 0.85 or r.n_samples == 64 for r in base)
     for kw in (dict(batch_size=2), dict(batch_size=5, max_batch=7)):
         other = _rows(root, **kw, **POLICY)
-        assert [r["image_id"] for r in other] == [r["image_id"] for r in base]
+        assert [r.image_id for r in other] == [r.image_id for r in base]
         for a, b in zip(base, other, strict=True):
-            assert a["n_samples"] == b["n_samples"]
-            assert np.asarray(a["saliency"]).tobytes() == np.asarray(b["saliency"]).tobytes()
+            assert a.n_samples == b.n_samples
+            assert np.asarray(a.saliency).tobytes() == np.asarray(b.saliency).tobytes()
 
 
 def test_policy_is_part_of_the_config_hash():
@@ -99,10 +99,10 @@ def test_converged_images_are_replaced_from_the_whole_shard_so_passes_stay_full(
     finished: list[int] = []
     rows = processor.compute_rows(decoded, on_batch=finished.append)
     hook.remove()
-    ok = [r for r in rows if r["status"] == "ok"]
+    ok = [r for r in rows if r.ok]
     assert len(ok) == len(rows) == 16 and sum(finished) == len(rows)
     assert len(finished) >= len(rows) // 2  # progress came about a batch at a time, not once at the end
-    assert sum(passes) == sum(r["n_samples"] for r in ok)
+    assert sum(passes) == sum(r.n_samples for r in ok)
     # Full passes until the shard runs dry, then only the tail.
     first_short = next(k for k, n in enumerate(passes) if n < 64)
     assert all(n == 64 for n in passes[:first_short])
@@ -114,8 +114,8 @@ def test_converged_images_are_replaced_from_the_whole_shard_so_passes_stay_full(
     hook = processor.model.register_forward_hook(
         lambda _m, args, _o: per_batch.append(args[0].shape[0]) if torch.is_grad_enabled() else None)
     x = pre.normalize(torch.from_numpy(np.ascontiguousarray(decoded.images)))
-    targets = torch.tensor([r["target"] for r in ok])
-    seeds = torch.tensor([r["seed"] for r in ok])
+    targets = torch.tensor([r.target for r in ok])
+    seeds = torch.tensor([r.seed for r in ok])
     kw = {k: v for k, v in config.kernel_arguments().items() if k not in ("n_samples", "ig_steps")}
     for i in range(0, len(ok), 2):
         smoothgrad_adaptive(processor.explained, x[i : i + 2], targets[i : i + 2], seeds=seeds[i : i + 2],
