@@ -59,6 +59,7 @@ from sgcore.pipeline.cluster import (
     release_capacity,
     request_capacity,
 )
+from sgcore.pipeline.pool import ActorSlots, short_error
 from sgcore.pipeline.progress import Progress, format_duration, plural
 from sgcore.pipeline.recorder import (
     Committed,
@@ -345,11 +346,10 @@ class _Scheduler:
         # On an autoscaling cluster, ask for the nodes max_actors needs.
         self.requested_capacity = request_capacity(self.plan)
         self.tally = remote_tally.remote()
-        self.actors: list[Any] = [self._new_actor() for _ in range(self.plan.initial_actors)]
-        self.load = [0] * len(self.actors)
+        self.slots = ActorSlots(self._new_actor, self.plan.initial_actors)
         # future -> (shard, attempt, actor slot, decoded ref, actor)
         self.inflight: dict[Any, tuple[ShardSpec, int, int, Any, Any]] = {}
-        self.recorder.replicas(len(self.actors))
+        self.recorder.replicas(self.slots.live)
         # Since when shards fail for storage that stays down (None: the last one succeeded).
         self.outage_since: float | None = None
         self.storage_failing: set[str] = set()  # shards that met it and have not succeeded since
@@ -363,30 +363,24 @@ class _Scheduler:
     def _maybe_grow(self) -> None:
         """Adds a replica while work waits and the cluster has room (up to max_actors)."""
         p = self.plan
-        live = sum(a is not None for a in self.actors)
+        live = self.slots.live
         if live >= p.max_actors or len(self.pending) <= live:
             return
         free = ray.available_resources()
         if free.get("GPU", 0.0) >= p.num_gpus and free.get("CPU", 0.0) >= p.num_cpus + p.decode_num_cpus:
-            if None in self.actors:
-                self.actors[self.actors.index(None)] = self._new_actor()
-            else:
-                self.actors.append(self._new_actor())
-                self.load.append(0)
+            self.slots.add()
             self.recorder.replicas(live + 1)
 
     def _submit(self, spec: ShardSpec, attempt: int) -> None:
-        slot = min((i for i, a in enumerate(self.actors) if a is not None), key=lambda i: self.load[i])
+        slot, actor = self.slots.take()
         # Decode tasks reserve no CPU: the window above bounds how many run, and
         # a reservation could deadlock once a lost node takes the spare CPUs with it.
         decoded = remote_decode.options(num_cpus=0).remote(
             spec, self.preprocess.decode_kwargs(), self.config.storage_options,
             self.config.storage_retry_s,
         )
-        actor = self.actors[slot]
         fut = actor.process.remote(decoded, self.chash, attempt)
         self.inflight[fut] = (spec, attempt, slot, decoded, actor)
-        self.load[slot] += 1
         self.recorder.record(Submitted(spec.shard_id, attempt))
 
     def run(self) -> None:
@@ -395,7 +389,7 @@ class _Scheduler:
             self._maybe_grow()
             # One shard running per actor, plus decoded shards waiting, as many
             # as the decode CPUs allow (at most one more per actor).
-            n = sum(a is not None for a in self.actors)
+            n = self.slots.live
             capacity = n + min(n * (_QUEUE_PER_ACTOR - 1), max(1, self.plan.max_decode_tasks))
             while self.pending and len(self.inflight) < capacity:
                 spec, attempt = self.pending.popleft()
@@ -419,25 +413,26 @@ class _Scheduler:
 
     def _finish(self, fut: Any) -> None:
         spec, attempt, slot, decoded, actor = self.inflight.pop(fut)
-        self.load[slot] -= 1
+        self.slots.release(slot)
         try:
             summary = ray.get(fut)
         except ray.exceptions.RayActorError as e:
-            log.warning("actor for shard %s died (%s)", spec.shard_id, _short(e))
-            self._drop_actor(slot, actor)
-            self._retry(spec, attempt, f"actor died: {_short(e)}", decoded)
+            log.warning("actor for shard %s died (%s)", spec.shard_id, short_error(e))
+            if self.slots.drop(slot, actor):
+                self.recorder.replica_lost()
+            self._retry(spec, attempt, f"actor died: {short_error(e)}", decoded)
             return
         except ray.exceptions.RayTaskError as e:
             if isinstance(e.cause, ConfigError | InputError):
                 # bad settings, or a model that fails on every input (ModelError)
                 raise e.cause from None
             if e.cause is not None and is_storage_unavailable(e.cause):
-                self._storage_failed(spec, attempt, _short(e.cause), decoded)
+                self._storage_failed(spec, attempt, short_error(e.cause), decoded)
                 return
-            self._retry(spec, attempt, _short(e), decoded)
+            self._retry(spec, attempt, short_error(e), decoded)
             return
         except ray.exceptions.RayError as e:
-            self._retry(spec, attempt, _short(e), decoded)
+            self._retry(spec, attempt, short_error(e), decoded)
             return
         self.outage_since = None
         self.storage_failing.discard(spec.shard_id)
@@ -462,23 +457,6 @@ class _Scheduler:
             f"({', '.join(failed)}), {plural(self.recorder.not_done(), 'shard')} not done; cause: "
             f"{reason}; rerun the same command once the store is back"
         )
-
-    def _drop_actor(self, slot: int, dead: Any) -> None:
-        """Forgets a dead actor; replaces it only if it was the last one.
-
-        A replacement might not fit anywhere (its node is gone), and work queued
-        on an actor that never starts would wait forever; the pool grows back
-        through :meth:`_maybe_grow` once the cluster has room.
-        """
-        if self.actors[slot] is not dead:  # already dropped or replaced
-            return
-        try:
-            ray.kill(dead, no_restart=True)
-        except Exception:  # already gone
-            pass
-        alive = sum(a is not None for a in self.actors) - 1
-        self.actors[slot] = self._new_actor() if alive == 0 else None
-        self.recorder.replica_lost()
 
     def _retry(self, spec: ShardSpec, attempt: int, reason: str, decoded: Any, *,
                storage: bool = False) -> None:
@@ -564,9 +542,3 @@ def _committed_shards(out: OutputDir, shards: list[ShardSpec], chash: str) -> di
                    f"{', ...' if len(changed) > 10 else ''}; redoing them")
         log.warning("%s", message)  # the CLI prints warnings; a library caller gets a record
     return done
-
-
-def _short(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return (text[-1] if text else type(e).__name__)[:300]
-

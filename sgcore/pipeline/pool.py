@@ -1,12 +1,17 @@
-"""A pool of model replicas on Ray that evaluates independent work items.
+"""Pools of model replicas on Ray: the slots every pool keeps, and a pool for independent work items.
 
-The job's scheduler (:mod:`sgcore.pipeline.driver`) feeds shards to its
-actors; other heavy work (the audit's sanity cascade and perturbation
-curves) uses this pool with the same rules: the pool is sized by
-:func:`~sgcore.pipeline.cluster.plan_actors`, each replica builds its model
-once in its constructor, an item whose actor dies is retried on another
-replica (up to ``max_retries`` times), and a replica that cannot start for
-bad settings stops the whole run with its one-line error.
+:class:`ActorSlots` is the one place a pool's replicas live: which slots hold
+a live replica, how much work each has queued, which one takes the next item,
+and what happens when one dies (it is killed and forgotten; a new one starts
+only when none is left, since a replacement might never fit on a cluster that
+lost a node). The job's scheduler (:mod:`sgcore.pipeline.driver`) keeps its
+shard actors there; :class:`ReplicaPool` keeps the replicas of other heavy
+work (the audit's sanity cascade and perturbation curves) there, with the same
+rules: the pool is sized by :func:`~sgcore.pipeline.cluster.plan_actors`,
+each replica builds its model once in its constructor, an item whose actor
+dies is retried on another replica (up to ``max_retries`` times), and a
+replica that cannot start for bad settings stops the whole run with its
+one-line error.
 
 The worker class is plain Python (``cls(*args)`` then ``getattr(obj,
 method)(item)``), so the same class runs in-process without Ray.
@@ -46,17 +51,80 @@ class _SetupFailed(Exception):
         self.error = error
 
 
+class ActorSlots:
+    """A pool's replicas: slots (None once a replica died), the work queued on each, the next to use.
+
+    Args:
+        new_actor: starts one replica (an actor handle).
+        n: replicas to start now.
+    """
+
+    def __init__(self, new_actor: Callable[[], Any], n: int) -> None:
+        self._new_actor = new_actor
+        self.actors: list[Any] = [new_actor() for _ in range(n)]
+        self.load = [0] * n
+        self.lost = 0
+
+    @property
+    def live(self) -> int:
+        return sum(a is not None for a in self.actors)
+
+    def take(self) -> tuple[int, Any]:
+        """The least-loaded live replica's slot and handle; counts one more item on it."""
+        slot = min((s for s, a in enumerate(self.actors) if a is not None), key=lambda s: self.load[s])
+        self.load[slot] += 1
+        return slot, self.actors[slot]
+
+    def release(self, slot: int) -> None:
+        """An item on ``slot`` finished (whatever its outcome)."""
+        self.load[slot] -= 1
+
+    def add(self) -> None:
+        """Starts one more replica, in a dead one's slot if there is one."""
+        if None in self.actors:
+            self.actors[self.actors.index(None)] = self._new_actor()
+        else:
+            self.actors.append(self._new_actor())
+            self.load.append(0)
+
+    def drop(self, slot: int, dead: Any) -> bool:
+        """Forgets the dead replica ``dead`` of ``slot``; starts a new one only when none is left.
+
+        A replacement might never fit (its node is gone), and work queued on
+        it would wait forever; a pool grows back through :meth:`add` once the
+        cluster has room. Returns False when ``dead`` was already dropped.
+        """
+        if self.actors[slot] is not dead:
+            return False
+        _kill(dead)
+        self.lost += 1
+        self.actors[slot] = self._new_actor() if self.live == 1 else None
+        return True
+
+    def close(self) -> None:
+        """Kills every replica."""
+        for a in self.actors:
+            if a is not None:
+                _kill(a)
+        self.actors = []
+
+
+def _kill(actor: Any) -> None:
+    import ray
+
+    try:
+        ray.kill(actor, no_restart=True)
+    except Exception:  # noqa: BLE001 - already gone
+        pass
+
+
 class Replica:
     """The Ray actor around one worker object (``cls(*args)``)."""
 
     def __init__(self, cls: type, args: tuple[Any, ...], use_gpu: bool, cpu_threads: int | None) -> None:
-        import ray
-        import torch
+        from sgcore.pipeline.actors import set_cpu_threads
 
-        if not use_gpu or not torch.cuda.is_available():
-            # Ray pins OMP threads to the actor's reservation; a CPU replica may use what it was granted.
-            cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1.0)
-            torch.set_num_threads(max(1, cpu_threads or int(round(cpus))))
+        set_cpu_threads(use_gpu, cpu_threads)
         # A user error while building the model comes back as the first task's error (one
         # line on the driver), not as an actor traceback.
         self.setup_error: ConfigError | InputError | None = None
@@ -94,14 +162,14 @@ class ReplicaPool:
         self._ray = ray
         self.plan = plan
         self.max_retries = max_retries
-        self._remote = ray.remote(Replica).options(**plan.actor_options())
-        self._args = (cls, tuple(args), plan.use_gpu, cpu_threads)
-        self.actors: list[Any] = [self._new_actor() for _ in range(plan.initial_actors)]
-        self.actors_lost = 0
+        remote = ray.remote(Replica).options(**plan.actor_options())
+        replica_args = (cls, tuple(args), plan.use_gpu, cpu_threads)
+        self.slots = ActorSlots(lambda: remote.remote(*replica_args), plan.initial_actors)
         self.pids: set[int] = set()
 
-    def _new_actor(self) -> Any:
-        return self._remote.remote(*self._args)
+    @property
+    def actors_lost(self) -> int:
+        return self.slots.lost
 
     def __enter__(self) -> ReplicaPool:
         return self
@@ -110,13 +178,7 @@ class ReplicaPool:
         self.close()
 
     def close(self) -> None:
-        for a in self.actors:
-            if a is not None:
-                try:
-                    self._ray.kill(a, no_restart=True)
-                except Exception:  # noqa: BLE001 - already gone
-                    pass
-        self.actors = []
+        self.slots.close()
 
     def map(self, method: str, items: Sequence[Any], *,
             on_result: Callable[[int, Any, int], None] | None = None) -> list[Any]:
@@ -141,13 +203,11 @@ class ReplicaPool:
         out: list[Any] = [None] * len(items)
         pending: deque[tuple[int, int]] = deque((i, 0) for i in range(len(items)))
         inflight: dict[Any, tuple[int, int, int, Any]] = {}  # future -> (item, attempt, slot, actor)
-        load = [0] * len(self.actors)
+        slots = self.slots
 
         def submit(i: int, attempt: int) -> None:
-            slot = min((s for s, a in enumerate(self.actors) if a is not None), key=lambda s: load[s])
-            actor = self.actors[slot]
+            slot, actor = slots.take()
             inflight[actor.call.remote(method, items[i])] = (i, attempt, slot, actor)
-            load[slot] += 1
 
         def failed(i: int, attempt: int, reason: str) -> None:
             if attempt < self.max_retries:
@@ -159,19 +219,18 @@ class ReplicaPool:
                 on_result(i, out[i], -1)
 
         while pending or inflight:
-            live = sum(a is not None for a in self.actors)
-            while pending and len(inflight) < _QUEUE_PER_ACTOR * live:
+            while pending and len(inflight) < _QUEUE_PER_ACTOR * slots.live:
                 submit(*pending.popleft())
             done, _ = ray.wait(list(inflight), num_returns=1)
             for fut in done:
                 i, attempt, slot, actor = inflight.pop(fut)
-                load[slot] -= 1
+                slots.release(slot)
                 try:
                     pid, value = ray.get(fut)
                 except ray.exceptions.RayActorError as e:
-                    log.warning("replica running work item %d died (%s)", i, _short(e))
-                    self._drop(slot, actor)
-                    failed(i, attempt, f"replica died: {_short(e)}")
+                    log.warning("replica running work item %d died (%s)", i, short_error(e))
+                    slots.drop(slot, actor)
+                    failed(i, attempt, f"replica died: {short_error(e)}")
                     continue
                 except ray.exceptions.RayTaskError as e:
                     if isinstance(e.cause, _SetupFailed):
@@ -182,10 +241,10 @@ class ReplicaPool:
                         if on_result is not None:
                             on_result(i, out[i], -1)
                         continue
-                    failed(i, attempt, _short(e))
+                    failed(i, attempt, short_error(e))
                     continue
                 except ray.exceptions.RayError as e:
-                    failed(i, attempt, _short(e))
+                    failed(i, attempt, short_error(e))
                     continue
                 self.pids.add(pid)
                 out[i] = value
@@ -193,25 +252,11 @@ class ReplicaPool:
                     on_result(i, value, pid)
         return out
 
-    def _drop(self, slot: int, dead: Any) -> None:
-        """Forgets a dead replica; starts a new one only when none is left (as the job's driver does).
 
-        A replacement might never fit (its node is gone), and work queued on it would wait forever.
-        """
-        if self.actors[slot] is not dead:
-            return
-        try:
-            self._ray.kill(dead, no_restart=True)
-        except Exception:  # noqa: BLE001 - already gone
-            pass
-        self.actors_lost += 1
-        alive = sum(a is not None for a in self.actors) - 1
-        self.actors[slot] = self._new_actor() if alive == 0 else None
-
-
-def _short(e: BaseException) -> str:
+def short_error(e: BaseException) -> str:
+    """The last line of an error's message (a Ray error's is the remote traceback's), at most 300 characters."""
     text = str(e).strip().splitlines()
     return (text[-1] if text else type(e).__name__)[:300]
 
 
-__all__ = ["ItemFailed", "Replica", "ReplicaPool"]
+__all__ = ["ActorSlots", "ItemFailed", "Replica", "ReplicaPool", "short_error"]
