@@ -1,12 +1,15 @@
-"""Shared fixtures: a local Ray per module, tiny datasets, a moto S3 server on loopback."""
+"""Shared fixtures: a local Ray per module, tiny datasets, an in-memory store, a moto S3 server on loopback."""
 
 from __future__ import annotations
 
 import os
 import socket
 import time
+import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -79,6 +82,37 @@ def write_images(root: Path, n_per_class: int = 3, classes: tuple[str, ...] = ("
             Image.fromarray(arr).save(root / rel)
             out.append(rel)
     return out
+
+
+@dataclass(frozen=True)
+class MemoryRoot:
+    """A folder of fsspec's in-memory filesystem that no other test uses: ``url`` and ``fs``."""
+
+    url: str  # memory://<unique>
+    fs: Any
+
+    def path(self, relative: str = "") -> str:
+        """The filesystem path of ``relative`` (what ``fs.pipe`` and ``fs.cat_file`` take)."""
+        return "/" + self.url.removeprefix("memory://") + (f"/{relative}" if relative else "")
+
+    def join(self, relative: str) -> str:
+        return f"{self.url}/{relative}"
+
+
+@pytest.fixture
+def memory_root() -> Iterator[MemoryRoot]:
+    """Where a filesystem is all a test needs: a fresh memory:// folder, removed afterwards.
+
+    The memory filesystem is one store per process; a unique folder keeps tests
+    from reading each other's files, and the cleanup keeps the store small.
+    """
+    import fsspec
+
+    fs = fsspec.filesystem("memory")
+    root = MemoryRoot(url=f"memory://sgtest-{uuid.uuid4().hex[:12]}", fs=fs)
+    yield root
+    if fs.exists(root.path()):
+        fs.rm(root.path(), recursive=True)
 
 
 @pytest.fixture

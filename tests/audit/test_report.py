@@ -9,6 +9,7 @@ import pytest
 
 from sgcore.audit import plots
 from sgcore.audit.report import Report, write_report
+from tests.pictures import assert_picture
 
 
 def _demo_report() -> tuple[Report, dict]:
@@ -34,7 +35,8 @@ def test_report_files_and_escaping() -> None:
     assert '<img src="img/maps.png"' in page and '<img src="img/sanity.png"' in page
     assert "<td>0.500</td>" in page and "<td>nan</td>" in page
     assert json.loads(files["summary.json"]) == {"value": 0.5, "nan": None, "list": [3]}
-    assert all(files[k].startswith(b"\x89PNG") for k in files if k.endswith(".png"))
+    for name in ("img/maps.png", "img/sanity.png"):
+        assert_picture(files[name])
 
 
 def test_figure_errors() -> None:
@@ -50,14 +52,17 @@ def test_attachment_errors() -> None:
         Report(title="t").attach("summary.json", b"{}")
 
 
-def test_write_report_to_memory_filesystem() -> None:
-    import fsspec
-
+def test_write_report_to_memory_filesystem(memory_root) -> None:
     r, summary = _demo_report()
-    written = write_report("memory://reports/r1", r, summary)
-    assert written[0] == "memory://reports/r1/index.html"
-    fs = fsspec.filesystem("memory")
-    assert fs.cat_file("/reports/r1/img/maps.png").startswith(b"\x89PNG")
+    out = memory_root.join("reports/r1")
+    written = write_report(out, r, summary)
+    assert written[0] == f"{out}/index.html"
+    html = memory_root.fs.cat_file(memory_root.path("reports/r1/index.html")).decode()
+    assert 'src="img/maps.png"' in html and "Test &lt;report&gt;" in html
+    assert json.loads(memory_root.fs.cat_file(memory_root.path("reports/r1/summary.json")))["list"] == [3]
+    # the figure is a real picture of the three maps, not an empty canvas
+    png = assert_picture(memory_root.fs.cat_file(memory_root.path("reports/r1/img/maps.png")), min_levels=50)
+    assert png.width > png.height  # three maps side by side
 
 
 def test_display_scales_by_the_99th_percentile() -> None:

@@ -16,6 +16,7 @@ from sgcore.audit.sanity import MapSettings
 from sgcore.errors import ConfigError, InputError
 from sgcore.models import DemoNet
 from tests.audit.job_output import write_results
+from tests.pictures import assert_picture
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +38,7 @@ def test_audit_writes_report_and_summary(audit: tuple[dict, Path]) -> None:
     for title in ("Per-class view", "Localization", "Sanity check", "Faithfulness"):
         assert title in page
     for png in ("class_mean_maps", "examples_circle", "localization", "sanity", "faithfulness"):
-        assert (report / "img" / f"{png}.png").read_bytes().startswith(b"\x89PNG")
+        assert_picture((report / "img" / f"{png}.png").read_bytes())
     assert summary["sanity_images"] == 8
     lines = (report / "per_image.csv").read_text().splitlines()
     assert len(lines) == 25

@@ -4,7 +4,6 @@ import errno
 import tarfile
 import zlib
 
-import fsspec
 import pyarrow as pa
 import pytest
 from PIL import Image, UnidentifiedImageError
@@ -125,10 +124,10 @@ def test_a_bug_in_image_decoding_propagates(tmp_path, monkeypatch):
         decode_shard(spec, resize_size=8, crop_size=8)
 
 
-def test_a_bug_under_the_image_reads_propagates(monkeypatch):
-    fs = fsspec.filesystem("memory")
-    fs.pipe("/sgfail/ds/a.png", encode(rgb(0)))
-    (spec,) = plan_shards("memory://sgfail/ds", shard_size=10)
+def test_a_bug_under_the_image_reads_propagates(monkeypatch, memory_root):
+    fs = memory_root.fs
+    fs.pipe(memory_root.path("ds/a.png"), encode(rgb(0)))
+    (spec,) = plan_shards(memory_root.join("ds"), shard_size=10)
     monkeypatch.setattr(type(fs), "cat_file", _bug(TypeError))
     with pytest.raises(TypeError, match="a bug in sgcore"):
         decode_shard(spec, resize_size=8, crop_size=8)

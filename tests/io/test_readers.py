@@ -1,4 +1,3 @@
-import fsspec
 import pytest
 from PIL import Image
 
@@ -43,15 +42,14 @@ def test_missing_file_becomes_error_record(image_dir):
     assert recs["dog/dog_0.png"]["error"] is None
 
 
-def test_memory_filesystem_round_trip():
-    fs = fsspec.filesystem("memory")
+def test_memory_filesystem_round_trip(memory_root):
     import io
 
     buf = io.BytesIO()
     Image.new("RGB", (10, 10), (1, 2, 3)).save(buf, format="PNG")
-    fs.pipe("/sgtest/ds/a/x.png", buf.getvalue())
-    fs.pipe("/sgtest/ds/b/y.png", buf.getvalue())
-    shards = plan_shards("memory://sgtest/ds", shard_size=10)
+    memory_root.fs.pipe(memory_root.path("ds/a/x.png"), buf.getvalue())
+    memory_root.fs.pipe(memory_root.path("ds/b/y.png"), buf.getvalue())
+    shards = plan_shards(memory_root.join("ds"), shard_size=10)
     assert shards[0].members == ("a/x.png", "b/y.png")
     decoded = decode_shard(shards[0], resize_size=4, crop_size=4)
     assert [r["error"] for r in decoded.records] == [None, None]

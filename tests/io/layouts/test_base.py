@@ -2,7 +2,6 @@
 
 import inspect
 
-import fsspec
 import pytest
 
 from sgcore.io import INPUT_FORMATS, plan_shards, read_shard
@@ -66,10 +65,9 @@ def test_shard_file_and_hidden():
     assert hidden("x/_tmp.parquet") and hidden(".x.tar") and not hidden("_dir/x.tar")
 
 
-def test_read_shard_dispatches_on_the_kind_of_the_spec():
-    fs = fsspec.filesystem("memory")
-    fs.pipe("/sgkind/ds/cat/x.png", encode(rgb(0)))
-    (spec,) = plan_shards("memory://sgkind/ds", shard_size=4)
+def test_read_shard_dispatches_on_the_kind_of_the_spec(memory_root):
+    memory_root.fs.pipe(memory_root.path("ds/cat/x.png"), encode(rgb(0)))
+    (spec,) = plan_shards(memory_root.join("ds"), shard_size=4)
     assert spec.kind == "images"
     (sample,) = read_shard(spec)
     assert (sample.image_id, sample.label, sample.error) == ("cat/x.png", "cat", None)
