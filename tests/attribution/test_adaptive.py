@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from sgcore.attribution.adaptive import check_policy, smoothgrad_adaptive
+from sgcore.attribution.adaptive import STOP_MARGIN, check_policy, smoothgrad_adaptive
 
 POLICY = dict(target_reliability=0.9, min_samples=16, max_samples=64)
 
@@ -30,8 +30,30 @@ def test_more_samples_where_needed_and_the_target_is_met(cnn, images, targets, s
     got = smoothgrad_adaptive(cnn, images, targets, seeds=seeds, target_reliability=0.97,
                               min_samples=16, max_samples=256)
     stopped_early = got.n_samples < 256
-    assert bool((got.reliability[stopped_early] >= 0.97).all())
+    assert bool(stopped_early.any())
+    # an image stops once its estimate clears the target by the estimate's own error at its n
+    margin = STOP_MARGIN * (16 / got.n_samples[stopped_early].double()) ** 0.5
+    assert bool((got.reliability[stopped_early].double() - margin >= 0.97).all())
     assert bool(((got.n_samples - 16) % 16 == 0).all())
+
+
+def test_the_stop_margin_only_ever_adds_samples_and_zero_stops_at_the_bare_target(cnn, images, targets, seeds):
+    bare = smoothgrad_adaptive(cnn, images, targets, seeds=seeds, stop_margin=0.0, **POLICY)
+    default = smoothgrad_adaptive(cnn, images, targets, seeds=seeds, **POLICY)
+    wide = smoothgrad_adaptive(cnn, images, targets, seeds=seeds, stop_margin=0.2, **POLICY)
+    assert bool((bare.n_samples <= default.n_samples).all()) and bool((default.n_samples <= wide.n_samples).all())
+    assert int(wide.n_samples.sum()) > int(bare.n_samples.sum())  # the margin did hold images back
+    early = bare.n_samples < 64
+    assert bool((bare.reliability[early] >= 0.9).all())
+    # the same image at the same n is the same map, whichever rule stopped it (contract 2)
+    same = bare.n_samples == wide.n_samples
+    assert torch.equal(bare.maps[same], wide.maps[same])
+
+
+@pytest.mark.parametrize("margin", [-0.1, 1.0, "0.03", True])
+def test_a_bad_stop_margin_is_refused(cnn, images, targets, margin):
+    with pytest.raises(ValueError, match=r"stop_margin must be a number in \[0, 1\)"):
+        smoothgrad_adaptive(cnn, images, targets, stop_margin=margin, **POLICY)
 
 
 class Linear(nn.Module):
