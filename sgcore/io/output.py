@@ -87,6 +87,7 @@ import pyarrow.parquet as pq
 
 from sgcore.io._fs import is_local, join, read_bytes, url_to_fs
 from sgcore.io._retry import RetryPolicy, retry_call
+from sgcore.redact import redact_value
 
 if TYPE_CHECKING:
     from fsspec.spec import AbstractFileSystem
@@ -454,7 +455,8 @@ class Manifest(_Record):
         return out
 
     def to_json(self) -> bytes:
-        return json.dumps(self.to_dict(), indent=2, sort_keys=True, default=str).encode()
+        # Every URL, message and name in it with credentials redacted: the manifest is shared.
+        return json.dumps(redact_value(self.to_dict()), indent=2, sort_keys=True, default=str).encode()
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], *, what: str = MANIFEST_NAME) -> Manifest:
