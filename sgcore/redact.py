@@ -75,11 +75,11 @@ def redact_text(text: str) -> str:
 
 
 def redact_value(value: Any) -> Any:
-    """``value`` with :func:`redact_text` applied to every string in it (dicts, lists, tuples)."""
+    """``value`` with :func:`redact_text` applied to every string in it (dict keys too, lists, tuples)."""
     if isinstance(value, str):
         return redact_text(value)
     if isinstance(value, dict):
-        return {k: redact_value(v) for k, v in value.items()}
+        return {redact_value(k): redact_value(v) for k, v in value.items()}
     if type(value) in (list, tuple):
         return type(value)(redact_value(v) for v in value)
     return value
