@@ -205,3 +205,19 @@ def test_run_cli_prints_errors_and_tracebacks_redacted(capsys):
         sys.excepthook = saved
     err = capsys.readouterr().err
     assert "Traceback" in err and "KeyError: 'https://***@h/x'" in err and SECRET not in err
+
+
+def test_jobs_submit_warns_that_ray_keeps_a_command_with_credentials(monkeypatch, capsys):
+    import jobs.submit as js
+    from tests.pipeline.test_submit import _FakeClient
+
+    client = _FakeClient("SUCCEEDED")
+    monkeypatch.setattr("sgcore.pipeline.submit.job_client", lambda address: client)
+    argv = ["--no-working-dir", "--", "python", "-m", "jobs.smoothgrad", "--input", "s3://b/in/",
+            "--weights", f"https://h/w.pt?X-Amz-Signature={SECRET}"]
+    assert js.main(argv) == 0
+    err = capsys.readouterr().err
+    assert "warning: the command holds credentials inside a URL; Ray keeps the command" in err
+    assert SECRET not in err
+    assert js.main(argv[:-2]) == 0
+    assert "warning" not in capsys.readouterr().err
