@@ -20,6 +20,7 @@ from sgcore.cli import (
 )
 from sgcore.config import JobConfig
 from sgcore.errors import ConfigError
+from sgcore.redact import redact_text
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -50,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             result = run_job(config)
         except JobFailed as e:
-            print(f"error: {e}", file=sys.stderr)
+            print(f"error: {redact_text(str(e))}", file=sys.stderr)
             return 1
         print(f"[sgcore] done: {result.summary()}")
         if not result.success:

@@ -14,11 +14,13 @@ import dataclasses
 import json
 import logging
 import sys
+import traceback
 from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 
 from sgcore.config import INPUT_FORMATS, OUTPUT_FORMATS, SCORES, TARGETS, JobConfig
 from sgcore.errors import ConfigError, InputError, Stopped
+from sgcore.redact import redact_text
 from sgcore.settings import AGGREGATES, BASES, NOISES, PRECISIONS, REDUCTIONS, SmoothGradSettings
 
 DEMO_DATA = "data/demo"
@@ -307,13 +309,30 @@ def _n_samples(text: str) -> int | str:
         raise argparse.ArgumentTypeError(f"must be an integer or 'auto'; got {text!r}") from None
 
 
+class _RedactingFormatter(logging.Formatter):
+    """Log lines with the credentials inside URLs redacted (:func:`sgcore.redact.redact_text`)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return redact_text(super().format(record))
+
+
+def _redacting_excepthook(kind: type[BaseException], value: BaseException, tb: Any) -> None:
+    sys.stderr.write(redact_text("".join(traceback.format_exception(kind, value, tb))))
+
+
 def run_cli(main: Callable[[], int]) -> int:
-    """Runs ``main`` turning user errors into one clear line and exit code 2."""
+    """Runs ``main`` turning user errors into one clear line and exit code 2.
+
+    Whatever it prints (errors, log lines, an unexpected traceback) has the
+    credentials inside URLs redacted.
+    """
     logging.basicConfig(level=logging.WARNING, format="[sgcore] %(levelname)s %(message)s")
+    for handler in logging.getLogger().handlers:
+        handler.setFormatter(_RedactingFormatter(handler.formatter._fmt if handler.formatter else None))
     try:
         return main()
     except (ConfigError, InputError, ImportError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {redact_text(str(e))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as e:
         signum = e.signum if isinstance(e, Stopped) else Stopped.received
@@ -331,10 +350,12 @@ def run_cli(main: Callable[[], int]) -> int:
 
         auth = storage_auth_error(e, "access storage")
         if auth is not None:
-            print(f"error: {auth}", file=sys.stderr)
+            print(f"error: {redact_text(str(auth))}", file=sys.stderr)
             return 2
         if isinstance(e, OSError):  # storage that stays broken after the retries: name it
-            print(f"error: storage failure: {e}", file=sys.stderr)
+            print(f"error: storage failure: {redact_text(str(e))}", file=sys.stderr)
             return 1
+        # A bug keeps its traceback; the hook prints it with credentials redacted.
+        sys.excepthook = _redacting_excepthook
         raise
 

@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Literal, get_args
 
 from sgcore.errors import ConfigError
+from sgcore.redact import redact_value
 from sgcore.settings import (
     SmoothGradSettings,
     check_adaptive_policy,
@@ -177,10 +178,13 @@ class JobConfig(SmoothGradSettings):
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
     def public_dict(self) -> dict[str, Any]:
-        """Every field except the storage options, for the manifest and logs."""
+        """Every field except the storage options, for the manifest and logs.
+
+        URLs come with their credentials (userinfo, signed-URL queries) redacted.
+        """
         d = asdict(self)
         d.pop("storage_options", None)
-        return d
+        return redact_value(d)
 
     @classmethod
     def field_names(cls) -> list[str]:

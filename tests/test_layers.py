@@ -16,6 +16,8 @@ ROOT = Path(__file__).resolve().parents[1] / "sgcore"
 
 # package -> what it must never import (sgcore packages above it, and libraries).
 FORBIDDEN = {
+    # Redaction of credentials in URLs: standard library only, so every layer may use it.
+    "redact": {"torch", "ray", "fsspec", "pyarrow", "numpy", "sgcore"},
     "settings": {"torch", "ray", "fsspec", "pyarrow", "sgcore.attribution", "sgcore.models",
                  "sgcore.io", "sgcore.pipeline", "sgcore.audit", "sgcore.bench"},
     "attribution": {"ray", "fsspec", "pyarrow", "s3fs", "sgcore.io", "sgcore.models",

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sgcore.io import join, write_bytes
+from sgcore.redact import redact_text, redact_value
 
 _CSS = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1100px; color: #222; }
@@ -157,9 +158,13 @@ class Report:
         return "\n".join(parts)
 
     def files(self, summary: dict[str, Any]) -> dict[str, bytes]:
-        """Every file of the report by relative path: page, summary, figures."""
-        out = {"index.html": self.render().encode("utf-8")}
-        out["summary.json"] = json.dumps(_jsonable(summary), indent=2, sort_keys=False, allow_nan=False).encode()
+        """Every file of the report by relative path: page, summary, figures.
+
+        The page and the summary are shared: URLs in them have their credentials redacted.
+        """
+        out = {"index.html": redact_text(self.render()).encode("utf-8")}
+        out["summary.json"] = json.dumps(_jsonable(redact_value(summary)), indent=2, sort_keys=False,
+                                         allow_nan=False).encode()
         for s in self.sections:
             out.update(s.figures)
         out.update(self.attachments)

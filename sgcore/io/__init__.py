@@ -3,7 +3,7 @@
 Never imports Ray: everything here runs the same in a Ray task or a plain process.
 """
 
-from sgcore.io._fs import join, open_input, read_bytes, url_to_fs
+from sgcore.io._fs import check_url_credentials, join, open_input, read_bytes, url_to_fs
 from sgcore.io._retry import (
     DEFAULT_POLICY,
     DEFAULT_STORAGE_RETRY_S,
@@ -85,6 +85,7 @@ __all__ = [
     "RetryPolicy",
     "ShardSpec",
     "StorageAuthError",
+    "check_url_credentials",
     "decode_array",
     "StorageUnavailable",
     "decode_image",

@@ -10,6 +10,7 @@ from fsspec.spec import AbstractFileSystem
 
 from sgcore.errors import ConfigError, InputError
 from sgcore.io._retry import RetryPolicy, retry_call
+from sgcore.redact import has_userinfo, is_redacted, redact_text, redact_url
 
 # Protocols whose fsspec backend lives in a separate package.
 _BACKENDS = {
@@ -24,9 +25,38 @@ _BACKENDS = {
 # Backends that build a client session lazily, with a ``connect()`` that builds it.
 _SESSIONS = ("s3", "s3a")
 
+# Protocols whose backend takes ``user:password@`` from the URL (HTTP basic auth, FTP, SSH);
+# object stores do not: s3fs, gcsfs and adlfs would take it for part of the bucket's name.
+_USERINFO_PROTOCOLS = ("http", "https", "ftp", "sftp", "ssh", "smb", "webdav")
+
+
+def check_url_credentials(url: str) -> None:
+    """Refuses a URL whose credentials cannot work: userinfo on an object store, or ``***``.
+
+    Raises:
+        ConfigError: one line, the URL redacted, with the fix.
+    """
+    if not isinstance(url, str):
+        return
+    protocol = url.split("://", 1)[0].lower() if "://" in url else "file"
+    if is_redacted(url):
+        raise ConfigError(
+            f"{url} was recorded with its credentials redacted (***); pass the full URL again, or give the "
+            "credentials through the environment or --storage-options")
+    if has_userinfo(url) and protocol not in _USERINFO_PROTOCOLS:
+        raise ConfigError(
+            f"{redact_url(url)}: {protocol}:// does not take credentials from the URL (user:secret@ would "
+            "be read as part of the bucket name); remove them from the URL and pass them through the "
+            "environment (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, AWS_PROFILE, ...) or "
+            "--storage-options '{\"key\": ..., \"secret\": ...}'")
+
 
 def url_to_fs(url: str, storage_options: dict[str, Any] | None = None) -> tuple[AbstractFileSystem, str]:
-    """Resolves ``url`` to (filesystem, path), failing with the package to install."""
+    """Resolves ``url`` to (filesystem, path), failing with the package to install.
+
+    Errors name the URL with its credentials redacted (:mod:`sgcore.redact`).
+    """
+    check_url_credentials(url)
     protocol = url.split("://", 1)[0] if "://" in url else "file"
     options = storage_options or {}
     try:
@@ -44,11 +74,11 @@ def url_to_fs(url: str, storage_options: dict[str, Any] | None = None) -> tuple[
             # The backend's message may quote an option's value, a secret: name the keys only.
             raise ConfigError(
                 f"--storage-options were refused by the {protocol}:// filesystem ({type(e).__name__}) "
-                f"for {url}; the options given: {', '.join(sorted(map(str, options)))}. Check their names "
+                f"for {redact_url(url)}; the options given: {', '.join(sorted(map(str, options)))}. Check their names "
                 "and types against the backend's documentation (values are not shown: they may hold secrets)"
             ) from None
         if isinstance(e, ValueError):
-            raise InputError(f"cannot open {url}: {e}") from e
+            raise InputError(redact_text(f"cannot open {url}: {e}")) from e
         raise
     return fs, path
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 from sgcore.errors import InputError
+from sgcore.redact import redact_text
 
 log = logging.getLogger("sgcore")
 
@@ -143,6 +144,7 @@ def storage_auth_error(exc: BaseException, what: str) -> StorageAuthError | None
     """
     if isinstance(exc, StorageAuthError):
         return exc
+    what = redact_text(what)
     seen: set[int] = set()
     e: BaseException | None = exc
     while e is not None and id(e) not in seen:
@@ -169,7 +171,7 @@ def storage_auth_error(exc: BaseException, what: str) -> StorageAuthError | None
 
 
 def _short(e: BaseException) -> str:
-    text = " ".join(str(e).split()) or type(e).__name__
+    text = redact_text(" ".join(str(e).split())) or type(e).__name__
     return text if len(text) <= 200 else text[:200] + "..."
 
 
@@ -281,6 +283,7 @@ def retry_call(
         The permanent error at once.
     """
     policy = policy or default_policy()
+    what = redact_text(what)  # it goes into logs and messages
     start = time.monotonic()
     for attempt in range(policy.attempts):
         try:

@@ -32,7 +32,8 @@ describes the whole output and every invocation that wrote to it:
   ``stopped`` (the run raised, e.g. ``--max-error-rate``, or was stopped by
   SIGTERM or Ctrl-C: the run's ``stopped_by`` names the signal).
 - ``config`` (``JobConfig.public_dict()``: no storage options, which may hold
-  secrets), ``config_hash``, ``preprocess`` (``Preprocess.to_dict()``) and
+  secrets; every URL in the manifest has its credentials redacted, see
+  :mod:`sgcore.redact`), ``config_hash``, ``preprocess`` (``Preprocess.to_dict()``) and
   ``model`` (the model's source and the sha256 of its files): what made the maps.
 - ``created``, ``sgcore_version``, ``versions``, ``git_revision``: of the run
   that created the output; ``finished``: when the latest run ended (absent
@@ -87,6 +88,7 @@ import pyarrow.parquet as pq
 
 from sgcore.io._fs import is_local, join, read_bytes, url_to_fs
 from sgcore.io._retry import RetryPolicy, retry_call
+from sgcore.redact import redact_value
 
 if TYPE_CHECKING:
     from fsspec.spec import AbstractFileSystem
@@ -454,7 +456,8 @@ class Manifest(_Record):
         return out
 
     def to_json(self) -> bytes:
-        return json.dumps(self.to_dict(), indent=2, sort_keys=True, default=str).encode()
+        # Every URL, message and name in it with credentials redacted: the manifest is shared.
+        return json.dumps(redact_value(self.to_dict()), indent=2, sort_keys=True, default=str).encode()
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], *, what: str = MANIFEST_NAME) -> Manifest:

@@ -27,6 +27,7 @@ from sgcore.errors import ConfigError
 from sgcore.models import sources
 from sgcore.models.demo_net import DEMO_CATEGORIES, DEMO_PREPROCESS, DemoNet
 from sgcore.models.preprocess import Preprocess, imagenet_preprocess
+from sgcore.redact import redact_text
 
 DEMO = "demo"
 DEMO_WEIGHTS_PATH = Path(__file__).parent / "weights" / "demo.pt"
@@ -61,8 +62,8 @@ class LoadedModel:
 
     def identity(self) -> dict[str, Any]:
         """Provenance for the manifest: source, spec, weights and their sha256."""
-        return {"source": self.source, "spec": _redact(self.name, None), "weights": self.weights,
-                "files": dict(self.files)}
+        return {"source": self.source, "spec": _redact(self.name, None), "weights": _redact(self.weights, None),
+                "files": {_redact(k, None): v for k, v in self.files.items()}}
 
 
 def list_models() -> list[str]:
@@ -407,7 +408,7 @@ def _num_outputs(model: nn.Module) -> int:
 
 
 def _redact(text: str, storage_options: dict | None) -> str:
-    text = re.sub(r"(\w+://)[^/@\s]+@", r"\1***@", text)  # user:password@host
+    text = redact_text(text)  # userinfo and signed-URL queries
     for value in _secret_values(storage_options):
         text = text.replace(value, "***")
     return text
@@ -472,6 +473,9 @@ def read_weights_bytes(url: str, storage_options: dict | None, *, what: str = "c
     """The bytes at ``url`` (any fsspec URL or path); one-line ConfigErrors, no secrets."""
     import fsspec
 
+    from sgcore.io import check_url_credentials
+
+    check_url_credentials(url)
     shown = _redact(url, storage_options)
     try:
         with fsspec.open(url, "rb", **(storage_options or {})) as f:

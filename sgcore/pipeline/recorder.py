@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from sgcore.io import Manifest
 from sgcore.pipeline.progress import Progress, format_duration, format_rate, plural
 from sgcore.pipeline.worker import ShardSummary
+from sgcore.redact import redact_url
 
 
 class JobFailed(RuntimeError):
@@ -57,7 +58,7 @@ class JobResult:
         head = (f"{plural(self.rows, 'image')} ({self.ok} ok, {plural(self.errors, 'error')}) "
                 f"in {plural(self.shards, 'shard')}")
         if self.shards_skipped == self.shards:
-            return f"{head}, all already done: nothing recomputed | results: {self.output}"
+            return f"{head}, all already done: nothing recomputed | results: {redact_url(self.output)}"
         computed = self.rows - self.images_skipped
         done = (f"; {plural(self.images_skipped, 'image')} in {plural(self.shards_skipped, 'shard')} "
                 "already done" if self.shards_skipped else "")
@@ -65,7 +66,7 @@ class JobResult:
         return (
             f"{head}{done}{failed} | {computed} computed in {format_duration(self.seconds)}, "
             f"{format_rate(self.images_per_s)} images/s on {plural(self.actors, 'replica')} | "
-            f"results: {self.output}"
+            f"results: {redact_url(self.output)}"
         )
 
 

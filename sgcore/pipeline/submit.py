@@ -14,6 +14,7 @@ import sys
 from collections.abc import Sequence
 
 from sgcore.pipeline.cluster import follow, job_client, runtime_env_for, submit
+from sgcore.redact import redact_text
 
 EXIT = {"SUCCEEDED": 0, "FAILED": 1, "STOPPED": 1}
 CANNOT_SUBMIT = 2
@@ -47,9 +48,15 @@ def submit_and_follow(command: Sequence[str], *, address: str | None = None, wor
     except ValueError as e:
         print(f"error: --working-dir: {e}", file=sys.stderr)
         return CANNOT_SUBMIT
+    entrypoint = shlex.join(command)
+    if redact_text(entrypoint) != entrypoint:
+        # The job's own output is redacted, but Ray keeps the entrypoint as given.
+        print("warning: the command holds credentials inside a URL; Ray keeps the command in its job "
+              "table and dashboard (ray job list), out of sgcore's reach: prefer credentials from the "
+              "cluster's environment", file=sys.stderr)
     try:
         client = job_client(address)
-        job_id = submit(client, shlex.join(command), runtime_env=runtime_env, submission_id=submission_id,
+        job_id = submit(client, entrypoint, runtime_env=runtime_env, submission_id=submission_id,
                         entrypoint_num_cpus=entrypoint_num_cpus)
     except Exception as e:
         print(f"error: {cannot_submit(e, shown)}", file=sys.stderr)

@@ -30,6 +30,7 @@ from sgcore.io import (
     write_bytes,
 )
 from sgcore.models import LoadedModel, Preprocess, check_base, load_model, with_score
+from sgcore.redact import redact_text, redact_url
 from sgcore.seeds import image_seed
 
 METHOD_NAMES = {"mean": "smoothgrad", "square": "smoothgrad_sq", "var": "vargrad"}
@@ -301,9 +302,10 @@ def make_row(config: JobConfig, shard_id: str, rec: dict[str, Any], *, crop: int
              label_index: int | None = None, error: str | None = None) -> ResultRow:
     """The row of one input record before the model runs (status from the record).
 
-    ``crop``: the map's size, an int (square) or ``(H, W)``.
+    ``crop``: the map's size, an int (square) or ``(H, W)``. The ``source`` and
+    ``error`` columns hold URLs with their credentials redacted (:mod:`sgcore.redact`).
     """
-    err = rec.get("error") or error
+    err = redact_text(rec.get("error") or error)
     map_h, map_w = (crop, crop) if isinstance(crop, int) else crop
     geo = rec.get("geometry")
     placement = {} if geo is None else dict(
@@ -313,7 +315,7 @@ def make_row(config: JobConfig, shard_id: str, rec: dict[str, Any], *, crop: int
     )
     return ResultRow(
         image_id=rec["image_id"],
-        source=rec["source"],
+        source=redact_url(rec["source"]),
         shard=shard_id,
         status="error" if err else "ok",
         error=err,
