@@ -187,7 +187,8 @@ def test_planning_100k_parquet_rows_holds_no_object_per_row(tmp_path, id_column)
         write_parquet(tmp_path / f"p{f}.parquet", [b"x"] * rows, row_group_size=5_000,
                       ids=[f"id-{f}-{i:06d}" for i in range(rows)])
     peak, shards = _plan_peak(tmp_path, shard_size=256, id_column=id_column)
+    # One id string per row (~75 bytes each: 7.7 MB on the old plan, 26 MB with the id column's
+    # uniqueness check) would be far past this; the plan's ~400 shards take ~0.5 MB.
+    assert peak < 2_000_000, peak
     assert sum(s.size for s in shards) == 4 * rows
     assert all(s.members == (s.file,) for s in shards)
-    # One id string per row (~60 bytes each) would be > 6 MB; the plan's shards are ~400.
-    assert peak < 2_000_000, peak
