@@ -193,6 +193,60 @@ def _headers(tar: tarfile.TarFile) -> Iterator[tarfile.TarInfo]:
             yield info
 
 
+_BLOCK = tarfile.BLOCKSIZE
+_SPECIAL_TYPES = frozenset(b"xgLKS")  # pax, GNU long names, sparse: parsed by tarfile
+_FILE_TYPES = frozenset(b"0\x007")  # tarfile.REGULAR_TYPES less sparse (that one goes to tarfile)
+
+
+def _plain_headers(tar: tarfile.TarFile, f: IO[bytes]) -> Iterator[tuple[str, int]]:
+    """(name, header offset) of each regular file of a plain tar opened with ``tarfile.open(mode="r:")``.
+
+    A plain ustar/GNU header is parsed here, with its checksum checked, ~10x
+    faster than tarfile's general parser (which a planner scanning 10^5 headers
+    notices); anything else (pax and GNU long-name headers, base-256 sizes, a bad
+    checksum) is read by ``tar`` itself, from the same offset, with its rules.
+    """
+    tar.firstmember = None  # read by open(); it is read again below, from offset 0
+    offset = 0
+    while True:
+        f.seek(offset)
+        buf = f.read(_BLOCK)
+        if len(buf) < _BLOCK or not buf.strip(b"\0"):
+            return  # the end-of-archive block, or a cut tar: its reader reports the damage
+        kind = buf[156]
+        fast = kind not in _SPECIAL_TYPES and not buf[124] & 0x80 and _checksum_ok(buf)
+        if fast:
+            name = _text(buf[0:100])
+            prefix = _text(buf[345:500])
+            if prefix:
+                name = f"{prefix}/{name}"
+            size = int(buf[124:136].split(b"\0", 1)[0].strip() or b"0", 8)
+            if kind in _FILE_TYPES and not (kind == 0 and name.endswith("/")):
+                yield name, offset
+            offset += _BLOCK + -(-size // _BLOCK) * _BLOCK
+            continue
+        tar.offset = offset
+        info = tar.next()
+        tar.members.clear()
+        if info is None:
+            return
+        if info.isfile():
+            yield info.name, info.offset
+        offset = tar.offset
+
+
+def _checksum_ok(buf: bytes) -> bool:
+    try:
+        stored = int(buf[148:156].split(b"\0", 1)[0].strip() or b"-1", 8)
+    except ValueError:
+        return False
+    return stored == 256 + sum(buf) - sum(buf[148:156])
+
+
+def _text(field: bytes) -> str:
+    return field.split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
+
+
 class TarScan:
     """One pass over a tar's headers (no member data read): its samples and where ranges start.
 
@@ -228,20 +282,21 @@ class TarScan:
         head = fileobj.read(4)
         fileobj.seek(0)
         self.compressed = head.startswith(_COMPRESSED_MAGIC)
-        # A plain tar is opened seekable: tarfile then reads each header and seeks past the data.
-        mode = "r|*" if self.compressed else "r:"
         key = ""
         start = 0
         image = False
-        with tarfile.open(fileobj=fileobj, mode=mode) as tar:
-            for info in _headers(tar):
-                parts = split_key(info.name)
+        with tarfile.open(fileobj=fileobj, mode="r|*" if self.compressed else "r:") as tar:
+            # A plain tar: read each header and seek past the data; a compressed one is streamed.
+            headers = (_plain_headers(tar, fileobj) if not self.compressed
+                       else ((i.name, i.offset) for i in _headers(tar)))
+            for name, offset in headers:
+                parts = split_key(name)
                 if parts is None:
                     continue
                 if parts[0] != key:
                     if image and self._sample(key, start):
                         return self
-                    key, start, image = parts[0], info.offset, False
+                    key, start, image = parts[0], offset, False
                 image = image or _is_image_field(parts[1])
         if image and self._sample(key, start):
             return self
