@@ -225,6 +225,7 @@ def _plain_headers(tar: tarfile.TarFile, f: IO[bytes]) -> Iterator[tuple[str, in
                 yield name, offset
             offset += _BLOCK + -(-size // _BLOCK) * _BLOCK
             continue
+        f.seek(offset)  # where tarfile expects to be (at offset 0 it would otherwise stop)
         tar.offset = offset
         info = tar.next()
         tar.members.clear()

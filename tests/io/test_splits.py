@@ -2,6 +2,8 @@
 whatever characters they hold: the same ids, bytes and labels as reading each file whole."""
 
 import gzip
+import io
+import tarfile
 import tracemalloc
 
 import pytest
@@ -192,3 +194,34 @@ def test_planning_100k_parquet_rows_holds_no_object_per_row(tmp_path, id_column)
     assert peak < 2_000_000, peak
     assert sum(s.size for s in shards) == 4 * rows
     assert all(s.members == (s.file,) for s in shards)
+
+
+@pytest.mark.parametrize("fmt", [tarfile.USTAR_FORMAT, tarfile.GNU_FORMAT, tarfile.PAX_FORMAT])
+def test_ranges_of_tars_in_every_header_format_read_as_the_whole_tar(tmp_path, fmt):
+    """Long names (ustar prefix, GNU long-name and pax headers), directories and links between samples."""
+    path = tmp_path / "d" / "t.tar"
+    path.parent.mkdir()
+    with tarfile.open(path, "w", format=fmt) as tar:
+        for i, (key, fields) in enumerate(tar_samples("s", 10)):
+            folder = f"{'deep' * 30}/{i % 3}" if i % 2 else "flat"
+            if i == 4:
+                tar.addfile(tarfile.TarInfo(folder + "/") if fmt != tarfile.USTAR_FORMAT else _dir(folder))
+                link = tarfile.TarInfo(f"{folder}/link.png")
+                link.type, link.linkname = tarfile.SYMTYPE, "x.png"
+                tar.addfile(link)
+            for ext, data in fields.items():
+                name = f"{folder}/{key}{'_ü' if fmt == tarfile.PAX_FORMAT else ''}.{ext}"
+                info = tarfile.TarInfo(name)
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+    whole = plan_shards(str(path.parent), shard_size=100)
+    shards = plan_shards(str(path.parent), shard_size=3)
+    assert [(s.count, s.first_row) for s in shards] == [(3, 0), (3, 3), (3, 6), (1, 9)]
+    assert all(s.offset is not None for s in shards)
+    assert _view(_samples(shards)) == _view(_samples(whole)) and len(_samples(whole)) == 10
+
+
+def _dir(name):
+    info = tarfile.TarInfo(name)
+    info.type = tarfile.DIRTYPE
+    return info
