@@ -41,7 +41,9 @@ class ShardSpec:
         labels_url: the labels file, read by the decode task (tar/Parquet layouts).
         content: a hash of the size and modification stamp (mtime, S3 ETag) of the
             shard's input files as listed; recorded in its part, so that a resume
-            notices replaced bytes under the same names.
+            notices replaced bytes under the same names. A range of a file carries
+            the file's identity: the range follows from the file and the settings,
+            and the plan's fingerprint (over :meth:`planned_ids`) holds it too.
     """
 
     shard_id: str
