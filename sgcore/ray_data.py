@@ -55,6 +55,7 @@ from sgcore.io import (
 )
 from sgcore.io.labels import cached_labels, lookup
 from sgcore.io.parquet_input import LABEL_COLUMN_NAMES
+from sgcore.io.webdataset import escape_key
 
 # The job's settings this stage takes, under the job's config field names.
 JOB_SETTINGS = (
@@ -271,7 +272,8 @@ class SmoothGradMaps:
         if wds:  # the job: <tar path>/<sample key>, source <tar URL>#<member>
             key = str(columns[_WDS_KEY][i])
             tar_url = _source(self.root, rel) if error is None else value
-            return f"{rel}/{key}", f"{tar_url}#{key}.{image_col}", error
+            # The job's escaping ("%" -> %25, "#" -> %23): ids stay unique and sources readable.
+            return f"{rel}/{escape_key(key)}", f"{tar_url}#{escape_key(f'{key}.{image_col}')}", error
         return rel, (_source(self.root, rel) if error is None else value), error
 
     def _label(self, columns: dict[str, Any], label_col: str | None, image_id: str, source: str,

@@ -145,3 +145,24 @@ def test_a_webdataset_batch_uses_each_rows_own_image_field():
     assert list(df.status) == ["ok", "ok", "error"]
     assert table.column("label").to_pylist() == ["2", "fox", None]  # cls, else json; a blank cls is no label
     assert list(df["__key__"]) == ["s0", "d/s1", "s3"]  # kept columns follow the kept rows
+
+
+def test_webdataset_keys_with_hash_or_percent_get_the_jobs_escaped_ids(tmp_path):
+    """A key ``x#2`` is ``x%232`` here as in the job, so it never meets a repeated ``x``'s ``x#2``."""
+    from sgcore.io import plan_shards, read_shard
+    from tests.io.datasets import encode, rgb, write_tar
+
+    keys = ["x#2", "a%b", "sp ace"]
+    blobs = [encode(rgb(i)) for i in range(3)]
+    write_tar(tmp_path / "a.tar", [(k, {"png": b}) for k, b in zip(keys, blobs, strict=True)])
+    job = [(s.image_id, s.source) for spec in plan_shards(str(tmp_path), shard_size=8) for s in read_shard(spec)]
+    column = np.empty(3, dtype=object)
+    column[:] = blobs
+    keys_column = np.empty(3, dtype=object)
+    keys_column[:] = keys
+    urls = np.empty(3, dtype=object)
+    urls[:] = [str(tmp_path / "a.tar")] * 3
+    df = SmoothGradMaps(**SETTINGS, root=str(tmp_path))({"__key__": keys_column, "__url__": urls,
+                                                          "png": column}).to_pandas()
+    assert list(zip(df.image_id, df.source, strict=True)) == job
+    assert [i for i, _ in job] == ["a.tar/x%232", "a.tar/a%25b", "a.tar/sp ace"]

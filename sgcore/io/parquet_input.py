@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from sgcore.errors import InputError
@@ -125,9 +126,19 @@ def inspect_file(f: Any, *, image_column: str | None, label_column: str | None, 
                          class_names=hf_class_names(schema, label))
 
 
-def read_ids(f: Any, id_column: str) -> list[Any]:
-    """The values of ``id_column``, in file order (only that column is read)."""
-    return pq.ParquetFile(f).read(columns=[id_column]).column(0).to_pylist()
+def read_ids(f: Any, id_column: str) -> pa.ChunkedArray:
+    """The values of ``id_column`` as text, in file order (only that column is read; Arrow memory, no
+    Python object per row)."""
+    column = pq.ParquetFile(f).read(columns=[id_column]).column(0)
+    return column if pa.types.is_string(column.type) else pc.cast(column, pa.string())
+
+
+def group_starts(pf: pq.ParquetFile) -> list[int]:
+    """The file-level index of each row group's first row, and the file's row count last."""
+    starts = [0]
+    for i in range(pf.metadata.num_row_groups):
+        starts.append(starts[-1] + pf.metadata.row_group(i).num_rows)
+    return starts
 
 
 def iter_rows(
@@ -143,9 +154,11 @@ def iter_rows(
 ) -> Iterator[tuple[int, str | None, Any, str | None, str | None]]:
     """Yields ``(row index in file, id or None, image bytes or None, image path or None, label)``.
 
-    Rows are read in batches of a few dozen, so memory stays bounded whatever the
-    row-group size. ``first_row`` is the file-level index of the first row of
-    ``row_groups``; rows at or past ``stop_row`` are not read.
+    Yields the rows ``first_row`` (a file-level index) to ``stop_row`` (exclusive;
+    None: to the end), reading only ``row_groups`` (None: the row groups holding
+    that range, found from the footer). Rows are read in batches of a few dozen,
+    so memory stays bounded whatever the row-group size; batches before
+    ``first_row`` in its row group are read but not converted.
     """
     pf = pq.ParquetFile(f)
     schema = pf.schema_arrow
@@ -153,15 +166,26 @@ def iter_rows(
     check_id_column(schema, id_column, url)
     names = hf_class_names(schema, label)
     columns = [c for c in dict.fromkeys([image, label, id_column]) if c is not None]
-    index = first_row
-    groups = list(row_groups) if row_groups is not None else None
-    for batch in pf.iter_batches(batch_size=_BATCH_ROWS, row_groups=groups, columns=columns):
+    starts = group_starts(pf)
+    if row_groups is None:
+        stop = starts[-1] if stop_row is None else stop_row
+        row_groups = tuple(g for g in range(len(starts) - 1) if starts[g] < stop and starts[g + 1] > first_row)
+    if not row_groups:
+        return
+    index = starts[row_groups[0]]
+    for batch in pf.iter_batches(batch_size=_BATCH_ROWS, row_groups=list(row_groups), columns=columns):
+        if index + batch.num_rows <= first_row:
+            index += batch.num_rows
+            continue
         images = batch.column(columns.index(image)).to_pylist()
         labels = batch.column(columns.index(label)).to_pylist() if label is not None else None
         ids = batch.column(columns.index(id_column)).to_pylist() if id_column is not None else None
         for j, value in enumerate(images):
             if stop_row is not None and index >= stop_row:
                 return
+            if index < first_row:
+                index += 1
+                continue
             data, path = (value.get("bytes"), value.get("path")) if isinstance(value, dict) else (value, None)
             lab = labels[j] if labels is not None else None
             if names is not None and isinstance(lab, int):
@@ -183,6 +207,7 @@ __all__ = [
     "PARQUET_EXTENSIONS",
     "ParquetLayout",
     "check_id_column",
+    "group_starts",
     "hf_class_names",
     "inspect_file",
     "is_parquet",

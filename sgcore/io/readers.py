@@ -7,10 +7,13 @@ each under :mod:`sgcore.io.layouts`:
   in sorted order; image id = the path relative to the input root; label =
   the parent folder, or the ``labels`` file.
 - ``webdataset``: ``.tar`` shards (see :mod:`sgcore.io.webdataset`); one shard
-  per tar; image id = ``<tar path>/<sample key>``.
+  per tar, or per range of ``shard_size`` samples of a larger tar (planned from
+  one scan of its headers); image id = ``<tar path>/<sample key>`` (``%`` and
+  ``#`` of a key escaped).
 - ``parquet``: tables with an image-bytes column (see
-  :mod:`sgcore.io.parquet_input`); one shard per file, or per run of row groups
-  in large files; image id = ``<file path>#<row index>`` or the ``id_column``.
+  :mod:`sgcore.io.parquet_input`); one shard per file, or per row range of a
+  larger file (runs of row groups, or ranges of a large row group), planned
+  from the footers; image id = ``<file path>#<row index>`` or the ``id_column``.
 
 Inputs may be a prefix, a single file, a glob pattern, or a comma-separated
 list of those (:mod:`sgcore.io.listing`); paths are relative to the longest
@@ -91,8 +94,10 @@ def plan_shards(
     Args:
         url: a prefix, a file, a glob pattern, or several of those (a sequence,
             or one string separated by commas).
-        shard_size: images per shard (images layout; Parquet files with more
-            rows are split at row-group boundaries).
+        shard_size: images per shard: image files per group; a tar with more
+            samples, or a Parquet file with more rows, is cut into several
+            shards (ranges of samples; runs of row groups or row ranges), each
+            read on its own, with the same image ids as the whole file.
         limit: only the first ``limit`` images, in listing order.
         input_format: ``auto``, ``images``, ``webdataset`` or ``parquet``.
         image_column, label_column, id_column: Parquet columns.

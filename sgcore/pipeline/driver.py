@@ -87,7 +87,7 @@ def plan_fingerprint(shards: list[ShardSpec]) -> str:
     h = hashlib.sha256()
     for s in shards:
         h.update(s.shard_id.encode())
-        for m in s.members:
+        for m in s.planned_ids():  # one at a time: a Parquet range holds no id per row
             h.update(b"\x00" + m.encode())
     return h.hexdigest()[:16]
 
@@ -490,7 +490,7 @@ def _error_rows(config: JobConfig, spec: ShardSpec, decoded: Any, message: str,
     try:
         records = ray.get(decoded, timeout=60).records
     except Exception:  # the decode itself failed: fall back to the plan
-        records = [{"image_id": m, "source": join(spec.root, m), "label": None} for m in spec.members]
+        records = [{"image_id": m, "source": join(spec.root, m), "label": None} for m in spec.planned_ids()]
     return [make_row(config, spec.shard_id, rec, crop=crop, error=message) for rec in records]
 
 

@@ -141,11 +141,12 @@ def test_a_bug_in_reading_a_tar_propagates(tmp_path, monkeypatch):
         decode_shard(spec, resize_size=8, crop_size=8)
 
 
-def test_a_bug_in_counting_a_tar_propagates_at_planning(tmp_path, monkeypatch):
+@pytest.mark.parametrize("limit", [None, 1])
+def test_a_bug_in_scanning_a_tar_propagates_at_planning(tmp_path, monkeypatch, limit):
     write_tar(tmp_path / "a.tar", tar_samples("s", 2))
-    monkeypatch.setattr(wds, "count_samples", _bug(TypeError))
+    monkeypatch.setattr(wds.TarScan, "_run", _bug(TypeError))
     with pytest.raises(TypeError, match="a bug in sgcore"):
-        plan_shards(str(tmp_path), shard_size=10, limit=1)
+        plan_shards(str(tmp_path), shard_size=10, limit=limit)
 
 
 def test_a_bug_in_reading_parquet_propagates(tmp_path, monkeypatch):

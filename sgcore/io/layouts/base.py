@@ -22,20 +22,28 @@ class ShardSpec:
         shard_id: names the output part (``part-<shard_id>.parquet``).
         kind: the layout, ``images``, ``webdataset`` or ``parquet``.
         root: URL the members are relative to.
-        members: image paths (images); the tar path (webdataset); the row ids
-            ``<file>#<row>`` (parquet, or the file path when its footer could not
-            be read).
+        members: image paths (images); the tar or Parquet file (webdataset, parquet:
+            its rows are the range ``first_row``..``stop_row``, never listed one by
+            one, so that the plan holds no object per image).
         file: the tar/Parquet file, relative to ``root``.
-        count: number of images when known (None for tars listed without --limit).
-        row_groups, first_row, stop_row: the Parquet row groups of this shard, the
-            file-level index of their first row, and the row to stop at.
+        count: number of images when known (None for a tar that could not be scanned).
+        first_row, stop_row: the shard's range of the file's images: Parquet rows,
+            or a tar's image samples in order; ``stop_row=None`` reads to the end
+            (and checks that a tar ends as one does).
+        row_groups: the Parquet row groups holding that range.
+        offset: where the tar's sample ``first_row`` starts (its first header), so
+            that the reader seeks there (None: read from the start; a compressed tar).
+        repeats: (sample index, occurrence) of the samples in range whose key came
+            earlier in the tar (a split tar; a whole tar's reader finds them itself).
+        split: the file is cut into several shards (its ids are ``<n>-<k>``).
         image_column, label_column, id_column: Parquet columns (None: detected).
-        max_samples: read no more than this many samples of the tar (--limit).
         labels: per-member labels from a labels file (images layout).
         labels_url: the labels file, read by the decode task (tar/Parquet layouts).
         content: a hash of the size and modification stamp (mtime, S3 ETag) of the
             shard's input files as listed; recorded in its part, so that a resume
-            notices replaced bytes under the same names.
+            notices replaced bytes under the same names. A range of a file carries
+            the file's identity: the range follows from the file and the settings,
+            and the plan's fingerprint (over :meth:`planned_ids`) holds it too.
     """
 
     shard_id: str
@@ -47,10 +55,12 @@ class ShardSpec:
     row_groups: tuple[int, ...] | None = None
     first_row: int = 0
     stop_row: int | None = None
+    offset: int | None = None
+    repeats: tuple[tuple[int, int], ...] | None = None
+    split: bool = False
     image_column: str | None = None
     label_column: str | None = None
     id_column: str | None = None
-    max_samples: int | None = None
     labels: tuple[str | None, ...] | None = None
     labels_url: str | None = None
     content: str | None = None  # identity of the input bytes (see listing.content_identity)
@@ -59,6 +69,20 @@ class ShardSpec:
     def size(self) -> int:
         """Images in the shard (1 for a tar whose count is not known before reading it)."""
         return self.count if self.count is not None else len(self.members)
+
+    def planned_ids(self) -> Iterator[str]:
+        """The ids the plan gives the shard's images, in order, one at a time (none are held).
+
+        Image files: their paths. A Parquet range: ``<file>#<row>`` per row (the
+        ids without an id column). A tar: its path, or for one range of a split tar
+        :func:`range_id` (sample keys are only known once the tar is read).
+        """
+        if self.kind == "parquet" and self.file is not None and self.row_groups is not None:
+            stop = self.stop_row if self.stop_row is not None else self.first_row + self.size
+            return (f"{self.file}#{r}" for r in range(self.first_row, stop))
+        if self.kind == "webdataset" and self.split:
+            return iter((range_id(shard_file(self), self.first_row, self.stop_row, self.size),))
+        return iter(self.members)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -111,6 +135,15 @@ def read_url(url: str, storage_options: dict[str, Any] | None) -> bytes:
     """The whole object at ``url``, transient errors retried."""
     fs, path = url_to_fs(url, storage_options)
     return read_bytes(fs, path, url=url)
+
+
+def range_id(rel: str, first: int, stop: int | None, count: int) -> str:
+    """The id of an error row standing for a range of a split file whose ids are unknown: ``<file>#<first>-<stop>``.
+
+    No image id has this form: a tar's sample ids are ``<tar>/<key>``, a Parquet
+    row's ``<file>#<row>``.
+    """
+    return f"{rel}#{first}-{stop if stop is not None else first + count}"
 
 
 def shard_file(spec: ShardSpec) -> str:
@@ -204,4 +237,4 @@ class Layout(Protocol):
 
 
 __all__ = ["Layout", "Listing", "PlanOptions", "RawSample", "Root", "ShardSpec", "hidden", "open_url",
-           "read_url", "shard_file"]
+           "range_id", "read_url", "shard_file"]
