@@ -1,90 +1,9 @@
-"""Helpers for the base maps: guided-backprop hooks, IG quadrature, layout."""
+"""Former home of the base maps' helpers, kept as an import path.
 
-from __future__ import annotations
+The base maps are :mod:`sgcore.attribution.bases` (one module each);
+``prefers_channels_last`` is :mod:`sgcore.attribution.prepare`'s.
+"""
 
-import contextlib
-import warnings
-from collections.abc import Iterator
+from sgcore.attribution.prepare import prefers_channels_last
 
-import numpy as np
-import torch
-import torch.nn.functional as F
-from torch import nn
-from torch.overrides import TorchFunctionMode
-
-
-def _positive_part(grad: torch.Tensor) -> torch.Tensor:
-    return grad.clamp(min=0)
-
-
-# Every way a model can call a ReLU in eager PyTorch: ``nn.ReLU`` modules go
-# through ``F.relu``; forward methods also call the functional and tensor
-# forms directly (torchvision's ResNet uses the module, many others do not).
-_RELUS = frozenset({
-    torch.relu, torch.relu_, F.relu, F.relu_, torch.Tensor.relu, torch.Tensor.relu_,
-})
-
-
-class _GuidedReLUs(TorchFunctionMode):
-    """Clamps the gradient arriving at the output of every ReLU call to >= 0."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.relus_seen = 0
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN204
-        out = func(*args, **(kwargs or {}))
-        if func in _RELUS and isinstance(out, torch.Tensor) and out.requires_grad:
-            self.relus_seen += 1
-            # ReLU's own backward then masks by (input > 0), which gives guided
-            # backprop's (input > 0) * max(grad, 0). A tensor hook also works
-            # for the in-place forms, whose output is the modified input.
-            out.register_hook(_positive_part)
-        return out
-
-
-@contextlib.contextmanager
-def guided_relus(model: nn.Module) -> Iterator[None]:
-    """Makes every ReLU evaluated inside the block a guided-backprop ReLU.
-
-    Guided backpropagation (Springenberg et al. 2015, arXiv:1412.6806) zeroes
-    negative gradients at each ReLU on the way back. ``nn.ReLU`` modules and
-    the functional forms (``F.relu``, ``torch.relu``, ``Tensor.relu`` and
-    their in-place variants) are all caught, through a torch function mode;
-    nothing is left on the model after the block, also after an error.
-    Not seen: TorchScript modules and ReLUs written as ``clamp``/``maximum``.
-    A model in which no ReLU ran (GELU transformers, say) gets a warning: its
-    guided maps are plain gradients. (A compiled model runs its graph without
-    calling the mode again, so it is not checked.)
-    """
-    mode = _GuidedReLUs()
-    with mode:
-        yield
-    if mode.relus_seen == 0 and not isinstance(model, torch._dynamo.eval_frame.OptimizedModule):
-        warnings.warn(
-            f"guided_backprop: no ReLU ran in {type(model).__name__}, so its maps are plain "
-            "gradients; guided backprop is defined for ReLU networks",
-            RuntimeWarning, stacklevel=4,
-        )
-
-
-def integration_rule(steps: int, *, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Gauss–Legendre nodes and weights on [0, 1] for integrated gradients.
-
-    The same rule as Captum's default ``method="gausslegendre"``; the weights
-    sum to 1.
-
-    Returns:
-        ``(alphas, weights)``, two float32 tensors of shape ``(steps,)``.
-    """
-    nodes, weights = np.polynomial.legendre.leggauss(steps)
-    alphas = torch.tensor(0.5 * (nodes + 1.0), dtype=torch.float32, device=device)
-    return alphas, torch.tensor(0.5 * weights, dtype=torch.float32, device=device)
-
-
-def prefers_channels_last(model: nn.Module) -> bool:
-    """True when the model's first 4-D weight is stored channels_last."""
-    for p in model.parameters():
-        if p.dim() == 4:
-            return p.is_contiguous(memory_format=torch.channels_last) and not p.is_contiguous()
-    return False
+__all__ = ["prefers_channels_last"]

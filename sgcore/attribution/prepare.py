@@ -102,3 +102,11 @@ def fold_batchnorm(model: nn.Module) -> nn.Module:
 
 def _has_conv2d(model: nn.Module) -> bool:
     return any(isinstance(m, nn.Conv2d) for m in model.modules())
+
+
+def prefers_channels_last(model: nn.Module) -> bool:
+    """True when the model's first 4-D weight is stored channels_last (the kernels then feed NHWC rows)."""
+    for p in model.parameters():
+        if p.dim() == 4:
+            return p.is_contiguous(memory_format=torch.channels_last) and not p.is_contiguous()
+    return False

@@ -67,6 +67,7 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
+from sgcore.attribution._noise import NOISE_TABLE
 from sgcore.attribution.postprocess import reduce_channels
 from sgcore.attribution.ranks import spearman
 from sgcore.settings import ADAPTIVE_BLOCK
@@ -84,12 +85,8 @@ BLOCK = ADAPTIVE_BLOCK
 
 
 def group_size(noise: str, *, blocked: bool) -> int:
-    """How many consecutive samples must stay in the same half."""
-    if noise == "antithetic":
-        return 2
-    if noise == "sobol" and blocked:
-        return BLOCK
-    return 1
+    """How many consecutive samples must stay in the same half (the noise kind says)."""
+    return NOISE_TABLE[noise].group_size(blocked=blocked)
 
 
 def half_mask(k0: int, k1: int, noise: str, *, blocked: bool, device: torch.device) -> torch.Tensor:
