@@ -35,6 +35,7 @@ def main(argv: list[str] | None = None) -> int:
 
         demo = run_photo_demo(data=args.data, output=args.output, photos=args.photos, n_samples=args.n_samples,
                               num_actors=args.num_actors, overwrite=args.overwrite)
+        print(f"[sgcore] done: {demo.job}")
         print(f"[sgcore] EfficientNet-Lite0 sees:\n{demo.summary()}")
         print(f"[sgcore] overlays: {demo.index} ({demo.seconds:.0f} s in all)")
         return 0

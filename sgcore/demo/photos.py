@@ -112,12 +112,14 @@ class PhotoDemo:
         rows: per photo: ``image_id``, ``predicted``, ``predicted_name``, ``score``,
             ``reliability``, ``overlay`` (the PNG's name beside the page).
         seconds: wall time of the whole demo (photos, job, pictures).
+        job: the job's summary line (images, rate, what was resumed).
     """
 
     results: str
     index: Path
     rows: list[dict[str, Any]]
     seconds: float
+    job: str
 
     def summary(self) -> str:
         """One line per photo: its id and the class the model sees."""
@@ -183,7 +185,8 @@ def run_photo_demo(
                      "overlay": f"overlays/{Path(url).name}"})
     index = out / "index.html"
     index.write_text(_page(rows, n_samples))
-    return PhotoDemo(results=maps, index=index, rows=rows, seconds=time.perf_counter() - start)
+    return PhotoDemo(results=maps, index=index, rows=rows, seconds=time.perf_counter() - start,
+                     job=result.summary())
 
 
 def _fmt(value: float | None) -> str:

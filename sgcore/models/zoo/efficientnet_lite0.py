@@ -128,10 +128,7 @@ def convert_state(source: Mapping[str, torch.Tensor], target: Mapping[str, torch
             raise ConfigError(f"{PACKAGE}'s tensor {i} {sk} {tuple(sv.shape)} does not fit {ARCH}'s {dk} "
                               f"{tuple(dv.shape)}; {pin}")
         out[dk] = sv.detach().clone().to(dv.dtype)
-    for k, v in target.items():
-        if k.endswith(_COUNTER):
-            out[k] = v.clone()
-    return out
+    return {k: out[k] if k in out else v.clone() for k, v in target.items()}  # target's order, its counters
 
 
 def categories() -> list[str]:
