@@ -1,6 +1,6 @@
 """The real-model demo: SmoothGrad on a trained ImageNet classifier over real photographs, offline.
 
-    python -m jobs.photos                        # 7 photographs, n = 16, CPU: about a minute
+    python -m jobs.photos                        # 7 photographs, n = 16, on the CPU
     python -m jobs.photos --photos chelsea coffee --n-samples 50 --overwrite
 
 Writes the photographs bundled with scikit-image and scikit-learn to data/photos/, explains
