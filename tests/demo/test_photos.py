@@ -65,12 +65,6 @@ def test_the_demo_command_end_to_end_two_photos(ray_local, tmp_path, capsys):
     assert lines["coffee.png"] == "espresso" and "cat" in lines["chelsea.png"]
     page = _check_page(tmp_path / "out", ["chelsea", "coffee"])
     assert "<b>espresso</b> (class 967" in page and "n = 4 noisy samples" in page
-    # the same command again resumes: nothing recomputed, same page
-    code, again = _run(tmp_path, capsys, ["--photos", "chelsea", "coffee", "--n-samples", "4"])
-    assert code == 0 and "nothing recomputed" in again.out and (tmp_path / "out" / "index.html").read_text() == page
-    # another n into the same output is refused in one line, naming the way out
-    code, other = _run(tmp_path, capsys, ["--photos", "chelsea", "coffee", "--n-samples", "8"])
-    assert code == 2 and "--overwrite" in other.err and other.err.strip().count("\n") == 0
 
 
 @pytest.mark.slow
@@ -80,7 +74,13 @@ def test_the_demo_command_as_documented(ray_local, tmp_path, capsys):
     code, printed = _run(tmp_path, capsys, [])
     assert code == 0, printed.err
     names = list(PHOTOS)
-    _check_page(tmp_path / "out", names)
+    page = _check_page(tmp_path / "out", names)
     classes = dict(re.findall(r"^\s+(\S+)\.png\s+.+? \(class (\d+),", printed.out, re.M))
     assert int(classes["chelsea"]) in range(281, 286) and classes["coffee"] == "967"
     assert classes["rocket"] in ("657", "744")
+    # the same command again resumes: nothing recomputed, same page
+    code, again = _run(tmp_path, capsys, [])
+    assert code == 0 and "nothing recomputed" in again.out and (tmp_path / "out" / "index.html").read_text() == page
+    # another n into the same output is refused in one line, naming the way out
+    code, other = _run(tmp_path, capsys, ["--n-samples", "8"])
+    assert code == 2 and "--overwrite" in other.err and other.err.strip().count("\n") == 0
