@@ -252,6 +252,8 @@ def model_identity(name: str, weights: str = "default", *, storage_options: dict
         files[_redact(value, storage_options)] = _file_sha(value, storage_options)
     elif weights.lower() not in ("default", "none"):
         files[_redact(weights, storage_options)] = _file_sha(weights, storage_options)
+    if kind == "py":  # the files a factory reads by itself (sources.py_files)
+        files.update(sources.py_files(value))
     return {"source": kind, "spec": _redact(name, storage_options), "weights": _redact(weights, storage_options),
             "files": files}
 

@@ -445,6 +445,15 @@ def _call_factory(value: str) -> tuple[nn.Module, Preprocess | None]:
     return out, pre
 
 
+def py_files(value: str) -> dict[str, str]:
+    """The weight files a factory reads by itself, ``{name: sha256}``, from its optional
+    ``weights_files`` attribute (a callable), so that the manifest and the config hash cover them."""
+    hook = getattr(_factory(value), "weights_files", None)
+    if not callable(hook):
+        return {}
+    return {str(k): str(v) for k, v in dict(hook()).items()}
+
+
 def resolve_py_preprocess(value: str) -> Preprocess:
     _, pre = _call_factory(value)
     return pre or imagenet_preprocess()
@@ -455,7 +464,7 @@ def load_py(value: str, weights: str, storage_options: dict | None) -> Source:
 
     spec = f"py:{value}"
     model, pre = _call_factory(value)
-    files: dict[str, str] = {}
+    files: dict[str, str] = py_files(value)
     categories = None
     shown = "(from the factory)"
     if weights.lower() not in ("default", "none"):
