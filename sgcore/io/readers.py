@@ -38,7 +38,7 @@ from sgcore.io._fs import url_to_fs
 from sgcore.io._retry import retry_call
 from sgcore.io.decode import DEFAULT_MAX_PIXELS, Geometry, decode_image
 from sgcore.io.failures import STORAGE_ERRORS, DecodeError
-from sgcore.io.labels import cached_labels, load_labels, lookup
+from sgcore.io.labels import LabelsFile, cached_labels, load_labels, lookup
 from sgcore.io.layouts import (
     ImageFiles,
     Layout,
@@ -83,7 +83,7 @@ def plan_shards(
     image_column: str | None = None,
     label_column: str | None = None,
     id_column: str | None = None,
-    labels: str | None = None,
+    labels: str | LabelsFile | None = None,
     storage_options: dict[str, Any] | None = None,
 ) -> list[ShardSpec]:
     """Lists the input and cuts it into shards.
@@ -96,7 +96,8 @@ def plan_shards(
         limit: only the first ``limit`` images, in listing order.
         input_format: ``auto``, ``images``, ``webdataset`` or ``parquet``.
         image_column, label_column, id_column: Parquet columns.
-        labels: CSV/Parquet file mapping image path -> label.
+        labels: CSV/Parquet file mapping image path -> label, or that file as
+            already read (:func:`~sgcore.io.labels.load_labels`).
         storage_options: fsspec options (credentials, endpoint).
 
     Files of other types are skipped, not failed.
@@ -122,9 +123,10 @@ def plan_shards(
     listing = list_input(url, storage_options)
     layout = _choose_layout(listing, input_format)
     # Read (and so check) the labels file here, before any work is scheduled.
-    table = load_labels(labels, storage_options) if labels else None
+    table = (load_labels(labels, storage_options) if labels else None) if isinstance(labels, str) else labels
     options = PlanOptions(shard_size=shard_size, limit=limit, image_column=image_column,
-                          label_column=label_column, id_column=id_column, labels=table, labels_url=labels)
+                          label_column=label_column, id_column=id_column, labels=table,
+                          labels_url=table.url if table is not None else None)
     shards = layout.plan(listing, options)
     return [dataclasses.replace(s, content=content_identity(s, listing.stamps)) for s in shards]
 
