@@ -136,13 +136,29 @@ def read_labels(url: str, storage_options: dict[str, Any] | None = None) -> dict
 
 
 @functools.lru_cache(maxsize=4)
-def _cached(url: str, options_json: str) -> dict[str, str]:
-    return read_labels(url, json.loads(options_json))
+def _cached(url: str, options_json: str, sha256: str | None) -> dict[str, str]:
+    table = load_labels(url, json.loads(options_json))
+    if sha256 is not None and table.sha256 != sha256:
+        raise InputError(
+            f"the labels table {url} changed while the job ran (sha256 {sha256[:12]}... -> "
+            f"{table.sha256[:12]}...); its rows would mix two labelings: rerun with --overwrite "
+            "once it no longer changes"
+        )
+    return table.mapping
 
 
-def cached_labels(url: str, storage_options: dict[str, Any] | None = None) -> dict[str, str]:
-    """:func:`read_labels`, read once per process (decode tasks of many shards share it)."""
-    return _cached(url, json.dumps(storage_options or {}, sort_keys=True, default=str))
+def cached_labels(url: str, storage_options: dict[str, Any] | None = None, *,
+                  sha256: str | None = None) -> dict[str, str]:
+    """:func:`read_labels`, read once per process (decode tasks of many shards share it).
+
+    Args:
+        sha256: the content the planner read (``ShardSpec.labels_sha256``): another
+            content is refused, never used (a cached copy is kept per content).
+
+    Raises:
+        InputError: the file is unusable, or its content is not ``sha256``.
+    """
+    return _cached(url, json.dumps(storage_options or {}, sort_keys=True, default=str), sha256)
 
 
 def lookup(labels: dict[str, str], image_id: str, source: str) -> str | None:

@@ -128,7 +128,9 @@ def plan_shards(
                           label_column=label_column, id_column=id_column, labels=table,
                           labels_url=table.url if table is not None else None)
     shards = layout.plan(listing, options)
-    return [dataclasses.replace(s, content=content_identity(s, listing.stamps)) for s in shards]
+    sha = table.sha256 if table is not None else None
+    return [dataclasses.replace(s, content=content_identity(s, listing.stamps),
+                                labels_sha256=sha if s.labels_url else None) for s in shards]
 
 
 def _choose_layout(listing: Listing, input_format: str) -> Layout:
@@ -155,7 +157,7 @@ def read_shard(spec: ShardSpec, storage_options: dict[str, Any] | None = None) -
     """Yields the shard's samples in order; unreadable ones carry an error."""
     samples = LAYOUTS[spec.kind].read(spec, storage_options)
     if spec.labels_url:  # tar/Parquet shards: sample ids are known only now
-        mapping = cached_labels(spec.labels_url, storage_options)
+        mapping = cached_labels(spec.labels_url, storage_options, sha256=spec.labels_sha256)
         for s in samples:
             yield RawSample(image_id=s.image_id, source=s.source, data=s.data, error=s.error,
                             label=lookup(mapping, s.image_id, s.source))
