@@ -488,7 +488,7 @@ def read_weights_bytes(url: str, storage_options: dict | None, *, what: str = "c
         raise ConfigError(f"{what} {shown} not found") from e
     except Exception as e:  # any backend error; `from None`: its text may hold secrets
         if isinstance(e, StorageAuthError) and e.__cause__ is not None:
-            e = e.__cause__  # type: ignore[assignment]  # the backend's own error, as before
+            e = e.__cause__  # the backend's own error, as before retrying
         reason = _redact(_reason(e), storage_options)
         if {c.__name__ for c in type(e).__mro__} & _NO_CREDENTIALS:  # botocore, matched by name
             reason += ("; set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, a profile (AWS_PROFILE), "

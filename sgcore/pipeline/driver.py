@@ -540,14 +540,14 @@ def _what_changed(config: JobConfig, old: Manifest, identity: dict[str, Any], pr
     pre = _diff(old.preprocess, json.loads(json.dumps(preprocess.to_dict())), empty="") if preprocess else ""
     model = _replaced(old.model.get("files"), identity.get("files"))
     if model:
-        name, was, now = model
+        name, was, is_ = model
         also = f"; preprocessing {pre}" if pre else ""
-        return (f"the model file {name} {since} (sha256 {was[:12]}... -> {now[:12]}...{also}); "
+        return (f"the model file {name} {since} (sha256 {was[:12]}... -> {is_[:12]}...{also}); "
                 f"its maps would mix two models: {way_out}")
     labels = _replaced(old.model.get("labels"), identity.get("labels"))
     if labels:
-        name, was, now = labels
-        return (f"the labels table {name} {since} (sha256 {was[:12]}... -> {now[:12]}...); "
+        name, was, is_ = labels
+        return (f"the labels table {name} {since} (sha256 {was[:12]}... -> {is_[:12]}...); "
                 f"its rows would mix two labelings: {way_out}")
     if pre:
         return f"the model's preprocessing {since} ({pre}); its maps would mix two preprocessings: {way_out}"
