@@ -34,7 +34,8 @@ describes the whole output and every invocation that wrote to it:
 - ``config`` (``JobConfig.public_dict()``: no storage options, which may hold
   secrets; every URL in the manifest has its credentials redacted, see
   :mod:`sgcore.redact`), ``config_hash``, ``preprocess`` (``Preprocess.to_dict()``) and
-  ``model`` (the model's source and the sha256 of its files): what made the maps.
+  ``model`` (the model's source and the sha256 of its files, sidecar included, and under
+  ``labels`` that of the ``--labels`` table): what made the maps.
 - ``created``, ``sgcore_version``, ``versions``, ``git_revision``: of the run
   that created the output; ``finished``: when the latest run ended (absent
   while the first run is under way).

@@ -229,7 +229,8 @@ def _load_source(name: str, kind: str, value: str, weights: str, storage_options
 def model_identity(name: str, weights: str = "default", *, storage_options: dict | None = None
                    ) -> dict[str, Any]:
     """What the manifest records about the model, without building it: the source,
-    the spec, the weights and the sha256 of every weights file, archive or directory.
+    the spec, the weights and the sha256 of every weights file, archive (and its
+    preprocessing sidecar) or directory.
 
     The job's config hash includes these hashes, so a checkpoint replaced at the
     same URL makes a resume refuse instead of mixing maps of two models.
@@ -250,6 +251,7 @@ def model_identity(name: str, weights: str = "default", *, storage_options: dict
         _, files = sources.hf_local_dir(value, storage_options)
     elif kind in sources.ARCHIVES:
         files[_redact(value, storage_options)] = _file_sha(value, storage_options)
+        files.update(sources.sidecar_files(value, storage_options))
     elif weights.lower() not in ("default", "none"):
         files[_redact(weights, storage_options)] = _file_sha(weights, storage_options)
     if kind == "py":  # the files a factory reads by itself (sources.py_files)
@@ -475,16 +477,22 @@ def read_weights_bytes(url: str, storage_options: dict | None, *, what: str = "c
     """The bytes at ``url`` (any fsspec URL or path); one-line ConfigErrors, no secrets."""
     import fsspec
 
-    from sgcore.io import check_url_credentials
+    from sgcore.io import StorageAuthError, check_url_credentials, retry_call
 
     check_url_credentials(url)
     shown = _redact(url, storage_options)
-    try:
+
+    def read() -> bytes:
         with fsspec.open(url, "rb", **(storage_options or {})) as f:
-            data = f.read()
+            return f.read()
+
+    try:
+        data = retry_call(read, what=f"read {what} {shown}")  # transient errors are retried
     except FileNotFoundError as e:
         raise ConfigError(f"{what} {shown} not found") from e
     except Exception as e:  # any backend error; `from None`: its text may hold secrets
+        if isinstance(e, StorageAuthError) and e.__cause__ is not None:
+            e = e.__cause__  # the backend's own error, as before retrying
         reason = _redact(_reason(e), storage_options)
         if {c.__name__ for c in type(e).__mro__} & _NO_CREDENTIALS:  # botocore, matched by name
             reason += ("; set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, a profile (AWS_PROFILE), "

@@ -4,8 +4,8 @@ archives and Python factories, each with the preprocessing it declares.
 ``--model`` spells the source as a prefix: ``timm:NAME``, ``hf:DIR_OR_URL_OR_HUB_ID``,
 ``torchscript:URL``, ``export:URL``, ``py:MODULE:CALLABLE``. Each loader returns
 the network (wrapped so that it returns logits), its :class:`Preprocess`, its
-categories, and the sha256 of every weights file it read (the manifest's
-provenance and part of the config hash).
+categories, and the sha256 of every weights file it read, an archive's
+preprocessing sidecar included (the manifest's provenance and part of the config hash).
 """
 
 from __future__ import annotations
@@ -331,7 +331,9 @@ def load_hf(value: str, storage_options: dict | None) -> Source:
 # --------------------------------------------------------------------------- archives
 
 
-def _sidecar(url: str, storage_options: dict | None) -> dict[str, Any] | None:
+def _sidecar(url: str, storage_options: dict | None) -> tuple[dict[str, Any], dict[str, str]] | None:
+    """The archive's ``<url>.preprocess.json`` and {its shown URL: sha256} (part of the job's
+    identity, like the archive's own bytes), or None when there is none."""
     from sgcore.models import registry as reg
 
     side = url + SIDECAR_SUFFIX
@@ -341,30 +343,41 @@ def _sidecar(url: str, storage_options: dict | None) -> dict[str, Any] | None:
         if "not found" in str(e):
             return None
         raise
+    shown = reg._redact(side, storage_options)
     try:
         obj = json.loads(data)
     except ValueError as e:
-        raise ConfigError(f"{reg._redact(side, storage_options)} is not JSON ({e})") from None
+        raise ConfigError(f"{shown} is not JSON ({e})") from None
     if not isinstance(obj, dict):
-        raise ConfigError(f"{reg._redact(side, storage_options)} must hold a JSON object")
-    return obj
+        raise ConfigError(f"{shown} must hold a JSON object")
+    return obj, {shown: reg.sha256_bytes(data)}
 
 
-def archive_preprocess(kind: str, url: str, storage_options: dict | None,
-                       overrides: dict[str, Any] | None) -> tuple[Preprocess, list[str] | None]:
-    """An archive's preprocessing: its ``<archive>.preprocess.json``, else a complete ``--preprocess``."""
+def sidecar_files(url: str, storage_options: dict | None) -> dict[str, str]:
+    """{shown URL: sha256} of an archive's preprocessing sidecar; empty when it has none."""
+    found = _sidecar(url, storage_options)
+    return found[1] if found is not None else {}
+
+
+def archive_preprocess(kind: str, url: str, storage_options: dict | None, overrides: dict[str, Any] | None
+                       ) -> tuple[Preprocess, list[str] | None, dict[str, str]]:
+    """An archive's preprocessing: its ``<archive>.preprocess.json``, else a complete ``--preprocess``.
+
+    Returns the preprocessing, the sidecar's categories and {sidecar URL: sha256} (empty without one).
+    """
     from sgcore.models import registry as reg
 
-    side = _sidecar(url, storage_options)
+    found = _sidecar(url, storage_options)
     categories = None
-    if side is not None:
+    if found is not None:
+        side, files = found
         body = side.get("preprocess", side)
         if "categories" in side:
             categories = [str(c) for c in side["categories"]]
             body = {k: v for k, v in body.items() if k != "categories"}
-        return Preprocess.from_dict(body), categories
+        return Preprocess.from_dict(body), categories, files
     if overrides and {"crop_size", "mean", "std"} <= set(overrides):
-        return Preprocess.from_dict(dict(overrides)), None
+        return Preprocess.from_dict(dict(overrides)), None, {}
     shown = reg._redact(url, storage_options)
     raise ConfigError(
         f"{kind}:{shown} declares no preprocessing: write {shown}{SIDECAR_SUFFIX} "
@@ -379,7 +392,7 @@ def load_archive(kind: str, url: str, storage_options: dict | None,
 
     shown = reg._redact(url, storage_options)
     data = reg.read_weights_bytes(url, storage_options, what=f"{kind} archive")
-    pre, categories = archive_preprocess(kind, url, storage_options, overrides)
+    pre, categories, side_files = archive_preprocess(kind, url, storage_options, overrides)
     how = ("torch.jit.save(torch.jit.script(model), path)" if kind == "torchscript"
            else "torch.export.save(torch.export.export(model, (x,)), path)")
     what = "TorchScript" if kind == "torchscript" else "torch.export (.pt2)"
@@ -398,7 +411,8 @@ def load_archive(kind: str, url: str, storage_options: dict | None,
     finally:
         export_log.setLevel(level)
     return Source(model=Classifier(model, frozen_mode=kind == "export"), preprocess=pre,
-                  categories=categories, weights="(in the archive)", files={shown: reg.sha256_bytes(data)})
+                  categories=categories, weights="(in the archive)",
+                  files={shown: reg.sha256_bytes(data), **side_files})
 
 
 # --------------------------------------------------------------------------- Python factories

@@ -46,6 +46,7 @@ from sgcore.io import (
     storage_policy,
 )
 from sgcore.io._fs import is_local
+from sgcore.io.labels import LabelsFile, load_labels
 from sgcore.io.lease import Lease, LeaseLost
 from sgcore.io.output import now
 from sgcore.models import Preprocess, check_base, model_identity, resolve_preprocess
@@ -92,17 +93,29 @@ def plan_fingerprint(shards: list[ShardSpec]) -> str:
     return h.hexdigest()[:16]
 
 
-def job_hash(config: JobConfig, identity: dict[str, Any]) -> str:
-    """The config hash, with the sha256 of the model's weights files when it read any.
+def job_hash(config: JobConfig, identity: dict[str, Any], preprocess: Preprocess) -> str:
+    """The config hash with the content of every other input that decides the rows.
 
-    Parts carry it: a resume after a checkpoint changed at the same URL finds no
-    part of its own and is refused by :func:`_guard_output`.
+    That is the sha256 of the model's files (weights, archive and its preprocessing
+    sidecar, directory), of the ``--labels`` table, and the resolved preprocessing
+    (whatever declared it: flags, sidecar, checkpoint, library or a ``py:`` factory).
+    Parts carry it: a resume after one of them changed at the same URL finds no part
+    of its own and is refused by :func:`_guard_output`, naming what changed.
     """
-    files = identity.get("files") or {}
-    if not files:
-        return config.config_hash()
-    blob = json.dumps({"config": config.config_hash(), "files": files}, sort_keys=True)
+    blob = json.dumps({"config": config.config_hash(), "files": identity.get("files") or {},
+                       "labels": identity.get("labels") or {}, "preprocess": preprocess.to_dict()},
+                      sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _labels_on_driver(config: JobConfig, identity: dict[str, Any]) -> LabelsFile | None:
+    """The ``--labels`` table, read once here; its sha256 goes into ``identity`` (the manifest's
+    ``model`` record, next to the model's files) and so into the config hash."""
+    if not config.labels:
+        return None
+    table = load_labels(config.labels, config.storage_options)
+    identity["labels"] = {config.labels: table.sha256}
+    return table
 
 
 def _model_on_driver(config: JobConfig) -> tuple[Preprocess, dict[str, Any]]:
@@ -171,13 +184,14 @@ def _run_job(config: JobConfig) -> JobResult:
             raise ConfigError(str(e)) from None
     check_base(config.model, config.base)
     preprocess, identity = _model_on_driver(config)
+    labels = _labels_on_driver(config, identity)
     shards = plan_shards(
         config.input, shard_size=config.shard_size, limit=config.limit,
         input_format=config.input_format, image_column=config.image_column,
         label_column=config.label_column, id_column=config.id_column,
-        labels=config.labels, storage_options=config.storage_options,
+        labels=labels, storage_options=config.storage_options,
     )
-    chash = job_hash(config, identity)
+    chash = job_hash(config, identity, preprocess)
     fingerprint = plan_fingerprint(shards)
     out = OutputDir(config.output, config.storage_options)
     if out.is_local_file():
@@ -202,7 +216,7 @@ def _run_claimed(config: JobConfig, out: OutputDir, lease: Lease, preprocess: Pr
                  identity: dict[str, Any], shards: list[ShardSpec], chash: str, fingerprint: str, *,
                  t0: float, started: str) -> JobResult:
     """The run proper, under ``lease``."""
-    _guard_output(config, out, chash, fingerprint, identity)
+    _guard_output(config, out, chash, fingerprint, identity, preprocess)
     removed = out.remove_temp_files()  # safe under the lease: no other writer is alive
     if removed:
         log.info("removed %s of a writer that died: %s", plural(len(removed), "temporary file"),
@@ -495,7 +509,7 @@ def _error_rows(config: JobConfig, spec: ShardSpec, decoded: Any, message: str,
 
 
 def _guard_output(config: JobConfig, out: OutputDir, chash: str, fingerprint: str,
-                  identity: dict[str, Any] | None = None) -> None:
+                  identity: dict[str, Any] | None = None, preprocess: Preprocess | None = None) -> None:
     """Refuses to mix two configs (or two input listings) in one output."""
     old = out.read_manifest()
     if old is None:
@@ -506,26 +520,44 @@ def _guard_output(config: JobConfig, out: OutputDir, chash: str, fingerprint: st
     if not out.has_parts():
         return  # a run that stopped before writing anything (bad weights, say)
     if old.config_hash != chash:
-        old_files = old.model.get("files") or {}
-        new_files = (identity or {}).get("files") or {}
-        replaced = [f for f in new_files if f in old_files and old_files[f] != new_files[f]]
-        if replaced and not _diff(old.config, config.result_fields(), empty=""):
-            f = replaced[0]
-            raise ConfigError(
-                f"the model file {f} changed since {config.output} was written (sha256 "
-                f"{old_files[f][:12]}... -> {new_files[f][:12]}...); its maps would mix two models: "
-                "use a new --output, or pass --overwrite to replace them"
-            )
-        changed = _diff(old.config, config.result_fields())
-        raise ConfigError(
-            f"{config.output} holds results of another config (changed: {changed}); "
-            "use a new --output, or pass --overwrite to replace them"
-        )
+        raise ConfigError(_what_changed(config, old, identity or {}, preprocess))
     if old.plan.fingerprint != fingerprint:
         raise ConfigError(
             f"the input listing of {config.input} changed since {config.output} was written "
             "(files added or removed); use a new --output, or pass --overwrite"
         )
+
+
+def _what_changed(config: JobConfig, old: Manifest, identity: dict[str, Any], preprocess: Preprocess | None) -> str:
+    """Why ``old`` is of another job, in one line: a flag, else a file (model, labels) whose
+    content changed at the same URL, else the resolved preprocessing."""
+    way_out = "use a new --output, or pass --overwrite to replace them"
+    since = f"changed since {config.output} was written"
+    flags = _diff(old.config, config.result_fields(), empty="")
+    if flags:
+        return f"{config.output} holds results of another config (changed: {flags}); {way_out}"
+    # JSON both sides: the manifest holds lists where to_dict() may hold tuples.
+    pre = _diff(old.preprocess, json.loads(json.dumps(preprocess.to_dict())), empty="") if preprocess else ""
+    model = _replaced(old.model.get("files"), identity.get("files"))
+    if model:
+        name, was, is_ = model
+        also = f"; preprocessing {pre}" if pre else ""
+        return (f"the model file {name} {since} (sha256 {was[:12]}... -> {is_[:12]}...{also}); "
+                f"its maps would mix two models: {way_out}")
+    labels = _replaced(old.model.get("labels"), identity.get("labels"))
+    if labels:
+        name, was, is_ = labels
+        return (f"the labels table {name} {since} (sha256 {was[:12]}... -> {is_[:12]}...); "
+                f"its rows would mix two labelings: {way_out}")
+    if pre:
+        return f"the model's preprocessing {since} ({pre}); its maps would mix two preprocessings: {way_out}"
+    return f"{config.output} holds results of another config (changed: sgcore version); {way_out}"
+
+
+def _replaced(old: dict[str, str] | None, new: dict[str, str] | None) -> tuple[str, str, str] | None:
+    """The first file of ``new`` that ``old`` recorded with another sha256: (name, old, new)."""
+    old, new = old or {}, new or {}
+    return next(((f, old[f], new[f]) for f in new if f in old and old[f] != new[f]), None)
 
 
 def _diff(old: dict[str, Any], new: dict[str, Any], empty: str = "sgcore version") -> str:
