@@ -415,8 +415,8 @@ def open_results_dir(
             missing.append(f"{part_name(sid)} ({found[0]} bytes, {entry.size} when committed)")
     if missing and not allow_partial:
         raise InputError(
-            f"results at {url} lack {len(missing)} of the {sum(e.status in PART_STATUSES for e in manifest.shards.values())} "
-            f"parts its {MANIFEST_NAME} records as written: {', '.join(missing[:10])}"
+            f"results at {url}: {len(missing)} of the {sum(e.status in PART_STATUSES for e in manifest.shards.values())} "
+            f"parts its {MANIFEST_NAME} records are gone or changed: {', '.join(missing[:10])}"
             f"{', ...' if len(missing) > 10 else ''}; rerun the job (the same command) to redo them, "
             "or pass allow_partial=True (--allow-partial)"
         )

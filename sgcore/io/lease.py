@@ -53,7 +53,7 @@ from sgcore.io.output import LEASE_NAME, is_precondition_failed
 DEFAULT_TTL_S = 120.0
 # How long a lock on the lease file is waited for: a holder frozen inside its
 # (millisecond) critical section must not hang every other run forever.
-LOCK_WAIT_S = 30.0
+LOCK_WAIT_S = 10.0
 
 
 def default_ttl() -> float:
@@ -335,6 +335,7 @@ class Lease:
         self._path = self._file.path
         self._started = time.time()
         self._lost: str | None = None
+        self._missing = 0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -354,7 +355,10 @@ class Lease:
         try:
             held = self._swap(lambda cur: cur is None or self._ours(cur) or cur.expired(), take=True)
         except TimeoutError as e:
-            raise OutputBusy(f"cannot claim {self.output}: {e}") from None
+            # Its holder hangs inside a commit (a stalled disk): it still holds the output.
+            held = self._peek()
+            if held is None:
+                raise OutputBusy(f"cannot claim {self.output}: {e}") from None
         if held is not None:
             raise OutputBusy(
                 f"{self.output} is being written by {held.describe()}; wait for it to finish or "
@@ -366,7 +370,10 @@ class Lease:
         held = self._swap(lambda cur: cur is not None and self._ours(cur) and not cur.released)
         if held is not None:
             self._lost = f"another run took over {self.output}: {held.describe()}"
-        elif self._lost is None and self.read() is None:
+            return
+        # Absent or unreadable twice in a row (not a writer caught mid-write): removed.
+        self._missing = self._missing + 1 if self.read() is None else 0
+        if self._lost is None and self._missing >= 2:
             self._lost = f"the claim on {self.output} ({self.url}) was removed"
 
     def check(self) -> None:
@@ -401,9 +408,25 @@ class Lease:
 
     def read(self) -> LeaseInfo | None:
         """The live or expired claim on the output; None when it is free (absent or released)."""
-        with self._file.locked() as handle:
-            cur = self._file.read(handle)[0]
+        try:
+            with self._file.locked() as handle:
+                cur = self._file.read(handle)[0]
+        except TimeoutError:
+            cur = self._peek()
         return None if cur is None or cur.released else cur
+
+    def _peek(self) -> LeaseInfo | None:
+        """The lease as it reads without the lock (only to name a holder that hangs while holding it)."""
+        if self._file.kind != "local":
+            return self._file.read(None)[0]
+        try:
+            fd = os.open(self._file.path, os.O_RDONLY)
+        except OSError:
+            return None
+        try:
+            return self._file.read(fd)[0]
+        finally:
+            os.close(fd)
 
     def __enter__(self) -> Lease:
         self.acquire()

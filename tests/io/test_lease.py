@@ -122,3 +122,37 @@ def test_a_garbled_lease_claims_nothing(tmp_path):
     (tmp_path / "out" / "_lease.json").write_bytes(b'{"run_id": "half')
     assert LeaseInfo.from_json(b'{"run_id": "half') is None
     claim(out, run_id="fresh").acquire()
+
+
+def _dead_pid() -> int:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid  # reaped: no process of that pid here now
+
+
+@pytest.mark.parametrize("pidns", ["pid:[4026531836999]", None])
+def test_a_live_holder_in_another_pid_namespace_is_not_taken_over(tmp_path, pidns):
+    # Same hostname (host-network containers, pods on one node), a pid we cannot see,
+    # a fresh heartbeat: the holder is alive in its own namespace.
+    import socket
+
+    out = Out(str(tmp_path / "out"))
+    _plant(out, host=socket.gethostname(), pid=_dead_pid(), pidns=pidns, boot="another-boot", epoch=4)
+    with pytest.raises(OutputBusy, match=r"is being written by run other on "):
+        claim(out, run_id="mine").acquire()
+    _plant(out, host=socket.gethostname(), pid=_dead_pid(), heartbeat=time.time() - 61, epoch=4)
+    mine = claim(out, run_id="mine")
+    mine.acquire()  # its heartbeat stopped: expired
+    assert mine.read().run_id == "mine" and mine.fence.epoch == 5
+
+
+def test_the_epoch_grows_with_every_holder_and_survives_a_release(output):
+    epochs = []
+    for k in range(3):
+        lease = claim(output, run_id=f"r{k}")
+        lease.acquire()
+        lease.acquire()  # ours already: same epoch
+        epochs.append(lease.fence.epoch)
+        lease.release()
+        assert lease.read() is None  # released: free, and the file keeps the epoch
+    assert epochs == [1, 2, 3]
