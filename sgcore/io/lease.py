@@ -369,7 +369,7 @@ class Lease:
         """Refreshes the heartbeat; marks the lease lost when another run holds it."""
         held = self._swap(lambda cur: cur is not None and self._ours(cur) and not cur.released)
         if held is not None:
-            self._lost = f"another run took over {self.output}: {held.describe()}"
+            self._lost = str(self.fence.lost(held))
             return
         # Absent or unreadable twice in a row (not a writer caught mid-write): removed.
         self._missing = self._missing + 1 if self.read() is None else 0

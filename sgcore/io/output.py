@@ -8,8 +8,8 @@ layout (DESIGN.md contract 5) under the output URL::
                              rows, ok, errors
     maps/part-<shard>.npz    only with --format npz: the maps, keyed by the rows' map_key
     _manifest.json           a Manifest (schema below)
-    _lease.json              the claim of the run writing now (sgcore.io.lease)
-    _SUCCESS                 written last, only when every shard is committed
+    _lease.json              the claim of the run writing now, or released (sgcore.io.lease)
+    _SUCCESS                 written last, only when every shard is committed: the run's fence
     .<name>.tmp-<hex>        a local commit in progress (TEMP_GLOB)
 
 Every name that is not data starts with ``_`` or ``.``, so pyarrow, pandas,
@@ -45,6 +45,12 @@ describes the whole output and every invocation that wrote to it:
   ``seconds``, ``node``/``pid``/``device``, ``finished`` and ``run`` (1-based
   index into ``runs``) as recorded by the run that wrote its part; a resume
   keeps them for the shards it skips. A key the run did not record is absent.
+  The commit of its part (:data:`COMMIT_KEYS`): ``epoch`` and ``token`` (the
+  writer's lease fence, also in the part's footer), ``size``, ``sha256`` and
+  ``stamp`` (local ``mtime_ns`` or the object's ETag): readers and resumes
+  count a part only when its footer's fence is this one.
+- ``epoch``, ``token``: the fence of the run that wrote the manifest (each run
+  entry holds its own too); ``_SUCCESS`` holds the same, as JSON.
 - ``runs``: one :class:`RunEntry` per invocation that reached the plan,
   appended across resumes of the same config (``--overwrite`` starts a new
   list): ``started``, ``finished``, ``status``, ``seconds``, ``shards`` (run by

@@ -92,7 +92,7 @@ def test_heartbeat_renews_and_a_takeover_is_noticed(output):
         deadline = time.time() + 5
         while time.time() < deadline and lease._lost is None:
             time.sleep(0.05)
-        with pytest.raises(LeaseLost, match="another run took over .*run thief on elsewhere"):
+        with pytest.raises(LeaseLost, match=r"run beating \(lease epoch 1\) lost its claim on .*: now run thief on elsewhere"):
             lease.check()
     assert lease.read().run_id == "thief", "release leaves someone else's lease alone"
 
