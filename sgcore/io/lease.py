@@ -355,9 +355,11 @@ class Lease:
         try:
             held = self._swap(lambda cur: cur is None or self._ours(cur) or cur.expired(), take=True)
         except TimeoutError as e:
-            # Its holder hangs inside a commit (a stalled disk): it still holds the output.
+            # The lock's holder hangs inside its critical section (frozen, a stalled disk).
             held = self._peek()
-            if held is None:
+            if held is not None and held.expired() and self._file.kind == "local":
+                held = self._steal(held)  # and its heartbeat stopped long ago: take the claim over
+            elif held is None:
                 raise OutputBusy(f"cannot claim {self.output}: {e}") from None
         if held is not None:
             raise OutputBusy(
@@ -414,6 +416,27 @@ class Lease:
         except TimeoutError:
             cur = self._peek()
         return None if cur is None or cur.released else cur
+
+    def _steal(self, cur: LeaseInfo) -> LeaseInfo | None:
+        """Takes an expired claim whose lock a frozen holder keeps: a new lease file (a new inode).
+
+        The frozen process holds the lock of the old file; whatever it writes
+        there when it thaws is invisible, and its next check (which opens the
+        path again) finds this claim. Returns the holder when another run stole
+        it at the same time and won.
+        """
+        from sgcore.io.output import temp_path
+
+        self.epoch = cur.epoch + 1
+        tmp = temp_path(self._path)
+        with open(tmp, "wb") as f:
+            f.write(self._info().to_json())
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self._path)
+        with self._file.locked() as handle:
+            back = self._file.read(handle)[0]
+        return None if back is not None and self._ours(back) else back
 
     def _peek(self) -> LeaseInfo | None:
         """The lease as it reads without the lock (only to name a holder that hangs while holding it)."""

@@ -156,3 +156,27 @@ def test_the_epoch_grows_with_every_holder_and_survives_a_release(output):
         lease.release()
         assert lease.read() is None  # released: free, and the file keeps the epoch
     assert epochs == [1, 2, 3]
+
+
+def test_an_expired_holder_frozen_inside_its_lock_is_taken_over(tmp_path, monkeypatch):
+    import fcntl
+    import os
+
+    import sgcore.io.lease as lease_mod
+
+    out = Out(str(tmp_path / "out"))
+    _plant(out, heartbeat=time.time() - 61, epoch=7)
+    fd = os.open(f"{out.path}/_lease.json", os.O_RDWR)
+    fcntl.flock(fd, fcntl.LOCK_EX)  # the holder froze inside its critical section
+    monkeypatch.setattr(lease_mod, "LOCK_WAIT_S", 0.2)
+    monkeypatch.setattr(lease_mod._LeaseFile.locked, "__defaults__", (0.2,))
+    try:
+        mine = claim(out, run_id="mine")
+        mine.acquire()
+        assert mine.fence.epoch == 8 and mine.read().run_id == "mine"
+        mine.fence.check()  # the new lease file is not the frozen one's
+        os.lseek(fd, 0, os.SEEK_SET)
+        os.write(fd, b'{"run_id": "other"}')  # what it writes once thawed lands in the old file
+        mine.fence.check()
+    finally:
+        os.close(fd)
