@@ -47,8 +47,8 @@ from sgcore.io import (
 )
 from sgcore.io._fs import is_local
 from sgcore.io.labels import LabelsFile, load_labels
-from sgcore.io.lease import Lease, LeaseLost
-from sgcore.io.output import now
+from sgcore.io.lease import Fence, Lease, LeaseLost
+from sgcore.io.output import LEASE_NAME, now
 from sgcore.models import Preprocess, check_base, model_identity, resolve_preprocess
 from sgcore.models.sources import split_spec
 from sgcore.pipeline._faults import parse_faults
@@ -205,18 +205,32 @@ def _run_job(config: JobConfig) -> JobResult:
     try:
         return _run_claimed(config, out, lease, preprocess, identity, shards, chash, fingerprint,
                             t0=t0, started=started)
+    except LeaseLost as e:
+        # Another run holds the output now: nothing more of ours may land there.
+        raise JobFailed(f"{e}; stopped without writing more to {config.output}") from None
     finally:
-        lease.release()
-        if new_dir:  # a run that never started leaves no folder made only for its claim
+        # A run that never started leaves no folder made only for its claim; otherwise the
+        # released lease stays, so that the next holder's epoch is higher.
+        empty = new_dir and _only_the_lease(out)
+        lease.release(remove=empty)
+        if empty:
             with contextlib.suppress(OSError):
                 os.rmdir(out.path)
+
+
+def _only_the_lease(out: OutputDir) -> bool:
+    try:
+        return os.listdir(out.path) == [LEASE_NAME]
+    except OSError:
+        return False
 
 
 def _run_claimed(config: JobConfig, out: OutputDir, lease: Lease, preprocess: Preprocess,
                  identity: dict[str, Any], shards: list[ShardSpec], chash: str, fingerprint: str, *,
                  t0: float, started: str) -> JobResult:
-    """The run proper, under ``lease``."""
-    _guard_output(config, out, chash, fingerprint, identity, preprocess)
+    """The run proper, under ``lease``: every file it makes visible carries the lease's fence."""
+    fence = lease.fence
+    _guard_output(config, out, chash, fingerprint, identity, preprocess, fence)
     removed = out.remove_temp_files()  # safe under the lease: no other writer is alive
     if removed:
         log.info("removed %s of a writer that died: %s", plural(len(removed), "temporary file"),
@@ -225,16 +239,16 @@ def _run_claimed(config: JobConfig, out: OutputDir, lease: Lease, preprocess: Pr
     old = None if config.overwrite else out.read_manifest()
     if old is not None and old.config_hash != chash:
         old = None
-    committed = _committed_shards(out, shards, chash)
+    committed = _committed_shards(out, shards, chash, old)
     todo = [s for s in shards if s.shard_id not in committed]
     fresh = out.read_manifest() is None
-    run = RunEntry.begin(started, shards=len(todo), skipped=len(committed))
+    run = RunEntry.begin(started, shards=len(todo), skipped=len(committed), fence=fence)
     manifest = Manifest.begin(config=config.public_dict(), config_hash=chash, preprocess=preprocess.to_dict(),
                               model=identity, fingerprint=fingerprint, shards=shards, committed=committed,
                               previous=old, run=run)
     if todo:
-        out.remove_success()
-        out.write_manifest(manifest)
+        out.remove_success(fence)
+        out.write_manifest(manifest, fence)
 
     result = JobResult(output=config.output, shards=len(shards), shards_skipped=len(committed))
     progress = Progress(sum(s.size for s in shards), len(shards), enabled=config.progress)
@@ -261,7 +275,7 @@ def _run_claimed(config: JobConfig, out: OutputDir, lease: Lease, preprocess: Pr
             _on_sigterm()
             scheduler = None
             try:
-                scheduler = _Scheduler(config, chash, preprocess, todo, manifest, result, progress, lease)
+                scheduler = _Scheduler(config, chash, preprocess, todo, manifest, result, progress, lease, fence)
                 # What the replicas really hold (a CPU-only cluster: 0 GPUs, whatever was asked).
                 run.gpus_per_actor = scheduler.plan.num_gpus
                 run.gpus_per_actor_requested = config.gpus_per_actor
@@ -283,10 +297,10 @@ def _run_claimed(config: JobConfig, out: OutputDir, lease: Lease, preprocess: Pr
         status = "failed"
         storage_failure = e
         raise
-    except LeaseLost as e:
+    except LeaseLost:
         # Another run holds the output now: its manifest is not ours to write.
         status, lost = "failed", True
-        raise JobFailed(f"{e}; stopped without writing more to {config.output}") from None
+        raise
     except (ConfigError, InputError):
         # A run that never started (a replica refused the settings) leaves nothing.
         never_started = fresh and not out.has_parts()
@@ -310,23 +324,23 @@ def _run_claimed(config: JobConfig, out: OutputDir, lease: Lease, preprocess: Pr
         if lost:
             pass
         elif never_started:
-            out.remove_manifest()
+            out.remove_manifest(fence)
         else:
-            _write_final_manifest(config, out, manifest, storage_failure)
+            _write_final_manifest(config, out, manifest, storage_failure, fence)
     if status == "complete":
-        out.write_success()
+        out.write_success(fence)
     return result
 
 
 def _write_final_manifest(config: JobConfig, out: OutputDir, manifest: Manifest,
-                          storage_failure: StorageFailed | None) -> None:
+                          storage_failure: StorageFailed | None, fence: Fence) -> None:
     """The run's last manifest write; while storage is down, a short try that names the shards."""
     if storage_failure is None:
-        out.write_manifest(manifest)
+        out.write_manifest(manifest, fence)
         return
     previous = set_default_policy(storage_policy(min(config.storage_retry_s, 5.0)))
     try:
-        out.write_manifest(manifest)
+        out.write_manifest(manifest, fence)
     except OSError as e:
         raise StorageFailed(f"{storage_failure}; the manifest could not be written either ({e})") from None
     finally:
@@ -341,9 +355,10 @@ class _Scheduler:
 
     def __init__(self, config: JobConfig, chash: str, preprocess: Preprocess,
                  todo: list[ShardSpec], manifest: Manifest, result: JobResult,
-                 progress: Progress, lease: Lease | None = None):
+                 progress: Progress, lease: Lease | None = None, fence: Fence | None = None):
         self.config = config
         self.lease = lease
+        self.fence = fence
         self.chash = chash
         self.preprocess = preprocess
         self.pending: deque[tuple[ShardSpec, int]] = deque((s, 0) for s in todo)
@@ -371,7 +386,7 @@ class _Scheduler:
     def _new_actor(self) -> Any:
         driver = (ray.get_runtime_context().get_node_id(), os.getpid())
         return remote_actor.options(**self.plan.actor_options()).remote(
-            self.config, self.plan.use_gpu, self.cpu_threads, driver, self.tally
+            self.config, self.plan.use_gpu, self.cpu_threads, driver, self.tally, self.fence
         )
 
     def _maybe_grow(self) -> None:
@@ -437,6 +452,8 @@ class _Scheduler:
             self._retry(spec, attempt, f"actor died: {short_error(e)}", decoded)
             return
         except ray.exceptions.RayTaskError as e:
+            if isinstance(e.cause, LeaseLost):  # another run holds the output: stop, commit nothing more
+                raise e.cause from None
             if isinstance(e.cause, ConfigError | InputError):
                 # bad settings, or a model that fails on every input (ModelError)
                 raise e.cause from None
@@ -486,8 +503,8 @@ class _Scheduler:
         # missing part is redone all the same.
         previous = set_default_policy(storage_policy(min(self.config.storage_retry_s, 5.0))) if storage else None
         try:
-            write_part(self.config, self.preprocess, spec.shard_id, rows, config_hash=self.chash,
-                       content=spec.content, status="failed")
+            commit = write_part(self.config, self.preprocess, spec.shard_id, rows, config_hash=self.chash,
+                                content=spec.content, status="failed", fence=self.fence)
         except OSError as e:
             if not storage:
                 raise
@@ -495,7 +512,7 @@ class _Scheduler:
         finally:
             if previous is not None:
                 set_default_policy(previous)
-        self.recorder.record(Failed(ShardSummary.of(spec.shard_id, rows, attempt=attempt), reason))
+        self.recorder.record(Failed(ShardSummary.of(spec.shard_id, rows, attempt=attempt, commit=commit), reason))
 
 
 def _error_rows(config: JobConfig, spec: ShardSpec, decoded: Any, message: str,
@@ -509,13 +526,16 @@ def _error_rows(config: JobConfig, spec: ShardSpec, decoded: Any, message: str,
 
 
 def _guard_output(config: JobConfig, out: OutputDir, chash: str, fingerprint: str,
-                  identity: dict[str, Any] | None = None, preprocess: Preprocess | None = None) -> None:
+                  identity: dict[str, Any] | None = None, preprocess: Preprocess | None = None,
+                  fence: Fence | None = None) -> None:
     """Refuses to mix two configs (or two input listings) in one output."""
     old = out.read_manifest()
     if old is None:
+        if config.overwrite and out.has_parts():
+            out.clear(fence)  # parts without a manifest (an --overwrite stopped half way)
         return
     if config.overwrite:
-        out.clear()
+        out.clear(fence)  # _SUCCESS and the manifest first, then the parts
         return
     if not out.has_parts():
         return  # a run that stopped before writing anything (bad weights, say)
@@ -565,9 +585,19 @@ def _diff(old: dict[str, Any], new: dict[str, Any], empty: str = "sgcore version
     return ", ".join(f"{k}: {old.get(k)!r} -> {new[k]!r}" for k in keys) or empty
 
 
-def _committed_shards(out: OutputDir, shards: list[ShardSpec], chash: str) -> dict[str, dict[str, Any]]:
-    """Shards whose part was committed under this config hash -> its footer (resume skips them)."""
-    done, changed = out.committed_parts(chash, {s.shard_id: s.content for s in shards})
+def _committed_shards(out: OutputDir, shards: list[ShardSpec], chash: str,
+                      manifest: Manifest | None) -> dict[str, dict[str, Any]]:
+    """Shards whose part was committed under this config hash -> its footer (resume skips them).
+
+    Only parts that ``manifest``'s runs committed count (their lease fence in the
+    footer; the size, stamp and sha256 it recorded): a part of a writer that had
+    lost the output, or one whose bytes changed, is redone and named.
+    """
+    done, changed, suspect = out.committed_parts(chash, {s.shard_id: s.content for s in shards},
+                                                 manifest=manifest, fenced=True)
+    if suspect:
+        log.warning("%s not counted as committed, redoing: %s%s", plural(len(suspect), "part"),
+                    "; ".join(suspect[:10]), "; ..." if len(suspect) > 10 else "")
     if changed:
         message = (f"the input files of {plural(len(changed), 'shard')} changed since they were written "
                    f"(size or modification stamp): {', '.join(changed[:10])}"

@@ -26,9 +26,9 @@ from sgcore.io import (
     encode_part,
     npz_url,
     part_url,
-    read_manifest,
     write_bytes,
 )
+from sgcore.io.output import sha256_hex
 from sgcore.models import LoadedModel, Preprocess, check_base, load_model, with_score
 from sgcore.redact import redact_text, redact_url
 from sgcore.seeds import image_seed
@@ -192,23 +192,25 @@ class ShardProcessor:
     # ----------------------------------------------------------------- write
     def process(self, decoded: DecodedShard, *, config_hash: str, attempt: int = 0,
                 before_commit: Callable[[], None] | None = None,
-                on_batch: Callable[[int], None] | None = None) -> ShardSummary:
+                on_batch: Callable[[int], None] | None = None, fence: Any = None) -> ShardSummary:
         """Computes a shard's rows and commits its part; returns its summary.
 
         Args:
             before_commit: called just before the part is written; raising there
                 commits nothing (the actor checks that its driver still runs).
             on_batch: see :meth:`compute_rows`.
+            fence: the run's lease fence (:func:`write_part`); None writes unfenced.
         """
         t0 = time.perf_counter()
         rows = self.compute_rows(decoded, on_batch)
         seconds_compute = time.perf_counter() - t0
         if before_commit is not None:
             before_commit()
-        write_part(self.config, self.loaded.preprocess, decoded.shard_id, rows, config_hash=config_hash,
-                   content=decoded.content)
+        commit = write_part(self.config, self.loaded.preprocess, decoded.shard_id, rows, config_hash=config_hash,
+                            content=decoded.content, fence=fence)
         return ShardSummary.of(decoded.shard_id, rows, seconds=time.perf_counter() - t0,
-                               seconds_compute=seconds_compute, attempt=attempt, finished=time.time())
+                               seconds_compute=seconds_compute, attempt=attempt, finished=time.time(),
+                               commit=commit)
 
 
 def class_target(target: str, categories: list[str] | None, num_classes: int) -> int | None:
@@ -355,6 +357,7 @@ class ShardSummary:
     node: str | None = None
     device: str | None = None
     max_rss_mb: float | None = None
+    commit: dict[str, Any] | None = None  # the part as committed: fence, size, sha256, stamp
 
     @classmethod
     def of(cls, shard_id: str, rows: Sequence[ResultRow], **extra: Any) -> ShardSummary:
@@ -375,7 +378,8 @@ def write_part(
     config_hash: str,
     status: str = "committed",
     content: str | None = None,
-) -> None:
+    fence: Any = None,
+) -> dict[str, Any]:
     """Encodes and commits one shard (npz first, so the Parquet part marks commit).
 
     The worker commits a processed shard and the driver the error rows of one
@@ -389,35 +393,43 @@ def write_part(
             shard that failed every attempt. A rerun skips only committed parts.
         content: the identity of the shard's input files (``ShardSpec.content``);
             a rerun redoes the shard when it differs from the listing's.
+        fence: the run's :class:`sgcore.io.lease.Fence`: its epoch and token go
+            into the footer, and each file becomes visible only while the run
+            holds the output (:func:`sgcore.io.write_bytes`).
+
+    Returns:
+        The commit record the manifest keeps (:data:`sgcore.io.output.COMMIT_KEYS`):
+        the fence's epoch and token, the part's size, sha256 and stamp.
+
+    Raises:
+        LeaseLost: the run lost the output; nothing more was made visible.
     """
     if status not in PART_STATUSES:
         raise ValueError(f"status must be one of {', '.join(PART_STATUSES)}; got {status!r}")
+    stamp = fence.stamp() if fence is not None else {}
     meta = {"config_hash": config_hash, "status": status, "content": content,
-            **ShardSummary.of(shard_id, rows).counts()}
+            **ShardSummary.of(shard_id, rows).counts(), **stamp}
     parquet, npz = encode_part(rows, map_shape=preprocess.map_shape, metadata=meta, fmt=config.format,
                                channels=preprocess.channels if config.store_full else None)
     if npz is not None:
-        write_bytes(npz_url(config.output, shard_id), npz, config.storage_options)
-    write_bytes(part_url(config.output, shard_id), parquet, config.storage_options)
+        write_bytes(npz_url(config.output, shard_id), npz, config.storage_options, fence=fence)
+    written = write_bytes(part_url(config.output, shard_id), parquet, config.storage_options, fence=fence)
+    return {"epoch": stamp.get("epoch"), "token": stamp.get("token"), "size": len(parquet),
+            "sha256": sha256_hex(parquet), "stamp": written}
 
 
-def check_owner(config: JobConfig, shard_id: str, config_hash: str) -> None:
-    """Refuses to commit ``shard_id`` unless the output's manifest is of ``config_hash``.
+def check_owner(config: JobConfig, shard_id: str, fence: Any) -> None:
+    """Refuses to commit ``shard_id`` unless this run still holds the output (its lease fence).
 
-    The driver's lease keeps a second writer out; this catches one that got in
-    anyway (a store without conditional writes, a lease that expired while this
-    run hung), so that no part of another config lands under a manifest.
+    One small read of ``_lease.json`` (not of the manifest): the cost of a
+    commit does not grow with the output. The commit itself checks again where
+    it takes effect (:meth:`sgcore.io.lease.Fence.held`).
 
     Raises:
-        ConfigError: the manifest is missing or of another config.
+        LeaseLost: another run holds the output now, naming it.
     """
-    manifest = read_manifest(config.output, config.storage_options)
-    owner = manifest.config_hash if manifest is not None else None
-    if owner != config_hash:
-        raise ConfigError(
-            f"{config.output} now holds results of another config (manifest config hash {owner}, "
-            f"this job's {config_hash}); shard {shard_id} not committed"
-        )
+    if fence is not None:
+        fence.check()
 
 
 def _prepare(model: torch.nn.Module, config: JobConfig, device: torch.device) -> torch.nn.Module:
