@@ -37,7 +37,18 @@ Estimator: split-half variance, then an empirical-Bayes parametric bootstrap.
    variance (heavy-tailed gradients) made the prior collapse (``τ² → 0``) on
    about one demo map in a hundred at n = 16–32 and a map measured at 0.90
    read 0.04 (docs/performance.md §11).
-4. The same draws give the *reproducibility*: a twin map drawn around the
+4. Every simulated noise field (the posterior's and each stored map's) is a
+   wild bootstrap of the halves' differences ``d`` over the ``VAR_WINDOW``
+   box: ``Σ_j z_j d_j / sqrt(K)`` with one standard normal ``z_j`` per pixel
+   shared by its channels, scaled to ``n`` samples. Its covariance is the
+   real noise's, pooled over the box, *across the channels* too. Drawn
+   independently per channel (until 2026-12), the noise of the reduced map
+   was too small where the channels' noise correlates: on EfficientNet-Lite0
+   (per-sample gradients correlate 0.26-0.38 across R, G, B) twins agreed
+   0.46 / 0.51 / 0.56 / 0.59 at n = 16 / 32 / 48 / 64 where the estimate said
+   0.58 / 0.61 / 0.64 / 0.66, and ``--compare`` flagged most seed changes
+   (docs/performance.md §15).
+5. The same draws give the *reproducibility*: a twin map drawn around the
    same simulated converged map with independent noise, and the Spearman of
    the stored map with it (:class:`Estimate`). Two finite maps of one image
    share the reduction's bias (below), so they agree more than the product of
