@@ -63,7 +63,7 @@ DISTINCT_RATIO = 0.25
 # image -- a tag or a watermark, not an object (on 16x16 cells a 6x6-pixel tag on
 # 64x64 images is 1-2%; a cluster of objects at one place spreads over 4-6%)
 SPOT_AREA = 0.03
-SPOT_RATIO = 4.0  # "that the rest does not use": it puts at least 4x the rest's mass there
+SPOT_RATIO = 4.0  # "that the rest does not use": at least 4x the other clusters' median mass there
 # "a separate cluster on a small spot": separate -- distinctness at least
 # SEPARATE (under 2% of the affinity a random set of its size would lose leaves
 # it), or, with three clusters or more, its ratio at most SEPARATE_RATIO of the
@@ -398,6 +398,8 @@ def describe_clusters(
         than the largest cluster), ``spot_area``/``spot_region``/``spot_mass``/
         ``rest_on_spot`` (the fewest cells holding half of its mass in excess
         of the rest of the class, and both mean maps' mass there),
+        ``others_on_spot`` (the other clusters' median mass there, with three
+        clusters or more, else ``rest_on_spot``: the spot rules' baseline),
         ``distinctness`` (see :data:`DISTINCT_RATIO`; NaN for a class's only
         cluster) and ``mass_in_object``/``object_area`` when known.
     """
@@ -442,19 +444,25 @@ def describe_clusters(
         if rest is not None:
             excess = np.maximum(mass - rest, 0.0)
             cells = spot(excess) if excess.sum() > 0 else np.zeros_like(excess, bool)
-            own, theirs = float(mass[cells].sum()), float(rest[cells].sum())
+            own, pooled = float(mass[cells].sum()), float(rest[cells].sum())
+            # What the class's other clusters typically put there (their median, with three
+            # clusters or more): a shortcut's images split over two clusters would otherwise
+            # raise each other's baseline.
+            on_spot = [float(maps[j][cells].sum()) for j in range(len(maps)) if j != c]
+            theirs = float(np.median(on_spot)) if len(maps) >= 3 else pooled
+            whose = "the class's other clusters typically (median)" if len(maps) >= 3 else "the class's other maps"
             row.update(spot_area=float(cells.mean()), spot_region=_where(cells) if cells.any() else None,
-                       spot_mass=own, rest_on_spot=theirs)
+                       spot_mass=own, rest_on_spot=pooled, others_on_spot=theirs)
             if cells.any() and cells.mean() <= SPOT_AREA and own >= SPOT_RATIO * theirs:
                 ratio = f"{own / theirs:.0f}x" if theirs > 0 else "far more than"
                 why.append(f"concentrated where the rest of the class does not look: {100 * own:.0f}% of its "
                            f"saliency lies in {100 * cells.mean():.1f}% of the image ({row['spot_region']}), "
-                           f"{ratio} the {100 * theirs:.1f}% the class's other images put there")
+                           f"{ratio} the {100 * theirs:.1f}% {whose} put there")
             elif (cells.any() and separate and cells.mean() <= SPOT_AREA
                   and own >= SEPARATE_SPOT_RATIO * theirs and own >= SPOT_DENSITY * cells.mean()):
                 why.append(f"{count} of {int(total)} {maps_of} put {100 * own:.0f}% of their saliency in "
-                           f"{100 * cells.mean():.1f}% of the image ({row['spot_region']}), where the class's "
-                           f"other maps put {100 * theirs:.0f}%; a separate cluster (conductance "
+                           f"{100 * cells.mean():.1f}% of the image ({row['spot_region']}), where {whose} "
+                           f"put {100 * theirs:.0f}%; a separate cluster (conductance "
                            f"{float(conductance[c]):.2f}, distinctness {distinct:.2f}"
                            + ("" if distinct >= SEPARATE else f", the class's other clusters' median "
                               f"{1 - typical:.2f}") + ")")

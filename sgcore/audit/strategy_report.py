@@ -99,7 +99,7 @@ def strategy_section(
         "Cluster 0 is the class's largest. A cluster is flagged when its mass is off the object (no more than "
         f"the object's area share, or under {OFF_OBJECT_RATIO:.0%} of the rest of the class's), when half of "
         f"its extra mass over the rest of the class lies within {SPOT_AREA:.0%} of the image and it puts at "
-        f"least {SPOT_RATIO:.0f}x their mass there (at least {SEPARATE_SPOT_RATIO:.0f}x, and {SPOT_DENSITY:.0f}x a "
+        f"least {SPOT_RATIO:.0f}x what the class's other clusters typically (median) put there (at least {SEPARATE_SPOT_RATIO:.0f}x, and {SPOT_DENSITY:.0f}x a "
         "position-blind map's, when the cluster is separate: distinctness, one minus its conductance over what "
         f"a random set of its size would lose, at least {SEPARATE:.2f}, or its conductance for its size at most "
         f"{SEPARATE_RATIO:.0%} of the class's other clusters'), or when it is small (at most {SMALL_SHARE:.0%} "

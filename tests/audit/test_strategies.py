@@ -191,6 +191,22 @@ def test_a_separate_cluster_on_a_small_spot_is_flagged_where_the_rest_also_looks
     assert not rows[1]["flagged"], rows[1]["why"]
 
 
+def test_a_shortcut_split_over_two_clusters_is_flagged_in_both() -> None:
+    """Each half of a split shortcut is measured against the class's other clusters' median, not the
+    pooled rest (which holds the other half): a tiny CNN trained on tagged discs put 48% of one tagged
+    cluster's saliency on 0.8% of the image, against 12% of the pooled rest (3.9x), and flagged nothing."""
+    r = 16
+    plain = np.full((r, r), 1.0)
+    tag_a = np.full((r, r), 0.5)
+    tag_a[1:3, 13:15] = 40.0
+    tag_b = np.full((r, r), 0.8)
+    tag_b[1:3, 13:15] = 80.0
+    rows = describe_clusters([plain, plain, tag_a, tag_b], [12, 10, 7, 9], [0.2, 0.2, 0.15, 0.2])
+    assert rows[2]["rest_on_spot"] > rows[2]["spot_mass"] / 4  # against the pooled rest: under 4x
+    assert [row["flagged"] for row in rows] == [False, False, True, True], [row["why"] for row in rows]
+    assert "the class's other clusters typically (median) put there" in rows[2]["why"][0]
+
+
 @pytest.mark.parametrize(
     ("n", "n_tagged", "at", "sigma", "leak", "seed"),
     [
