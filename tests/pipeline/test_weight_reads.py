@@ -57,3 +57,25 @@ def test_a_checkpoint_is_read_once_by_the_driver_and_once_per_replica(ray_local,
     assert result.errors == 0
     replicas = 2
     assert _Counting.gets["/mnv3.pt"] == 1 + replicas, dict(_Counting.gets)
+
+
+def test_the_driver_and_a_replica_each_read_a_checkpoint_once(monkeypatch, tmp_path):
+    """In process, for every path that reads weights: the driver's checks, a replica's load."""
+    from sgcore.models import checkpoint, load_model
+    from sgcore.pipeline.driver import _model_on_driver
+
+    reads: list[str] = []
+    real = checkpoint.read_weights_bytes
+    monkeypatch.setattr(checkpoint, "read_weights_bytes", lambda url, *a, **k: reads.append(url) or real(url, *a, **k))
+    torch.manual_seed(0)
+    torch.save(torchvision.models.get_model("mobilenet_v3_small", num_classes=2).state_dict(), tmp_path / "w.pt")
+    for model in ("mobilenet_v3_small", "demo"):
+        weights = str(tmp_path / "w.pt") if model != "demo" else "default"
+        config = JobConfig(input=str(tmp_path), output=str(tmp_path / "out"), model=model, weights=weights,
+                           image_size=32)
+        reads.clear()
+        _model_on_driver(config)
+        assert len(reads) == 1, reads
+        reads.clear()
+        load_model(model, weights, image_size=32)
+        assert len(reads) == 1, reads
