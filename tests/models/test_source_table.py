@@ -7,7 +7,13 @@ import torch
 from torch import nn
 
 from sgcore.errors import ConfigError
-from sgcore.models import check_base, load_model, model_identity, register_source, resolve_preprocess
+from sgcore.models import (
+    check_base,
+    load_model,
+    model_identity,
+    register_source,
+    resolve_preprocess,
+)
 from sgcore.models.preprocess import Preprocess
 from sgcore.models.sources import SOURCES, Built, ModelSpec, SourceBase
 
