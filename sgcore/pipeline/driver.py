@@ -49,8 +49,14 @@ from sgcore.io._fs import is_local
 from sgcore.io.labels import LabelsFile, load_labels
 from sgcore.io.lease import Fence, Lease, LeaseLost
 from sgcore.io.output import LEASE_NAME, now
-from sgcore.models import Preprocess, check_base, model_identity, resolve_preprocess
-from sgcore.models.sources import split_spec
+from sgcore.models import (
+    Preprocess,
+    check_base,
+    model_identity,
+    probe_on_driver,
+    resolve_preprocess,
+)
+from sgcore.models.checkpoint import read_once
 from sgcore.pipeline._faults import parse_faults
 from sgcore.pipeline.actors import remote_actor, remote_decode, remote_tally
 from sgcore.pipeline.cluster import (
@@ -128,16 +134,16 @@ def _model_on_driver(config: JobConfig) -> tuple[Preprocess, dict[str, Any]]:
     (``--image-size 1``) then stops the job with one line before a cluster is
     involved.
     """
-    torchvision_or_demo = split_spec(config.model) is None
-    if torchvision_or_demo and config.model != "demo" and config.weights != "none":
-        preprocess = resolve_preprocess(config.model, config.weights, image_size=config.image_size,
-                                        storage_options=config.storage_options, preprocess=config.preprocess)
-        return preprocess, model_identity(config.model, config.weights, storage_options=config.storage_options)
-    loaded = probe_model(config)
-    class_target(config.target, loaded.categories, loaded.num_classes)
-    identity = (model_identity(config.model, config.weights, storage_options=config.storage_options)
-                if torchvision_or_demo else loaded.identity())
-    return loaded.preprocess, identity
+    with read_once():  # preprocessing, identity and probe share one download of each weights file
+        if not probe_on_driver(config.model, config.weights):
+            preprocess = resolve_preprocess(config.model, config.weights, image_size=config.image_size,
+                                            storage_options=config.storage_options, preprocess=config.preprocess)
+            return preprocess, model_identity(config.model, config.weights, storage_options=config.storage_options)
+        loaded = probe_model(config)
+        class_target(config.target, loaded.categories, loaded.num_classes)
+        identity = (model_identity(config.model, config.weights, storage_options=config.storage_options)
+                    if loaded.source in ("torchvision", "demo") else loaded.identity())
+        return loaded.preprocess, identity
 
 
 def run_job(config: JobConfig) -> JobResult:

@@ -7,6 +7,7 @@ tests and the audit use it directly.
 from __future__ import annotations
 
 import contextlib
+import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -17,6 +18,7 @@ import torch
 
 from sgcore.attribution import prepare_model, reduce_channels, smoothgrad
 from sgcore.attribution.adaptive import smoothgrad_adaptive
+from sgcore.attribution.prepare import try_fold_batchnorm
 from sgcore.config import JobConfig
 from sgcore.errors import ConfigError, ModelError
 from sgcore.io import (
@@ -58,7 +60,7 @@ class ShardProcessor:
             preprocess=config.preprocess,
         )
         check_base(config.model, config.base)
-        self.model = _prepare(self.loaded.model, config, self.device)
+        self.model = _prepare(self.loaded, config, self.device)
         # What the kernel differentiates: the logits, or their (log-)softmax (--score).
         self.explained = with_score(self.model, config.score)
         self.categories = self.loaded.categories
@@ -297,6 +299,9 @@ def probe_model(config: JobConfig) -> LoadedModel:
     model = loaded.model.eval()
     with torch.no_grad(), _model_errors(config, x):
         model(x)
+    note = unfolded_note(config, loaded)
+    if note is not None:
+        print(note, file=sys.stderr, flush=True)
     return loaded
 
 
@@ -432,8 +437,30 @@ def check_owner(config: JobConfig, shard_id: str, fence: Any) -> None:
         fence.check()
 
 
-def _prepare(model: torch.nn.Module, config: JobConfig, device: torch.device) -> torch.nn.Module:
-    """Once per replica: on the device, eval mode, BatchNorm folded, channels_last."""
-    return prepare_model(model.to(device).eval(), fold_bn=config.fold_bn, compile=config.compile)
+def _prepare(loaded: LoadedModel, config: JobConfig, device: torch.device) -> torch.nn.Module:
+    """Once per replica: on the device (eval mode since load_model), BatchNorm folded, channels_last; then wrapped
+    to return the logits (folding needs the network itself: torch.fx cannot trace the wrapper).
+
+    Quiet: where nothing can be folded the driver said so once (:func:`unfolded_note`).
+    """
+    network = prepare_model(loaded.network.to(device), fold_bn=config.fold_bn, compile=config.compile,
+                            example=_example(loaded.preprocess, device), quiet=True)
+    return loaded.wrap(network)
 
 
+def _example(pre: Preprocess, device: torch.device) -> torch.Tensor:
+    """A fixed random batch of the model's input size (folding checks its outputs on it)."""
+    gen = torch.Generator().manual_seed(0)
+    return torch.randn(2, pre.channels, *pre.map_shape, generator=gen).to(device)
+
+
+def unfolded_note(config: JobConfig, loaded: LoadedModel) -> str | None:
+    """One line naming the model when its BatchNorm cannot be folded (None when it can, or
+    when ``--no-fold-bn``): the driver prints it once instead of every replica warning."""
+    if not config.fold_bn:
+        return None
+    _, why = try_fold_batchnorm(loaded.network, _example(loaded.preprocess, torch.device("cpu")))
+    if why is None:
+        return None
+    return (f"[sgcore] --model {redact_text(config.model)}: BatchNorm not folded ({why}); "
+            "the maps are the same, each replica is only slower")
