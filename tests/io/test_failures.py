@@ -16,9 +16,9 @@ from sgcore.io import (
     decode_shard,
     plan_shards,
 )
+from sgcore.io.failures import DECODE_ERRORS, PIL_ERRORS, READ_ERRORS, STORAGE_ERRORS, DecodeError
 from sgcore.io.layouts import parquet as parquet_input
 from sgcore.io.layouts import webdataset as wds
-from sgcore.io.failures import DECODE_ERRORS, PIL_ERRORS, READ_ERRORS, STORAGE_ERRORS, DecodeError
 from tests.io.datasets import encode, rgb, tar_samples, write_parquet, write_tar
 
 

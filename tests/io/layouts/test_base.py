@@ -71,3 +71,29 @@ def test_read_shard_dispatches_on_the_kind_of_the_spec(memory_root):
     assert spec.kind == "images"
     (sample,) = read_shard(spec)
     assert (sample.image_id, sample.label, sample.error) == ("cat/x.png", "cat", None)
+
+
+@pytest.mark.parametrize(("columns", "input_format", "layout"), [
+    (("bytes", "path"), "auto", "images"),            # read_binary_files(include_paths=True)
+    (("image", "path"), "auto", "images"),            # read_images(include_paths=True)
+    (("__key__", "__url__", "jpg", "cls"), "auto", "webdataset"),
+    (("id", "label", "content"), "auto", "parquet"),  # any other batch: a table's rows
+    (("bytes", "path", "label"), "auto", "parquet"),
+    (("bytes", "path"), "parquet", "parquet"),        # --input-format decides
+])
+def test_a_batch_is_read_by_the_layout_its_columns_show(columns, input_format, layout):
+    from sgcore.io.layouts import Batch
+    from sgcore.io.readers import batch_layout
+
+    batch = Batch.of({c: [] for c in columns})
+    assert batch_layout(batch, input_format).name == layout
+
+
+def test_records_are_typed_and_slotted(memory_root):
+    from sgcore.io import Record, decode_shard
+
+    memory_root.fs.pipe(memory_root.path("ds/cat/x.png"), encode(rgb(0)))
+    (rec,) = decode_shard(plan_shards(memory_root.join("ds"), shard_size=4)[0], resize_size=8,
+                          crop_size=8).records
+    assert type(rec) is Record and not hasattr(rec, "__dict__")
+    assert (rec.image_id, rec.label, rec.index, rec.error) == ("cat/x.png", "cat", 0, None)
