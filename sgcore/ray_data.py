@@ -123,7 +123,8 @@ class SmoothGradMaps:
             of ``read_binary_files`` / ``read_images`` (``path`` with ``bytes``
             or ``image``), WebDataset samples for ``read_webdataset``'s
             (``__key__``), else a table's rows (Parquet). Each batch is read by
-            that layout's own rules (:mod:`sgcore.io.layouts`), those of the job:
+            that layout's code (:mod:`sgcore.io.layouts`), the job's, for the
+            image column, ids, labels and which rows are images at all.
         image_column: the column holding the images: decoded ``uint8`` arrays
             of any size (``read_images``) or encoded bytes (``read_binary_files``,
             Parquet, WebDataset; a Hugging Face ``{"bytes": ...}`` struct too).
