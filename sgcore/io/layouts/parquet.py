@@ -336,15 +336,15 @@ class ParquetTables:
 
     def read_batch(self, batch: Batch, options: BatchOptions) -> Iterator[tuple[int, RawSample]]:
         columns, schema = batch.columns, batch.schema
-        if schema is not None:
-            is_image = lambda n: _is_image_type(schema.field(n).type)  # noqa: E731
-            type_of = lambda n: str(schema.field(n).type)  # noqa: E731
-        else:  # numpy or pandas: the types of the values
-            is_image = lambda n: _holds_images(columns[n])  # noqa: E731
-            type_of = lambda n: _value_type(columns[n])  # noqa: E731
-        image, label = choose_columns(list(columns), is_image, type_of, image_column=options.image_column,
-                                      label_column=options.label_column, where="the batch",
-                                      flag=lambda setting: setting)
+        if schema is not None:  # a pyarrow batch: the file's rule on its schema
+            binary = {n for n in columns if _is_image_type(schema.field(n).type)}
+            types = {n: str(schema.field(n).type) for n in columns}
+        else:  # numpy or pandas: the same rule on the values
+            binary = {n for n, values in columns.items() if _holds_images(values)}
+            types = {n: _value_type(values) for n, values in columns.items()}
+        image, label = choose_columns(list(columns), binary.__contains__, types.__getitem__,
+                                      image_column=options.image_column, label_column=options.label_column,
+                                      where="the batch", flag=lambda setting: setting)
         images = columns[image]
         labels = columns[label] if label is not None else None
         ids = batch.column(options.id_column, "id_column")

@@ -42,7 +42,7 @@ from typing import IO, Any
 
 import numpy as np
 
-from sgcore.errors import InputError
+from sgcore.errors import ConfigError, InputError
 from sgcore.io._retry import StorageUnavailable
 from sgcore.io.decode import IMAGE_EXTENSIONS
 from sgcore.io.failures import READ_ERRORS
@@ -484,8 +484,11 @@ class WebDataset:
         urls = batch.column(options.id_column if options.id_column in columns else _URL, "id_column")
         # A row's fields as a tar sample's (image fields, cls, json), in column order; the
         # sample then gives the image, label, id and source by the rules of read().
-        if options.image_column is not None:
+        if options.image_column is not None:  # one of the image fields: the job knows no other images
             batch.column(options.image_column, "image_column")
+            if not _is_image_field(options.image_column.lower()):
+                raise ConfigError(f"image_column {options.image_column!r} is no image field of a WebDataset "
+                                  f"sample ({', '.join(_IMAGE_FIELDS)}, or a name ending in one)")
             images = [options.image_column]
         else:
             images = [c for c in columns if not c.startswith("__") and _is_image_field(c.lower())]

@@ -97,3 +97,27 @@ def test_records_are_typed_and_slotted(memory_root):
                           crop_size=8).records
     assert type(rec) is Record and not hasattr(rec, "__dict__")
     assert (rec.image_id, rec.label, rec.index, rec.error) == ("cat/x.png", "cat", 0, None)
+
+
+@pytest.mark.parametrize(("batch", "options", "error", "message"), [
+    ({"__key__": ["s0"], "__url__": ["a.tar"], "image": [b"x"]}, dict(image_column="image"), "ConfigError",
+     r"^image_column 'image' is no image field of a WebDataset sample \(jpg, jpeg, png, webp, bmp, or a"),
+    ({"id": ["a"], "label": ["cat"]}, dict(id_column="id"), "InputError",
+     r"^the batch has no image-bytes column \(binary, or a struct with 'bytes'\); columns: id, label; "
+     r"use image_column$"),
+    ({"id": ["a"], "img": [b"x"], "raw": [b"y"]}, dict(id_column="id"), "InputError", None),  # img: preferred
+    ({"id": ["a"], "x": [b"x"], "y": [b"y"]}, dict(id_column="id"), "InputError",
+     r"^the batch has several binary columns \(x, y\); choose one with image_column$"),
+    ({"bytes": [b"x"], "path": ["/in/a.png"]}, dict(id_column="name"), "ConfigError",
+     r"^id_column 'name' is not a column of the batch; columns: bytes, path$"),
+])
+def test_a_batch_that_cannot_be_read_is_refused_in_one_line(batch, options, error, message):
+    from sgcore import errors
+    from sgcore.io.layouts import BatchOptions
+    from sgcore.io.readers import read_batch
+
+    if message is None:
+        assert [s.data for _, s in read_batch(batch, BatchOptions(**options))] == [b"x"]
+        return
+    with pytest.raises(getattr(errors, error), match=message):
+        list(read_batch(batch, BatchOptions(**options)))
