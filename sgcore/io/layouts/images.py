@@ -27,6 +27,7 @@ from sgcore.io.layouts.base import (
     Root,
     ShardSpec,
     batch_source,
+    missing,
     read_url,
     relative_id,
 )
@@ -110,7 +111,7 @@ class ImageFiles:
         images = batch.column(column, "image_column")
         paths = batch.column(options.id_column, "id_column")
         for i in range(batch.size):
-            value = "" if paths[i] is None else str(paths[i])
+            value = "" if missing(paths[i]) else str(paths[i])
             member, error = relative_id(value, options.root)
             if not is_image(member):
                 continue  # the job lists only image files: no row for notes.txt
