@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Literal, get_args
 
 from sgcore.errors import ConfigError
+from sgcore.input_formats import LAYOUT_CLASSES
 from sgcore.redact import redact_value
 from sgcore.settings import (
     SmoothGradSettings,
@@ -19,7 +20,8 @@ from sgcore.settings import (
     check_url,
 )
 
-InputFormat = Literal["auto", "images", "webdataset", "parquet"]
+# The layouts' table (sgcore.input_formats; readers.LAYOUTS is built from it), not a copy.
+InputFormat = Literal[("auto", *LAYOUT_CLASSES)]  # type: ignore[valid-type]
 OutputFormat = Literal["parquet", "npz"]
 Target = Literal["predicted", "label"]
 Score = Literal["logit", "softmax", "log_softmax"]

@@ -18,60 +18,42 @@
 :class:`SmoothGradMaps` turns the batches Ray Data's readers produce into the
 rows :func:`sgcore.pipeline.run_job` writes (DESIGN.md contract 5): the same
 columns, types and geometry, and the same maps for the same images and
-settings, because it runs the job's own code: the decoder of
-:mod:`sgcore.io.decode`, the model's :class:`~sgcore.models.Preprocess`, and
-the job's :class:`~sgcore.pipeline.worker.ShardProcessor` (a replica prepared
-once per actor: BatchNorm folded, channels_last, precision, compile). Ids are
-formed as the job forms them relative to its ``--input`` (``root``), so the
-per-image seeds match too. What the job adds on top (exactly-once parts,
-resume, the manifest, the audit) stays with the job.
+settings, because it runs the job's own code: the input layout's batch reader
+(:func:`sgcore.io.decode_batch`: which rows are images, which column holds
+them, ids, labels, by the rules and functions of the layout the job reads),
+the decoder of :mod:`sgcore.io.decode`, the model's
+:class:`~sgcore.models.Preprocess`, and the job's
+:class:`~sgcore.pipeline.worker.ShardProcessor` (a replica prepared once per
+actor: BatchNorm folded, channels_last, precision, compile). Ids are formed as
+the job forms them relative to its ``--input`` (``root``), so the per-image
+seeds match too. What the job adds on top (exactly-once parts, resume, the
+manifest, the audit) stays with the job.
 """
 
 from __future__ import annotations
 
 import difflib
-import json
-import math
-import posixpath
-import re
 import weakref
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import numpy as np
 import pyarrow as pa
 import ray
 from ray.exceptions import UserCodeException
 
 from sgcore.config import JobConfig
 from sgcore.errors import ConfigError
-from sgcore.io import (
-    IMAGE_EXTENSIONS,
-    DecodedShard,
-    DecodeError,
-    decode_array,
-    decode_image,
-    rows_to_table,
-)
-from sgcore.io.labels import cached_labels, lookup
-from sgcore.io.parquet_input import LABEL_COLUMN_NAMES
-from sgcore.io.webdataset import escape_key
+from sgcore.io import Batch, BatchOptions, decode_batch, rows_to_table
 
 # The job's settings this stage takes, under the job's config field names.
 JOB_SETTINGS = (
     "model", "weights", "image_size", "target", "n_samples", "noise_level", "noise",
     "aggregate", "base", "ig_steps", "precision", "reduction", "seed", "store_full",
     "batch_size", "max_batch", "fold_bn", "compile", "labels", "storage_options",
-    "image_column", "label_column", "id_column",
+    "input_format", "image_column", "label_column", "id_column",
 )
 # Where the batch comes from: ids relative to ``root``; input columns kept in the output.
 STAGE_SETTINGS = ("root", "keep_columns")
-# Image columns of Ray Data's readers: read_images, read_binary_files, WebDataset fields.
-IMAGE_COLUMNS = ("image", "bytes", "jpg", "jpeg", "png", "webp", "bmp", "img")
-_WDS_KEY, _WDS_URL = "__key__", "__url__"
-_WDS_IMAGE_FIELDS = tuple(e.lstrip(".") for e in IMAGE_EXTENSIONS)
-_JSON_LABEL_KEYS = ("label", "cls", "class", "category")  # as sgcore.io.webdataset reads them
-_PROTOCOL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 
 
 def _unknown(name: str) -> ConfigError:
@@ -136,26 +118,35 @@ class SmoothGradMaps:
             max_batch, fold_bn, compile, labels, storage_options: as for the job.
         batch_size: images per model batch (the job's ``--batch-size``); each
             Ray Data batch (``map_batches(batch_size=...)``) is cut into these.
+        input_format: the layout of the batches, as the job's
+            ``--input-format``; ``auto`` (default): image files for the columns
+            of ``read_binary_files`` / ``read_images`` (``path`` with ``bytes``
+            or ``image``), WebDataset samples for ``read_webdataset``'s
+            (``__key__``), else a table's rows (Parquet). Each batch is read by
+            that layout's code (:mod:`sgcore.io.layouts`), the job's, for the
+            image column, ids, labels and which rows are images at all.
         image_column: the column holding the images: decoded ``uint8`` arrays
             of any size (``read_images``) or encoded bytes (``read_binary_files``,
             Parquet, WebDataset; a Hugging Face ``{"bytes": ...}`` struct too).
-            None: the first of ``image``, ``bytes``, ``jpg``, ``jpeg``, ``png``,
-            ``webp``, ``bmp``, ``img`` in the batch; for WebDataset batches
-            (``__key__``) each row's own image field (``png`` in one sample,
-            ``jpg`` in the next, ``left.jpg``...), and a sample without one
-            gives no row, as in the job. Read tars with
+            None: files: ``bytes`` or ``image``; a table: the job's rule (the
+            only binary column, else the first of ``image``, ``img``, ``jpg``,
+            ..., ``bytes``, ``content``); WebDataset: each row's own image field
+            (``png`` in one sample, ``jpg`` in the next, ``left.jpg``...), and a
+            sample without one gives no row, as in the job. Read tars with
             ``ray.data.read_webdataset(url, decoder=None)``: Ray's default
             decoder turns images into arrays and fails on images of different
-            sizes before this stage runs (and ignores EXIF orientation).
+            sizes before this stage runs (and ignores EXIF orientation). Files
+            that are no images (``notes.txt`` beside the photos, which
+            ``read_binary_files`` reads too) give no row, as the job skips them.
         id_column: the column naming each image (default ``path``, from
             ``include_paths=True``). For WebDataset batches the id is
             ``<tar path>/<key>`` as in the job, the tar path from this column
             or ``__url__``, the key from ``__key__``.
-        label_column: labels; None: a WebDataset sample's ``cls`` field, else
-            the ``label``/``cls``/``class``/``category`` entry of its ``json``
-            (as the job reads them); else a column named ``label``, ``labels``,
-            ``cls`` or ``class``, else the parent folder of a file id (as the
-            job does).
+        label_column: labels; None: files: the parent folder; a table: a
+            column named ``label``, ``labels``, ``cls`` or ``class``;
+            WebDataset: a sample's ``cls`` field, else the
+            ``label``/``cls``/``class``/``category`` entry of its ``json``
+            (all as the job reads them).
         root: the job's ``--input``: removed from the front of each id, so ids
             (and so seeds and maps) equal the job's; ``source`` is ``root`` + id.
         keep_columns: input columns copied to the output (e.g. the id column
@@ -186,8 +177,10 @@ class SmoothGradMaps:
             set_cpu_threads(use_gpu)
         self.processor = ShardProcessor(self.config, device=pick_device(use_gpu))
         self.preprocess = self.processor.loaded.preprocess
-        self._labels = (cached_labels(self.config.labels, self.config.storage_options)
-                        if self.config.labels else None)
+        cfg = self.config
+        self.options = BatchOptions(root=self.root, image_column=cfg.image_column,
+                                    label_column=cfg.label_column, id_column=cfg.id_column or "path",
+                                    storage_options=cfg.storage_options)
 
     @staticmethod
     def settings(**settings: Any) -> dict[str, Any]:
@@ -196,16 +189,17 @@ class SmoothGradMaps:
 
     # ---------------------------------------------------------------- batches
     def __call__(self, batch: Any) -> pa.Table:
-        """One result row per input row, in order (errors as ``status="error"`` rows)."""
-        columns = _as_columns(batch)
-        n = len(next(iter(columns.values()))) if columns else 0
-        records, arrays, kept = self._decode(columns, n)
+        """One result row per input image, in order (errors as ``status="error"`` rows).
+
+        The batch is read and decoded by :func:`sgcore.io.decode_batch`, the job's
+        layouts and decoder: rows that the job would not read (a file that is no
+        image, a WebDataset sample without one) give no row.
+        """
+        data = Batch.of(batch)
         pre = self.preprocess
         shape = pre.map_shape
-        decoded = DecodedShard(shard_id=None,  # type: ignore[arg-type]  # no shard here
-                               images=np.stack(arrays) if arrays else
-                               np.zeros((0, *shape, pre.channels), dtype=np.uint8),
-                               records=records)
+        decoded, kept = decode_batch(data, self.options, input_format=self.config.input_format,
+                                     labels=self.config.labels, **pre.decode_kwargs())
         try:
             rows = self.processor.compute_rows(decoded)
         except Exception as e:  # the batch is never lost: one error row per image
@@ -213,83 +207,13 @@ class SmoothGradMaps:
 
             message = f"batch failed: {type(e).__name__}: {e}"[:1000]
             rows = [make_row(self.config, None, rec, crop=shape, error=message)  # type: ignore[arg-type]
-                    for rec in records]
+                    for rec in decoded.records]
         table = rows_to_table(rows, map_shape=shape,
                               channels=pre.channels if self.config.store_full else None)
         for name in self.keep_columns:
-            if name not in columns:
-                raise ConfigError(f"keep_columns: {name!r} is not a column of the batch; "
-                                  f"columns: {', '.join(columns)}")
-            table = table.append_column(name, pa.array([columns[name][i] for i in kept]))
+            values = data.column(name, "keep_columns:")
+            table = table.append_column(name, pa.array([values[i] for i in kept]))
         return table
-
-    def _decode(self, columns: dict[str, Any], n: int
-                ) -> tuple[list[dict[str, Any]], list[np.ndarray], list[int]]:
-        """Records and decoded images of the batch, and the input rows they come from."""
-        cfg, pre = self.config, self.preprocess
-        wds = _WDS_KEY in columns
-        # WebDataset rows carry their image under its extension, which may differ per row.
-        fields = _wds_image_fields(columns) if wds and cfg.image_column is None else None
-        image_col = None if fields is not None else _image_column(columns, cfg.image_column)
-        id_col = cfg.id_column if cfg.id_column in columns else (_WDS_URL if wds else None)
-        if id_col is None:
-            raise ConfigError(
-                f"id_column {cfg.id_column!r} is not a column of the batch (columns: "
-                f"{', '.join(columns)}); read with include_paths=True or pass id_column"
-            )
-        label_col = cfg.label_column or (None if wds else _label_column(columns))
-        records: list[dict[str, Any]] = []
-        arrays: list[np.ndarray] = []
-        kept: list[int] = []
-        for i in range(n):
-            field: str | None = image_col
-            if fields is not None:
-                field = next((f for f in fields if not _missing(columns[f][i])), None)
-            if field is None:  # the job yields no row for a WebDataset sample without an image
-                continue
-            image_id, source, error = self._identify(columns, id_col, field, wds, i)
-            rec: dict[str, Any] = {"image_id": image_id, "source": source, "index": -1,
-                                   "error": error, "geometry": None,
-                                   "label": self._label(columns, label_col, image_id, source, wds, i)}
-            if error is None:
-                try:
-                    arr, geo = _decode_one(columns[field][i], pre)
-                except DecodeError as e:
-                    rec["error"] = f"{e} ({source})"
-                else:
-                    rec["index"], rec["geometry"] = len(arrays), geo
-                    arrays.append(arr)
-            records.append(rec)
-            kept.append(i)
-        return records, arrays, kept
-
-    def _identify(self, columns: dict[str, Any], id_col: str, image_col: str, wds: bool,
-                  i: int) -> tuple[str, str, str | None]:
-        """(image id, source, error) of row ``i``, formed as the job forms them."""
-        raw = columns[id_col][i]
-        value = "" if raw is None else str(raw)
-        rel, error = _relative(value, self.root)
-        if wds:  # the job: <tar path>/<sample key>, source <tar URL>#<member>
-            key = str(columns[_WDS_KEY][i])
-            tar_url = _source(self.root, rel) if error is None else value
-            # The job's escaping ("%" -> %25, "#" -> %23): ids stay unique and sources readable.
-            return f"{rel}/{escape_key(key)}", f"{tar_url}#{escape_key(f'{key}.{image_col}')}", error
-        return rel, (_source(self.root, rel) if error is None else value), error
-
-    def _label(self, columns: dict[str, Any], label_col: str | None, image_id: str, source: str,
-               wds: bool, i: int) -> str | None:
-        if self._labels is not None:
-            return lookup(self._labels, image_id, source)
-        if label_col is not None:
-            value = columns[label_col][i]
-            if label_col == "json":
-                return _json_label(value)
-            return None if _missing(value) else _text(value)
-        if wds:
-            return _wds_label(columns, i)
-        if not wds and self.config.id_column == "path" and "/" in image_id:
-            return posixpath.basename(posixpath.dirname(image_id))  # the job's folder labels
-        return None
 
 
 # ------------------------------------------------------- the driver-side check
@@ -387,111 +311,5 @@ def _in_ray_worker() -> bool:
     return ray.get_runtime_context().worker.mode == ray.WORKER_MODE
 
 
-def _as_columns(batch: Any) -> dict[str, Any]:
-    """A batch in any of Ray Data's formats as {column: sequence}."""
-    if isinstance(batch, Mapping):
-        return dict(batch)
-    if isinstance(batch, pa.Table):
-        return {name: batch.column(name).to_pylist() for name in batch.column_names}
-    if hasattr(batch, "to_dict") and hasattr(batch, "columns"):  # pandas
-        return {str(c): batch[c].to_numpy() for c in batch.columns}
-    raise TypeError(f"SmoothGradMaps takes dict, pyarrow or pandas batches; got {type(batch).__name__}")
-
-
-def _image_column(columns: dict[str, Any], given: str | None) -> str:
-    if given is not None:
-        if given not in columns:
-            raise ConfigError(f"image_column {given!r} is not a column of the batch; "
-                              f"columns: {', '.join(columns)}")
-        return given
-    for name in IMAGE_COLUMNS:
-        if name in columns:
-            return name
-    raise ConfigError(f"no image column in the batch (looked for {', '.join(IMAGE_COLUMNS)}); "
-                      f"columns: {', '.join(columns)}; pass image_column")
-
-
-def _label_column(columns: dict[str, Any]) -> str | None:
-    return next((c for c in LABEL_COLUMN_NAMES if c in columns), None)
-
-
-def _wds_image_fields(columns: dict[str, Any]) -> list[str]:
-    """The image fields of WebDataset batch columns (``png``, ``jpg``, ``left.jpg``, ...)."""
-    return [c for c in columns if not c.startswith("__")
-            and c.rsplit(".", 1)[-1].lower() in _WDS_IMAGE_FIELDS]
-
-
-def _wds_label(columns: dict[str, Any], i: int) -> str | None:
-    """The label the job reads from a sample: its ``cls`` field, else its ``json``'s entry."""
-    cls = columns["cls"][i] if "cls" in columns else None
-    if not _missing(cls):
-        return _text(cls) or None
-    return _json_label(columns["json"][i]) if "json" in columns else None
-
-
-def _json_label(meta: Any) -> str | None:
-    """The ``label``/``cls``/``class``/``category`` entry of a JSON field, as the job reads it."""
-    if isinstance(meta, bytes | str):  # read with decoder=None: the encoded JSON
-        try:
-            meta = json.loads(meta)
-        except ValueError:
-            return None
-    if isinstance(meta, Mapping):
-        value = next((meta[k] for k in _JSON_LABEL_KEYS if meta.get(k) is not None), None)
-        return None if value is None else str(value)
-    return None
-
-
-def _missing(value: Any) -> bool:
-    """A field the row lacks: None, or the NaN pandas fills in for it."""
-    return value is None or (isinstance(value, float) and math.isnan(value))
-
-
-def _text(value: Any) -> str:
-    if isinstance(value, bytes):
-        return value.decode("utf-8", "replace").strip()
-    if isinstance(value, np.generic):
-        value = value.item()
-    return str(value)
-
-
-def _decode_one(value: Any, pre: Any) -> tuple[np.ndarray, Any]:
-    geometry = pre.decode_kwargs()
-    if isinstance(value, Mapping):  # a Hugging Face Image struct
-        value = value.get("bytes")
-    if isinstance(value, np.ndarray) and value.dtype != object and value.ndim >= 2:
-        return decode_array(value, **geometry)
-    if isinstance(value, np.ndarray) and value.dtype == np.uint8 and value.ndim == 1:
-        value = value.tobytes()
-    if isinstance(value, bytes | bytearray | memoryview):
-        return decode_image(bytes(value), **geometry)
-    if value is None:
-        raise DecodeError("no image in this row (null)")
-    raise DecodeError(f"cannot use a {type(value).__name__} as an image (decoded uint8 array or bytes)")
-
-
-def _strip_protocol(path: str) -> str:
-    return _PROTOCOL.sub("", path)
-
-
-def _relative(value: str, root: str | None) -> tuple[str, str | None]:
-    """``value`` relative to ``root`` the way the job makes ids relative to its input."""
-    if root is None:
-        return value, None
-    base = _strip_protocol(root).rstrip("/")
-    path = _strip_protocol(value)
-    if path.startswith(base + "/") or not base:
-        return path[len(base):].lstrip("/"), None
-    return value, f"{value} is not under root {root}; set root to the folder the ids are relative to"
-
-
-def _source(root: str | None, rel: str) -> str:
-    if root is None:
-        return rel
-    if root.startswith("file://"):  # the job names local files by their plain path
-        root = root[len("file://"):]
-    return f"{root.rstrip('/')}/{rel}"
-
-
-__all__ = ["IMAGE_COLUMNS", "JOB_SETTINGS", "SettingsError", "SmoothGradMaps", "check_settings",
+__all__ = ["JOB_SETTINGS", "SettingsError", "SmoothGradMaps", "check_settings",
            "check_stage", "read_results"]

@@ -93,3 +93,12 @@ def test_storage_options_stay_out_of_hash_manifest_dict_and_repr():
     assert "storage_options" not in with_secret.result_fields()
     assert secret not in json.dumps(with_secret.public_dict(), default=str)
     assert secret not in repr(with_secret)
+
+
+def test_input_formats_come_from_the_layouts_table():
+    # A layout added to the table is an --input-format choice, with no second list to edit.
+    code = ("import sgcore.input_formats as t; t.LAYOUT_CLASSES['zarr'] = 'acme:Zarr'; "
+            "import sgcore.config as c; print(c.INPUT_FORMATS, c.JobConfig(input='i', output='o', "
+            "input_format='zarr').input_format)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "('auto', 'images', 'webdataset', 'parquet', 'zarr') zarr"

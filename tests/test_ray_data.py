@@ -166,3 +166,100 @@ def test_webdataset_keys_with_hash_or_percent_get_the_jobs_escaped_ids(tmp_path)
                                                           "png": column}).to_pandas()
     assert list(zip(df.image_id, df.source, strict=True)) == job
     assert [i for i, _ in job] == ["a.tar/x%232", "a.tar/a%25b", "a.tar/sp ace"]
+
+
+# ---------------------------- the stage reads a batch through the job's layouts
+def _job_rows(src: Path, **settings) -> pd.DataFrame:
+    """The rows the job's reader and worker give for ``src`` (one shard, so one model batch order)."""
+    from sgcore.io import decode_shard, plan_shards, rows_to_table
+    from sgcore.pipeline.worker import ShardProcessor
+
+    cfg = JobConfig(input=str(src), output="unused", progress=False, **SETTINGS, **settings)
+    processor = ShardProcessor(cfg)
+    pre = processor.loaded.preprocess
+    rows = [row for spec in plan_shards(cfg.input, shard_size=100, image_column=cfg.image_column,
+                                        label_column=cfg.label_column, id_column=cfg.id_column)
+            for row in processor.compute_rows(decode_shard(spec, **pre.decode_kwargs()))]
+    return rows_to_table(rows, map_shape=pre.map_shape).to_pandas()
+
+
+def _assert_same_rows(got: pd.DataFrame, job: pd.DataFrame) -> None:
+    """Same images, ids, labels, targets and statuses, and maps equal bit for bit."""
+    columns = ["image_id", "status", "label", "target", "predicted", "seed", *GEOMETRY]
+    pd.testing.assert_frame_equal(got[columns].reset_index(drop=True), job[columns].reset_index(drop=True),
+                                  check_dtype=False)
+    assert (job.status == "ok").sum() >= 2
+    for a, b in zip(got.saliency, job.saliency, strict=True):
+        assert (a is None) == (b is None)
+        if a is not None:
+            assert np.array_equal(np.asarray(a), np.asarray(b))
+
+
+def _as_batches(table) -> list:
+    """A table as Ray Data's map_batches hands it over: pyarrow, numpy (the default), pandas."""
+    return [table, {c: table.column(c).to_numpy(zero_copy_only=False) for c in table.column_names},
+            table.to_pandas()]
+
+
+@pytest.mark.parametrize("columns", [
+    ("img", "bytes"),   # two binary columns: the job's rule reads img (the stage read bytes)
+    ("content",),       # a lone binary column of any name: the job reads it (the stage refused it)
+])
+def test_a_parquet_table_with_no_image_column_named_gives_the_jobs_rows(data, tmp_path, columns):
+    import pyarrow as pa
+
+    root, good = data["root"], data["good"]
+    blobs = [(root / r).read_bytes() for r in good]
+    values = {"id": good, "label": [r.split("/")[0] for r in good]}
+    for k, name in enumerate(columns):  # each image column its own images, so that the choice shows
+        values[name] = blobs[k:] + blobs[:k]
+    table = pa.table(values)
+    src = tmp_path / "table"
+    src.mkdir()
+    pq.write_table(table, src / "images.parquet", row_group_size=3)
+    job = _job_rows(src, id_column="id")
+    stage = SmoothGradMaps(**SETTINGS, id_column="id")
+    for batch in _as_batches(pq.read_table(src / "images.parquet")):
+        _assert_same_rows(stage(batch).to_pandas(), job)
+
+
+def test_files_that_are_no_images_give_no_row_as_in_the_job(data, tmp_path):
+    """read_binary_files reads notes.txt beside the photos; the job never lists it: no row either way."""
+    import shutil
+
+    src = tmp_path / "photos"
+    shutil.copytree(data["root"], src)
+    (src / "notes.txt").write_text("shot in the garden, 2024")
+    (src / "cat" / "README").write_bytes(b"no extension")
+    job = _job_rows(src)
+    paths = sorted(str(p) for p in src.rglob("*") if p.is_file())
+    assert len(paths) == len(job) + 2
+    batch = {"bytes": [Path(p).read_bytes() for p in paths], "path": paths}
+    got = SmoothGradMaps(**SETTINGS, root=str(src), keep_columns=["path"])(batch).to_pandas()
+    _assert_same_rows(got, job)  # the corrupt image stays an error row, as in the job
+    assert list(got.path) == [p for p in paths if not p.endswith(("notes.txt", "README"))]
+
+
+def test_a_webdataset_batch_gives_the_jobs_rows(tmp_path):
+    """Rows as read_webdataset(decoder=None) gives them (fields a sample lacks are None)."""
+    import tarfile
+
+    from tests.io.datasets import tar_samples, write_tar
+
+    src = tmp_path / "shards"
+    write_tar(src / "a.tar", [*tar_samples("train/s", 5, varied_sizes=True),
+                              ("train/broken", {"png": b"not a png", "cls": b"1"}),
+                              ("train/notes", {"txt": b"no image in this sample"})])
+    job = _job_rows(src)
+    samples: dict[str, dict[str, bytes]] = {}
+    with tarfile.open(src / "a.tar") as tar:
+        for info in tar:
+            key, _, ext = info.name.partition(".")
+            samples.setdefault(key, {})[ext] = tar.extractfile(info).read()
+    fields = sorted({ext for s in samples.values() for ext in s})
+    batch = {"__key__": list(samples), "__url__": [str(src / "a.tar")] * len(samples),
+             **{f: [s.get(f) for s in samples.values()] for f in fields}}
+    got = SmoothGradMaps(**SETTINGS, root=str(src))(batch).to_pandas()
+    _assert_same_rows(got, job)
+    assert list(got.source) == list(job.source)
+    assert set(got.label) == {"0", "1", "2", "class1", "class0"}

@@ -14,7 +14,15 @@ import pytest
 from sgcore.config import JobConfig
 from sgcore.errors import ConfigError
 from sgcore.ray_data import SettingsError, SmoothGradMaps, read_results
-from tests.test_ray_data import SAME, SETTINGS, _assert_rows_match, _maps, _read_dir, make_images
+from tests.test_ray_data import (
+    SAME,
+    SETTINGS,
+    _assert_rows_match,
+    _job_rows,
+    _maps,
+    _read_dir,
+    make_images,
+)
 
 pytestmark = pytest.mark.usefixtures("ray_local")
 
@@ -92,6 +100,30 @@ def test_read_parquet_of_image_bytes_gives_the_jobs_rows(data, tmp_path):
     got = _run(ray.data.read_parquet(str(src)), tmp_path / "out", **SETTINGS, id_column="id",
                label_column="label", image_column="image")
     _assert_rows_match(got, _read_dir(tmp_path / "job"))
+
+
+def test_read_parquet_and_read_binary_files_read_what_the_job_reads(data, tmp_path):
+    """No image column named: a lone ``content`` column is the job's image column; ``notes.txt``
+    beside the photos is no image: read_binary_files reads it, and neither side gives it a row."""
+    import shutil
+
+    import ray
+
+    root, good = data["root"], data["good"]
+    src = tmp_path / "table"
+    src.mkdir()
+    pq.write_table(pa.table({"id": good, "content": [(root / r).read_bytes() for r in good]}),
+                   src / "images.parquet", row_group_size=2)
+    got = _run(ray.data.read_parquet(str(src)), tmp_path / "out", **SETTINGS, id_column="id")
+    _assert_rows_match(got, _job_rows(src, id_column="id"))
+
+    photos = tmp_path / "photos"
+    shutil.copytree(root, photos)
+    (photos / "notes.txt").write_text("shot in the garden, 2024")
+    got = _run(ray.data.read_binary_files(str(photos), include_paths=True), tmp_path / "files",
+               **SETTINGS, root=str(photos))
+    _assert_rows_match(got, _job_rows(photos), columns=[*SAME, "source", "error"])
+    assert len(got) == len(good) + 1  # the corrupt image is an error row; notes.txt no row
 
 
 def test_read_results_gives_maps_as_tensors(data):

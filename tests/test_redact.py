@@ -152,12 +152,13 @@ def test_retry_messages_and_logs_name_the_url_redacted(caplog):
 
 def test_make_row_records_source_and_error_redacted():
     from sgcore.config import JobConfig
+    from sgcore.io import Record
     from sgcore.pipeline.worker import make_row
 
     config = JobConfig(input="https://h/", output="/tmp/out")
     source = f"https://u:{SECRET}@h/shard.tar?sig={SECRET}#key/a.jpg"
-    row = make_row(config, "0000", {"image_id": "key/a.jpg", "source": source, "label": None,
-                                    "error": f"cannot read {source}: 403"}, crop=8)
+    row = make_row(config, "0000", Record(image_id="key/a.jpg", source=source, label=None,
+                                          error=f"cannot read {source}: 403"), crop=8)
     assert row.source == "https://***@h/shard.tar?sig=***#key/a.jpg"
     assert row.error == "cannot read https://***@h/shard.tar?sig=***#key/a.jpg: 403"
     assert row.image_id == "key/a.jpg"

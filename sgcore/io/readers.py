@@ -6,12 +6,12 @@ each under :mod:`sgcore.io.layouts`:
 - ``images``: a prefix of image files; a shard is a fixed-size group of files
   in sorted order; image id = the path relative to the input root; label =
   the parent folder, or the ``labels`` file.
-- ``webdataset``: ``.tar`` shards (see :mod:`sgcore.io.webdataset`); one shard
+- ``webdataset``: ``.tar`` shards (see :mod:`sgcore.io.layouts.webdataset`); one shard
   per tar, or per range of ``shard_size`` samples of a larger tar (planned from
   one scan of its headers); image id = ``<tar path>/<sample key>`` (``%`` and
   ``#`` of a key escaped).
 - ``parquet``: tables with an image-bytes column (see
-  :mod:`sgcore.io.parquet_input`); one shard per file, or per row range of a
+  :mod:`sgcore.io.layouts.parquet`); one shard per file, or per row range of a
   larger file (runs of row groups, or ranges of a large row group), planned
   from the footers; image id = ``<file path>#<row index>`` or the ``id_column``.
 
@@ -25,51 +25,72 @@ damaged) becomes an error row, never a crashed job; a store that keeps failing
 transiently past the retry budget raises :class:`StorageUnavailable`, which
 fails the shard (it is retried, not committed as error rows), and so does any
 other exception (a bug is not an error row).
+
+A Ray Data batch (:func:`decode_batch`, for :class:`sgcore.ray_data.SmoothGradMaps`)
+goes through its layout's ``read_batch``, the labels file and the decoding of
+:func:`decode_shard`: the same code, so the same rows as the job's.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from sgcore.errors import InputError
+from sgcore.input_formats import LAYOUT_CLASSES, layout_class
 from sgcore.io._fs import url_to_fs
 from sgcore.io._retry import retry_call
-from sgcore.io.decode import DEFAULT_MAX_PIXELS, Geometry, decode_image
+from sgcore.io.decode import DEFAULT_MAX_PIXELS, Geometry, decode_array, decode_image
 from sgcore.io.failures import STORAGE_ERRORS, DecodeError
 from sgcore.io.labels import LabelsFile, cached_labels, load_labels, lookup
 from sgcore.io.layouts import (
-    ImageFiles,
+    Batch,
+    BatchOptions,
     Layout,
     Listing,
-    ParquetTables,
     PlanOptions,
     RawSample,
     ShardSpec,
-    WebDataset,
 )
 from sgcore.io.listing import content_identity, list_input
 
-# The registry: --input-format name -> layout, in the order messages list them.
-LAYOUTS: dict[str, Layout] = {layout.name: layout for layout in (ImageFiles(), WebDataset(), ParquetTables())}
+# The registry: --input-format name -> layout, in the order messages list them (the
+# table of sgcore.input_formats, which the job's config takes its choices from).
+LAYOUTS: dict[str, Layout] = {name: layout_class(name)() for name in LAYOUT_CLASSES}
 INPUT_FORMATS = ("auto", *LAYOUTS)
+
+
+@dataclass(slots=True, kw_only=True)
+class Record:
+    """One input image as the model's worker takes it: who it is, and where its pixels are.
+
+    Attributes:
+        image_id, source, label: as the result row will hold them.
+        index: the row of :attr:`DecodedShard.images` holding its pixels; -1
+            when it has none (then ``error`` says why).
+        error: why the image cannot be explained (unreadable, not decodable).
+        geometry: how the decoded image maps back onto the original (None without pixels).
+    """
+
+    image_id: str
+    source: str
+    label: str | None = None
+    index: int = -1
+    error: str | None = None
+    geometry: Geometry | None = None
 
 
 @dataclass(kw_only=True)
 class DecodedShard:
-    """A shard ready for the model: the decoded pixels plus one record per sample.
-
-    ``records[i]["index"]`` is the row of ``images`` holding sample i, or -1
-    when it failed (then ``records[i]["error"]`` says why).
-    """
+    """A shard (or a Ray Data batch) ready for the model: the decoded pixels plus one record per sample."""
 
     shard_id: str
     images: np.ndarray  # (N_ok, H, W, 3) uint8
-    records: list[dict[str, Any]] = field(default_factory=list)
+    records: list[Record] = field(default_factory=list)
     content: str | None = None  # the spec's input identity, recorded in the part
 
     @property
@@ -162,12 +183,54 @@ def read_shard(spec: ShardSpec, storage_options: dict[str, Any] | None = None) -
     """Yields the shard's samples in order; unreadable ones carry an error."""
     samples = LAYOUTS[spec.kind].read(spec, storage_options)
     if spec.labels_url:  # tar/Parquet shards: sample ids are known only now
-        mapping = cached_labels(spec.labels_url, storage_options, sha256=spec.labels_sha256)
-        for s in samples:
-            yield RawSample(image_id=s.image_id, source=s.source, data=s.data, error=s.error,
-                            label=lookup(mapping, s.image_id, s.source))
+        yield from _labelled(samples, spec.labels_url, storage_options, sha256=spec.labels_sha256)
     else:
         yield from samples
+
+
+def _labelled(samples: Iterable[RawSample], labels: str, storage_options: dict[str, Any] | None,
+              *, sha256: str | None = None) -> Iterator[RawSample]:
+    """The samples with their label from the labels file (by image id, else source).
+
+    With ``sha256`` (what the planner read), another content of the table is refused.
+    """
+    mapping = cached_labels(labels, storage_options, sha256=sha256)
+    for s in samples:
+        yield RawSample(image_id=s.image_id, source=s.source, data=s.data, error=s.error,
+                        label=lookup(mapping, s.image_id, s.source))
+
+
+def batch_layout(batch: Batch, input_format: str = "auto") -> Layout:
+    """The layout of a Ray Data batch: ``input_format``, else the first that takes its columns.
+
+    ``{path, bytes}`` or ``{path, image}`` (``read_binary_files``, ``read_images``
+    with ``include_paths=True``) are image files, ``__key__`` (``read_webdataset``)
+    WebDataset samples, any other batch a table's rows.
+    """
+    if input_format not in INPUT_FORMATS:
+        raise ValueError(f"input_format must be one of {', '.join(INPUT_FORMATS)}; got {input_format!r}")
+    if input_format != "auto":
+        return LAYOUTS[input_format]
+    return next(layout for layout in LAYOUTS.values() if layout.takes(batch))
+
+
+def read_batch(batch: Any, options: BatchOptions, *, input_format: str = "auto",
+               labels: str | None = None) -> Iterator[tuple[int, RawSample]]:
+    """Yields (row of the batch, its sample) for the rows that are inputs of the batch's layout.
+
+    Args:
+        batch: a Ray Data batch (dict of arrays, ``pyarrow.Table`` or pandas).
+        labels: a labels file, looked up as :func:`read_shard` looks it up.
+
+    Raises:
+        ConfigError, InputError: a named column is not in the batch, or no image column.
+    """
+    batch = Batch.of(batch)
+    rows = list(batch_layout(batch, input_format).read_batch(batch, options))
+    if labels:
+        samples = _labelled((s for _, s in rows), labels, options.storage_options)
+        rows = [(i, s) for (i, _), s in zip(rows, samples, strict=True)]
+    yield from rows
 
 
 def read_source(
@@ -213,51 +276,88 @@ def decode_shard(
     ``geometry``: the other keywords of :func:`decode_image` (resize mode,
     fill, channels, crop offset).
     """
+    images, records = decode_samples(read_shard(spec, storage_options), resize_size=resize_size,
+                                     crop_size=crop_size, interpolation=interpolation,
+                                     max_pixels=max_pixels, **geometry)
+    return DecodedShard(shard_id=spec.shard_id, images=images, records=records, content=spec.content)
+
+
+def decode_batch(batch: Any, options: BatchOptions, *, input_format: str = "auto", labels: str | None = None,
+                 **decode: Any) -> tuple[DecodedShard, list[int]]:
+    """A Ray Data batch read (:func:`read_batch`) and decoded as :func:`decode_shard` decodes a shard.
+
+    Returns:
+        The records and pixels (``shard_id`` None: a batch is no shard), and the
+        row of the batch each record comes from.
+    """
+    rows = list(read_batch(batch, options, input_format=input_format, labels=labels))
+    images, records = decode_samples((s for _, s in rows), **decode)
+    return DecodedShard(shard_id=None, images=images, records=records), [i for i, _ in rows]  # type: ignore[arg-type]
+
+
+def decode_samples(
+    samples: Iterable[RawSample],
+    *,
+    resize_size: int | tuple[int, int],
+    crop_size: int | tuple[int, int],
+    interpolation: str = "bilinear",
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    **geometry: Any,
+) -> tuple[np.ndarray, list[Record]]:
+    """The pixels ``(N_ok, H, W, C)`` of the samples that decode, and one record per sample."""
     arrays: list[np.ndarray] = []
-    records: list[dict[str, Any]] = []
-    for sample in read_shard(spec, storage_options):
-        rec: dict[str, Any] = {
-            "image_id": sample.image_id,
-            "source": sample.source,
-            "label": sample.label,
-            "index": -1,
-            "error": sample.error,
-            "geometry": None,
-        }
+    records: list[Record] = []
+    kwargs = dict(resize_size=resize_size, crop_size=crop_size, interpolation=interpolation,
+                  max_pixels=max_pixels, **geometry)
+    for sample in samples:
+        rec = Record(image_id=sample.image_id, source=sample.source, label=sample.label, error=sample.error)
         if sample.error is None:
             try:
-                arr, geo = decode_image(
-                    sample.data or b"",
-                    resize_size=resize_size,
-                    crop_size=crop_size,
-                    interpolation=interpolation,
-                    max_pixels=max_pixels,
-                    **geometry,
-                )
+                arr, geo = _decode(sample.data, kwargs)
             except DecodeError as e:
-                rec["error"] = f"{e} ({sample.source})"
+                rec.error = f"{e} ({sample.source})"
             else:
-                rec["index"] = len(arrays)
-                rec["geometry"] = geo
+                rec.index = len(arrays)
+                rec.geometry = geo
                 arrays.append(arr)
         records.append(rec)
     ch, cw = (crop_size, crop_size) if isinstance(crop_size, int) else crop_size
     images = (
         np.stack(arrays) if arrays else np.zeros((0, ch, cw, geometry.get("channels", 3)), dtype=np.uint8)
     )
-    return DecodedShard(shard_id=spec.shard_id, images=images, records=records, content=spec.content)
+    return images, records
+
+
+def _decode(data: bytes | np.ndarray | None, kwargs: dict[str, Any]) -> tuple[np.ndarray, Geometry]:
+    """Encoded bytes, or pixels decoded already (``read_images``), at the model's size."""
+    if isinstance(data, np.ndarray) and data.dtype != object and data.ndim >= 2:
+        return decode_array(data, **kwargs)
+    if isinstance(data, np.ndarray) and data.dtype == np.uint8 and data.ndim == 1:
+        data = data.tobytes()
+    if isinstance(data, bytes | bytearray | memoryview):
+        return decode_image(bytes(data), **kwargs)
+    if data is None:
+        raise DecodeError("no image in this row (null)")
+    raise DecodeError(f"cannot use a {type(data).__name__} as an image (decoded uint8 array or bytes)")
 
 
 __all__ = [
     "INPUT_FORMATS",
     "LAYOUTS",
+    "Batch",
+    "BatchOptions",
     "DecodeError",
     "DecodedShard",
     "Geometry",
     "RawSample",
+    "Record",
     "ShardSpec",
+    "batch_layout",
+    "decode_batch",
+    "decode_samples",
     "decode_shard",
     "plan_shards",
+    "read_batch",
     "read_shard",
     "read_source",
 ]

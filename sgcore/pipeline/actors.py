@@ -55,7 +55,7 @@ class SaliencyActor:
         if self.setup_error is not None:
             raise self.setup_error
         if self.processor.config.inject_faults:
-            maybe_inject(self.processor.config.inject_faults, (r["image_id"] for r in decoded.records), attempt)
+            maybe_inject(self.processor.config.inject_faults, (r.image_id for r in decoded.records), attempt)
         on_batch = None
         if self.tally is not None:
             def on_batch(n: int) -> None:

@@ -36,6 +36,7 @@ from sgcore.errors import ConfigError, InputError, Stopped
 from sgcore.io import (
     Manifest,
     OutputDir,
+    Record,
     ResultRow,
     RunEntry,
     ShardSpec,
@@ -527,7 +528,7 @@ def _error_rows(config: JobConfig, spec: ShardSpec, decoded: Any, message: str,
     try:
         records = ray.get(decoded, timeout=60).records
     except Exception:  # the decode itself failed: fall back to the plan
-        records = [{"image_id": m, "source": join(spec.root, m), "label": None} for m in spec.planned_ids()]
+        records = [Record(image_id=m, source=join(spec.root, m)) for m in spec.planned_ids()]
     return [make_row(config, spec.shard_id, rec, crop=crop, error=message) for rec in records]
 
 

@@ -24,6 +24,7 @@ from sgcore.errors import ConfigError, ModelError
 from sgcore.io import (
     PART_STATUSES,
     DecodedShard,
+    Record,
     ResultRow,
     encode_part,
     npz_url,
@@ -86,7 +87,7 @@ class ShardProcessor:
         """
         cfg = self.config
         rows = [self._base_row(decoded.shard_id, rec) for rec in decoded.records]
-        todo = [i for i, rec in enumerate(decoded.records) if rec["index"] >= 0]
+        todo = [i for i, rec in enumerate(decoded.records) if rec.index >= 0]
         chunks = [todo[start : start + cfg.batch_size] for start in range(0, len(todo), cfg.batch_size)]
         if cfg.target_reliability is None:
             for chunk in chunks:
@@ -103,10 +104,9 @@ class ShardProcessor:
             self._explain(x, kept, [t for _, _, ts in picked for t in ts], rows, on_batch=on_batch)
         return rows
 
-    def _base_row(self, shard_id: str, rec: dict[str, Any]) -> ResultRow:
-        label = rec.get("label")
+    def _base_row(self, shard_id: str, rec: Record) -> ResultRow:
         return make_row(self.config, shard_id, rec, crop=self.loaded.preprocess.map_shape,
-                        label_index=self._index.get(label) if label is not None else None)
+                        label_index=self._index.get(rec.label) if rec.label is not None else None)
 
     def _targets(self, decoded: DecodedShard, chunk: list[int],
                  rows: list[ResultRow]) -> tuple[torch.Tensor, list[int], list[int]]:
@@ -117,7 +117,7 @@ class ShardProcessor:
         the images to explain, their row numbers and their targets.
         """
         cfg = self.config
-        idx = [decoded.records[i]["index"] for i in chunk]
+        idx = [decoded.records[i].index for i in chunk]
         pixels = torch.from_numpy(np.ascontiguousarray(decoded.images[idx]))
         x = self.loaded.preprocess.normalize(pixels).to(self.device)
         with torch.no_grad(), _model_errors(self.config, x):
@@ -305,35 +305,35 @@ def probe_model(config: JobConfig) -> LoadedModel:
     return loaded
 
 
-def make_row(config: JobConfig, shard_id: str, rec: dict[str, Any], *, crop: int | tuple[int, int],
+def make_row(config: JobConfig, shard_id: str, rec: Record, *, crop: int | tuple[int, int],
              label_index: int | None = None, error: str | None = None) -> ResultRow:
     """The row of one input record before the model runs (status from the record).
 
     ``crop``: the map's size, an int (square) or ``(H, W)``. The ``source`` and
     ``error`` columns hold URLs with their credentials redacted (:mod:`sgcore.redact`).
     """
-    err = redact_text(rec.get("error") or error)
+    err = redact_text(rec.error or error)
     map_h, map_w = (crop, crop) if isinstance(crop, int) else crop
-    geo = rec.get("geometry")
+    geo = rec.geometry
     placement = {} if geo is None else dict(
         orig_height=geo.orig_height, orig_width=geo.orig_width,
         resized_height=geo.resized_height, resized_width=geo.resized_width,
         crop_top=geo.crop_top, crop_left=geo.crop_left,
     )
     return ResultRow(
-        image_id=rec["image_id"],
-        source=redact_url(rec["source"]),
+        image_id=rec.image_id,
+        source=redact_url(rec.source),
         shard=shard_id,
         status="error" if err else "ok",
         error=err,
-        label=rec.get("label"),
+        label=rec.label,
         label_index=label_index,
         method=METHOD_NAMES[config.aggregate],
         base=config.base,
         score_type=config.score,
         noise_level=float(config.noise_level),
         n_samples=int(config.n_samples),
-        seed=image_seed(config.seed, rec["image_id"]),
+        seed=image_seed(config.seed, rec.image_id),
         map_height=map_h,
         map_width=map_w,
         **placement,

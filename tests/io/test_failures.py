@@ -14,11 +14,11 @@ from sgcore.io import (
     StorageUnavailable,
     decode,
     decode_shard,
-    parquet_input,
     plan_shards,
 )
-from sgcore.io import webdataset as wds
 from sgcore.io.failures import DECODE_ERRORS, PIL_ERRORS, READ_ERRORS, STORAGE_ERRORS, DecodeError
+from sgcore.io.layouts import parquet as parquet_input
+from sgcore.io.layouts import webdataset as wds
 from tests.io.datasets import encode, rgb, tar_samples, write_parquet, write_tar
 
 
@@ -81,7 +81,7 @@ def test_a_corrupt_image_becomes_an_error_row_naming_it(tmp_path):
     (tmp_path / "good.png").write_bytes(encode(rgb(0)))
     (tmp_path / "text.jpg").write_bytes(b"this is a text file with an image extension")
     (tmp_path / "cut.png").write_bytes(encode(rgb(1))[:60])
-    by_id = {r["image_id"]: r["error"] for r in _records(tmp_path)}
+    by_id = {r.image_id: r.error for r in _records(tmp_path)}
     assert by_id["good.png"] is None
     assert by_id["text.jpg"] == f"not a recognised image format ({tmp_path}/text.jpg)"
     assert by_id["cut.png"].startswith("cannot decode image: ") and by_id["cut.png"].endswith(
@@ -94,19 +94,19 @@ def test_an_image_gone_after_planning_becomes_an_error_row_naming_the_url(tmp_pa
     (spec,) = plan_shards(str(tmp_path), shard_size=10)
     (tmp_path / "1.png").unlink()
     recs = decode_shard(spec, resize_size=8, crop_size=8).records
-    assert recs[0]["error"] is None
-    assert recs[1]["error"].startswith(f"cannot read {tmp_path}/1.png: FileNotFoundError")
+    assert recs[0].error is None
+    assert recs[1].error.startswith(f"cannot read {tmp_path}/1.png: FileNotFoundError")
 
 
 def test_a_damaged_tar_and_parquet_become_error_rows(tmp_path):
     (tmp_path / "t").mkdir()
     (tmp_path / "t" / "b.tar").write_bytes(b"garbage, not a tar at all" * 40)
     (rec,) = _records(tmp_path / "t")
-    assert rec["error"].startswith(f"cannot read {tmp_path}/t/b.tar: ReadError: ")
+    assert rec.error.startswith(f"cannot read {tmp_path}/t/b.tar: ReadError: ")
     (tmp_path / "p").mkdir()
     (tmp_path / "p" / "b.parquet").write_bytes(b"PAR1 definitely not parquet")
     (rec,) = _records(tmp_path / "p")
-    assert rec["error"].startswith(f"cannot read {tmp_path}/p/b.parquet: ArrowInvalid: ")
+    assert rec.error.startswith(f"cannot read {tmp_path}/p/b.parquet: ArrowInvalid: ")
 
 
 # ------------------------------------------- a bug in the read path: raised

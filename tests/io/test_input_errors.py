@@ -10,7 +10,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from sgcore.errors import InputError
-from sgcore.io import decode_shard, parquet_input, plan_shards
+from sgcore.io import decode_shard, plan_shards
+from sgcore.io.layouts import parquet as parquet_input
 from tests.io.datasets import encode, rgb, tar_samples, write_tar
 
 
@@ -36,7 +37,7 @@ def test_missing_id_column_is_refused_when_planning(tmp_path):
                                          r"columns: image, name, label$"):
         plan_shards(str(root), shard_size=10, id_column="nosuchcol")
     shards = plan_shards(str(root), shard_size=10, id_column="name")
-    assert [r["image_id"] for r in decode_shard(shards[0], resize_size=8, crop_size=8).records] == [
+    assert [r.image_id for r in decode_shard(shards[0], resize_size=8, crop_size=8).records] == [
         f"n{i}" for i in range(6)]
 
 
@@ -53,8 +54,8 @@ def test_parquet_with_id_column_failing_mid_read_keeps_one_row_per_image(tmp_pat
     (shard,) = plan_shards(str(root), shard_size=10, id_column="name")
     (root / "data.parquet").write_bytes(b"PAR1 gone")  # replaced after planning
     recs = decode_shard(shard, resize_size=8, crop_size=8).records
-    assert [r["image_id"] for r in recs] == [f"data.parquet#{i}" for i in range(6)]
-    assert all(r["error"].startswith(f"cannot read {root}/data.parquet:") for r in recs)
+    assert [r.image_id for r in recs] == [f"data.parquet#{i}" for i in range(6)]
+    assert all(r.error.startswith(f"cannot read {root}/data.parquet:") for r in recs)
 
 
 # ----------------------------------------------------------------------- --labels
@@ -141,11 +142,11 @@ def test_a_repeated_webdataset_key_gets_its_own_id_and_an_error_row(tmp_path):
     write_tar(tmp_path / "wds" / "a.tar", samples)
     (shard,) = plan_shards(str(tmp_path / "wds"), shard_size=10)
     recs = decode_shard(shard, resize_size=8, crop_size=8).records
-    ids = [r["image_id"] for r in recs]
+    ids = [r.image_id for r in recs]
     assert ids == ["a.tar/s0000", "a.tar/s0001", "a.tar/s0002", "a.tar/s0000#2"] and len(set(ids)) == 4
-    assert [r["error"] is None for r in recs] == [True, True, True, False]
+    assert [r.error is None for r in recs] == [True, True, True, False]
     assert re.match(r"sample key 's0000' repeats in .*/a\.tar \(occurrence 2, member s0000\.jpg\); "
-                    r"WebDataset keys must be unique: only the first is used$", recs[3]["error"])
+                    r"WebDataset keys must be unique: only the first is used$", recs[3].error)
 
 
 def test_an_id_column_with_repeated_values_is_refused_naming_them(tmp_path):
@@ -167,7 +168,7 @@ def test_an_existing_folder_with_glob_characters_is_a_folder(tmp_path):
     (tmp_path / "weird1" / "other.png").write_bytes(encode(rgb(9)))
     for url in (str(root), f"file://{root}"):
         (shard,) = plan_shards(url, shard_size=10)
-        assert [r["image_id"] for r in decode_shard(shard, resize_size=8, crop_size=8).records] == [
+        assert [r.image_id for r in decode_shard(shard, resize_size=8, crop_size=8).records] == [
             "img0.png", "img1.png", "img2.png"], url
     # A pattern that names no existing path is still a glob.
     (shard,) = plan_shards(str(tmp_path / "weird1" / "*[!x].png"), shard_size=10)

@@ -29,17 +29,17 @@ def test_messy_prefix_one_record_per_image_broken_ones_flagged(tmp_path):
     expected = write_messy_prefix(tmp_path)
     shards = plan_shards(str(tmp_path), shard_size=5)
     decoded = [decode_shard(s, resize_size=16, crop_size=16) for s in shards]
-    recs = {r["image_id"]: r for d in decoded for r in d.records}
-    pixels = {r["image_id"]: d.images[r["index"]].astype(int)
-              for d in decoded for r in d.records if r["index"] >= 0}
+    recs = {r.image_id: r for d in decoded for r in d.records}
+    pixels = {r.image_id: d.images[r.index].astype(int)
+              for d in decoded for r in d.records if r.index >= 0}
     assert sorted(recs) == sorted(expected)  # README.txt, meta.json skipped, nothing else
     for image_id, err in expected.items():
         if err is None:
-            assert recs[image_id]["error"] is None and recs[image_id]["index"] >= 0, image_id
+            assert recs[image_id].error is None and recs[image_id].index >= 0, image_id
             assert pixels[image_id].shape == (16, 16, 3), image_id
         else:
-            assert err in recs[image_id]["error"] and image_id in recs[image_id]["error"], image_id
-    assert recs["good/exif.jpg"]["geometry"].orig_height == 30  # portrait after EXIF transpose
+            assert err in recs[image_id].error and image_id in recs[image_id].error, image_id
+    assert recs["good/exif.jpg"].geometry.orig_height == 30  # portrait after EXIF transpose
     # The pixels, not just "no error": a palette whose only index is transparent
     # composites to white; 16-bit 40000 is 40000 / 65535 · 255 = 155.6; grey stays grey.
     assert (pixels["good/palette.png"] == 255).all()
@@ -105,16 +105,16 @@ def test_webdataset_tars_stream_into_samples_grouped_by_key(tmp_path):
         ("00001", "webdataset", ("train/shard-001.tar",)),
     ]
     recs = _records(shards)
-    ids = [r["image_id"] for r in recs]
+    ids = [r.image_id for r in recs]
     assert ids == [f"train/shard-000.tar/s{i:04d}" for i in range(4)] + [
         "train/shard-000.tar/s_bad", "train/shard-001.tar/t0000", "train/shard-001.tar/t0001"]
-    by_id = {r["image_id"]: r for r in recs}
-    assert by_id["train/shard-000.tar/s0000"]["label"] == "0"  # .cls
-    assert by_id["train/shard-000.tar/s0001"]["label"] == "class1"  # .json
-    assert by_id["train/shard-000.tar/s0001"]["source"] == f"{tmp_path}/train/shard-000.tar#s0001.jpg"
-    assert "not a recognised image format" in by_id["train/shard-000.tar/s_bad"]["error"]
-    assert sum(r["error"] is None for r in recs) == 6
-    again = [r["image_id"] for r in _records(plan_shards(str(tmp_path), shard_size=100))]
+    by_id = {r.image_id: r for r in recs}
+    assert by_id["train/shard-000.tar/s0000"].label == "0"  # .cls
+    assert by_id["train/shard-000.tar/s0001"].label == "class1"  # .json
+    assert by_id["train/shard-000.tar/s0001"].source == f"{tmp_path}/train/shard-000.tar#s0001.jpg"
+    assert "not a recognised image format" in by_id["train/shard-000.tar/s_bad"].error
+    assert sum(r.error is None for r in recs) == 6
+    again = [r.image_id for r in _records(plan_shards(str(tmp_path), shard_size=100))]
     assert again == ids  # stable ids
 
 
@@ -122,8 +122,8 @@ def test_tar_that_cannot_be_opened_is_one_error_row(tmp_path):
     write_tar(tmp_path / "a.tar", tar_samples("s", 2))
     (tmp_path / "b.tar").write_bytes(b"garbage, not a tar at all" * 40)
     recs = _records(plan_shards(str(tmp_path), shard_size=10))
-    assert [r["image_id"] for r in recs] == ["a.tar/s0000", "a.tar/s0001", "b.tar"]
-    assert recs[2]["error"].startswith(f"cannot read {tmp_path}/b.tar: ReadError")
+    assert [r.image_id for r in recs] == ["a.tar/s0000", "a.tar/s0001", "b.tar"]
+    assert recs[2].error.startswith(f"cannot read {tmp_path}/b.tar: ReadError")
 
 
 @pytest.mark.parametrize("extra", [0, 100, 600, 3000])  # block boundary, in a header, in data
@@ -133,9 +133,9 @@ def test_truncated_tar_keeps_the_samples_before_the_damage(tmp_path, extra):
     (tmp_path / "full.tar").unlink()
     (tmp_path / "cut.tar").write_bytes(data[: len(data) // 2 + extra])
     recs = _records(plan_shards(str(tmp_path), shard_size=10))
-    assert recs[-1]["image_id"] == "cut.tar"
-    assert recs[-1]["error"].startswith(f"stopped after {len(recs) - 1} sample(s) reading {tmp_path}/cut.tar")
-    assert 1 <= sum(r["error"] is None for r in recs) == len(recs) - 1 < 6
+    assert recs[-1].image_id == "cut.tar"
+    assert recs[-1].error.startswith(f"stopped after {len(recs) - 1} sample(s) reading {tmp_path}/cut.tar")
+    assert 1 <= sum(r.error is None for r in recs) == len(recs) - 1 < 6
 
 
 def test_limit_over_tars_reads_only_what_it_needs(tmp_path):
@@ -144,7 +144,7 @@ def test_limit_over_tars_reads_only_what_it_needs(tmp_path):
     write_tar(tmp_path / "c.tar", tar_samples("u", 3))
     shards = plan_shards(str(tmp_path), shard_size=10, limit=4)
     assert [(s.members, s.count) for s in shards] == [(("a.tar",), 3), (("b.tar",), 1)]
-    assert [r["image_id"] for r in _records(shards)] == ["a.tar/s0000", "a.tar/s0001", "a.tar/s0002", "b.tar/t0000"]
+    assert [r.image_id for r in _records(shards)] == ["a.tar/s0000", "a.tar/s0001", "a.tar/s0002", "b.tar/t0000"]
 
 
 def test_labels_file_applies_to_tar_samples(tmp_path):
@@ -165,21 +165,21 @@ def test_parquet_binary_column_split_by_row_groups_with_stable_ids(tmp_path):
     assert [(s.shard_id, s.row_groups, s.first_row, s.stop_row) for s in shards] == [
         ("00000-0000", (0, 1), 0, 6), ("00000-0001", (2, 3), 6, 10)]
     recs = _records(shards)
-    assert [r["image_id"] for r in recs] == [f"data.parquet#{i}" for i in range(10)]
-    assert [r["label"] for r in recs][:3] == ["c0", "c1", "c0"]
-    assert "not a recognised image format" in recs[4]["error"]
-    assert recs[7]["source"] == f"{tmp_path}/t/data.parquet#7"
+    assert [r.image_id for r in recs] == [f"data.parquet#{i}" for i in range(10)]
+    assert [r.label for r in recs][:3] == ["c0", "c1", "c0"]
+    assert "not a recognised image format" in recs[4].error
+    assert recs[7].source == f"{tmp_path}/t/data.parquet#7"
     limited = plan_shards(str(tmp_path / "t"), shard_size=4, limit=5)
-    assert [r["image_id"] for r in _records(limited)] == [f"data.parquet#{i}" for i in range(5)]
+    assert [r.image_id for r in _records(limited)] == [f"data.parquet#{i}" for i in range(5)]
 
 
 def test_parquet_hugging_face_struct_and_class_label_names(tmp_path):
     images = [encode(rgb(i)) for i in range(3)] + [None]
     write_parquet(tmp_path / "hf.parquet", images, labels=[0, 2, -1, 1], hf=True)
     recs = _records(plan_shards(str(tmp_path / "hf.parquet"), shard_size=100))
-    assert [r["label"] for r in recs] == ["cat", "fox", None, "dog"]
-    assert [r["error"] is None for r in recs] == [True, True, True, False]
-    assert "no image bytes in row 3" in recs[3]["error"]
+    assert [r.label for r in recs] == ["cat", "fox", None, "dog"]
+    assert [r.error is None for r in recs] == [True, True, True, False]
+    assert "no image bytes in row 3" in recs[3].error
 
 
 def test_parquet_id_and_named_columns(tmp_path):
@@ -191,7 +191,7 @@ def test_parquet_id_and_named_columns(tmp_path):
     shards = plan_shards(str(tmp_path), shard_size=10, image_column="pixels", label_column="species",
                          id_column="uid")
     recs = _records(shards)
-    assert [(r["image_id"], r["label"], r["error"]) for r in recs] == [("x1", "owl", None), ("x2", "emu", None)]
+    assert [(r.image_id, r.label, r.error) for r in recs] == [("x1", "owl", None), ("x2", "emu", None)]
     with pytest.raises(InputError, match=r"--image-column 'photo' is not in .*d.parquet; columns: uid, pixels"):
         plan_shards(str(tmp_path), shard_size=10, image_column="photo")
     with pytest.raises(InputError, match=r"--image-column 'species' in .* must be binary or a struct"):
@@ -202,8 +202,8 @@ def test_parquet_that_cannot_be_opened_is_one_error_row(tmp_path):
     write_parquet(tmp_path / "a.parquet", [encode(rgb(0))])
     (tmp_path / "b.parquet").write_bytes(b"PAR1 definitely not parquet")
     recs = _records(plan_shards(str(tmp_path), shard_size=10))
-    assert [r["image_id"] for r in recs] == ["a.parquet#0", "b.parquet"]
-    assert recs[1]["error"].startswith(f"cannot read {tmp_path}/b.parquet:")
+    assert [r.image_id for r in recs] == ["a.parquet#0", "b.parquet"]
+    assert recs[1].error.startswith(f"cannot read {tmp_path}/b.parquet:")
 
 
 # ------------------------------------------------------- detection, sources

@@ -28,9 +28,9 @@ def test_labels_come_from_parent_folder_and_errors_are_samples(image_dir):
     assert samples["dog/dog_0.png"].label == "dog"
     assert samples["dog/dog_0.png"].source == f"{image_dir}/dog/dog_0.png"
     decoded = decode_shard(spec, resize_size=16, crop_size=16)
-    bad = [r for r in decoded.records if r["error"]]
-    assert [r["image_id"] for r in bad] == ["cat/broken.jpg"]
-    assert "broken.jpg" in bad[0]["error"]
+    bad = [r for r in decoded.records if r.error]
+    assert [r.image_id for r in bad] == ["cat/broken.jpg"]
+    assert "broken.jpg" in bad[0].error
     assert decoded.images.shape == (6, 16, 16, 3)
 
 
@@ -83,9 +83,9 @@ def test_a_tar_shard_reads_the_labels_table_the_planner_read_or_refuses(tmp_path
 def test_missing_file_becomes_error_record(image_dir):
     (spec,) = plan_shards(str(image_dir), shard_size=100)
     (image_dir / "dog" / "dog_1.jpg").unlink()
-    recs = {r["image_id"]: r for r in decode_shard(spec, resize_size=8, crop_size=8).records}
-    assert "cannot read" in recs["dog/dog_1.jpg"]["error"]
-    assert recs["dog/dog_0.png"]["error"] is None
+    recs = {r.image_id: r for r in decode_shard(spec, resize_size=8, crop_size=8).records}
+    assert "cannot read" in recs["dog/dog_1.jpg"].error
+    assert recs["dog/dog_0.png"].error is None
 
 
 def test_memory_filesystem_round_trip(memory_root):
@@ -98,8 +98,8 @@ def test_memory_filesystem_round_trip(memory_root):
     shards = plan_shards(memory_root.join("ds"), shard_size=10)
     assert shards[0].members == ("a/x.png", "b/y.png")
     decoded = decode_shard(shards[0], resize_size=4, crop_size=4)
-    assert [r["error"] for r in decoded.records] == [None, None]
-    assert decoded.records[0]["source"].startswith("memory://")
+    assert [r.error for r in decoded.records] == [None, None]
+    assert decoded.records[0].source.startswith("memory://")
 
 
 @pytest.mark.parametrize("make, match", [

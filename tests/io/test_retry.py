@@ -192,7 +192,7 @@ def test_reads_survive_transient_errors_on_every_object(image_dir):
     FlakyFileSystem.clear_instance_cache()
     (spec,) = plan_shards(f"flaky://{image_dir}", shard_size=100, storage_options=opts)
     decoded = decode_shard(spec, resize_size=8, crop_size=8, storage_options=opts)
-    errors = {r["image_id"]: r["error"] for r in decoded.records if r["error"]}
+    errors = {r.image_id: r.error for r in decoded.records if r.error}
     assert list(errors) == ["cat/broken.jpg"] and "cannot decode image" in errors["cat/broken.jpg"]
     assert decoded.num_ok == 6
 
@@ -204,7 +204,7 @@ def test_permanent_outage_becomes_error_rows_naming_the_url(image_dir):
     decoded = decode_shard(spec, resize_size=8, crop_size=8, storage_options=opts)
     assert decoded.num_ok == 0 and len(decoded.records) == 7
     rec = decoded.records[0]
-    assert rec["error"].startswith(f"cannot read flaky://{image_dir}/{rec['image_id']}: PermissionError")
+    assert rec.error.startswith(f"cannot read flaky://{image_dir}/{rec.image_id}: PermissionError")
 
 
 @pytest.mark.parametrize("layout", ["images", "webdataset", "parquet"])
@@ -233,7 +233,7 @@ def test_storage_down_past_the_budget_fails_the_shard_instead_of_error_rows(tmp_
         short = {**down, "until": time.time() + 0.5}
         set_default_policy(storage_policy(5.0))
         decoded = decode_shard(spec, resize_size=8, crop_size=8, storage_options=short)
-        assert decoded.num_ok == 3 and not any(r["error"] for r in decoded.records)
+        assert decoded.num_ok == 3 and not any(r.error for r in decoded.records)
     finally:
         set_default_policy(previous)
 

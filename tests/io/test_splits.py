@@ -10,7 +10,7 @@ import pytest
 
 from sgcore.io import decode_shard, plan_shards, read_shard, read_source
 from sgcore.io._fs import RetryingReader
-from sgcore.io.webdataset import escape_key, unescape_key
+from sgcore.io.layouts.webdataset import escape_key, unescape_key
 from tests.io.datasets import encode, rgb, tar_samples, write_parquet, write_tar
 
 

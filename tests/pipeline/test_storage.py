@@ -17,7 +17,7 @@ import torch
 
 from sgcore.config import JobConfig
 from sgcore.errors import ConfigError, ModelError
-from sgcore.io import DecodedShard
+from sgcore.io import DecodedShard, Record
 from sgcore.models import load_model
 from sgcore.pipeline import JobFailed, run_job
 from sgcore.pipeline.worker import ShardProcessor
@@ -116,8 +116,8 @@ def test_a_deterministic_model_error_in_a_replica_is_a_model_error_not_a_retry()
     loaded = load_model("demo", "none", image_size=8)
     loaded.model = _OnlyOneAtATime()
     proc = ShardProcessor(JobConfig(input="-", output="-", n_samples=2, image_size=8), loaded=loaded)
-    records = [{"image_id": f"{i}.png", "source": f"{i}.png", "label": None, "index": i, "error": None,
-                "geometry": None} for i in range(2)]
+    records = [Record(image_id=f"{i}.png", source=f"{i}.png", label=None, index=i, error=None, geometry=None)
+               for i in range(2)]
     decoded = DecodedShard(shard_id="00000", images=np.zeros((2, 8, 8, 3), np.uint8), records=records)
     with pytest.raises(ModelError, match=r"fails on its input \(a batch of shape \(2, 3, 8, 8\), float32, "
                                          r"--image-size 8\): RuntimeError: mat1 and mat2 shapes"):

@@ -1,15 +1,20 @@
-"""What every input layout shares: the shard and sample types, the protocol, the input root."""
+"""What every input layout shares: the shard, sample and batch types, the protocol, the input root."""
 
 from __future__ import annotations
 
 import io
+import math
 import posixpath
-from collections.abc import Iterator
+import re
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+import numpy as np
+import pyarrow as pa
 from fsspec.spec import AbstractFileSystem
 
+from sgcore.errors import ConfigError
 from sgcore.io._fs import join, open_input, read_bytes, url_to_fs
 from sgcore.io.labels import LabelsFile
 
@@ -89,12 +94,16 @@ class ShardSpec:
 
 @dataclass(frozen=True, kw_only=True)
 class RawSample:
-    """One input image before decoding; ``error`` set when it could not be read."""
+    """One input image before decoding; ``error`` set when it could not be read.
+
+    ``data`` is the encoded image, or pixels decoded already (a batch of
+    ``ray.data.read_images``); None with ``error`` set.
+    """
 
     image_id: str
     source: str
     label: str | None
-    data: bytes | None = None
+    data: bytes | np.ndarray | None = None
     error: str | None = None
 
 
@@ -193,6 +202,112 @@ class PlanOptions:
     labels_url: str | None = None
 
 
+@dataclass(frozen=True, kw_only=True)
+class Batch:
+    """A batch of rows as a Ray Data reader gives them, in one form for every layout.
+
+    Attributes:
+        columns: column name -> its values, one per row.
+        schema: the batch's Arrow schema, where it came as a ``pyarrow.Table``
+            (column types, Hugging Face metadata); None for numpy and pandas
+            batches, whose column types are read off their values.
+        size: rows in the batch.
+    """
+
+    columns: dict[str, Sequence[Any]]
+    schema: pa.Schema | None
+    size: int
+
+    @classmethod
+    def of(cls, batch: Any) -> Batch:
+        """A batch in any of Ray Data's formats: a dict of arrays (numpy), a ``pyarrow.Table``, pandas.
+
+        Raises:
+            TypeError: any other object.
+        """
+        if isinstance(batch, Batch):
+            return batch
+        schema = None
+        if isinstance(batch, Mapping):
+            columns = dict(batch)
+        elif isinstance(batch, pa.Table):
+            schema = batch.schema
+            columns = {name: batch.column(name).to_pylist() for name in batch.column_names}
+        elif hasattr(batch, "to_dict") and hasattr(batch, "columns"):  # pandas
+            columns = {str(c): batch[c].to_numpy() for c in batch.columns}
+        else:
+            raise TypeError(f"a batch is a dict, pyarrow or pandas batch; got {type(batch).__name__}")
+        size = len(next(iter(columns.values()))) if columns else 0
+        return cls(columns=columns, schema=schema, size=size)
+
+    def column(self, name: str, setting: str) -> Sequence[Any]:
+        """The values of column ``name``, which the setting ``setting`` names.
+
+        Raises:
+            ConfigError: no such column, naming the batch's columns.
+        """
+        if name not in self.columns:
+            raise ConfigError(f"{setting} {name!r} is not a column of the batch; columns: "
+                              f"{', '.join(self.columns)}")
+        return self.columns[name]
+
+
+@dataclass(frozen=True, kw_only=True)
+class BatchOptions:
+    """How a batch's rows become samples (the settings of :class:`sgcore.ray_data.SmoothGradMaps`).
+
+    Attributes:
+        root: the job's ``--input``: removed from the front of each row's path or
+            id, so that image ids (and so seeds) equal the job's; None keeps them.
+        image_column, label_column: as the job's options (None: the layout's rule).
+        id_column: the column naming each row (``path``: Ray Data's ``include_paths``).
+        storage_options: for images a row only names (a Hugging Face path struct).
+    """
+
+    root: str | None = None
+    image_column: str | None = None
+    label_column: str | None = None
+    id_column: str = "path"
+    storage_options: dict[str, Any] | None = None
+
+
+_PROTOCOL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+
+
+def relative_id(value: str, root: str | None) -> tuple[str, str | None]:
+    """``value`` relative to ``root``, as the job names an input relative to ``--input``.
+
+    Returns:
+        (the relative path, None), or (``value``, why it is not under ``root``).
+    """
+    if root is None:
+        return value, None
+    base = _PROTOCOL.sub("", root).rstrip("/")
+    path = _PROTOCOL.sub("", value)
+    if path.startswith(base + "/") or not base:
+        return path[len(base):].lstrip("/"), None
+    return value, f"{value} is not under root {root}; set root to the folder the ids are relative to"
+
+
+def batch_source(root: str | None, rel: str) -> str:
+    """The URL of ``rel`` under ``root`` as the job writes it in ``source`` (local files by plain path)."""
+    if root is None:
+        return rel
+    if root.startswith("file://"):
+        root = root[len("file://"):]
+    return f"{root.rstrip('/')}/{rel}"
+
+
+def missing(value: Any) -> bool:
+    """A value the row lacks: None, or the NaN that pandas fills in for it."""
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+def scalar(value: Any) -> Any:
+    """A numpy scalar as the Python value a Parquet reader gives (``np.int64(3)`` -> ``3``)."""
+    return value.item() if isinstance(value, np.generic) else value
+
+
 class Layout(Protocol):
     """One input layout: which files are its inputs, how they become shards and samples.
 
@@ -228,6 +343,18 @@ class Layout(Protocol):
         """
         ...
 
+    def takes(self, batch: Batch) -> bool:
+        """Whether a Ray Data batch looks like this layout's rows (under ``input_format="auto"``)."""
+        ...
+
+    def read_batch(self, batch: Batch, options: BatchOptions) -> Iterator[tuple[int, RawSample]]:
+        """Yields (row of the batch, its sample): the rows :meth:`read` gives for the same inputs.
+
+        The same rules as :meth:`read` (which rows are images, ids, labels), through
+        the same functions; a row that is no input of the layout gives no sample.
+        """
+        ...
+
     def holds(self, source: str) -> bool:
         """Whether a result row's ``source`` names a member inside one of this layout's files."""
         ...
@@ -238,5 +365,6 @@ class Layout(Protocol):
         ...
 
 
-__all__ = ["Layout", "Listing", "PlanOptions", "RawSample", "Root", "ShardSpec", "hidden", "open_url",
-           "range_id", "read_url", "shard_file"]
+__all__ = ["Batch", "BatchOptions", "Layout", "Listing", "PlanOptions", "RawSample", "Root", "ShardSpec",
+           "batch_source", "hidden", "missing", "open_url", "range_id", "read_url", "relative_id", "scalar",
+           "shard_file"]

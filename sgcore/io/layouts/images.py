@@ -2,13 +2,15 @@
 
 A shard is a fixed-size group of files in sorted order; image id = the path
 relative to the input root; label = the parent folder, or the ``--labels`` file
-(looked up once, when planning).
+(looked up once, when planning). Files of other types (``notes.txt``) are no
+inputs: the plan skips them, and so does :meth:`ImageFiles.read_batch` for the
+rows of ``ray.data.read_binary_files``.
 """
 
 from __future__ import annotations
 
 import posixpath
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 from sgcore.io._fs import read_bytes
@@ -16,7 +18,22 @@ from sgcore.io._retry import StorageUnavailable
 from sgcore.io.decode import IMAGE_EXTENSIONS
 from sgcore.io.failures import STORAGE_ERRORS
 from sgcore.io.labels import check_labels, lookup
-from sgcore.io.layouts.base import Listing, PlanOptions, RawSample, Root, ShardSpec, read_url
+from sgcore.io.layouts.base import (
+    Batch,
+    BatchOptions,
+    Listing,
+    PlanOptions,
+    RawSample,
+    Root,
+    ShardSpec,
+    batch_source,
+    missing,
+    read_url,
+    relative_id,
+)
+
+# The image columns of Ray Data's file readers: read_binary_files (bytes), read_images (pixels).
+FILE_COLUMNS = ("bytes", "image")
 
 
 def is_image(name: str) -> bool:
@@ -85,6 +102,26 @@ class ImageFiles:
                     continue
             yield RawSample(image_id=member, source=source, label=label, data=bytes(data))
 
+    def takes(self, batch: Batch) -> bool:
+        # Exactly what read_binary_files / read_images give with include_paths=True.
+        return any(set(batch.columns) == {"path", c} for c in FILE_COLUMNS)
+
+    def read_batch(self, batch: Batch, options: BatchOptions) -> Iterator[tuple[int, RawSample]]:
+        column = options.image_column or next((c for c in FILE_COLUMNS if c in batch.columns), FILE_COLUMNS[0])
+        images = batch.column(column, "image_column")
+        paths = batch.column(options.id_column, "id_column")
+        for i in range(batch.size):
+            value = "" if missing(paths[i]) else str(paths[i])
+            member, error = relative_id(value, options.root)
+            if not is_image(member):
+                continue  # the job lists only image files: no row for notes.txt
+            source = batch_source(options.root, member) if error is None else value
+            data = images[i]
+            if isinstance(data, Mapping):  # a Hugging Face image struct
+                data = data.get("bytes")
+            yield i, RawSample(image_id=member, source=source, label=folder_label(member),
+                               data=None if error else data, error=error)
+
     def holds(self, source: str) -> bool:
         return False  # an image file is its own source
 
@@ -93,4 +130,4 @@ class ImageFiles:
         return read_url(source, storage_options)
 
 
-__all__ = ["ImageFiles", "folder_label", "is_image"]
+__all__ = ["FILE_COLUMNS", "ImageFiles", "folder_label", "is_image"]

@@ -71,3 +71,53 @@ def test_read_shard_dispatches_on_the_kind_of_the_spec(memory_root):
     assert spec.kind == "images"
     (sample,) = read_shard(spec)
     assert (sample.image_id, sample.label, sample.error) == ("cat/x.png", "cat", None)
+
+
+@pytest.mark.parametrize(("columns", "input_format", "layout"), [
+    (("bytes", "path"), "auto", "images"),            # read_binary_files(include_paths=True)
+    (("image", "path"), "auto", "images"),            # read_images(include_paths=True)
+    (("__key__", "__url__", "jpg", "cls"), "auto", "webdataset"),
+    (("id", "label", "content"), "auto", "parquet"),  # any other batch: a table's rows
+    (("bytes", "path", "label"), "auto", "parquet"),
+    (("bytes", "path"), "parquet", "parquet"),        # --input-format decides
+])
+def test_a_batch_is_read_by_the_layout_its_columns_show(columns, input_format, layout):
+    from sgcore.io.layouts import Batch
+    from sgcore.io.readers import batch_layout
+
+    batch = Batch.of({c: [] for c in columns})
+    assert batch_layout(batch, input_format).name == layout
+
+
+def test_records_are_typed_and_slotted(memory_root):
+    from sgcore.io import Record, decode_shard
+
+    memory_root.fs.pipe(memory_root.path("ds/cat/x.png"), encode(rgb(0)))
+    (rec,) = decode_shard(plan_shards(memory_root.join("ds"), shard_size=4)[0], resize_size=8,
+                          crop_size=8).records
+    assert type(rec) is Record and not hasattr(rec, "__dict__")
+    assert (rec.image_id, rec.label, rec.index, rec.error) == ("cat/x.png", "cat", 0, None)
+
+
+@pytest.mark.parametrize(("batch", "options", "error", "message"), [
+    ({"__key__": ["s0"], "__url__": ["a.tar"], "image": [b"x"]}, dict(image_column="image"), "ConfigError",
+     r"^image_column 'image' is no image field of a WebDataset sample \(jpg, jpeg, png, webp, bmp, or a"),
+    ({"id": ["a"], "label": ["cat"]}, dict(id_column="id"), "InputError",
+     r"^the batch has no image-bytes column \(binary, or a struct with 'bytes'\); columns: id, label; "
+     r"use image_column$"),
+    ({"id": ["a"], "img": [b"x"], "raw": [b"y"]}, dict(id_column="id"), "InputError", None),  # img: preferred
+    ({"id": ["a"], "x": [b"x"], "y": [b"y"]}, dict(id_column="id"), "InputError",
+     r"^the batch has several binary columns \(x, y\); choose one with image_column$"),
+    ({"bytes": [b"x"], "path": ["/in/a.png"]}, dict(id_column="name"), "ConfigError",
+     r"^id_column 'name' is not a column of the batch; columns: bytes, path$"),
+])
+def test_a_batch_that_cannot_be_read_is_refused_in_one_line(batch, options, error, message):
+    from sgcore import errors
+    from sgcore.io.layouts import BatchOptions
+    from sgcore.io.readers import read_batch
+
+    if message is None:
+        assert [s.data for _, s in read_batch(batch, BatchOptions(**options))] == [b"x"]
+        return
+    with pytest.raises(getattr(errors, error), match=message):
+        list(read_batch(batch, BatchOptions(**options)))
