@@ -65,14 +65,19 @@ class S3Requests:
         fs.connect()
         self.events = fs.s3.meta.events
         self.ops: collections.Counter[str] = collections.Counter()
+        self.keys: collections.Counter[str] = collections.Counter()  # the object names requested
         self.bytes_in = 0
         self.events.register("before-call.s3", self._call)
         self.events.register("after-call.s3", self._after)
 
-    def _call(self, model: Any = None, **_: Any) -> None:
+    def _call(self, model: Any = None, params: Any = None, **_: Any) -> None:
         self.ops[model.name] += 1
+        with contextlib.suppress(Exception):
+            self.keys[str(params.get("Key") or params.get("Prefix") or "").rsplit("/", 1)[-1]] += 1
 
-    def _after(self, http_response: Any = None, **_: Any) -> None:
+    def _after(self, http_response: Any = None, model: Any = None, **_: Any) -> None:
+        if model is not None and model.name == "HeadObject":
+            return  # its content-length is the object's size: no body comes
         with contextlib.suppress(Exception):
             self.bytes_in += int(http_response.headers.get("content-length") or 0)
 
@@ -82,6 +87,7 @@ class S3Requests:
 
     def reset(self) -> None:
         self.ops.clear()
+        self.keys.clear()
         self.bytes_in = 0
 
     def close(self) -> None:
