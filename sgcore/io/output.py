@@ -48,9 +48,11 @@ describes the whole output and every invocation that wrote to it:
   index into ``runs``) as recorded by the run that wrote its part; a resume
   keeps them for the shards it skips. A key the run did not record is absent.
   The commit of its part (:data:`COMMIT_KEYS`): ``epoch`` and ``token`` (the
-  writer's lease fence, also in the part's footer), ``size``, ``sha256`` and
-  ``stamp`` (local ``mtime_ns`` or the object's ETag): readers and resumes
-  count a part only when its footer's fence is this one.
+  writer's lease fence, also in the part's footer), ``size``, ``sha256``,
+  ``stamp`` (local ``mtime_ns`` or the object's ETag) and ``content`` (the
+  input identity, as in the footer): readers and resumes count a part only
+  when its footer's fence is this one; a resume takes a part whose listed size
+  and stamp are the recorded ones from this record, without reading it.
 - ``epoch``, ``token``: the fence of the run that wrote the manifest (each run
   entry holds its own too); ``_SUCCESS`` holds the same, as JSON.
 - ``runs``: one :class:`RunEntry` per invocation that reached the plan,
@@ -744,7 +746,11 @@ class OutputDir:
                 (same fence; same size and stamp, or else the same sha256: a
                 copied output keeps its parts) or, for a shard it records no
                 commit of (a run that died before its last manifest write),
-                one committed by a run it lists.
+                one committed by a run it lists. A committed entry whose record
+                (a listed run's fence) has the listed size and stamp and the
+                plan's input content is counted from the record alone: no
+                footer read, so a resume costs one listing plus the footers of
+                the unrecorded parts, read :data:`FOOTER_READERS` at a time.
 
         Returns:
             (id -> the part's footer, with ``"commit"``: the record the manifest

@@ -12,7 +12,10 @@ The driver keeps the output's manifest (:class:`sgcore.io.Manifest`; its
 schema is in :mod:`sgcore.io.output`, which owns the output directory): written
 when a run starts work, updated in memory as shards finish (by the
 :class:`~sgcore.pipeline.recorder.Recorder`, from the scheduler's shard
-outcomes), written again when the run ends.
+outcomes), checkpointed while they do (:class:`~sgcore.pipeline.recorder.Checkpoints`:
+at most every 30 s and at most 5 % of the run's time, so a run that dies leaves
+the record of its commits and the next one reads no footer of those), written
+again when the run ends. The run's actors are killed when it ends.
 """
 
 from __future__ import annotations
