@@ -48,9 +48,11 @@ describes the whole output and every invocation that wrote to it:
   index into ``runs``) as recorded by the run that wrote its part; a resume
   keeps them for the shards it skips. A key the run did not record is absent.
   The commit of its part (:data:`COMMIT_KEYS`): ``epoch`` and ``token`` (the
-  writer's lease fence, also in the part's footer), ``size``, ``sha256`` and
-  ``stamp`` (local ``mtime_ns`` or the object's ETag): readers and resumes
-  count a part only when its footer's fence is this one.
+  writer's lease fence, also in the part's footer), ``size``, ``sha256``,
+  ``stamp`` (local ``mtime_ns`` or the object's ETag) and ``content`` (the
+  input identity, as in the footer): readers and resumes count a part only
+  when its footer's fence is this one; a resume takes a part whose listed size
+  and stamp are the recorded ones from this record, without reading it.
 - ``epoch``, ``token``: the fence of the run that wrote the manifest (each run
   entry holds its own too); ``_SUCCESS`` holds the same, as JSON.
 - ``runs``: one :class:`RunEntry` per invocation that reached the plan,
@@ -86,6 +88,7 @@ import posixpath
 import subprocess
 import uuid
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, fields, replace
 from functools import cached_property
 from importlib import metadata as _metadata
@@ -114,7 +117,10 @@ PART_METADATA_KEY = b"sgcore"
 # shard that failed every attempt (redone on resume).
 PART_STATUSES = ("committed", "failed")
 # What the manifest records of each part's commit: the writer's fence and the bytes.
-COMMIT_KEYS = ("epoch", "token", "size", "sha256", "stamp")
+# ``content``: the identity of the shard's input files it was made from (also in the footer).
+COMMIT_KEYS = ("epoch", "token", "size", "sha256", "stamp", "content")
+# Footers read at once by a resume, for the parts its manifest does not record.
+FOOTER_READERS = 16
 _PART_PREFIX, _PART_SUFFIX, _NPZ_SUFFIX = "part-", ".parquet", ".npz"
 PART_GLOB = f"{_PART_PREFIX}*{_PART_SUFFIX}"
 NPZ_GLOB = f"{MAPS_DIR}/{_PART_PREFIX}*{_NPZ_SUFFIX}"
@@ -258,6 +264,22 @@ def fence_of(meta: Mapping[str, Any] | None) -> tuple[int, str] | None:
     return int(meta.get("epoch") or 0), str(meta["token"])
 
 
+def _record_holds(entry: Any, record: Mapping[str, Any], listed: tuple[int | None, str | None],
+                  content: str | None, fences: set[tuple[int, str]]) -> bool:
+    """Whether a manifest's commit record vouches for the listed part without reading it.
+
+    It must be a committed shard's record, by a run the manifest lists, of the
+    same size and stamp as the listing shows (a later write changes the stamp:
+    the ETag of other bytes, a new ``mtime_ns``), and of the same input
+    content as the plan's (when both are known; else the footer decides).
+    """
+    size, stamp = listed
+    return (entry.status == "committed" and entry.rows is not None and fence_of(record) in fences
+            and size is not None and size == record.get("size")
+            and bool(stamp) and stamp == record.get("stamp")
+            and (not content or record.get("content") == content))
+
+
 def read_part_metadata(url: str, storage_options: dict[str, Any] | None = None) -> dict[str, Any] | None:
     """The sgcore footer of a part, or None when it is absent/unreadable."""
     fs, path = url_to_fs(url, storage_options)
@@ -346,7 +368,7 @@ class ShardEntry(_Record):
 
     _OPTIONAL: ClassVar[frozenset[str]] = frozenset(
         {"attempts", "failures", "rows", "ok", "errors", "seconds", "run", "node", "pid", "device", "finished",
-         "epoch", "token", "size", "sha256", "stamp"})
+         "epoch", "token", "size", "sha256", "stamp", "content"})
 
     images: int
     first: str
@@ -368,6 +390,7 @@ class ShardEntry(_Record):
     size: int | None = None
     sha256: str | None = None
     stamp: str | None = None
+    content: str | None = None
 
     def record_commit(self, commit: Mapping[str, Any] | None) -> None:
         """Takes a part's commit record (``write_part``'s: epoch, token, size, sha256, stamp)."""
@@ -723,7 +746,11 @@ class OutputDir:
                 (same fence; same size and stamp, or else the same sha256: a
                 copied output keeps its parts) or, for a shard it records no
                 commit of (a run that died before its last manifest write),
-                one committed by a run it lists.
+                one committed by a run it lists. A committed entry whose record
+                (a listed run's fence) has the listed size and stamp and the
+                plan's input content is counted from the record alone: no
+                footer read, so a resume costs one listing plus the footers of
+                the unrecorded parts, read :data:`FOOTER_READERS` at a time.
 
         Returns:
             (id -> the part's footer, with ``"commit"``: the record the manifest
@@ -735,57 +762,86 @@ class OutputDir:
         """
         listing = self.part_listing()
         fences = manifest.run_fences() if manifest is not None else set()
+        trusted = fenced and manifest is not None and manifest.fenced and manifest.config_hash == config_hash
         done: dict[str, dict[str, Any]] = {}
-        changed: list[str] = []
-        suspect: list[str] = []
+        unread: list[tuple[str, str | None, dict[str, Any] | None]] = []
         for sid, content in contents.items():
             name = part_name(sid)
             if name not in listing:
                 continue
             entry = manifest.shards.get(sid) if manifest is not None else None
             record = entry.commit() if fenced and entry is not None and manifest.fenced else None
-            meta = read_part_metadata(self.url_of(name), self.storage_options)
-            if not meta:
-                if record is not None:
-                    suspect.append(f"{sid} (unreadable)")
+            if trusted and entry is not None and record is not None and _record_holds(
+                    entry, record, listing[name], content, fences):
+                # The manifest recorded this very commit (a listed run's fence, the same size and
+                # stamp: a later writer changes the stamp): no footer read.
+                done[sid] = {"config_hash": config_hash, "status": "committed", "content": record.get("content"),
+                             "shard": sid, "rows": entry.rows, "ok": entry.ok, "errors": entry.errors,
+                             "epoch": record["epoch"], "token": record["token"], "commit": dict(record)}
                 continue
-            if meta.get("config_hash") != config_hash or meta.get("rows") is None:
-                continue
-            if meta.get("status") != "committed":
-                continue
-            if meta.get("content") and content and meta["content"] != content:
-                changed.append(sid)  # same names, other bytes: its maps are of the old images
-                continue
-            if not fenced:
-                done[sid] = meta
-                continue
-            fence = fence_of(meta)
-            size, stamp = listing[name]
-            if fence is None:
-                suspect.append(f"{sid} (written without a lease fence, by an older sgcore)")
-                continue
-            if record is not None:
-                if fence != fence_of(record):
-                    suspect.append(f"{sid} (written by lease epoch {fence[0]}, not by the commit the "
-                                   f"manifest records, epoch {record['epoch']})")
-                    continue
-                commit = dict(record)
-                if size != record.get("size") or (stamp and record.get("stamp") and stamp != record["stamp"]):
-                    digest = self.part_sha256(sid)
-                    if digest != record.get("sha256"):
-                        suspect.append(f"{sid} (its bytes changed since they were committed: "
-                                       f"sha256 {str(digest)[:12]}... is not {str(record.get('sha256'))[:12]}...)")
-                        continue
-                    commit.update(size=size, stamp=stamp)
-            else:
-                if manifest is not None and manifest.fenced and fence not in fences:
-                    suspect.append(f"{sid} (written by lease epoch {fence[0]}, a run this output's manifest "
-                                   "does not list)")
-                    continue
-                commit = {"epoch": fence[0], "token": fence[1], "size": size, "stamp": stamp,
-                          "sha256": self.part_sha256(sid)}
-            done[sid] = {**meta, "commit": commit}
+            unread.append((sid, content, record))
+        # The rest (the crash window: parts the manifest does not record, or whose bytes may have
+        # changed) are judged by their footers, read in parallel.
+        judged: list[tuple[str, str, Any]] = []  # (verdict, shard, value)
+        if unread:
+            def judge(item: tuple[str, str | None, dict[str, Any] | None]) -> tuple[str, str, Any]:
+                sid, content, record = item
+                return self._judge_part(sid, content, record, listing[part_name(sid)], config_hash=config_hash,
+                                        manifest=manifest, fences=fences, fenced=fenced)
+
+            with ThreadPoolExecutor(max_workers=min(FOOTER_READERS, len(unread))) as pool:
+                judged = list(pool.map(judge, unread))
+        changed: list[str] = []
+        suspect: list[str] = []
+        for verdict, sid, value in judged:
+            if verdict == "done":
+                done[sid] = value
+            elif verdict == "changed":
+                changed.append(sid)
+            elif verdict == "suspect":
+                suspect.append(value)
         return done, changed, suspect
+
+    def _judge_part(self, sid: str, content: str | None, record: dict[str, Any] | None,
+                    listed: tuple[int | None, str | None], *, config_hash: str, manifest: Manifest | None,
+                    fences: set[tuple[int, str]], fenced: bool) -> tuple[str, str, Any]:
+        """One part by its footer: ("done", sid, footer), ("changed", sid, None),
+        ("suspect", sid, why) or ("skip", sid, None)."""
+        name = part_name(sid)
+        meta = read_part_metadata(self.url_of(name), self.storage_options)
+        if not meta:
+            return ("suspect", sid, f"{sid} (unreadable)") if record is not None else ("skip", sid, None)
+        if meta.get("config_hash") != config_hash or meta.get("rows") is None:
+            return "skip", sid, None
+        if meta.get("status") != "committed":
+            return "skip", sid, None
+        if meta.get("content") and content and meta["content"] != content:
+            return "changed", sid, None  # same names, other bytes: its maps are of the old images
+        if not fenced:
+            return "done", sid, meta
+        fence = fence_of(meta)
+        size, stamp = listed
+        if fence is None:
+            return "suspect", sid, f"{sid} (written without a lease fence, by an older sgcore)"
+        if record is not None:
+            if fence != fence_of(record):
+                return "suspect", sid, (f"{sid} (written by lease epoch {fence[0]}, not by the commit the "
+                                        f"manifest records, epoch {record['epoch']})")
+            commit = dict(record)
+            if size != record.get("size") or (stamp and record.get("stamp") and stamp != record["stamp"]):
+                digest = self.part_sha256(sid)
+                if digest != record.get("sha256"):
+                    return "suspect", sid, (f"{sid} (its bytes changed since they were committed: sha256 "
+                                            f"{str(digest)[:12]}... is not {str(record.get('sha256'))[:12]}...)")
+                commit.update(size=size, stamp=stamp)
+        else:
+            if manifest is not None and manifest.fenced and fence not in fences:
+                return "suspect", sid, (f"{sid} (written by lease epoch {fence[0]}, a run this output's manifest "
+                                        "does not list)")
+            commit = {"epoch": fence[0], "token": fence[1], "size": size, "stamp": stamp,
+                      "sha256": self.part_sha256(sid)}
+        commit["content"] = meta.get("content")
+        return "done", sid, {**meta, "commit": commit}
 
     # ------------------------------------------------------------------ the manifest
 

@@ -12,7 +12,10 @@ The driver keeps the output's manifest (:class:`sgcore.io.Manifest`; its
 schema is in :mod:`sgcore.io.output`, which owns the output directory): written
 when a run starts work, updated in memory as shards finish (by the
 :class:`~sgcore.pipeline.recorder.Recorder`, from the scheduler's shard
-outcomes), written again when the run ends.
+outcomes), checkpointed while they do (:class:`~sgcore.pipeline.recorder.Checkpoints`:
+at most every 30 s and at most 5 % of the run's time, so a run that dies leaves
+the record of its commits and the next one reads no footer of those), written
+again when the run ends. The run's actors are killed when it ends.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import signal
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 import ray
@@ -70,6 +74,7 @@ from sgcore.pipeline.cluster import (
 from sgcore.pipeline.pool import ActorSlots, short_error
 from sgcore.pipeline.progress import Progress, format_duration, plural
 from sgcore.pipeline.recorder import (
+    Checkpoints,
     Committed,
     Failed,
     JobFailed,
@@ -79,6 +84,7 @@ from sgcore.pipeline.recorder import (
     StorageDown,
     StorageFailed,
     Submitted,
+    manifest_interval,
 )
 from sgcore.pipeline.worker import ShardSummary, class_target, make_row, probe_model, write_part
 
@@ -282,13 +288,16 @@ def _run_claimed(config: JobConfig, out: OutputDir, lease: Lease, preprocess: Pr
             _on_sigterm()
             scheduler = None
             try:
-                scheduler = _Scheduler(config, chash, preprocess, todo, manifest, result, progress, lease, fence)
+                scheduler = _Scheduler(config, chash, preprocess, todo, manifest, result, progress, lease, fence,
+                                       write_manifest=lambda: out.write_manifest(manifest, fence))
                 # What the replicas really hold (a CPU-only cluster: 0 GPUs, whatever was asked).
                 run.gpus_per_actor = scheduler.plan.num_gpus
                 run.gpus_per_actor_requested = config.gpus_per_actor
                 manifest.config["gpus_per_actor"] = scheduler.plan.num_gpus
                 scheduler.run()
             finally:
+                if scheduler is not None:
+                    scheduler.close()  # the run's actors end with it, not at a later garbage collection
                 if scheduler is not None and scheduler.requested_capacity:
                     release_capacity()
                 if owns_ray:
@@ -362,7 +371,8 @@ class _Scheduler:
 
     def __init__(self, config: JobConfig, chash: str, preprocess: Preprocess,
                  todo: list[ShardSpec], manifest: Manifest, result: JobResult,
-                 progress: Progress, lease: Lease | None = None, fence: Fence | None = None):
+                 progress: Progress, lease: Lease | None = None, fence: Fence | None = None, *,
+                 write_manifest: Callable[[], None] | None = None):
         self.config = config
         self.lease = lease
         self.fence = fence
@@ -373,6 +383,11 @@ class _Scheduler:
         # Every change to the manifest, the result and the progress goes through here.
         self.recorder = Recorder(manifest, result, progress, max_error_rate=config.max_error_rate,
                                  output=config.output)
+        # The manifest, written while shards commit (bounded rate): a run that dies leaves its record.
+        self.checkpoints = (Checkpoints(write_manifest, self.recorder, interval=manifest_interval())
+                            if write_manifest is not None else None)
+        self.tally: Any = None
+        self.slots: ActorSlots | None = None
         self.plan = plan_for_config(config, ray.cluster_resources(), num_shards=len(todo),
                                     nodes=node_resources())
         log.info("actor pool: %s", self.plan.describe())
@@ -437,7 +452,18 @@ class _Scheduler:
             self._take_tally()
             for fut in done:
                 self._finish(fut)
+            if self.checkpoints is not None:
+                self.checkpoints.maybe_write()
             self.progress.maybe_print()
+
+    def close(self) -> None:
+        """Kills the run's replicas and its progress tally (their work is over or abandoned)."""
+        if self.slots is not None:
+            self.slots.close()
+        if self.tally is not None:
+            with contextlib.suppress(Exception):
+                ray.kill(self.tally, no_restart=True)
+            self.tally = None
 
     def _take_tally(self) -> None:
         """Images the replicas finished since the last look (live progress)."""

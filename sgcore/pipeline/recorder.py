@@ -11,8 +11,13 @@ run records is testable without Ray.
 
 from __future__ import annotations
 
+import logging
+import os
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from sgcore.errors import ConfigError
 from sgcore.io import Manifest
 from sgcore.pipeline.progress import Progress, format_duration, format_rate, plural
 from sgcore.pipeline.worker import ShardSummary
@@ -141,6 +146,7 @@ class Recorder:
         self.output = output
         self.rows_seen = 0  # rows of committed shards, this run
         self.errors_seen = 0
+        self.finished = 0  # shards committed or failed, this run (what a manifest checkpoint records)
 
     def record(self, outcome: Outcome) -> None:
         """Applies one outcome; raises :class:`JobFailed` when the error rate is exceeded."""
@@ -168,6 +174,7 @@ class Recorder:
                 for sid in failing:
                     self.manifest.shards[sid].status = "failed"
                     self._mark_failed(sid)
+                self.finished += 1
             case _:
                 raise TypeError(f"not a shard outcome: {outcome!r}")
 
@@ -193,6 +200,7 @@ class Recorder:
             self.result.failed_shards.append(shard_id)
 
     def _finished(self, summary: ShardSummary, status: str, *, key: tuple[str, int] | None) -> None:
+        self.finished += 1
         entry = self.manifest.shards[summary.shard]
         entry.status = status
         entry.rows, entry.ok, entry.errors = summary.rows, summary.ok, summary.errors
@@ -218,3 +226,80 @@ class Recorder:
                 f"(over --max-error-rate {self.max_error_rate}); wrong --input-format, model or "
                 f"input? Stopped early; see the error column in {self.output}"
             )
+
+
+# ----------------------------------------------------------------- manifest checkpoints
+
+log = logging.getLogger("sgcore")
+
+# A run's manifest is written at most this often while shards commit ...
+MANIFEST_INTERVAL_S = 30.0
+# ... and its writes take at most this share of the run's time: a manifest that takes w seconds
+# to write waits w / share between writes, so the bytes a run writes stay bounded by its time and
+# the store's bandwidth, however many shards it lists.
+MANIFEST_WRITE_SHARE = 0.05
+
+
+def manifest_interval() -> float:
+    """Seconds between manifest checkpoints: ``SGCORE_MANIFEST_INTERVAL_S`` when set (drills), else 30."""
+    raw = os.environ.get("SGCORE_MANIFEST_INTERVAL_S")
+    try:
+        value = float(raw) if raw else MANIFEST_INTERVAL_S
+    except ValueError:
+        value = -1.0
+    if value < 0:
+        raise ConfigError(f"SGCORE_MANIFEST_INTERVAL_S must be a number of seconds >= 0; got {raw!r}")
+    return value
+
+
+class Checkpoints:
+    """Writes the run's manifest while shards finish, at a bounded rate.
+
+    A run that dies leaves a manifest that records its commits up to its last
+    checkpoint, so that the next run trusts those records instead of reading
+    every part's footer (:meth:`sgcore.io.OutputDir.committed_parts`).
+
+    Args:
+        write: writes the manifest (fenced: ``LeaseLost`` passes through and stops the run).
+        recorder: whose :attr:`Recorder.finished` count says whether there is news.
+        interval: the least time between two writes.
+        share: the most of the run's time spent writing: after a write that took
+            ``w`` seconds, the next waits at least ``w / share``.
+        clock: monotonic seconds (tests pass their own).
+    """
+
+    def __init__(self, write: Callable[[], None], recorder: Recorder, *, interval: float = MANIFEST_INTERVAL_S,
+                 share: float = MANIFEST_WRITE_SHARE, clock: Callable[[], float] = time.monotonic) -> None:
+        if not 0 < share <= 1:
+            raise ValueError(f"share must be in (0, 1]; got {share}")
+        self._write = write
+        self.recorder = recorder
+        self.interval = interval
+        self.share = share
+        self.clock = clock
+        self.last = clock()  # the run wrote its manifest as it started
+        self.cost = 0.0  # seconds the last write took
+        self.recorded = recorder.finished
+        self.writes = 0
+
+    def due(self) -> bool:
+        wait = max(self.interval, self.cost / self.share)
+        return self.recorder.finished != self.recorded and self.clock() - self.last >= wait
+
+    def maybe_write(self) -> bool:
+        """Writes the manifest when a shard finished since the last write and the wait is over."""
+        if not self.due():
+            return False
+        finished = self.recorder.finished
+        start = self.clock()
+        try:
+            self._write()
+        except OSError as e:  # the store hiccups: the next checkpoint, or the run's last write, tries again
+            self.last = self.clock()
+            log.warning("manifest checkpoint failed (next try in %.0f s): %s", self.interval, e)
+            return False
+        self.last = self.clock()
+        self.cost = self.last - start
+        self.recorded = finished
+        self.writes += 1
+        return True

@@ -404,7 +404,7 @@ def write_part(
 
     Returns:
         The commit record the manifest keeps (:data:`sgcore.io.output.COMMIT_KEYS`):
-        the fence's epoch and token, the part's size, sha256 and stamp.
+        the fence's epoch and token, the part's size, sha256 and stamp, and ``content``.
 
     Raises:
         LeaseLost: the run lost the output; nothing more was made visible.
@@ -420,7 +420,7 @@ def write_part(
         write_bytes(npz_url(config.output, shard_id), npz, config.storage_options, fence=fence)
     written = write_bytes(part_url(config.output, shard_id), parquet, config.storage_options, fence=fence)
     return {"epoch": stamp.get("epoch"), "token": stamp.get("token"), "size": len(parquet),
-            "sha256": sha256_hex(parquet), "stamp": written}
+            "sha256": sha256_hex(parquet), "stamp": written, "content": content}
 
 
 def check_owner(config: JobConfig, shard_id: str, fence: Any) -> None:
