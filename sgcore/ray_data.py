@@ -16,7 +16,7 @@
     maps.write_parquet("s3://bucket/maps/")
 
 :class:`SmoothGradMaps` turns the batches Ray Data's readers produce into the
-rows :func:`sgcore.pipeline.run_job` writes (DESIGN.md contract 5): the same
+rows :func:`sgcore.pipeline.run_job` writes (docs/design.md contract 5): the same
 columns, types and geometry, and the same maps for the same images and
 settings, because it runs the job's own code: the input layout's batch reader
 (:func:`sgcore.io.decode_batch`: which rows are images, which column holds

@@ -7,7 +7,7 @@
     maps = load_maps("s3://bucket/maps", image_ids=df.image_id[:10])   # id -> (H, W) float32
     overlay(df.iloc[0]).save("first.png")               # the map over the original image
 
-The output layout (DESIGN.md contract 5, owned by :mod:`sgcore.io.output`):
+The output layout (docs/design.md contract 5, owned by :mod:`sgcore.io.output`):
 ``part-<shard>.parquet`` files, and with ``--format npz`` the maps in
 ``maps/part-<shard>.npz`` keyed by ``image_id``; ``_manifest.json`` and
 ``_SUCCESS`` are not data and are left out.

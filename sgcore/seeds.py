@@ -1,7 +1,7 @@
 """Per-image seeds: derived from the run seed and the image id only.
 
 That is what makes a map reproducible whatever shard, batch, actor or retry
-produced it (DESIGN.md contract 2).
+produced it (docs/design.md contract 2).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The layer rules of DESIGN.md and docs/architecture.md, checked on the source.
+"""The layer rules of docs/design.md and docs/architecture.md, checked on the source.
 
 Imports only flow downwards: a package may import the ones below it, never
 the ones above. Checked statically (every import statement, lazy ones inside

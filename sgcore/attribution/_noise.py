@@ -3,7 +3,7 @@
 Every image draws its noise from its own generator, seeded with its own seed,
 all ``n`` samples at once. The noise an image sees therefore depends only on
 (kind, seed, n, shape, device type): not on its batch neighbours, on how the
-samples are chunked, or on a retry (DESIGN.md contract 2).
+samples are chunked, or on a retry (docs/design.md contract 2).
 
 Each kind is a class behind the :class:`Noise` protocol (how it draws, and
 which samples must stay together in a split half of ``reliability``), listed

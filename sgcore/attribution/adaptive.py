@@ -3,7 +3,7 @@
 Every image draws its noise in blocks of ``reliability.BLOCK`` samples; block
 ``b`` comes from its own generator seeded with ``(image seed, b)``, so sample
 ``k`` of an image is always the same noise, however many samples it ends up
-with (DESIGN.md contract 2). After each round of ``round_samples`` samples
+with (docs/design.md contract 2). After each round of ``round_samples`` samples
 (``min_samples`` first) the image's reliability is estimated from its samples
 (``sgcore.attribution.reliability``); it stops once the estimate clears
 ``target_reliability`` by its own calibration error, or at ``max_samples``.

@@ -4,7 +4,7 @@ Speed mode runs, on one device and the same images: sgcore at each precision
 (model as given, and prepared: BatchNorm folded, channels_last,
 optionally compiled), Captum's ``NoiseTunnel(Saliency)``, a per-sample loop,
 and for each sgcore variant the raw forward + input-gradient rate of the same
-model at the same batch (the practical ceiling, DESIGN.md "Performance
+model at the same batch (the practical ceiling, docs/design.md "Performance
 model"). Each variant's maps are compared with strict float32 sgcore maps of
 the unprepared model by the Spearman rank correlation of abs-sum channel-reduced
 maps (median over images).

@@ -1,6 +1,6 @@
 """An exclusive, expiring, fenced claim on an output directory: ``_lease.json``.
 
-One writer holds an output at a time (DESIGN.md contracts 7 and 10). The
+One writer holds an output at a time (docs/design.md contracts 7 and 10). The
 holder writes ``_lease.json`` (run id, host, pid, heartbeat time, time to
 live, an *epoch* and a random *token*) and renews it every ``ttl / 4``
 seconds; a second writer is refused with one line naming the holder. The

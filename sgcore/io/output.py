@@ -1,7 +1,7 @@
 """The output directory: its names, atomic commits, committed parts, clearing, the manifest.
 
 Everything that reads or writes a job's ``--output`` goes through here. The
-layout (DESIGN.md contract 5) under the output URL::
+layout (docs/design.md contract 5) under the output URL::
 
     part-<shard>.parquet     one per input shard; its footer (key PART_METADATA_KEY) holds
                              config_hash, status ("committed" or "failed"), content, shard,

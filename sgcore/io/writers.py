@@ -28,7 +28,7 @@ def _column(arrow: pa.DataType, default: Any = None, *, geometry: bool = False, 
 
 @dataclass(slots=True, kw_only=True)
 class ResultRow:
-    """One result row: its fields are the output's columns, in order (DESIGN.md contract 5).
+    """One result row: its fields are the output's columns, in order (docs/design.md contract 5).
 
     Each field carries its Arrow type; :func:`result_schema` and
     :func:`rows_to_table` are derived from this class, so a column is declared
@@ -96,7 +96,7 @@ GEOMETRY_COLUMNS: tuple[str, ...] = tuple(name for name, _ in _GEOMETRY)
 
 
 def result_schema(map_shape: tuple[int, int], *, fmt: str = "parquet", channels: int | None = None) -> pa.Schema:
-    """The output schema (DESIGN.md contract 5) for maps of ``map_shape``."""
+    """The output schema (docs/design.md contract 5) for maps of ``map_shape``."""
     fields = [pa.field(n, t) for n, t in _SCALARS]
     if fmt == "npz":
         fields.append(pa.field("map_key", pa.string()))

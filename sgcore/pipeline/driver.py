@@ -1,6 +1,6 @@
 """The job driver: plan shards, run them through a pool of model actors, commit.
 
-Exactly-once rows (DESIGN.md contract 4) rest on three things: every shard
+Exactly-once rows (docs/design.md contract 4) rest on three things: every shard
 writes one part with a deterministic name (a retry overwrites, never adds);
 a part is committed atomically; and a rerun skips shards whose part carries
 the same config hash and the footer status ``committed``. A shard that failed

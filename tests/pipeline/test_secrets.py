@@ -1,4 +1,4 @@
-"""No credential inside a URL reaches an artifact, the console or Ray's logs (DESIGN.md contract 10).
+"""No credential inside a URL reaches an artifact, the console or Ray's logs (docs/design.md contract 10).
 
 A real job in a subprocess reads its checkpoint and its labels over HTTP from URLs
 that carry a unique secret in their userinfo and in a signed-URL query (they work:
