@@ -96,7 +96,7 @@ def _list_folder(url: str, storage_options: dict[str, Any] | None, given: str | 
         try:
             if fs.isfile(path):
                 return None
-        except STORAGE_ERRORS:
+        except Exception:  # missing credentials included: the general listing words it
             return None
         table = list_s3(fs, root, name=lambda p: _relative(p, root), stamp=_stamp, shown=url)
     else:
