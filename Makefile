@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.sgcore-installed
 
-.PHONY: run test test-all lint bench audit clean install gpu-deps
+.PHONY: run demo-real test test-all lint bench audit clean install gpu-deps
 
 install: $(STAMP)
 
@@ -18,6 +18,11 @@ $(STAMP): pyproject.toml | $(PY)
 
 run: $(STAMP)
 	$(PY) -m jobs.smoothgrad
+
+# A trained ImageNet model (EfficientNet-Lite0, sgcore[real]) explained over real photographs:
+# outputs/photos/index.html. `make demo-real DEMO_ARGS="--n-samples 50 --overwrite"` for smoother maps.
+demo-real: $(STAMP)
+	$(PY) -m jobs.photos $(DEMO_ARGS)
 
 # CI runs everything but the tests marked slow; `make test-all` runs those too.
 test: $(STAMP)

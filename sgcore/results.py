@@ -20,6 +20,7 @@ read part by part, as the audit and the renderer do).
 from __future__ import annotations
 
 import io
+import json
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -45,6 +46,7 @@ from sgcore.io import (
 )
 from sgcore.io._fs import is_local
 from sgcore.io.decode import _to_rgb
+from sgcore.io.output import PART_METADATA_KEY, PART_STATUSES, fence_of, part_name, shard_of
 
 if TYPE_CHECKING:
     from sgcore.models.preprocess import Preprocess
@@ -89,11 +91,14 @@ def open_results(url: str, storage_options: dict[str, Any] | None = None) -> pad
         InputError: ``url`` holds no parts.
     """
     out = _parts(url, storage_options)
+    # Every page's checksum is verified as it is read: a corrupt part fails, naming its file.
+    fmt = pads.ParquetFileFormat(
+        default_fragment_scan_options=pads.ParquetFragmentScanOptions(page_checksum_verification=True))
     if is_local(out.fs):
-        return pads.dataset(out.part_paths(), format="parquet")
+        return pads.dataset(out.part_paths(), format=fmt)
     from pyarrow.fs import FSSpecHandler, PyFileSystem
 
-    return pads.dataset(out.part_paths(), format="parquet", filesystem=PyFileSystem(FSSpecHandler(out.fs)))
+    return pads.dataset(out.part_paths(), format=fmt, filesystem=PyFileSystem(FSSpecHandler(out.fs)))
 
 
 def load_maps(
@@ -332,8 +337,13 @@ class Results:
     Attributes:
         url: the directory URL as given.
         manifest: the output's ``_manifest.json`` (schema: :mod:`sgcore.io.output`).
-        parts: URLs of the ``part-*.parquet`` files, sorted.
-        complete: whether ``_SUCCESS`` is present.
+        parts: URLs of the ``part-*.parquet`` files of the manifest's shards, sorted.
+        complete: whether ``_SUCCESS`` is present and, for a manifest written
+            with lease fences, written by the run that wrote the manifest, which
+            says ``complete``.
+        missing: the shards whose part the manifest records as written but that
+            is gone or not the size it recorded (only with ``allow_partial``:
+            otherwise opening fails naming them).
     """
 
     url: str
@@ -341,6 +351,7 @@ class Results:
     parts: list[str]
     complete: bool
     storage_options: dict[str, Any] = field(default_factory=dict, repr=False)
+    missing: list[str] = field(default_factory=list)
 
     @property
     def config(self) -> dict[str, Any]:
@@ -384,27 +395,77 @@ def open_results_dir(
         raise InputError(f"cannot read {out.url_of(MANIFEST_NAME)}: {e}") from e
     if manifest is None:
         raise InputError(f"no {MANIFEST_NAME} under {url}; is it the --output of jobs.smoothgrad?")
-    complete = out.has_success()
+    complete = out.success_matches(manifest)
     if not complete and not allow_partial:
+        why = (f"its {SUCCESS_NAME} was written by another run than its {MANIFEST_NAME}'s"
+               if out.has_success() else f"no {SUCCESS_NAME}")
         raise InputError(
-            f"results at {url} are incomplete (no {SUCCESS_NAME}); wait for the job to finish "
+            f"results at {url} are incomplete ({why}); wait for the job to finish "
             f"or pass allow_partial=True (--allow-partial)"
         )
-    return Results(url=url, manifest=manifest, parts=_parts(url, storage_options).part_urls(), complete=complete,
-                   storage_options=dict(storage_options or {}))
+    listing = _parts(url, storage_options).part_listing()
+    missing = []
+    for sid, entry in sorted(manifest.shards.items()):
+        if entry.status not in PART_STATUSES:
+            continue
+        found = listing.get(part_name(sid))
+        if found is None:
+            missing.append(f"{part_name(sid)} (gone)")
+        elif entry.size is not None and found[0] is not None and found[0] != entry.size:
+            missing.append(f"{part_name(sid)} ({found[0]} bytes, {entry.size} when committed)")
+    if missing and not allow_partial:
+        raise InputError(
+            f"results at {url}: {len(missing)} of the {sum(e.status in PART_STATUSES for e in manifest.shards.values())} "
+            f"parts its {MANIFEST_NAME} records are gone or changed: {', '.join(missing[:10])}"
+            f"{', ...' if len(missing) > 10 else ''}; rerun the job (the same command) to redo them, "
+            "or pass allow_partial=True (--allow-partial)"
+        )
+    parts = [out.url_of(name) for name in sorted(listing) if shard_of(name) in manifest.shards]
+    return Results(url=url, manifest=manifest, parts=parts, complete=complete and not missing,
+                   storage_options=dict(storage_options or {}), missing=[m.split(" ", 1)[0] for m in missing])
 
 
 def _read_part_table(results: Results, part: str, columns: Iterable[str] | None) -> pa.Table:
+    """One part's rows, its page checksums verified and its commit checked against the manifest."""
     fs, path = url_to_fs(part, results.storage_options)
     try:
         with fs.open(path, "rb") as f:
+            pf = pq.ParquetFile(f, page_checksum_verification=True)
+            _check_commit(results, part, pf.schema_arrow.metadata)
             if columns is None:
-                return pq.read_table(f)
-            names = pq.ParquetFile(f).schema_arrow.names
-            f.seek(0)
-            return pq.read_table(f, columns=[c for c in names if c in set(columns)])
+                return pf.read()
+            wanted = set(columns)
+            return pf.read(columns=[c for c in pf.schema_arrow.names if c in wanted])
     except (OSError, pa.ArrowInvalid) as e:
+        if "checksum" in str(e).lower():
+            raise InputError(f"{part} is corrupt ({e}); rerun the job (the same command) to redo it") from e
         raise InputError(f"cannot read {part}: {e}") from e
+
+
+def _check_commit(results: Results, part: str, metadata: Mapping[bytes, bytes] | None) -> None:
+    """Refuses a part that the manifest's runs did not commit (a writer that had lost the output).
+
+    Manifests written before lease fences (no token) check nothing here.
+    """
+    manifest = results.manifest
+    if not manifest.fenced:
+        return
+    sid = shard_of(part)
+    entry = manifest.shards.get(sid) if sid is not None else None
+    try:
+        footer = json.loads((metadata or {}).get(PART_METADATA_KEY) or b"{}")
+    except ValueError:
+        footer = {}
+    fence = fence_of(footer)
+    record = entry.commit() if entry is not None else None
+    if fence is not None and (fence == fence_of(record) if record else fence in manifest.run_fences()):
+        return
+    wrote = f"lease epoch {fence[0]}" if fence else "a writer without a lease fence"
+    recorded = f"epoch {record['epoch']}" if record else "none"
+    raise InputError(
+        f"{part} was not committed by this output's runs (written by {wrote}; the manifest records "
+        f"{recorded}): a writer that had lost the output wrote it; rerun the job (the same command) to redo it"
+    )
 
 
 def read_part(results: Results, part: str, *, with_maps: bool = True) -> tuple[pa.Table, np.ndarray | None]:

@@ -12,7 +12,7 @@ from sgcore.cli import config_from_args, parse_storage_options
 from sgcore.config import JobConfig
 from sgcore.errors import ConfigError
 
-JOBS = ("smoothgrad", "audit", "sweep", "benchmark", "submit", "gpu_check", "train_demo")
+JOBS = ("smoothgrad", "audit", "sweep", "benchmark", "submit", "gpu_check", "train_demo", "photos")
 SECRET = "SUPERSECRET123"
 
 

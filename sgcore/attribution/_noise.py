@@ -5,6 +5,11 @@ all ``n`` samples at once. The noise an image sees therefore depends only on
 (kind, seed, n, shape, device type): not on its batch neighbours, on how the
 samples are chunked, or on a retry (DESIGN.md contract 2).
 
+Each kind is a class behind the :class:`Noise` protocol (how it draws, and
+which samples must stay together in a split half of ``reliability``), listed
+once in :data:`NOISE_TABLE`; the kernels and ``reliability`` look a kind up
+there and never branch on its name.
+
 Kinds (all standard normal per element, before scaling by σ):
 
 - ``gaussian``: i.i.d. N(0, 1), the paper's estimator (Smilkov et al. 2017).
@@ -33,14 +38,85 @@ Kinds (all standard normal per element, before scaling by σ):
 
 from __future__ import annotations
 
+from typing import Protocol
+
 import torch
 
-from sgcore.settings import NOISES, Noise
+from sgcore.settings import ADAPTIVE_BLOCK, NOISES
 
-NoiseKind = Noise
+# The settings' names (the job's config checks against these); NOISE_TABLE
+# below holds the kinds themselves, by the same names in the same order.
 NOISE_KINDS: tuple[str, ...] = NOISES
 
 _BITS = 32
+
+
+class Noise(Protocol):
+    """One noise kind: how its ``n`` standard-normal samples are drawn and grouped.
+
+    Attributes:
+        name: the ``noise`` value (``sgcore.settings.Noise``).
+    """
+
+    name: str
+
+    def draw(self, n: int, shape: tuple[int, ...], gen: torch.Generator, device: torch.device) -> torch.Tensor:
+        """``n`` samples ``(n, *shape)``, float32, all from ``gen`` (seeded with the image's seed)."""
+        ...
+
+    def group_size(self, *, blocked: bool) -> int:
+        """How many consecutive samples must stay in the same split half (``reliability.half_mask``).
+
+        ``blocked``: the kernel draws the samples in blocks of
+        ``sgcore.settings.ADAPTIVE_BLOCK``, each from its own seed (adaptive sampling).
+        """
+        ...
+
+
+class Gaussian:
+    """i.i.d. N(0, 1): the paper's estimator."""
+
+    name = "gaussian"
+
+    def draw(self, n: int, shape: tuple[int, ...], gen: torch.Generator, device: torch.device) -> torch.Tensor:
+        return torch.randn((n, *shape), generator=gen, device=device, dtype=torch.float32)
+
+    def group_size(self, *, blocked: bool) -> int:
+        return 1
+
+
+class Antithetic:
+    """Pairs (ε, −ε); an odd ``n`` ends with one unpaired sample. A pair stays in one half."""
+
+    name = "antithetic"
+
+    def draw(self, n: int, shape: tuple[int, ...], gen: torch.Generator, device: torch.device) -> torch.Tensor:
+        half = torch.randn(((n + 1) // 2, *shape), generator=gen, device=device, dtype=torch.float32)
+        pairs = torch.stack((half, -half), dim=1).reshape(-1, *shape)
+        return pairs[:n].contiguous()
+
+    def group_size(self, *, blocked: bool) -> int:
+        return 2
+
+
+class Sobol:
+    """Latin hypercube strata per element from a shifted van der Corput sequence (module docstring).
+
+    The strata span the samples drawn from one generator: where the kernel
+    draws in blocks, a block stays in one half.
+    """
+
+    name = "sobol"
+
+    def draw(self, n: int, shape: tuple[int, ...], gen: torch.Generator, device: torch.device) -> torch.Tensor:
+        return _shifted_van_der_corput_normal(n, shape, gen, device)
+
+    def group_size(self, *, blocked: bool) -> int:
+        return ADAPTIVE_BLOCK if blocked else 1
+
+
+# A new kind is one class above and one entry here (and its name in settings.Noise).
+NOISE_TABLE: dict[str, Noise] = {kind.name: kind for kind in (Gaussian(), Antithetic(), Sobol())}
 
 
 def standard_noise(
@@ -59,22 +135,17 @@ def standard_noise(
         seed: the image's seed; the same (kind, seed, n, shape) always gives the
             same noise on a given device type.
         device: where to draw it.
-        kind: ``"gaussian"``, ``"antithetic"`` or ``"sobol"`` (module docstring).
+        kind: a name of ``NOISE_TABLE``: ``"gaussian"``, ``"antithetic"`` or
+            ``"sobol"`` (module docstring).
 
     Returns:
         float32 tensor of shape ``(n, *shape)`` on ``device``.
     """
-    if kind not in NOISE_KINDS:
-        raise ValueError(f"noise must be one of {', '.join(NOISE_KINDS)}; got {kind!r}")
+    if kind not in NOISE_TABLE:
+        raise ValueError(f"noise must be one of {', '.join(NOISE_TABLE)}; got {kind!r}")
     gen = torch.Generator(device=device)
     gen.manual_seed(int(seed))
-    if kind == "gaussian":
-        return torch.randn((n, *shape), generator=gen, device=device, dtype=torch.float32)
-    if kind == "antithetic":
-        half = torch.randn(((n + 1) // 2, *shape), generator=gen, device=device, dtype=torch.float32)
-        pairs = torch.stack((half, -half), dim=1).reshape(-1, *shape)
-        return pairs[:n].contiguous()
-    return _shifted_van_der_corput_normal(n, shape, gen, device)
+    return NOISE_TABLE[kind].draw(n, shape, gen, device)
 
 
 def _shifted_van_der_corput_normal(

@@ -25,7 +25,6 @@ the call takes its place (a shard's images are best passed in one call).
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 from collections import deque
 from collections.abc import Callable
@@ -33,23 +32,25 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from sgcore.attribution._bases import guided_relus, prefers_channels_last
-from sgcore.attribution._noise import standard_noise
+from sgcore.attribution._checks import (
+    check_choice,
+    check_images,
+    check_int,
+    check_model,
+    check_noise_level,
+    check_seeds,
+    check_targets,
+)
+from sgcore.attribution._noise import NOISE_TABLE, standard_noise
+from sgcore.attribution.bases import BASE_TABLE
 from sgcore.attribution.postprocess import REDUCTIONS
+from sgcore.attribution.prepare import prefers_channels_last
 from sgcore.attribution.reliability import BLOCK
 from sgcore.attribution.smoothgrad import (
     AGGREGATES,
-    NOISES,
     PRECISIONS,
     SmoothGradResult,
     _Accumulator,
-    _check_choice,
-    _check_images,
-    _check_int,
-    _check_model,
-    _check_noise_level,
-    _check_seeds,
-    _check_targets,
     _float32_mode,
     _input_gradient_fn,
     _input_gradients_only,
@@ -57,11 +58,14 @@ from sgcore.attribution.smoothgrad import (
 )
 from sgcore.settings import check_adaptive_policy as check_policy
 
-ADAPTIVE_BASES: tuple[str, ...] = ("gradient", "input_x_gradient", "guided_backprop")
-
 # How far an image's estimate must clear the target at 16 samples (shrinking as
 # 1/sqrt(n)): about the estimate's calibration error there (module docstring).
 STOP_MARGIN = 0.03
+
+
+def adaptive_bases() -> tuple[str, ...]:
+    """The bases this kernel runs: the pointwise ones of ``BASE_TABLE``, in its order."""
+    return tuple(name for name, cls in BASE_TABLE.items() if cls.pointwise)
 
 
 def block_seed(seed: int, block: int) -> int:
@@ -112,26 +116,28 @@ def smoothgrad_adaptive(
         TypeError, ValueError: a bad argument (``integrated_gradients`` is not
         supported here: use ``smoothgrad`` with a fixed ``n_samples``).
     """
-    _check_model(model)
-    batch, shape = _check_images(images)
-    targets = _check_targets(targets, batch, images.device)
-    seed_list = _check_seeds(seeds, batch)
-    _check_choice("aggregate", aggregate, AGGREGATES)
-    _check_choice("base", base, ADAPTIVE_BASES)
-    _check_choice("precision", precision, PRECISIONS)
-    _check_choice("noise", noise, NOISES)
-    _check_choice("reliability_reduction", reliability_reduction, REDUCTIONS)
+    check_model(model)
+    batch, shape = check_images(images)
+    targets = check_targets(targets, batch, images.device)
+    seed_list = check_seeds(seeds, batch)
+    check_choice("aggregate", aggregate, AGGREGATES)
+    # One row per sample: the bases that need only the gradient at the noisy point.
+    check_choice("base", base, adaptive_bases())
+    check_choice("precision", precision, PRECISIONS)
+    check_choice("noise", noise, NOISE_TABLE)
+    check_choice("reliability_reduction", reliability_reduction, REDUCTIONS)
     target, low, high, step = check_policy(target_reliability, min_samples, max_samples, round_samples)
-    noise_level = _check_noise_level(noise_level)
+    noise_level = check_noise_level(noise_level)
     if isinstance(stop_margin, bool) or not isinstance(stop_margin, int | float) or not 0 <= stop_margin < 1:
         raise ValueError(f"stop_margin must be a number in [0, 1); got {stop_margin!r}")
     if on_done is not None and not callable(on_done):
         raise TypeError(f"on_done must be callable or None; got {type(on_done).__name__}")
     if max_batch is None:
         max_batch = default_max_batch(images.device, shape)
-    max_batch = _check_int("max_batch", max_batch, minimum=1)
+    max_batch = check_int("max_batch", max_batch, minimum=1)
 
     x = images.detach().to(torch.float32)
+    method = BASE_TABLE[base](x)
     flat = x.reshape(batch, -1)
     sigma = noise_level * (flat.amax(dim=1) - flat.amin(dim=1))
     acc = _Accumulator(aggregate, batch, shape, x.device)
@@ -150,8 +156,7 @@ def smoothgrad_adaptive(
     # Per active image: [next sample to send, end of its open round, gradients of the round so far].
     state: dict[int, list] = {}
     waiting = deque(range(batch))
-    hooks = guided_relus(model) if base == "guided_backprop" else contextlib.nullcontext()
-    with _input_gradients_only(model), _float32_mode(precision, x.device), hooks:
+    with _input_gradients_only(model), _float32_mode(precision, x.device), method.hooks(model):
         while state or waiting:
             pieces: list[tuple[int, int, int]] = []
             room = max_batch
@@ -174,9 +179,7 @@ def smoothgrad_adaptive(
             grads = grad_fn(inputs, row_targets)
             offset = 0
             for i, k0, k1 in pieces:
-                g = grads[offset : offset + k1 - k0]
-                if base == "input_x_gradient":
-                    g = g * inputs[offset : offset + k1 - k0]
+                g = method.sample_maps(i, grads[offset : offset + k1 - k0], inputs[offset : offset + k1 - k0])
                 offset += k1 - k0
                 st = state[i]
                 st[0] = k1

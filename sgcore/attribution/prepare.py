@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import warnings
+from typing import Any
 
 import torch
 from torch import nn
@@ -15,6 +16,8 @@ def prepare_model(
     fold_bn: bool = True,
     channels_last: bool | None = None,
     compile: bool = False,
+    example: torch.Tensor | None = None,
+    quiet: bool = False,
 ) -> nn.Module:
     """Returns a copy of ``model`` made cheaper to differentiate; ``model`` is untouched.
 
@@ -24,8 +27,9 @@ def prepare_model(
       fold is exact up to float rounding). It halves the memory traffic of
       conv-BN blocks in the forward and backward pass. Needs ``model.eval()``
       (a model in training mode is refused with a ``ValueError``) and a model
-      that ``torch.fx`` can trace (otherwise nothing is folded and a warning
-      says why).
+      that ``torch.fx`` can trace, or an ``example`` input to fold by one
+      observed forward pass instead (see :func:`fold_batchnorm`); otherwise
+      nothing is folded and a warning says why (none with ``quiet``).
     - ``channels_last``: stores 4-D weights channels_last (NHWC), which cuDNN
       tensor cores and oneDNN prefer; ``smoothgrad`` then feeds inputs in the
       same layout. None means: on when the model has a ``Conv2d``. Measured
@@ -42,6 +46,8 @@ def prepare_model(
         fold_bn: fold eval-mode BatchNorm into the preceding layer.
         channels_last: NHWC weights; None picks as described above.
         compile: apply ``torch.compile``.
+        example: an input batch, for models torch.fx cannot trace.
+        quiet: no warning when nothing could be folded (the caller reports it once).
 
     Returns:
         A new ``nn.Module`` with the same outputs (to rounding) as ``model``.
@@ -62,7 +68,8 @@ def prepare_model(
             "fold_bn=True needs a model in eval mode (BatchNorm folds only with "
             "running statistics); got a model in training mode: call model.eval() first"
         )
-    prepared = fold_batchnorm(model) if fold_bn else copy.deepcopy(model)
+    prepared = try_fold_batchnorm(model, example)[0] if fold_bn and quiet else (
+        fold_batchnorm(model, example=example) if fold_bn else copy.deepcopy(model))
     if channels_last is None:
         channels_last = _has_conv2d(prepared)
     if channels_last:
@@ -74,14 +81,26 @@ def prepare_model(
     return prepared
 
 
-def fold_batchnorm(model: nn.Module) -> nn.Module:
+def fold_batchnorm(model: nn.Module, *, example: torch.Tensor | None = None) -> nn.Module:
     """A copy of an eval-mode ``model`` with BatchNorm folded into conv/linear layers.
 
     Uses ``torch.fx`` to find each BatchNorm whose only input is a Conv1d/2d/3d
     (or a Linear before BatchNorm1d) used nowhere else, and
-    ``torch.nn.utils.fusion`` for the arithmetic. Untraceable models come back
-    as an unfolded copy, with a warning.
+    ``torch.nn.utils.fusion`` for the arithmetic. A model torch.fx cannot trace
+    is folded from one forward pass on ``example`` instead: each BatchNorm module
+    fed directly by a convolution's output is folded into it, and the copy is
+    kept only if its outputs equal the model's on ``example``. A TorchScript
+    module is frozen (``torch.jit.freeze`` folds conv-BatchNorm). When nothing
+    can be folded the copy comes back unfolded, with a warning saying why.
     """
+    folded, why = try_fold_batchnorm(model, example)
+    if why is not None:
+        warnings.warn(f"BatchNorm not folded: {why}", RuntimeWarning, stacklevel=2)
+    return folded
+
+
+def try_fold_batchnorm(model: nn.Module, example: torch.Tensor | None = None) -> tuple[nn.Module, str | None]:
+    """(:func:`fold_batchnorm`'s copy, why nothing could be folded or None), without warning."""
     from torch.fx.experimental.optimization import fuse
 
     if model.training:
@@ -89,16 +108,105 @@ def fold_batchnorm(model: nn.Module) -> nn.Module:
             "fold_bn=True needs a model in eval mode (BatchNorm folds only with "
             "running statistics); got a model in training mode: call model.eval() first"
         )
+    if isinstance(model, torch.jit.ScriptModule):
+        try:
+            return torch.jit.freeze(model), None
+        except Exception as e:  # a module that cannot be frozen (e.g. already frozen, or traced in training)
+            return model, f"torch.jit.freeze failed on {type(model).__name__} ({_one_line(e)})"
     try:
-        return fuse(model, inplace=False)
+        fused = fuse(model, inplace=False)
     except Exception as e:  # torch.fx raises many kinds of tracing errors
-        warnings.warn(
-            f"BatchNorm not folded: torch.fx cannot trace {type(model).__name__} ({e})",
-            RuntimeWarning,
-            stacklevel=2,
-        )
-        return copy.deepcopy(model)
+        traced = f"torch.fx cannot trace {type(model).__name__} ({e})"
+    else:
+        left = [n for n in fused.graph.nodes if n.op == "call_function" and "batch_norm" in str(n.target)]
+        if left:  # e.g. a torch.export program, or a BatchNorm subclass fx traced through
+            return fused, (f"{len(left)} BatchNorm of {type(model).__name__} are graph functions, "
+                           "not modules, and stay unfolded")
+        return fused, None
+    if example is None:
+        return copy.deepcopy(model), traced
+    return _fold_observed(model, example, traced)
+
+
+_BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+_CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+
+
+def _fold_observed(model: nn.Module, example: torch.Tensor, traced: str) -> tuple[nn.Module, str | None]:
+    """Folds each BatchNorm whose input is the very tensor a convolution returned (seen in
+    one forward on ``example``); kept only if the outputs on ``example`` do not change."""
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+    folded = copy.deepcopy(model)
+    made: dict[int, nn.Module] = {}
+    keep: list[torch.Tensor] = []  # holds the outputs so that their ids stay unique
+    calls: dict[nn.Module, int] = {}
+    pairs: list[tuple[nn.Module, nn.Module]] = []
+
+    def on_conv(module: nn.Module, args: tuple, out: Any) -> None:
+        calls[module] = calls.get(module, 0) + 1
+        if isinstance(out, torch.Tensor):
+            made[id(out)] = module
+            keep.append(out)
+
+    def on_bn(module: nn.Module, args: tuple, out: Any) -> None:
+        calls[module] = calls.get(module, 0) + 1
+        conv = made.get(id(args[0])) if args else None
+        if conv is not None:
+            pairs.append((conv, module))
+
+    hooks = [m.register_forward_hook(on_conv) for m in folded.modules() if type(m) in _CONVS]
+    hooks += [m.register_forward_hook(on_bn) for m in folded.modules()
+              if type(m) in _BATCHNORMS and m.running_mean is not None]
+    try:
+        with torch.no_grad():
+            before = _tensors(folded(example))
+    finally:
+        for hook in hooks:
+            hook.remove()
+    keep.clear()
+    parents = {id(child): (parent, name) for parent in folded.modules() for name, child in parent.named_children()}
+    pairs = [(c, b) for c, b in pairs if calls[c] == 1 and calls[b] == 1 and id(b) in parents]
+    if not pairs:
+        return folded, traced + "; no BatchNorm directly after a convolution was seen on the example input"
+    for conv, bn in pairs:
+        fused = fuse_conv_bn_eval(conv, bn)
+        conv.weight, conv.bias = fused.weight, fused.bias
+        parent, name = parents[id(bn)]
+        setattr(parent, name, nn.Identity())
+    with torch.no_grad():
+        after = _tensors(folded(example))
+    same = len(before) == len(after) and all(
+        a.shape == b.shape and torch.allclose(a, b, rtol=1e-3, atol=1e-4 * max(1.0, float(b.abs().max())))
+        for a, b in zip(after, before, strict=True))
+    if not same:
+        return copy.deepcopy(model), traced + "; folding from an observed forward changed the outputs"
+    return folded, None
+
+
+def _tensors(out: Any) -> list[torch.Tensor]:
+    """The tensors in a model's output (a tensor, a tuple/list, a dict or ModelOutput)."""
+    if isinstance(out, torch.Tensor):
+        return [out]
+    if isinstance(out, dict):
+        return [t for v in out.values() for t in _tensors(v)]
+    if isinstance(out, tuple | list):
+        return [t for v in out for t in _tensors(v)]
+    return []
+
+
+def _one_line(e: BaseException) -> str:
+    text = " ".join(str(e).split()) or type(e).__name__
+    return text if len(text) < 200 else text[:200] + "..."
 
 
 def _has_conv2d(model: nn.Module) -> bool:
     return any(isinstance(m, nn.Conv2d) for m in model.modules())
+
+
+def prefers_channels_last(model: nn.Module) -> bool:
+    """True when the model's first 4-D weight is stored channels_last (the kernels then feed NHWC rows)."""
+    for p in model.parameters():
+        if p.dim() == 4:
+            return p.is_contiguous(memory_format=torch.channels_last) and not p.is_contiguous()
+    return False

@@ -17,13 +17,20 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-from sgcore.attribution._bases import (
-    guided_relus,
-    integration_rule,
-    prefers_channels_last,
+from sgcore.attribution import bases
+from sgcore.attribution._checks import (
+    check_choice,
+    check_images,
+    check_int,
+    check_model,
+    check_noise_level,
+    check_seeds,
+    check_targets,
 )
-from sgcore.attribution._noise import standard_noise
+from sgcore.attribution._noise import NOISE_TABLE, standard_noise
+from sgcore.attribution.bases import BASE_TABLE
 from sgcore.attribution.postprocess import REDUCTIONS
+from sgcore.attribution.prepare import prefers_channels_last
 from sgcore.attribution.reliability import Estimate, bootstrap_reliability, half_mask
 
 # The choices have one owner, the torch-free sgcore.settings (the job's config
@@ -112,7 +119,7 @@ def smoothgrad(
         aggregate: ``"mean"`` (SmoothGrad), ``"square"`` (mean of squares,
             SmoothGrad²) or ``"var"`` (VarGrad, never negative).
         base: sensitivity map that is smoothed, evaluated at each noisy point
-            ``x̃ = x + ε``: ``"gradient"`` (∂S_c/∂x̃, Simonyan et al. 2014),
+            ``x̃ = x + ε``, a name of ``sgcore.attribution.bases.BASE_TABLE``: ``"gradient"`` (∂S_c/∂x̃, Simonyan et al. 2014),
             ``"input_x_gradient"`` (x̃ ⊙ ∂S_c/∂x̃, Shrikumar et al. 2016),
             ``"integrated_gradients"`` ((x̃ − x') ⊙ ∫₀¹ ∂S_c/∂x(x' + α(x̃ − x')) dα,
             Sundararajan et al. 2017, arXiv:1703.01365; the SmoothGrad paper
@@ -131,8 +138,8 @@ def smoothgrad(
             out-of-memory error halves the chunk and retries; maps do not
             depend on the chunk size.
         noise: ``"gaussian"`` (the paper), ``"antithetic"`` (pairs ε, −ε) or
-            ``"sobol"`` (randomised quasi-Monte Carlo per element); see
-            ``sgcore.attribution._noise``.
+            ``"sobol"`` (randomised quasi-Monte Carlo per element): a name of
+            ``sgcore.attribution._noise.NOISE_TABLE``.
         ig_steps: integration points of ``integrated_gradients``
             (Gauss–Legendre quadrature on [0, 1], as Captum's default).
         ig_baseline: the baseline ``x'`` of ``integrated_gradients``: a number,
@@ -153,29 +160,27 @@ def smoothgrad(
         TypeError: an argument has the wrong type.
         ValueError: an argument has a wrong value or shape.
     """
-    _check_model(model)
-    batch, shape = _check_images(images)
-    targets = _check_targets(targets, batch, images.device)
-    seed_list = _check_seeds(seeds, batch)
-    _check_choice("aggregate", aggregate, AGGREGATES)
-    _check_choice("base", base, BASES)
-    _check_choice("precision", precision, PRECISIONS)
-    _check_choice("noise", noise, NOISES)
-    _check_choice("reliability_reduction", reliability_reduction, REDUCTIONS)
+    check_model(model)
+    batch, shape = check_images(images)
+    targets = check_targets(targets, batch, images.device)
+    seed_list = check_seeds(seeds, batch)
+    check_choice("aggregate", aggregate, AGGREGATES)
+    # The tables, not the settings' names: a base or noise registered there runs.
+    check_choice("base", base, BASE_TABLE)
+    check_choice("precision", precision, PRECISIONS)
+    check_choice("noise", noise, NOISE_TABLE)
+    check_choice("reliability_reduction", reliability_reduction, REDUCTIONS)
     if not isinstance(return_reliability, bool):
         raise TypeError(f"return_reliability must be a bool; got {type(return_reliability).__name__}")
-    n_samples = _check_int("n_samples", n_samples, minimum=1)
-    noise_level = _check_noise_level(noise_level)
-    steps = _check_int("ig_steps", ig_steps, minimum=1) if base == "integrated_gradients" else 1
+    n_samples = check_int("n_samples", n_samples, minimum=1)
+    noise_level = check_noise_level(noise_level)
+    x = images.detach().to(torch.float32)
+    method = BASE_TABLE[base](x, ig_steps=ig_steps, ig_baseline=ig_baseline)
     if max_batch is not None:
-        max_batch = _check_int("max_batch", max_batch, minimum=1)
+        max_batch = check_int("max_batch", max_batch, minimum=1)
     else:
         max_batch = default_max_batch(images.device, shape)
 
-    x = images.detach().to(torch.float32)
-    baseline = (
-        _check_baseline(ig_baseline, x) if base == "integrated_gradients" else None
-    )
     # With no noise every sample is the same point: one sample is the exact
     # base attribution, where averaging n copies would add rounding error.
     n = 1 if noise_level == 0.0 else n_samples
@@ -189,9 +194,7 @@ def smoothgrad(
         targets=targets,
         n=n,
         noise=noise,
-        base=base,
-        steps=steps,
-        baseline=baseline,
+        base=method,
     )
     acc = _Accumulator(aggregate, batch, shape, x.device)
     if return_reliability and n > 1:
@@ -199,8 +202,7 @@ def smoothgrad(
     grad_fn = _input_gradient_fn(
         model, precision, x.device, prefers_channels_last(model), int(targets.max())
     )
-    hooks = guided_relus(model) if base == "guided_backprop" else contextlib.nullcontext()
-    with _input_gradients_only(model), _float32_mode(precision, x.device), hooks:
+    with _input_gradients_only(model), _float32_mode(precision, x.device), method.hooks(model):
         _run(plan, acc, grad_fn, max_batch)
     maps = acc.result()
     if not return_reliability:
@@ -247,9 +249,7 @@ class _Plan:
         targets: torch.Tensor,
         n: int,
         noise: str,
-        base: str,
-        steps: int,
-        baseline: torch.Tensor | None,
+        base: bases.Base,
     ) -> None:
         self.x = x
         self.sigma = sigma
@@ -258,15 +258,8 @@ class _Plan:
         self.n = n
         self.noise = noise
         self.base = base
-        self.steps = steps
-        # IG with one step is the midpoint rule, not the plain gradient: the
-        # shortcuts below are for the one-row-per-sample bases only.
-        self.integrated = base == "integrated_gradients"
-        self.baseline = baseline
-        self.rows_per_image = n * steps
-        alphas, weights = integration_rule(steps, device=x.device)
-        self.alphas = alphas
-        self.weights = weights
+        self.steps = base.steps
+        self.rows_per_image = n * base.steps
         self._noise: dict[int, torch.Tensor] = {}
 
     def noise_of(self, i: int) -> torch.Tensor:
@@ -287,16 +280,12 @@ class _Plan:
 
     def rows(self, i: int, r0: int, r1: int) -> torch.Tensor:
         """Model inputs for rows ``r0:r1`` of image ``i``."""
-        if not self.integrated:
+        if self.base.pointwise:
             return self.noisy(i, r0, r1)
         r = torch.arange(r0, r1, device=self.x.device)
         k0 = r0 // self.steps
         xt = self.noisy(i, k0, (r1 - 1) // self.steps + 1)[r // self.steps - k0]
-        if self.baseline is None:  # only integrated_gradients plans get here
-            raise RuntimeError("integrated_gradients plan without a baseline")
-        ref = self.baseline[i].unsqueeze(0)
-        alpha = self.alphas[r % self.steps].view(-1, *([1] * (xt.dim() - 1)))
-        return ref + alpha * (xt - ref)
+        return self.base.rows(i, xt, r % self.steps)
 
 
 def _take(plan: _Plan, i: int, r: int, size: int, batch: int) -> list[tuple[int, int, int]]:
@@ -338,9 +327,9 @@ def _run(
             continue
         offset = 0
         for p_i, r0, r1 in pieces:
-            block = grads[offset : offset + r1 - r0]
+            block, rows = grads[offset : offset + r1 - r0], inputs[offset : offset + r1 - r0]
             offset += r1 - r0
-            carry = _fold(plan, acc, p_i, r0, r1, block, carry)
+            carry = _fold(plan, acc, p_i, r0, r1, block, rows, carry)
             if r1 == plan.rows_per_image:
                 plan.release(p_i)
         last_i, _, last_r1 = pieces[-1]
@@ -354,18 +343,17 @@ def _fold(
     r0: int,
     r1: int,
     grads: torch.Tensor,
+    rows: torch.Tensor,
     carry: tuple[int, int, torch.Tensor] | None,
 ) -> tuple[int, int, torch.Tensor] | None:
-    """Turns the gradients of rows ``r0:r1`` of image ``i`` into per-sample maps."""
+    """Turns the gradients of rows ``r0:r1`` of image ``i`` (model inputs ``rows``) into per-sample maps."""
     steps = plan.steps
-    if not plan.integrated:
-        if plan.base == "input_x_gradient":
-            grads = grads * plan.noisy(i, r0, r1)
-        acc.add(i, grads, r0)
+    if plan.base.pointwise:  # rows are the samples r0:r1 themselves
+        acc.add(i, plan.base.sample_maps(i, grads, rows), r0)
         return None
     r = torch.arange(r0, r1, device=grads.device)
     k_first, k_last = r0 // steps, (r1 - 1) // steps
-    w = plan.weights[r % steps].view(-1, *([1] * (grads.dim() - 1)))
+    w = plan.base.weights[r % steps].view(-1, *([1] * (grads.dim() - 1)))
     sums = torch.zeros((k_last - k_first + 1, *grads.shape[1:]), dtype=torch.float32, device=grads.device)
     sums.index_add_(0, r // steps - k_first, grads * w)
     if carry is not None and carry[0] == i and carry[1] == k_first:
@@ -377,10 +365,7 @@ def _fold(
         sums = sums[:-1]
         k_stop = k_last
     if k_stop > k_first:
-        if plan.baseline is None:  # only integrated_gradients plans get here
-            raise RuntimeError("integrated_gradients plan without a baseline")
-        delta = plan.noisy(i, k_first, k_stop) - plan.baseline[i].unsqueeze(0)
-        acc.add(i, sums * delta, k_first)
+        acc.add(i, plan.base.sample_maps(i, sums, plan.noisy(i, k_first, k_stop)), k_first)
     return carry
 
 
@@ -539,87 +524,6 @@ def _input_gradient_fn(
         return grad / scale if scale != 1.0 else grad
 
     return grad_fn
-
-
-# --------------------------------------------------------------------------- #
-# Argument checks: say what was expected and what came.
-# --------------------------------------------------------------------------- #
-
-
-def _check_model(model: object) -> None:
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be a torch.nn.Module; got {type(model).__name__}")
-
-
-def _check_images(images: object) -> tuple[int, tuple[int, ...]]:
-    if not isinstance(images, torch.Tensor):
-        raise TypeError(f"images must be a torch.Tensor (B, C, H, W); got {type(images).__name__}")
-    if images.dim() != 4:
-        raise ValueError(f"images must have shape (B, C, H, W); got {tuple(images.shape)}")
-    if not images.is_floating_point():
-        raise TypeError(f"images must be a floating-point tensor; got {images.dtype}")
-    if images.shape[0] == 0:
-        raise ValueError("images must hold at least one image; got an empty batch")
-    return images.shape[0], tuple(images.shape[1:])
-
-
-def _check_targets(targets: object, batch: int, device: torch.device) -> torch.Tensor:
-    if not isinstance(targets, torch.Tensor):
-        raise TypeError(f"targets must be a torch.Tensor of shape (B,); got {type(targets).__name__}")
-    if targets.dtype.is_floating_point or targets.dtype == torch.bool or targets.is_complex():
-        raise TypeError(f"targets must be an integer tensor; got {targets.dtype}")
-    if tuple(targets.shape) != (batch,):
-        raise ValueError(f"targets must have shape ({batch},) to match images; got {tuple(targets.shape)}")
-    if batch and int(targets.min()) < 0:
-        raise ValueError(f"targets must be non-negative class indices; got {int(targets.min())}")
-    return targets.to(device=device, dtype=torch.int64)
-
-
-def _check_seeds(seeds: object, batch: int) -> list[int]:
-    if seeds is None:
-        return [0] * batch
-    if not isinstance(seeds, torch.Tensor):
-        raise TypeError(f"seeds must be a torch.Tensor of shape (B,) or None; got {type(seeds).__name__}")
-    if seeds.dtype.is_floating_point or seeds.dtype == torch.bool or seeds.is_complex():
-        raise TypeError(f"seeds must be an integer tensor; got {seeds.dtype}")
-    if tuple(seeds.shape) != (batch,):
-        raise ValueError(f"seeds must have shape ({batch},) to match images; got {tuple(seeds.shape)}")
-    return [int(s) for s in seeds.tolist()]
-
-
-def _check_baseline(baseline: object, x: torch.Tensor) -> torch.Tensor:
-    if isinstance(baseline, bool) or not isinstance(baseline, (int, float, torch.Tensor)):
-        raise TypeError(f"ig_baseline must be a number or a torch.Tensor; got {type(baseline).__name__}")
-    if not isinstance(baseline, torch.Tensor):
-        return torch.full_like(x, float(baseline))
-    try:
-        return torch.broadcast_to(baseline.detach().to(device=x.device, dtype=torch.float32), x.shape)
-    except RuntimeError as e:
-        raise ValueError(
-            f"ig_baseline must be broadcastable to {tuple(x.shape)}; got {tuple(baseline.shape)}"
-        ) from e
-
-
-def _check_choice(name: str, value: object, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        raise ValueError(f"{name} must be one of {', '.join(choices)}; got {value!r}")
-
-
-def _check_int(name: str, value: object, *, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int; got {type(value).__name__}")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}; got {value}")
-    return value
-
-
-def _check_noise_level(value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"noise_level must be a float; got {type(value).__name__}")
-    value = float(value)
-    if not 0.0 <= value <= 1.0:
-        raise ValueError(f"noise_level must be in [0, 1]; got {value}")
-    return value
 
 
 # The benchmark (sgcore.bench) times the kernel's own gradient pass and

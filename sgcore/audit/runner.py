@@ -492,10 +492,15 @@ def _class_section(
                 c["accuracy"] = by_class[c["name"]]["accuracy"]
         s.finding(f"The model predicts the label of {acc['correct']} of {acc['images']} labelled images "
                   f"(accuracy {acc['accuracy']:.3f}).")
+    # A finding only where a class puts more on the border than a position-blind map would.
     widest = max(summary["classes"], key=lambda c: c["border_share"])
-    s.finding(f"Class {widest['name']} puts the most saliency on the image border: {widest['border_share']:.3f} of "
-              f"its mass on a band covering {area:.3f} of the image"
-              + (" (more than a position-blind map would)." if widest["border_share"] > area else "."))
+    said = (f"Class {widest['name']} puts the most saliency on the image border: {widest['border_share']:.3f} of "
+            f"its mass on a band covering {area:.3f} of the image")
+    if widest["border_share"] > area:
+        s.finding(said + f", {widest['border_share'] / area:.1f}x what a position-blind map puts there.")
+    else:
+        s.text(f"No class puts more saliency on the image border than a position-blind map would ({area:.3f}, "
+               f"the band's share of the image); the most: {widest['name']}, {widest['border_share']:.3f}.")
     s.text(
         "Entropy is normalized (1 = uniform map); Gini 0 = uniform, near 1 = a few pixels; "
         f"border share is the saliency mass on the outer {100 * config.border_width:.1f}% band, "
@@ -849,7 +854,7 @@ def _plan_line(config: AuditConfig, settings: MapSettings, images: int, counts: 
         parts.append(f"faithfulness: {images} images x 4 curves x {config.steps + 1} points")
         passes += images * 4 * (config.steps + 1)
     where = ("in this process" if config.num_actors == 0 else
-             f"on {config.num_actors} replica(s)" if config.num_actors else "on the replicas plan_actors fits")
+             f"on {config.num_actors} replica(s)" if config.num_actors else "on as many replicas as the cluster's free CPUs/GPUs fit")
     total = f" = about {passes:,} forward(+backward) passes" if passes else ""
     return "; ".join(parts) + total + f", {where}"
 

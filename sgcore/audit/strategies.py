@@ -50,13 +50,33 @@ StrategyBy = Literal["predicted", "label"]
 # the largest cluster can itself be the shortcut when the other images spread
 # over several clusters.
 SMALL_SHARE = 1 / 3  # "small": at most this share of the class's images
-# "distinct": the share of its neighbour affinity that leaves the cluster, over
-# the share a random set of its size would lose (1 - share), is at most this
-# fraction of the same figure of the class's other clusters (their median).
+# How apart a cluster is: its conductance (the share of its neighbour affinity
+# that leaves it) over the share a random set of its size would lose (1 - share).
+# ``distinctness`` is one minus that: 0 as connected as a random set of images,
+# 1 a separate part of the neighbour graph.
+# "distinct": that ratio is at most this fraction of the same ratio of the
+# class's other clusters (their median; with three clusters or more: the two
+# sides of a two-way split share one cut, so their ratios are alike).
 # Relative, because the absolute figure falls with the number of maps.
 DISTINCT_RATIO = 0.25
-SPOT_AREA = 0.05  # "a small region": half of its extra mass over the rest lies in this share of the image
-SPOT_RATIO = 4.0  # "that the rest does not use": it puts at least 4x the rest's mass there
+# "a small region": half of its extra mass over the rest lies in this share of the
+# image -- a tag or a watermark, not an object (on 16x16 cells a 6x6-pixel tag on
+# 64x64 images is 1-2%; a cluster of objects at one place spreads over 4-6%)
+SPOT_AREA = 0.03
+SPOT_RATIO = 4.0  # "that the rest does not use": at least 4x the other clusters' median mass there
+# "a separate cluster on a small spot": separate -- distinctness at least
+# SEPARATE (under 2% of the affinity a random set of its size would lose leaves
+# it), or, with three clusters or more, its ratio at most SEPARATE_RATIO of the
+# other clusters' median -- with half of its extra mass over the rest within
+# SPOT_AREA of the image, at least SEPARATE_SPOT_RATIO times the rest's
+# mass there and SPOT_DENSITY times a position-blind map's (the spot's area).
+# Looser on the spot than the spot rule above, because the separation already
+# says its maps differ: a gradient map of a model that reads a tag often looks
+# at the tag's place on untagged images too, which lowers the ratio to the rest.
+SEPARATE = 0.98
+SEPARATE_RATIO = 0.5
+SEPARATE_SPOT_RATIO = 2.0
+SPOT_DENSITY = 4.0
 OFF_OBJECT_RATIO = 0.5  # "off the object": less than half the rest's mass on the object
 REGULARIZATION = 0.01  # tau of the regularized Laplacian, as a share of the mean degree
 
@@ -356,6 +376,7 @@ def describe_clusters(
     mass_in_object: Sequence[float] | None = None,
     object_area: Sequence[float] | None = None,
     border_width: float = 0.125,
+    class_name: str | None = None,
 ) -> list[dict[str, Any]]:
     """Statistics, flags and reasons of one class's clusters (cluster 0 is the largest).
 
@@ -367,6 +388,7 @@ def describe_clusters(
             cluster, NaN where its images have none; None: no ground truth.
         object_area: mean object area (share of the image) per cluster.
         border_width: border band, as a fraction of the side.
+        class_name: the class, for the reasons' wording.
 
     Returns:
         One dict per cluster: ``cluster, images, share, flagged, why`` (a list
@@ -376,7 +398,10 @@ def describe_clusters(
         than the largest cluster), ``spot_area``/``spot_region``/``spot_mass``/
         ``rest_on_spot`` (the fewest cells holding half of its mass in excess
         of the rest of the class, and both mean maps' mass there),
-        ``distinctness`` and ``mass_in_object``/``object_area`` when known.
+        ``others_on_spot`` (the other clusters' median mass there, with three
+        clusters or more, else ``rest_on_spot``: the spot rules' baseline),
+        ``distinctness`` (see :data:`DISTINCT_RATIO`; NaN for a class's only
+        cluster) and ``mass_in_object``/``object_area`` when known.
     """
     counts_arr = np.asarray(counts, np.float64)
     total = max(float(counts_arr.sum()), 1.0)
@@ -388,7 +413,10 @@ def describe_clusters(
     weighted = maps * counts_arr[:, None, None]
     mio_all = None if mass_in_object is None else np.asarray(mass_in_object, np.float64)
     shares = counts_arr / total
-    normalized = np.asarray(conductance, np.float64) / np.maximum(1.0 - shares, 1e-12)
+    # Conductance over what a random set of the cluster's size would lose: 0 for a
+    # separate part of the graph, about 1 for a random set.
+    relative = np.asarray(conductance, np.float64) / np.maximum(1.0 - shares, 1e-12)
+    maps_of = f"'{class_name}' maps" if class_name is not None else "maps of the class"
     out = []
     for c in range(len(maps)):
         mass, count = maps[c], int(counts_arr[c])
@@ -397,9 +425,10 @@ def describe_clusters(
         rest = (weighted.sum(axis=0) - weighted[c]) / others if others > 0 else None
         regions = region_shares(mass)
         gains = {name: regions[name] - main_regions[name] for name in REGIONS}
-        other_clusters = np.delete(normalized, c)
+        other_clusters = np.delete(relative, c)
         typical = float(np.median(other_clusters)) if len(other_clusters) else float("nan")
-        distinct = float(normalized[c]) / typical if typical > 0 else float("nan")
+        distinct = 1.0 - float(relative[c]) if len(maps) > 1 else float("nan")
+        separate = distinct >= SEPARATE or (len(maps) >= 3 and relative[c] <= SEPARATE_RATIO * typical)
         row: dict[str, Any] = {
             "cluster": c,
             "images": count,
@@ -415,14 +444,28 @@ def describe_clusters(
         if rest is not None:
             excess = np.maximum(mass - rest, 0.0)
             cells = spot(excess) if excess.sum() > 0 else np.zeros_like(excess, bool)
-            own, theirs = float(mass[cells].sum()), float(rest[cells].sum())
+            own, pooled = float(mass[cells].sum()), float(rest[cells].sum())
+            # What the class's other clusters typically put there (their median, with three
+            # clusters or more): a shortcut's images split over two clusters would otherwise
+            # raise each other's baseline.
+            on_spot = [float(maps[j][cells].sum()) for j in range(len(maps)) if j != c]
+            theirs = float(np.median(on_spot)) if len(maps) >= 3 else pooled
+            whose = "the class's other clusters typically (median)" if len(maps) >= 3 else "the class's other maps"
             row.update(spot_area=float(cells.mean()), spot_region=_where(cells) if cells.any() else None,
-                       spot_mass=own, rest_on_spot=theirs)
+                       spot_mass=own, rest_on_spot=pooled, others_on_spot=theirs)
             if cells.any() and cells.mean() <= SPOT_AREA and own >= SPOT_RATIO * theirs:
                 ratio = f"{own / theirs:.0f}x" if theirs > 0 else "far more than"
                 why.append(f"concentrated where the rest of the class does not look: {100 * own:.0f}% of its "
                            f"saliency lies in {100 * cells.mean():.1f}% of the image ({row['spot_region']}), "
-                           f"{ratio} the {100 * theirs:.1f}% the class's other images put there")
+                           f"{ratio} the {100 * theirs:.1f}% {whose} put there")
+            elif (cells.any() and separate and cells.mean() <= SPOT_AREA
+                  and own >= SEPARATE_SPOT_RATIO * theirs and own >= SPOT_DENSITY * cells.mean()):
+                why.append(f"{count} of {int(total)} {maps_of} put {100 * own:.0f}% of their saliency in "
+                           f"{100 * cells.mean():.1f}% of the image ({row['spot_region']}), where {whose} "
+                           f"put {100 * theirs:.0f}%; a separate cluster (conductance "
+                           f"{float(conductance[c]):.2f}, distinctness {distinct:.2f}"
+                           + ("" if distinct >= SEPARATE else f", the class's other clusters' median "
+                              f"{1 - typical:.2f}") + ")")
         if mio_all is not None and object_area is not None and np.isfinite(mio_all[c]):
             mio, area = float(mio_all[c]), float(object_area[c])
             row["mass_in_object"], row["object_area"] = mio, area
@@ -435,10 +478,11 @@ def describe_clusters(
             elif np.isfinite(rest_mio) and mio < OFF_OBJECT_RATIO * rest_mio:
                 why.append(f"off the object: {100 * mio:.0f}% of its saliency lies on the object, under half "
                            f"the {100 * rest_mio:.0f}% of the class's other images")
-        if 0 < share <= SMALL_SHARE and len(maps) >= 3 and distinct <= DISTINCT_RATIO:
+        if (0 < share <= SMALL_SHARE and len(maps) >= 3 and typical > 0
+                and relative[c] <= DISTINCT_RATIO * typical):
             apart = (f"{100 * float(conductance[c]):.1f}% of its neighbour affinity leaves it, "
-                     f"{1 / distinct:.0f}x less (for its size) than the class's other clusters"
-                     if distinct > 0.01 else "almost none of its neighbour affinity leaves it "
+                     f"{typical / relative[c]:.0f}x less (for its size) than the class's other clusters"
+                     if relative[c] > 0.01 * typical else "almost none of its neighbour affinity leaves it "
                      "(a separate part of the neighbour graph)")
             why.append(f"small and distinct: {100 * share:.0f}% of the class's images, and {apart}")
         row["flagged"] = bool(why)

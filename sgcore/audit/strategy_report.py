@@ -14,8 +14,12 @@ from sgcore.audit import plots
 from sgcore.audit.strategies import (
     DISTINCT_RATIO,
     OFF_OBJECT_RATIO,
+    SEPARATE,
+    SEPARATE_RATIO,
+    SEPARATE_SPOT_RATIO,
     SMALL_SHARE,
     SPOT_AREA,
+    SPOT_DENSITY,
     SPOT_RATIO,
     ClassStrategies,
     StrategyConfig,
@@ -76,15 +80,16 @@ def strategy_section(
         f": {len(flagged)} flagged cluster(s), {n_flagged_images} images" if flagged else ": nothing flagged"
     )
     s = report.section(title)
-    finding = (
-        f"{len(flagged)} strategy cluster(s) flagged as possible shortcuts: "
-        + "; ".join(f"{name} cluster {k['cluster']} ({k['images']} images: {k['why'][0]})" for name, k in flagged)
-        if flagged else f"No strategy cluster flagged in {len(out)} classes."
-    )
-    if hasattr(s, "finding"):  # the report's first screen of findings, where it has one
-        s.finding(finding)
+    if flagged:  # a finding only where something is flagged
+        finding = (f"{len(flagged)} strategy cluster(s) flagged as possible shortcuts: "
+                   + "; ".join(f"{name} cluster {k['cluster']} ({k['images']} images: {k['why'][0]})"
+                               for name, k in flagged))
+        if hasattr(s, "finding"):  # the report's first screen of findings, where it has one
+            s.finding(finding)
+        else:
+            s.text(finding)
     else:
-        s.text(finding)
+        s.text(f"No strategy cluster flagged in {len(out)} classes.")
     s.text(
         f"Each class ({'predicted' if config.by == 'predicted' else 'labelled'}) is clustered on its maps "
         f"(Lapuschkin et al. 2019): each absolute map is area-averaged to {config.resolution}x{config.resolution} "
@@ -94,8 +99,11 @@ def strategy_section(
         "Cluster 0 is the class's largest. A cluster is flagged when its mass is off the object (no more than "
         f"the object's area share, or under {OFF_OBJECT_RATIO:.0%} of the rest of the class's), when half of "
         f"its extra mass over the rest of the class lies within {SPOT_AREA:.0%} of the image and it puts at "
-        f"least {SPOT_RATIO:.0f}x their mass there, or when it is small (at most {SMALL_SHARE:.0%} of the "
-        f"class) and distinct (its affinity leaving it, for its size, at most {DISTINCT_RATIO:.0%} of the "
+        f"least {SPOT_RATIO:.0f}x what the class's other clusters typically (median) put there (at least {SEPARATE_SPOT_RATIO:.0f}x, and {SPOT_DENSITY:.0f}x a "
+        "position-blind map's, when the cluster is separate: distinctness, one minus its conductance over what "
+        f"a random set of its size would lose, at least {SEPARATE:.2f}, or its conductance for its size at most "
+        f"{SEPARATE_RATIO:.0%} of the class's other clusters'), or when it is small (at most {SMALL_SHARE:.0%} "
+        f"of the class) and distinct (its affinity leaving it, for its size, at most {DISTINCT_RATIO:.0%} of the "
         "other clusters'). per_image.csv has each image's strategy and strategy_flagged."
     )
     for name, k in flagged:
@@ -110,12 +118,19 @@ def strategy_section(
         s.figure(f"strategy_{_safe(name)}_{k['cluster']}",
                  plots.map_grid(maps, ids, images=images, columns=4),
                  f"{name}, flagged cluster {k['cluster']}: the {len(ids)} images nearest its centre.")
+    least = max(config.min_images, 3)  # fewer make one cluster (see spray)
+    small = [cls for cls in out if cls["images"] < least]
+    if small:
+        s.text(f"Too few images to cluster (fewer than {least}), no clusters: "
+               + ", ".join(f"{cls['name']} ({cls['images']})" for cls in small) + ".")
     for cls, cs in zip(out, found, strict=True):
+        if cls["images"] < least:
+            continue
         s.text(f"{cls['name']}: {cls['images']} images, {len(cls['clusters'])} cluster(s) "
                f"(eigengap; kNN k={cls['neighbors']}, {'approximate' if cls['approximate'] else 'exact'}).")
         s.table([_table_row(k) for k in cls["clusters"]],
                 ["cluster", "images", "share", "flagged", "why", "mass_in_object", "border_share",
-                 "differs_from_main", "gains_most"])
+                 "distinctness", "differs_from_main", "gains_most"])
         if len(cs.image_ids) >= 3:
             s.figure(f"strategies_{_safe(cls['name'])}",
                      embedding_figure(cs, [k["flagged"] for k in cls["clusters"]]),
@@ -141,7 +156,7 @@ def _describe(cs: ClassStrategies, by_id: dict[str, dict[str, Any]], config: Str
     clusters = describe_clusters(
         list(cs.mean_maps), counts.tolist(), cs.spray.conductance.tolist(),
         mass_in_object=mio if have_truth else None, object_area=area if have_truth else None,
-        border_width=config.border_width,
+        border_width=config.border_width, class_name=cs.name,
     )
     for c, row in enumerate(clusters):
         row["examples"] = cs.examples[c]

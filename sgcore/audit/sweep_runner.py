@@ -199,8 +199,10 @@ def run_sweep(config: SweepConfig, *, log: Any = print) -> dict[str, Any]:
     sec2 = report.section("Convergence with n")
     sec2.text(
         f"Distance of the n-sample map to an independent {conv.reference_samples}-sample map at noise "
-        f"{noise:.2f}. Spearman ≥ 0.95 first at n = {summary['convergence']['n_for_spearman_0.95']}. "
-        "Beside the measured Spearman: the kernel's own reliability estimate of each map (its Spearman with the "
+        f"{noise:.2f}. "
+        + (f"Spearman ≥ 0.95 first at n = {first}. " if (first := summary["convergence"]["n_for_spearman_0.95"])
+           is not None else f"Spearman stays below 0.95 up to n = {max(conv.sample_counts)}. ")
+        + "Beside the measured Spearman: the kernel's own reliability estimate of each map (its Spearman with the "
         "converged map, from its own samples, as every row of a run carries it) and what the estimates predict "
         "for the measurement (from both maps' reliability and reproducibility estimates, the reference's "
         "reliability"

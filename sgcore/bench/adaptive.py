@@ -51,8 +51,9 @@ from sgcore.attribution.calibration import reference_maps
 from sgcore.attribution.postprocess import reduce_channels
 from sgcore.attribution.ranks import spearman
 from sgcore.attribution.smoothgrad import SmoothGradResult, smoothgrad
+from sgcore.settings import NOISES
 
-NOISE_KINDS: tuple[str, ...] = ("gaussian", "antithetic", "sobol")
+NOISE_KINDS: tuple[str, ...] = NOISES
 # Seeds of the test maps (the references use 7_000_000 + i).
 _TEST_SEED = 20_000
 _R_MIN, _R_MAX = 0.05, 0.9995

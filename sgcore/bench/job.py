@@ -11,7 +11,7 @@ import torch
 
 from sgcore.bench.kernel import BenchConfig, default_precisions, run, synthetic_images, write_report
 from sgcore.errors import ConfigError
-from sgcore.settings import SmoothGradSettings
+from sgcore.settings import NOISES, SmoothGradSettings
 
 
 def run_benchmark(*, model: str = "resnet18", mode: str = "speed", images: int = 480, image_size: int = 64,
@@ -168,7 +168,7 @@ def _calibration(*, model: str, image_size: int, batch: int, reference_n: int, r
         targets = net(images).argmax(dim=1)
     results = []
     reference = None
-    for noise in ("gaussian", "antithetic", "sobol"):
+    for noise in NOISES:
         res = calibrate(net, images, targets, reference_n=reference_n, repeats=repeats, noise=noise,
                         reference=reference, log=log)
         reference = res.pop("reference")  # one reference for every noise kind

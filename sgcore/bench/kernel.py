@@ -33,8 +33,8 @@ import torch
 from torch import nn
 
 from sgcore.attribution import default_max_batch, prepare_model, reduce_channels, smoothgrad
-from sgcore.attribution._bases import prefers_channels_last
 from sgcore.attribution._noise import standard_noise
+from sgcore.attribution.prepare import prefers_channels_last
 from sgcore.attribution.ranks import spearman
 from sgcore.attribution.smoothgrad import float32_mode, input_gradient_fn
 from sgcore.errors import ConfigError

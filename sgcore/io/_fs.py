@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import re
 from typing import Any
 
 import fsspec
@@ -50,6 +51,10 @@ def check_url_credentials(url: str) -> None:
             "environment (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, AWS_PROFILE, ...) or "
             "--storage-options '{\"key\": ..., \"secret\": ...}'")
 
+# botocore's own rule for a bucket name (AWS's is stricter: 3-63 of a-z 0-9 . -), checked
+# here so that a malformed name fails with one line naming the URL, not deep in a request.
+_S3_BUCKET = re.compile(r"[a-zA-Z0-9.\-_]{1,255}")
+
 
 def url_to_fs(url: str, storage_options: dict[str, Any] | None = None) -> tuple[AbstractFileSystem, str]:
     """Resolves ``url`` to (filesystem, path), failing with the package to install.
@@ -59,6 +64,8 @@ def url_to_fs(url: str, storage_options: dict[str, Any] | None = None) -> tuple[
     check_url_credentials(url)
     protocol = url.split("://", 1)[0] if "://" in url else "file"
     options = storage_options or {}
+    if protocol in ("s3", "s3a"):
+        _check_bucket(url)
     try:
         fs, path = fsspec.core.url_to_fs(url, **options)
         if options and protocol in _SESSIONS:
@@ -81,6 +88,17 @@ def url_to_fs(url: str, storage_options: dict[str, Any] | None = None) -> tuple[
             raise InputError(redact_text(f"cannot open {url}: {e}")) from e
         raise
     return fs, path
+
+
+def _check_bucket(url: str) -> None:
+    scheme, rest = url.split("://", 1)
+    netloc = rest.split("/", 1)[0]
+    bucket = netloc.rpartition("@")[2]  # never echo what precedes an '@': it may be a secret
+    if not bucket or bucket.startswith("arn:") or _S3_BUCKET.fullmatch(bucket):
+        return
+    shown = f"{scheme}://{'***@' if '@' in netloc else ''}{bucket}/{rest.split('/', 1)[1] if '/' in rest else ''}"
+    raise InputError(f"{shown} names an invalid S3 bucket {bucket!r}: bucket names hold lowercase letters, "
+                     "digits, '.' and '-' (3 to 63 characters); check the URL")
 
 
 def full_url(fs: AbstractFileSystem, path: str) -> str:

@@ -110,6 +110,9 @@ def _classify(e: BaseException) -> bool | None:
         if isinstance(status, int):
             return status >= 500 or status == 429
         return False
+    status = getattr(e, "status", None)  # aiohttp's ClientResponseError (http:// inputs)
+    if isinstance(status, int) and any(c.__name__ == "ClientResponseError" for c in type(e).__mro__):
+        return status >= 500 or status in (408, 429)
     if isinstance(e, OSError):
         if e.errno in TRANSIENT_ERRNOS:
             return True

@@ -37,6 +37,16 @@ def _botocore_errors() -> tuple[type[BaseException], ...]:
     return (BotoCoreError, ClientError)
 
 
+def _http_errors() -> tuple[type[BaseException], ...]:
+    # fsspec's HTTP filesystem raises aiohttp's ClientResponseError for an answer
+    # other than 404 (403, 410, 5xx past the retries): the object's, not our bug.
+    if importlib.util.find_spec("aiohttp") is None:
+        return ()
+    from aiohttp import ClientResponseError
+
+    return (ClientResponseError,)
+
+
 # Storage: the object cannot be read. OSError covers FileNotFoundError and
 # PermissionError (what fsspec backends make of a missing or refused object, s3fs
 # and gcsfs included), timeouts (TimeoutError is socket.timeout, asyncio's and
@@ -45,7 +55,7 @@ def _botocore_errors() -> tuple[type[BaseException], ...]:
 # errors past the retry budget, which the readers re-raise to fail the shard) and
 # StorageAuthError (credentials). The transient errors of the HTTP stacks that are
 # not OSErrors (aiohttp, urllib3) become StorageUnavailable in retry_call.
-STORAGE_ERRORS: tuple[type[BaseException], ...] = (OSError, *_botocore_errors())
+STORAGE_ERRORS: tuple[type[BaseException], ...] = (OSError, *_botocore_errors(), *_http_errors())
 
 # Decoding: the bytes were read but are not what the layout needs. DecodeError
 # (an image, see sgcore.io.decode), a tar that is damaged or cut short (TarError,

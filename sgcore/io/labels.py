@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import hashlib
 import io
 import json
 import logging
@@ -42,6 +43,12 @@ def read_table(
     Raises:
         InputError: the file is missing, unreadable or not a CSV/Parquet table.
     """
+    return _read_table(url, storage_options, what=what, string_columns=string_columns, hint=hint)[0]
+
+
+def _read_table(url: str, storage_options: dict[str, Any] | None, *, what: str,
+                string_columns: tuple[str, ...] = (), hint: str = "") -> tuple[pa.Table, str]:
+    """:func:`read_table`, and the sha256 of the bytes it parsed (one read)."""
     suffix = f"; {hint}" if hint else ""
     fs, path = url_to_fs(url, storage_options)
     try:
@@ -52,26 +59,29 @@ def read_table(
         raise InputError(f"{what} {url} does not exist{suffix}") from e
     except OSError as e:
         raise InputError(f"cannot read {what} {url}: {e}{suffix}") from e
+    sha = hashlib.sha256(data).hexdigest()
     try:
         if path.lower().endswith((".parquet", ".pq")):
-            return pq.read_table(io.BytesIO(data))
+            return pq.read_table(io.BytesIO(data)), sha
         options = pacsv.ConvertOptions(
             column_types={c: pa.string() for c in string_columns}, strings_can_be_null=False
         )
-        return pacsv.read_csv(io.BytesIO(data), convert_options=options)
+        return pacsv.read_csv(io.BytesIO(data), convert_options=options), sha
     except (pa.ArrowInvalid, OSError) as e:
         raise InputError(f"{what} {url} is not a readable CSV/Parquet table: {e}{suffix}") from e
 
 
 @dataclass(frozen=True, kw_only=True)
 class LabelsFile:
-    """A labels file as read: the mapping, and which of its columns gave keys and labels."""
+    """A labels file as read: the mapping, which of its columns gave keys and labels, and
+    the sha256 of its bytes (what identifies it: the job's config hash includes it)."""
 
     url: str
     mapping: dict[str, str]
     key_column: str
     label_column: str
     columns: tuple[str, ...]
+    sha256: str | None = None
 
     def describe(self) -> str:
         """Which columns were used, for error messages."""
@@ -97,8 +107,8 @@ def load_labels(url: str, storage_options: dict[str, Any] | None = None) -> Labe
     Raises:
         InputError: the file is missing, unreadable, or has fewer than two columns.
     """
-    table = read_table(url, storage_options, what="labels file",
-                       string_columns=KEY_COLUMNS + LABEL_COLUMNS)
+    table, sha = _read_table(url, storage_options, what="labels file",
+                             string_columns=KEY_COLUMNS + LABEL_COLUMNS)
     names = table.column_names
     expected = (f"a path column (one of {', '.join(KEY_COLUMNS)}) and a label column "
                 f"(one of {', '.join(LABEL_COLUMNS)})")
@@ -112,7 +122,8 @@ def load_labels(url: str, storage_options: dict[str, Any] | None = None) -> Labe
     values = table.column(label).to_pylist()
     mapping = {str(k): str(v) for k, v in zip(keys, values, strict=True) if k not in (None, "")
                and v not in (None, "")}
-    return LabelsFile(url=url, mapping=mapping, key_column=key, label_column=label, columns=tuple(names))
+    return LabelsFile(url=url, mapping=mapping, key_column=key, label_column=label, columns=tuple(names),
+                      sha256=sha)
 
 
 def read_labels(url: str, storage_options: dict[str, Any] | None = None) -> dict[str, str]:
@@ -125,13 +136,29 @@ def read_labels(url: str, storage_options: dict[str, Any] | None = None) -> dict
 
 
 @functools.lru_cache(maxsize=4)
-def _cached(url: str, options_json: str) -> dict[str, str]:
-    return read_labels(url, json.loads(options_json))
+def _cached(url: str, options_json: str, sha256: str | None) -> dict[str, str]:
+    table = load_labels(url, json.loads(options_json))
+    if sha256 is not None and table.sha256 != sha256:
+        raise InputError(
+            f"the labels table {url} changed while the job ran (sha256 {sha256[:12]}... -> "
+            f"{table.sha256[:12]}...); its rows would mix two labelings: rerun with --overwrite "
+            "once it no longer changes"
+        )
+    return table.mapping
 
 
-def cached_labels(url: str, storage_options: dict[str, Any] | None = None) -> dict[str, str]:
-    """:func:`read_labels`, read once per process (decode tasks of many shards share it)."""
-    return _cached(url, json.dumps(storage_options or {}, sort_keys=True, default=str))
+def cached_labels(url: str, storage_options: dict[str, Any] | None = None, *,
+                  sha256: str | None = None) -> dict[str, str]:
+    """:func:`read_labels`, read once per process (decode tasks of many shards share it).
+
+    Args:
+        sha256: the content the planner read (``ShardSpec.labels_sha256``): another
+            content is refused, never used (a cached copy is kept per content).
+
+    Raises:
+        InputError: the file is unusable, or its content is not ``sha256``.
+    """
+    return _cached(url, json.dumps(storage_options or {}, sort_keys=True, default=str), sha256)
 
 
 def lookup(labels: dict[str, str], image_id: str, source: str) -> str | None:

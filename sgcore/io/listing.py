@@ -12,6 +12,7 @@ import os
 import posixpath
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
+from urllib.parse import urlsplit
 
 from sgcore.errors import InputError
 from sgcore.io._fs import full_url, is_local, url_to_fs
@@ -41,6 +42,9 @@ def list_input(url: str | Sequence[str], storage_options: dict[str, Any] | None)
 
     Names are relative to the longest common folder (the folder itself for a
     single prefix), sorted; files of every kind are listed, the layouts pick theirs.
+    An ``http(s)://`` URL is a file, or an index page (an HTML listing such as
+    ``python -m http.server``'s, nginx's or Apache's) whose links below it are its
+    files and sub-folders; the URLs of a list must then share one host.
 
     Raises:
         InputError: a URL (one of a list included) does not exist or cannot be
@@ -71,6 +75,9 @@ def list_input(url: str | Sequence[str], storage_options: dict[str, Any] | None)
     else:
         parents = [posixpath.dirname(f) for f in files] + [d.rstrip("/") for d in dirs]
         root = _common_dir(parents)
+    if _is_http(fs) and not urlsplit(root).netloc:
+        raise InputError(f"input URLs {', '.join(urls)} are on several hosts; HTTP(S) inputs must share one "
+                         "host (run one job per host)")
     names = sorted(_relative(p, root) for p in files)
     stamps = {_relative(p, root): st for p, info in files.items() if (st := _stamp(info)) is not None}
     first = urls[0]
@@ -114,10 +121,11 @@ def _expand(fs: Any, path: str, url: str) -> tuple[dict[str, dict[str, Any]], li
 
     A path that exists is taken as it is, even with ``*``, ``?`` or ``[`` in
     its name (a folder ``weird[1]``); only a path that does not exist is a
-    glob pattern.
+    glob pattern (for HTTP, ``?`` starts a query, never a pattern).
     """
+    http = _is_http(fs)
     try:
-        if _has_magic(path) and not fs.exists(path):
+        if _has_magic(path, http=http) and not fs.exists(path):
             matches = dict(sorted(fs.glob(path, detail=True).items()))
             if not matches:
                 raise InputError(f"no files match {url}")
@@ -131,6 +139,8 @@ def _expand(fs: Any, path: str, url: str) -> tuple[dict[str, dict[str, Any]], li
                 else:
                     files[m] = info
             return files, dirs, True
+        if http:
+            return _expand_http(fs, path, url)
         if fs.isfile(path):
             return {path: fs.info(path)}, [], False
         found = retry_call(lambda: fs.find(path.rstrip("/"), withdirs=False, detail=True), what=f"list {url}")
@@ -147,13 +157,35 @@ def _expand(fs: Any, path: str, url: str) -> tuple[dict[str, dict[str, Any]], li
             raise auth from e
         if isinstance(e, PermissionError):
             raise InputError(f"input {url} is not readable: {e}; check credentials") from e
-        if isinstance(e, OSError):
-            raise InputError(f"cannot list input {url}: {type(e).__name__}: {e}") from e
-        raise
+        # Anything else the store answered (an OSError, an HTTP status, botocore's
+        # ParamValidationError for a malformed bucket name): the input's, one line.
+        raise InputError(f"cannot list input {url}: {type(e).__name__}: {_one_line(e)}") from e
 
 
-def _has_magic(path: str) -> bool:
-    return any(c in path for c in _GLOB_CHARS)
+def _expand_http(fs: Any, path: str, url: str) -> tuple[dict[str, dict[str, Any]], list[str], bool]:
+    """One HTTP(S) URL: an index page whose links below it fsspec lists (recursively), else one file.
+
+    fsspec's ``HTTPFileSystem.ls`` reads the links of an HTML page (a file that is
+    not HTML has none, and only its headers are read); a 404 is ``FileNotFoundError``.
+    """
+    entries = retry_call(lambda: fs.ls(path, detail=True), what=f"list {url}")
+    if not entries:
+        return {path: retry_call(lambda: fs.info(path), what=f"read {url}")}, [], False
+    found = retry_call(lambda: fs.find(path, withdirs=False, detail=True), what=f"list {url}")
+    return dict(found), [path], False
+
+
+def _is_http(fs: Any) -> bool:
+    protocols = (fs.protocol,) if isinstance(fs.protocol, str) else tuple(fs.protocol)
+    return bool({"http", "https"} & set(protocols))
+
+
+def _has_magic(path: str, *, http: bool = False) -> bool:
+    return any(c in path for c in _GLOB_CHARS if not (http and c == "?"))
+
+
+def _one_line(e: BaseException) -> str:
+    return " ".join(str(e).split()) or type(e).__name__
 
 
 def _common_dir(paths: list[str]) -> str:
@@ -207,7 +239,9 @@ def _relative(path: str, root: str) -> str:
 
 def _with_protocol(url: str, fs: Any, root: str) -> str:
     protocol = url.split("://", 1)[0]
-    return f"{protocol}://{root}" if protocol != "file" else root
+    if protocol == "file" or "://" in root:  # HTTP paths are whole URLs already
+        return root
+    return f"{protocol}://{root}"
 
 
 __all__ = ["content_identity", "list_input"]

@@ -8,8 +8,8 @@ layout (DESIGN.md contract 5) under the output URL::
                              rows, ok, errors
     maps/part-<shard>.npz    only with --format npz: the maps, keyed by the rows' map_key
     _manifest.json           a Manifest (schema below)
-    _lease.json              the claim of the run writing now (sgcore.io.lease)
-    _SUCCESS                 written last, only when every shard is committed
+    _lease.json              the claim of the run writing now, or released (sgcore.io.lease)
+    _SUCCESS                 written last, only when every shard is committed: the run's fence
     .<name>.tmp-<hex>        a local commit in progress (TEMP_GLOB)
 
 Every name that is not data starts with ``_`` or ``.``, so pyarrow, pandas,
@@ -34,7 +34,8 @@ describes the whole output and every invocation that wrote to it:
 - ``config`` (``JobConfig.public_dict()``: no storage options, which may hold
   secrets; every URL in the manifest has its credentials redacted, see
   :mod:`sgcore.redact`), ``config_hash``, ``preprocess`` (``Preprocess.to_dict()``) and
-  ``model`` (the model's source and the sha256 of its files): what made the maps.
+  ``model`` (the model's source and the sha256 of its files, sidecar included, and under
+  ``labels`` that of the ``--labels`` table): what made the maps.
 - ``created``, ``sgcore_version``, ``versions``, ``git_revision``: of the run
   that created the output; ``finished``: when the latest run ended (absent
   while the first run is under way).
@@ -46,6 +47,12 @@ describes the whole output and every invocation that wrote to it:
   ``seconds``, ``node``/``pid``/``device``, ``finished`` and ``run`` (1-based
   index into ``runs``) as recorded by the run that wrote its part; a resume
   keeps them for the shards it skips. A key the run did not record is absent.
+  The commit of its part (:data:`COMMIT_KEYS`): ``epoch`` and ``token`` (the
+  writer's lease fence, also in the part's footer), ``size``, ``sha256`` and
+  ``stamp`` (local ``mtime_ns`` or the object's ETag): readers and resumes
+  count a part only when its footer's fence is this one.
+- ``epoch``, ``token``: the fence of the run that wrote the manifest (each run
+  entry holds its own too); ``_SUCCESS`` holds the same, as JSON.
 - ``runs``: one :class:`RunEntry` per invocation that reached the plan,
   appended across resumes of the same config (``--overwrite`` starts a new
   list): ``started``, ``finished``, ``status``, ``seconds``, ``shards`` (run by
@@ -70,6 +77,8 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
+import fnmatch
+import hashlib
 import json
 import os
 import platform
@@ -104,6 +113,8 @@ PART_METADATA_KEY = b"sgcore"
 # A part's footer status: processed (skipped on resume), or error rows of a
 # shard that failed every attempt (redone on resume).
 PART_STATUSES = ("committed", "failed")
+# What the manifest records of each part's commit: the writer's fence and the bytes.
+COMMIT_KEYS = ("epoch", "token", "size", "sha256", "stamp")
 _PART_PREFIX, _PART_SUFFIX, _NPZ_SUFFIX = "part-", ".parquet", ".npz"
 PART_GLOB = f"{_PART_PREFIX}*{_PART_SUFFIX}"
 NPZ_GLOB = f"{MAPS_DIR}/{_PART_PREFIX}*{_NPZ_SUFFIX}"
@@ -118,6 +129,14 @@ _PACKAGES = ("sgcore", "torch", "torchvision", "ray", "pyarrow", "fsspec", "s3fs
 def part_name(shard_id: str) -> str:
     """Deterministic file name of a shard's rows: a retry overwrites it."""
     return f"{_PART_PREFIX}{shard_id}{_PART_SUFFIX}"
+
+
+def shard_of(name: str) -> str | None:
+    """The shard id of a part's name or URL (``.../part-<shard>.parquet``), None for another file."""
+    base = posixpath.basename(name)
+    if base.startswith(_PART_PREFIX) and base.endswith(_PART_SUFFIX):
+        return base[len(_PART_PREFIX):-len(_PART_SUFFIX)]
+    return None
 
 
 def npz_name(shard_id: str) -> str:
@@ -154,20 +173,33 @@ def write_bytes(
     storage_options: dict[str, Any] | None = None,
     *,
     policy: RetryPolicy | None = None,
-) -> None:
+    fence: Any = None,
+) -> str | None:
     """Writes ``data`` to ``url`` atomically (temp + rename locally, one PUT remotely).
 
     Transient errors (timeouts, 5xx, throttling) are retried with backoff
     (:mod:`sgcore.io._retry`); a permanent one fails at once.
 
+    Args:
+        fence: the writer's :class:`sgcore.io.lease.Fence`: the file becomes
+            visible only while the writer holds the output's lease (locally the
+            rename runs under the lease file's lock; elsewhere the lease is
+            checked right before each PUT).
+
+    Returns:
+        With a ``fence``, the file's stamp as a listing shows it (local
+        ``mtime_ns``, the object's ETag), else None.
+
     Raises:
         OSError: naming ``url``, after the retries (its subclasses kept:
             ``PermissionError`` for refused credentials, ...).
+        LeaseLost: with a ``fence``, the writer lost the output; nothing was written.
     """
     fs, path = url_to_fs(url, storage_options)
     parent = posixpath.dirname(path)
+    held = fence.held if fence is not None else contextlib.nullcontext
 
-    def once() -> None:
+    def once() -> str | None:
         if is_local(fs):
             os.makedirs(parent, exist_ok=True)
             tmp = temp_path(path)
@@ -176,17 +208,25 @@ def write_bytes(
                     f.write(data)
                     f.flush()
                     os.fsync(f.fileno())
-                os.replace(tmp, path)
+                stamp = str(os.stat(tmp).st_mtime_ns)  # a rename keeps it
+                with held():
+                    os.replace(tmp, path)
+                return stamp
             finally:
                 if os.path.exists(tmp):
                     os.remove(tmp)
-        else:
-            if parent:
-                fs.makedirs(parent, exist_ok=True)
+        if parent:
+            fs.makedirs(parent, exist_ok=True)
+        with held():
             fs.pipe_file(path, data)
+        if fence is None:
+            return None
+        with contextlib.suppress(OSError, KeyError):
+            return _etag(fs.info(path, refresh=True))
+        return None
 
     try:
-        retry_call(once, what=f"write {url}", policy=policy)
+        return retry_call(once, what=f"write {url}", policy=policy)
     except OSError as e:
         if str(e).startswith(f"write {url}:"):  # retry_call's message names it already
             raise
@@ -195,6 +235,27 @@ def write_bytes(
         except Exception:  # an OSError subclass with its own constructor
             named = OSError(f"cannot write {url}: {e}")
         raise named from e
+
+
+def _etag(info: Mapping[str, Any]) -> str | None:
+    tag = info.get("ETag") or info.get("etag")
+    return str(tag).strip('"') if tag else None
+
+
+def is_precondition_failed(e: BaseException) -> bool:
+    """Whether a conditional write was refused (S3 412, or fsspec's ``mode="create"`` on an existing key)."""
+    return isinstance(e, FileExistsError) or "Precondition" in str(e) or "412" in str(e)
+
+
+def sha256_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def fence_of(meta: Mapping[str, Any] | None) -> tuple[int, str] | None:
+    """(epoch, token) recorded in a footer, a shard entry or ``_SUCCESS``; None when unfenced."""
+    if not meta or not meta.get("token"):
+        return None
+    return int(meta.get("epoch") or 0), str(meta["token"])
 
 
 def read_part_metadata(url: str, storage_options: dict[str, Any] | None = None) -> dict[str, Any] | None:
@@ -284,7 +345,8 @@ class ShardEntry(_Record):
     """One shard in the manifest; what a run recorded of it (None: not recorded, absent in JSON)."""
 
     _OPTIONAL: ClassVar[frozenset[str]] = frozenset(
-        {"attempts", "failures", "rows", "ok", "errors", "seconds", "run", "node", "pid", "device", "finished"})
+        {"attempts", "failures", "rows", "ok", "errors", "seconds", "run", "node", "pid", "device", "finished",
+         "epoch", "token", "size", "sha256", "stamp"})
 
     images: int
     first: str
@@ -300,6 +362,21 @@ class ShardEntry(_Record):
     pid: int | None = None
     device: str | None = None
     finished: float | None = None
+    # The commit of its part: the writer's fence, and the bytes as written.
+    epoch: int | None = None
+    token: str | None = None
+    size: int | None = None
+    sha256: str | None = None
+    stamp: str | None = None
+
+    def record_commit(self, commit: Mapping[str, Any] | None) -> None:
+        """Takes a part's commit record (``write_part``'s: epoch, token, size, sha256, stamp)."""
+        for key in COMMIT_KEYS:
+            setattr(self, key, (commit or {}).get(key))
+
+    def commit(self) -> dict[str, Any] | None:
+        """The commit record, or None when the run that wrote the part recorded none."""
+        return {k: getattr(self, k) for k in COMMIT_KEYS} if self.token else None
 
     def add_failure(self, reason: str) -> None:
         self.failures = [*(self.failures or []), reason[:500]]
@@ -309,7 +386,8 @@ class ShardEntry(_Record):
 class RunEntry(_Record):
     """One invocation that wrote to the output; completed when it ends."""
 
-    _OPTIONAL: ClassVar[frozenset[str]] = frozenset({"gpus_per_actor", "gpus_per_actor_requested", "stopped_by"})
+    _OPTIONAL: ClassVar[frozenset[str]] = frozenset(
+        {"gpus_per_actor", "gpus_per_actor_requested", "stopped_by", "epoch", "token"})
 
     started: str
     finished: str | None = None
@@ -331,12 +409,18 @@ class RunEntry(_Record):
     gpus_per_actor: float | None = None
     gpus_per_actor_requested: float | None = None
     stopped_by: str | None = None
+    epoch: int | None = None
+    token: str | None = None
 
     @classmethod
-    def begin(cls, started: str, *, shards: int, skipped: int) -> RunEntry:
-        """This invocation's entry, with the code it runs (git revision, package versions)."""
-        return cls(started=started, shards=shards, shards_skipped=skipped,
-                   git_revision=git_revision(), versions=package_versions())
+    def begin(cls, started: str, *, shards: int, skipped: int, fence: Any = None) -> RunEntry:
+        """This invocation's entry, with the code it runs (git revision, package versions).
+
+        ``fence``: the run's lease fence; its epoch and token identify what the run commits.
+        """
+        stamp = fence.stamp() if fence is not None else {}
+        return cls(started=started, shards=shards, shards_skipped=skipped, git_revision=git_revision(),
+                   versions=package_versions(), epoch=stamp.get("epoch"), token=stamp.get("token"))
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -370,7 +454,7 @@ class Plan(_Record):
 class Manifest(_Record):
     """``_manifest.json`` as a value; the module docstring is its schema."""
 
-    _OPTIONAL: ClassVar[frozenset[str]] = frozenset({"finished"})
+    _OPTIONAL: ClassVar[frozenset[str]] = frozenset({"finished", "epoch", "token"})
     _DERIVED: ClassVar[tuple[str, ...]] = ("failed_shards", "totals")
 
     config: dict[str, Any]
@@ -386,6 +470,17 @@ class Manifest(_Record):
     git_revision: str | None = None
     shards: dict[str, ShardEntry] = field(default_factory=dict)
     runs: list[RunEntry] = field(default_factory=list)
+    epoch: int | None = None
+    token: str | None = None
+
+    @property
+    def fenced(self) -> bool:
+        """Whether the manifest was written under a fenced lease (older ones were not)."""
+        return bool(self.token)
+
+    def run_fences(self) -> set[tuple[int, str]]:
+        """The (epoch, token) of every run this manifest lists: who may have committed its parts."""
+        return {f for r in self.runs if (f := fence_of(r.to_dict())) is not None}
 
     @classmethod
     def begin(cls, *, config: dict[str, Any], config_hash: str, preprocess: dict[str, Any],
@@ -410,17 +505,19 @@ class Manifest(_Record):
                 kept = old_shards.get(s.shard_id) or entry
                 entry = replace(kept, images=s.size, first=s.members[0], status="committed",
                                 rows=footer["rows"], ok=footer["ok"], errors=footer["errors"])
+                if "commit" in footer:
+                    entry.record_commit(footer["commit"])
             entries[s.shard_id] = entry
         plan = Plan(shards=len(shards), images=sum(s.size for s in shards), fingerprint=fingerprint)
         if previous is None:  # the output starts here, with this run's code
             return cls(config=config, config_hash=config_hash, preprocess=preprocess, model=model,
                        plan=plan, sgcore_version=run.versions.get("sgcore"), created=run.started,
                        versions=dict(run.versions), git_revision=run.git_revision, shards=entries,
-                       runs=[run])
+                       runs=[run], epoch=run.epoch, token=run.token)
         return cls(config=config, config_hash=config_hash, preprocess=preprocess, model=model, plan=plan,
                    sgcore_version=previous.sgcore_version, created=previous.created,
                    versions=dict(previous.versions), git_revision=previous.git_revision, shards=entries,
-                   runs=[*previous.runs, run])
+                   runs=[*previous.runs, run], epoch=run.epoch, token=run.token)
 
     @property
     def failed_shards(self) -> list[str]:
@@ -504,6 +601,7 @@ class OutputDir:
     def __init__(self, url: str, storage_options: dict[str, Any] | None = None):
         self.url = url
         self.storage_options = dict(storage_options or {})
+        self._manifest_etag: str | None = None  # S3: of the manifest as this object last read or wrote it
 
     @cached_property
     def _fs_path(self) -> tuple[AbstractFileSystem, str]:
@@ -556,33 +654,138 @@ class OutputDir:
     def has_success(self) -> bool:
         return bool(self.fs.exists(self.path_of(SUCCESS_NAME)))
 
-    def committed_parts(self, config_hash: str,
-                        contents: Mapping[str, str | None]) -> tuple[dict[str, dict[str, Any]], list[str]]:
+    def read_success(self) -> bytes | None:
+        """``_SUCCESS``'s content (the fence of the run that completed the output), None when absent."""
+        try:
+            return read_bytes(self.fs, self.path_of(SUCCESS_NAME), url=self.url_of(SUCCESS_NAME))
+        except FileNotFoundError:
+            return None
+
+    def success_matches(self, manifest: Manifest) -> bool:
+        """Whether ``_SUCCESS`` marks ``manifest`` complete: written by the run that wrote it.
+
+        A manifest written before fenced commits (no token) takes any ``_SUCCESS``.
+        """
+        raw = self.read_success()
+        if raw is None:
+            return False
+        if not manifest.fenced:
+            return True
+        try:
+            mark = json.loads(raw) if raw.strip() else {}
+        except ValueError:
+            return False
+        return (isinstance(mark, dict) and manifest.status == "complete"
+                and fence_of(mark) == (manifest.epoch or 0, manifest.token))
+
+    def part_listing(self) -> dict[str, tuple[int | None, str | None]]:
+        """Part name -> (size, stamp) from one listing: local ``mtime_ns``, an object's ETag."""
+        found: dict[str, tuple[int | None, str | None]] = {}
+        if is_local(self.fs):
+            try:
+                with os.scandir(self.path or ".") as entries:
+                    for e in entries:
+                        if fnmatch.fnmatchcase(e.name, PART_GLOB) and e.is_file():
+                            st = e.stat()
+                            found[e.name] = (st.st_size, str(st.st_mtime_ns))
+            except (FileNotFoundError, NotADirectoryError):
+                pass
+            return found
+        with contextlib.suppress(Exception):
+            self.fs.invalidate_cache(self.path)
+        try:
+            infos = retry_call(lambda: self.fs.ls(self.path, detail=True), what=f"list {self.url}")
+        except (FileNotFoundError, OSError):
+            return found
+        for info in infos:
+            name = posixpath.basename(str(info["name"]).rstrip("/"))
+            if fnmatch.fnmatchcase(name, PART_GLOB) and info.get("type") != "directory":
+                found[name] = (info.get("size"), _etag(info))
+        return found
+
+    def part_sha256(self, shard_id: str) -> str | None:
+        """sha256 of a part's bytes as stored (None when it is gone)."""
+        name = part_name(shard_id)
+        try:
+            return sha256_hex(read_bytes(self.fs, self.path_of(name), url=self.url_of(name)))
+        except FileNotFoundError:
+            return None
+
+    def committed_parts(self, config_hash: str, contents: Mapping[str, str | None], *,
+                        manifest: Manifest | None = None,
+                        fenced: bool = False) -> tuple[dict[str, dict[str, Any]], list[str], list[str]]:
         """The shards of ``contents`` (id -> content identity) whose part is committed under ``config_hash``.
 
+        Args:
+            manifest: the output's manifest of this config (a resume), or None.
+            fenced: count only parts whose footer carries a lease fence, and, with
+                a fenced ``manifest``, only the part its shard entry records
+                (same fence; same size and stamp, or else the same sha256: a
+                copied output keeps its parts) or, for a shard it records no
+                commit of (a run that died before its last manifest write),
+                one committed by a run it lists.
+
         Returns:
-            (id -> the part's footer, for the committed ones; the ids whose part
-            was committed for other input bytes under the same names, sorted as
-            given). A part whose footer says ``failed`` is not committed: the run
-            redoes that shard and overwrites it.
+            (id -> the part's footer, with ``"commit"``: the record the manifest
+            keeps of it when ``fenced``; the ids whose part was committed for
+            other input bytes under the same names; ``"<id> (<why>)"`` for each
+            part that was not counted although its footer says committed: of
+            another run, changed bytes, unreadable). A part whose footer says
+            ``failed`` is not committed: the run redoes that shard and overwrites it.
         """
-        existing = {posixpath.basename(p) for p in self.part_paths()}
+        listing = self.part_listing()
+        fences = manifest.run_fences() if manifest is not None else set()
         done: dict[str, dict[str, Any]] = {}
         changed: list[str] = []
+        suspect: list[str] = []
         for sid, content in contents.items():
             name = part_name(sid)
-            if name not in existing:
+            if name not in listing:
                 continue
+            entry = manifest.shards.get(sid) if manifest is not None else None
+            record = entry.commit() if fenced and entry is not None and manifest.fenced else None
             meta = read_part_metadata(self.url_of(name), self.storage_options)
-            if not meta or meta.get("config_hash") != config_hash or meta.get("rows") is None:
+            if not meta:
+                if record is not None:
+                    suspect.append(f"{sid} (unreadable)")
+                continue
+            if meta.get("config_hash") != config_hash or meta.get("rows") is None:
                 continue
             if meta.get("status") != "committed":
                 continue
             if meta.get("content") and content and meta["content"] != content:
                 changed.append(sid)  # same names, other bytes: its maps are of the old images
                 continue
-            done[sid] = meta
-        return done, changed
+            if not fenced:
+                done[sid] = meta
+                continue
+            fence = fence_of(meta)
+            size, stamp = listing[name]
+            if fence is None:
+                suspect.append(f"{sid} (written without a lease fence, by an older sgcore)")
+                continue
+            if record is not None:
+                if fence != fence_of(record):
+                    suspect.append(f"{sid} (written by lease epoch {fence[0]}, not by the commit the "
+                                   f"manifest records, epoch {record['epoch']})")
+                    continue
+                commit = dict(record)
+                if size != record.get("size") or (stamp and record.get("stamp") and stamp != record["stamp"]):
+                    digest = self.part_sha256(sid)
+                    if digest != record.get("sha256"):
+                        suspect.append(f"{sid} (its bytes changed since they were committed: "
+                                       f"sha256 {str(digest)[:12]}... is not {str(record.get('sha256'))[:12]}...)")
+                        continue
+                    commit.update(size=size, stamp=stamp)
+            else:
+                if manifest is not None and manifest.fenced and fence not in fences:
+                    suspect.append(f"{sid} (written by lease epoch {fence[0]}, a run this output's manifest "
+                                   "does not list)")
+                    continue
+                commit = {"epoch": fence[0], "token": fence[1], "size": size, "stamp": stamp,
+                          "sha256": self.part_sha256(sid)}
+            done[sid] = {**meta, "commit": commit}
+        return done, changed, suspect
 
     # ------------------------------------------------------------------ the manifest
 
@@ -593,30 +796,83 @@ class OutputDir:
             ValueError: it is not valid JSON or not a manifest, naming its URL.
         """
         url = self.url_of(MANIFEST_NAME)
+        path = self.path_of(MANIFEST_NAME)
         try:
-            raw = read_bytes(self.fs, self.path_of(MANIFEST_NAME), url=url)
+            if self._is_s3:  # its ETag first: a later conditional write replaces what was read, or nothing
+                info = retry_call(lambda: self.fs.info(path, refresh=True), what=f"read {url}")
+                self._manifest_etag = info.get("ETag")
+            raw = read_bytes(self.fs, path, url=url)
         except FileNotFoundError:
+            self._manifest_etag = None
             return None
         return Manifest.from_json(raw, what=url)
 
-    def write_manifest(self, manifest: Manifest) -> None:
-        write_bytes(self.url_of(MANIFEST_NAME), manifest.to_json(), self.storage_options)
+    @property
+    def _is_s3(self) -> bool:
+        protocol = self.fs.protocol if isinstance(self.fs.protocol, str) else self.fs.protocol[0]
+        return protocol in ("s3", "s3a")
 
-    def remove_manifest(self) -> None:
-        """Removes the manifest, and a local directory it leaves empty (a run that never started)."""
-        try:
-            self.fs.rm_file(self.path_of(MANIFEST_NAME))
-        except (FileNotFoundError, OSError):
+    def write_manifest(self, manifest: Manifest, fence: Any = None) -> None:
+        """Writes the manifest; with ``fence``, only while the writer holds the output.
+
+        On S3 a fenced write is conditional: ``If-Match`` on the ETag this
+        object last read or wrote (``If-None-Match`` when there was none), so a
+        stalled writer's manifest never replaces a newer run's.
+
+        Raises:
+            LeaseLost: with ``fence``, the writer lost the output; nothing was written.
+        """
+        data = manifest.to_json()
+        url = self.url_of(MANIFEST_NAME)
+        if fence is None or not self._is_s3:
+            write_bytes(url, data, self.storage_options, fence=fence)
             return
+        path = self.path_of(MANIFEST_NAME)
+        fs = self.fs
+        for _ in range(3):
+            etag = getattr(self, "_manifest_etag", None)
+            with fence.held():
+                try:
+                    if etag is None:
+                        retry_call(lambda: fs.pipe_file(path, data, mode="create"), what=f"write {url}")
+                    else:
+                        retry_call(lambda e=etag: fs.pipe_file(path, data, IfMatch=e), what=f"write {url}")
+                except (OSError, ValueError) as e:
+                    if not is_precondition_failed(e):
+                        raise
+                    # Another writer's manifest landed since we looked (a stalled run, before our
+                    # lease): we hold the output, so ours replaces it.
+                    self._manifest_etag = retry_call(lambda: fs.info(path, refresh=True),
+                                                     what=f"read {url}").get("ETag")
+                    continue
+            self._manifest_etag = retry_call(lambda: fs.info(path, refresh=True), what=f"read {url}").get("ETag")
+            return
+        raise OSError(f"cannot write {url}: other writers kept replacing it")
+
+    def remove_manifest(self, fence: Any = None) -> None:
+        """Removes the manifest, and a local directory it leaves empty (a run that never started).
+
+        Raises:
+            LeaseLost: with ``fence``, the writer lost the output (the manifest is another run's now).
+        """
+        with fence.held() if fence is not None else contextlib.nullcontext():
+            try:
+                self.fs.rm_file(self.path_of(MANIFEST_NAME))
+            except (FileNotFoundError, OSError):
+                return
+            self._manifest_etag = None
         if is_local(self.fs):
             with contextlib.suppress(OSError):  # only when the run created it and left it empty
                 os.rmdir(self.path)
 
-    def write_success(self) -> None:
-        write_bytes(self.url_of(SUCCESS_NAME), b"", self.storage_options)
+    def write_success(self, fence: Any = None) -> None:
+        """Writes ``_SUCCESS``; with ``fence`` it holds the run's fence and is written only while it holds the output."""
+        data = json.dumps({**fence.stamp(), "run_id": fence.run_id}, sort_keys=True).encode() if fence else b""
+        write_bytes(self.url_of(SUCCESS_NAME), data, self.storage_options, fence=fence)
 
-    def remove_success(self) -> None:
-        self._remove(SUCCESS_NAME)
+    def remove_success(self, fence: Any = None) -> None:
+        with fence.held() if fence is not None else contextlib.nullcontext():
+            self._remove(SUCCESS_NAME)
 
     # ------------------------------------------------------------------ clearing
 
@@ -634,20 +890,26 @@ class OutputDir:
                 self.fs.rm_file(p)
         return [posixpath.basename(p) for p in found]
 
-    def clear(self) -> None:
-        """Removes every part, every npz map file and ``_SUCCESS`` (``--overwrite``)."""
+    def clear(self, fence: Any = None) -> None:
+        """``--overwrite``: removes ``_SUCCESS`` and the manifest first, then every part and npz map file.
+
+        In that order, so that no reader ever sees ``_SUCCESS`` (or a manifest
+        that says complete) beside a partly removed output.
+        """
+        self.remove_success(fence)
+        with fence.held() if fence is not None else contextlib.nullcontext():
+            self._remove(MANIFEST_NAME)
+        self._manifest_etag = None
         for p in self.part_paths() + self.npz_paths():
             self.fs.rm_file(p)
-        self.remove_success()
+
+    def _rm_if_there(self, name: str) -> None:
+        path = self.path_of(name)
+        if self.fs.exists(path):
+            self.fs.rm_file(path)
 
     def _remove(self, name: str) -> None:
-        path = self.path_of(name)
-
-        def remove() -> None:
-            if self.fs.exists(path):
-                self.fs.rm_file(path)
-
-        retry_call(remove, what=f"remove {self.url_of(name)}")
+        retry_call(lambda: self._rm_if_there(name), what=f"remove {self.url_of(name)}")
 
 
 # One-off reads and writes by URL.
@@ -658,12 +920,13 @@ def read_manifest(output: str, storage_options: dict[str, Any] | None = None) ->
     return OutputDir(output, storage_options).read_manifest()
 
 
-def write_manifest(output: str, manifest: Manifest, storage_options: dict[str, Any] | None = None) -> None:
-    OutputDir(output, storage_options).write_manifest(manifest)
+def write_manifest(output: str, manifest: Manifest, storage_options: dict[str, Any] | None = None,
+                   fence: Any = None) -> None:
+    OutputDir(output, storage_options).write_manifest(manifest, fence)
 
 
-def write_success(output: str, storage_options: dict[str, Any] | None = None) -> None:
-    OutputDir(output, storage_options).write_success()
+def write_success(output: str, storage_options: dict[str, Any] | None = None, fence: Any = None) -> None:
+    OutputDir(output, storage_options).write_success(fence)
 
 
 def remove_success(output: str, storage_options: dict[str, Any] | None = None) -> None:

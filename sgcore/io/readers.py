@@ -41,7 +41,7 @@ from sgcore.io._fs import url_to_fs
 from sgcore.io._retry import retry_call
 from sgcore.io.decode import DEFAULT_MAX_PIXELS, Geometry, decode_image
 from sgcore.io.failures import STORAGE_ERRORS, DecodeError
-from sgcore.io.labels import cached_labels, load_labels, lookup
+from sgcore.io.labels import LabelsFile, cached_labels, load_labels, lookup
 from sgcore.io.layouts import (
     ImageFiles,
     Layout,
@@ -86,7 +86,7 @@ def plan_shards(
     image_column: str | None = None,
     label_column: str | None = None,
     id_column: str | None = None,
-    labels: str | None = None,
+    labels: str | LabelsFile | None = None,
     storage_options: dict[str, Any] | None = None,
 ) -> list[ShardSpec]:
     """Lists the input and cuts it into shards.
@@ -101,7 +101,8 @@ def plan_shards(
         limit: only the first ``limit`` images, in listing order.
         input_format: ``auto``, ``images``, ``webdataset`` or ``parquet``.
         image_column, label_column, id_column: Parquet columns.
-        labels: CSV/Parquet file mapping image path -> label.
+        labels: CSV/Parquet file mapping image path -> label, or that file as
+            already read (:func:`~sgcore.io.labels.load_labels`).
         storage_options: fsspec options (credentials, endpoint).
 
     Files of other types are skipped, not failed.
@@ -127,11 +128,14 @@ def plan_shards(
     listing = list_input(url, storage_options)
     layout = _choose_layout(listing, input_format)
     # Read (and so check) the labels file here, before any work is scheduled.
-    table = load_labels(labels, storage_options) if labels else None
+    table = (load_labels(labels, storage_options) if labels else None) if isinstance(labels, str) else labels
     options = PlanOptions(shard_size=shard_size, limit=limit, image_column=image_column,
-                          label_column=label_column, id_column=id_column, labels=table, labels_url=labels)
+                          label_column=label_column, id_column=id_column, labels=table,
+                          labels_url=table.url if table is not None else None)
     shards = layout.plan(listing, options)
-    return [dataclasses.replace(s, content=content_identity(s, listing.stamps)) for s in shards]
+    sha = table.sha256 if table is not None else None
+    return [dataclasses.replace(s, content=content_identity(s, listing.stamps),
+                                labels_sha256=sha if s.labels_url else None) for s in shards]
 
 
 def _choose_layout(listing: Listing, input_format: str) -> Layout:
@@ -158,7 +162,7 @@ def read_shard(spec: ShardSpec, storage_options: dict[str, Any] | None = None) -
     """Yields the shard's samples in order; unreadable ones carry an error."""
     samples = LAYOUTS[spec.kind].read(spec, storage_options)
     if spec.labels_url:  # tar/Parquet shards: sample ids are known only now
-        mapping = cached_labels(spec.labels_url, storage_options)
+        mapping = cached_labels(spec.labels_url, storage_options, sha256=spec.labels_sha256)
         for s in samples:
             yield RawSample(image_id=s.image_id, source=s.source, data=s.data, error=s.error,
                             label=lookup(mapping, s.image_id, s.source))

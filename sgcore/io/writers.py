@@ -138,7 +138,8 @@ def encode_part(
     table = rows_to_table(rows, map_shape=map_shape, fmt=fmt, channels=channels)
     table = table.replace_schema_metadata(meta)
     buf = io.BytesIO()
-    pq.write_table(table, buf, compression="zstd")
+    # Page checksums (CRC32): a flipped byte is refused where the part is read back.
+    pq.write_table(table, buf, compression="zstd", write_page_checksum=True)
     return buf.getvalue(), npz_bytes
 
 

@@ -51,6 +51,10 @@ class Classifier(nn.Module):
         self.inner = model
         self._frozen_mode = frozen_mode
 
+    @property
+    def frozen_mode(self) -> bool:
+        return self._frozen_mode
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return logits_of(self.inner(x))
 

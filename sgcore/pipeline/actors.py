@@ -36,8 +36,9 @@ class SaliencyActor:
     """One model replica on one GPU (or on CPUs when the cluster has none)."""
 
     def __init__(self, config: JobConfig, use_gpu: bool, cpu_threads: int | None = None,
-                 driver: tuple[str, int] | None = None, tally: Any = None):
+                 driver: tuple[str, int] | None = None, tally: Any = None, fence: Any = None):
         self.driver = driver  # (node id, pid) of the driver: commit only while it runs
+        self.fence = fence  # the driver's lease fence: commit only while its run holds the output
         self.tally = tally  # a ProgressTally actor: images done, batch by batch
         set_cpu_threads(use_gpu, cpu_threads)
         set_default_policy(storage_policy(config.storage_retry_s))
@@ -60,18 +61,18 @@ class SaliencyActor:
             def on_batch(n: int) -> None:
                 self.tally.add.remote(decoded.shard_id, attempt, n)  # fire and forget
         summary = self.processor.process(decoded, config_hash=config_hash, attempt=attempt,
-                                         before_commit=lambda: self._before_commit(decoded.shard_id, config_hash),
-                                         on_batch=on_batch)
+                                         before_commit=lambda: self._before_commit(decoded.shard_id),
+                                         on_batch=on_batch, fence=self.fence)
         summary.max_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         summary.pid = os.getpid()
         summary.node = ray.get_runtime_context().get_node_id()
         summary.device = str(self.processor.device)
         return summary
 
-    def _before_commit(self, shard_id: str, config_hash: str) -> None:
-        """Commits only for a live driver whose config still owns the output."""
+    def _before_commit(self, shard_id: str) -> None:
+        """Commits only for a live driver whose run still holds the output."""
         self._check_driver()
-        check_owner(self.processor.config, shard_id, config_hash)
+        check_owner(self.processor.config, shard_id, self.fence)
 
     def _check_driver(self) -> None:
         """Refuses to commit for a driver that is gone (killed, or stopped by SIGTERM).

@@ -46,10 +46,17 @@ from sgcore.io import (
     storage_policy,
 )
 from sgcore.io._fs import is_local
-from sgcore.io.lease import Lease, LeaseLost
-from sgcore.io.output import now
-from sgcore.models import Preprocess, check_base, model_identity, resolve_preprocess
-from sgcore.models.sources import split_spec
+from sgcore.io.labels import LabelsFile, load_labels
+from sgcore.io.lease import Fence, Lease, LeaseLost
+from sgcore.io.output import LEASE_NAME, now
+from sgcore.models import (
+    Preprocess,
+    check_base,
+    model_identity,
+    probe_on_driver,
+    resolve_preprocess,
+)
+from sgcore.models.checkpoint import read_once
 from sgcore.pipeline._faults import parse_faults
 from sgcore.pipeline.actors import remote_actor, remote_decode, remote_tally
 from sgcore.pipeline.cluster import (
@@ -92,17 +99,29 @@ def plan_fingerprint(shards: list[ShardSpec]) -> str:
     return h.hexdigest()[:16]
 
 
-def job_hash(config: JobConfig, identity: dict[str, Any]) -> str:
-    """The config hash, with the sha256 of the model's weights files when it read any.
+def job_hash(config: JobConfig, identity: dict[str, Any], preprocess: Preprocess) -> str:
+    """The config hash with the content of every other input that decides the rows.
 
-    Parts carry it: a resume after a checkpoint changed at the same URL finds no
-    part of its own and is refused by :func:`_guard_output`.
+    That is the sha256 of the model's files (weights, archive and its preprocessing
+    sidecar, directory), of the ``--labels`` table, and the resolved preprocessing
+    (whatever declared it: flags, sidecar, checkpoint, library or a ``py:`` factory).
+    Parts carry it: a resume after one of them changed at the same URL finds no part
+    of its own and is refused by :func:`_guard_output`, naming what changed.
     """
-    files = identity.get("files") or {}
-    if not files:
-        return config.config_hash()
-    blob = json.dumps({"config": config.config_hash(), "files": files}, sort_keys=True)
+    blob = json.dumps({"config": config.config_hash(), "files": identity.get("files") or {},
+                       "labels": identity.get("labels") or {}, "preprocess": preprocess.to_dict()},
+                      sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _labels_on_driver(config: JobConfig, identity: dict[str, Any]) -> LabelsFile | None:
+    """The ``--labels`` table, read once here; its sha256 goes into ``identity`` (the manifest's
+    ``model`` record, next to the model's files) and so into the config hash."""
+    if not config.labels:
+        return None
+    table = load_labels(config.labels, config.storage_options)
+    identity["labels"] = {config.labels: table.sha256}
+    return table
 
 
 def _model_on_driver(config: JobConfig) -> tuple[Preprocess, dict[str, Any]]:
@@ -115,16 +134,16 @@ def _model_on_driver(config: JobConfig) -> tuple[Preprocess, dict[str, Any]]:
     (``--image-size 1``) then stops the job with one line before a cluster is
     involved.
     """
-    torchvision_or_demo = split_spec(config.model) is None
-    if torchvision_or_demo and config.model != "demo" and config.weights != "none":
-        preprocess = resolve_preprocess(config.model, config.weights, image_size=config.image_size,
-                                        storage_options=config.storage_options, preprocess=config.preprocess)
-        return preprocess, model_identity(config.model, config.weights, storage_options=config.storage_options)
-    loaded = probe_model(config)
-    class_target(config.target, loaded.categories, loaded.num_classes)
-    identity = (model_identity(config.model, config.weights, storage_options=config.storage_options)
-                if torchvision_or_demo else loaded.identity())
-    return loaded.preprocess, identity
+    with read_once():  # preprocessing, identity and probe share one download of each weights file
+        if not probe_on_driver(config.model, config.weights):
+            preprocess = resolve_preprocess(config.model, config.weights, image_size=config.image_size,
+                                            storage_options=config.storage_options, preprocess=config.preprocess)
+            return preprocess, model_identity(config.model, config.weights, storage_options=config.storage_options)
+        loaded = probe_model(config)
+        class_target(config.target, loaded.categories, loaded.num_classes)
+        identity = (model_identity(config.model, config.weights, storage_options=config.storage_options)
+                    if loaded.source in ("torchvision", "demo") else loaded.identity())
+        return loaded.preprocess, identity
 
 
 def run_job(config: JobConfig) -> JobResult:
@@ -171,13 +190,14 @@ def _run_job(config: JobConfig) -> JobResult:
             raise ConfigError(str(e)) from None
     check_base(config.model, config.base)
     preprocess, identity = _model_on_driver(config)
+    labels = _labels_on_driver(config, identity)
     shards = plan_shards(
         config.input, shard_size=config.shard_size, limit=config.limit,
         input_format=config.input_format, image_column=config.image_column,
         label_column=config.label_column, id_column=config.id_column,
-        labels=config.labels, storage_options=config.storage_options,
+        labels=labels, storage_options=config.storage_options,
     )
-    chash = job_hash(config, identity)
+    chash = job_hash(config, identity, preprocess)
     fingerprint = plan_fingerprint(shards)
     out = OutputDir(config.output, config.storage_options)
     if out.is_local_file():
@@ -191,18 +211,32 @@ def _run_job(config: JobConfig) -> JobResult:
     try:
         return _run_claimed(config, out, lease, preprocess, identity, shards, chash, fingerprint,
                             t0=t0, started=started)
+    except LeaseLost as e:
+        # Another run holds the output now: nothing more of ours may land there.
+        raise JobFailed(f"{e}; stopped without writing more to {config.output}") from None
     finally:
-        lease.release()
-        if new_dir:  # a run that never started leaves no folder made only for its claim
+        # A run that never started leaves no folder made only for its claim; otherwise the
+        # released lease stays, so that the next holder's epoch is higher.
+        empty = new_dir and _only_the_lease(out)
+        lease.release(remove=empty)
+        if empty:
             with contextlib.suppress(OSError):
                 os.rmdir(out.path)
+
+
+def _only_the_lease(out: OutputDir) -> bool:
+    try:
+        return os.listdir(out.path) == [LEASE_NAME]
+    except OSError:
+        return False
 
 
 def _run_claimed(config: JobConfig, out: OutputDir, lease: Lease, preprocess: Preprocess,
                  identity: dict[str, Any], shards: list[ShardSpec], chash: str, fingerprint: str, *,
                  t0: float, started: str) -> JobResult:
-    """The run proper, under ``lease``."""
-    _guard_output(config, out, chash, fingerprint, identity)
+    """The run proper, under ``lease``: every file it makes visible carries the lease's fence."""
+    fence = lease.fence
+    _guard_output(config, out, chash, fingerprint, identity, preprocess, fence)
     removed = out.remove_temp_files()  # safe under the lease: no other writer is alive
     if removed:
         log.info("removed %s of a writer that died: %s", plural(len(removed), "temporary file"),
@@ -211,16 +245,16 @@ def _run_claimed(config: JobConfig, out: OutputDir, lease: Lease, preprocess: Pr
     old = None if config.overwrite else out.read_manifest()
     if old is not None and old.config_hash != chash:
         old = None
-    committed = _committed_shards(out, shards, chash)
+    committed = _committed_shards(out, shards, chash, old)
     todo = [s for s in shards if s.shard_id not in committed]
     fresh = out.read_manifest() is None
-    run = RunEntry.begin(started, shards=len(todo), skipped=len(committed))
+    run = RunEntry.begin(started, shards=len(todo), skipped=len(committed), fence=fence)
     manifest = Manifest.begin(config=config.public_dict(), config_hash=chash, preprocess=preprocess.to_dict(),
                               model=identity, fingerprint=fingerprint, shards=shards, committed=committed,
                               previous=old, run=run)
     if todo:
-        out.remove_success()
-        out.write_manifest(manifest)
+        out.remove_success(fence)
+        out.write_manifest(manifest, fence)
 
     result = JobResult(output=config.output, shards=len(shards), shards_skipped=len(committed))
     progress = Progress(sum(s.size for s in shards), len(shards), enabled=config.progress)
@@ -247,7 +281,7 @@ def _run_claimed(config: JobConfig, out: OutputDir, lease: Lease, preprocess: Pr
             _on_sigterm()
             scheduler = None
             try:
-                scheduler = _Scheduler(config, chash, preprocess, todo, manifest, result, progress, lease)
+                scheduler = _Scheduler(config, chash, preprocess, todo, manifest, result, progress, lease, fence)
                 # What the replicas really hold (a CPU-only cluster: 0 GPUs, whatever was asked).
                 run.gpus_per_actor = scheduler.plan.num_gpus
                 run.gpus_per_actor_requested = config.gpus_per_actor
@@ -269,10 +303,10 @@ def _run_claimed(config: JobConfig, out: OutputDir, lease: Lease, preprocess: Pr
         status = "failed"
         storage_failure = e
         raise
-    except LeaseLost as e:
+    except LeaseLost:
         # Another run holds the output now: its manifest is not ours to write.
         status, lost = "failed", True
-        raise JobFailed(f"{e}; stopped without writing more to {config.output}") from None
+        raise
     except (ConfigError, InputError):
         # A run that never started (a replica refused the settings) leaves nothing.
         never_started = fresh and not out.has_parts()
@@ -296,23 +330,23 @@ def _run_claimed(config: JobConfig, out: OutputDir, lease: Lease, preprocess: Pr
         if lost:
             pass
         elif never_started:
-            out.remove_manifest()
+            out.remove_manifest(fence)
         else:
-            _write_final_manifest(config, out, manifest, storage_failure)
+            _write_final_manifest(config, out, manifest, storage_failure, fence)
     if status == "complete":
-        out.write_success()
+        out.write_success(fence)
     return result
 
 
 def _write_final_manifest(config: JobConfig, out: OutputDir, manifest: Manifest,
-                          storage_failure: StorageFailed | None) -> None:
+                          storage_failure: StorageFailed | None, fence: Fence) -> None:
     """The run's last manifest write; while storage is down, a short try that names the shards."""
     if storage_failure is None:
-        out.write_manifest(manifest)
+        out.write_manifest(manifest, fence)
         return
     previous = set_default_policy(storage_policy(min(config.storage_retry_s, 5.0)))
     try:
-        out.write_manifest(manifest)
+        out.write_manifest(manifest, fence)
     except OSError as e:
         raise StorageFailed(f"{storage_failure}; the manifest could not be written either ({e})") from None
     finally:
@@ -327,9 +361,10 @@ class _Scheduler:
 
     def __init__(self, config: JobConfig, chash: str, preprocess: Preprocess,
                  todo: list[ShardSpec], manifest: Manifest, result: JobResult,
-                 progress: Progress, lease: Lease | None = None):
+                 progress: Progress, lease: Lease | None = None, fence: Fence | None = None):
         self.config = config
         self.lease = lease
+        self.fence = fence
         self.chash = chash
         self.preprocess = preprocess
         self.pending: deque[tuple[ShardSpec, int]] = deque((s, 0) for s in todo)
@@ -357,7 +392,7 @@ class _Scheduler:
     def _new_actor(self) -> Any:
         driver = (ray.get_runtime_context().get_node_id(), os.getpid())
         return remote_actor.options(**self.plan.actor_options()).remote(
-            self.config, self.plan.use_gpu, self.cpu_threads, driver, self.tally
+            self.config, self.plan.use_gpu, self.cpu_threads, driver, self.tally, self.fence
         )
 
     def _maybe_grow(self) -> None:
@@ -423,6 +458,8 @@ class _Scheduler:
             self._retry(spec, attempt, f"actor died: {short_error(e)}", decoded)
             return
         except ray.exceptions.RayTaskError as e:
+            if isinstance(e.cause, LeaseLost):  # another run holds the output: stop, commit nothing more
+                raise e.cause from None
             if isinstance(e.cause, ConfigError | InputError):
                 # bad settings, or a model that fails on every input (ModelError)
                 raise e.cause from None
@@ -472,8 +509,8 @@ class _Scheduler:
         # missing part is redone all the same.
         previous = set_default_policy(storage_policy(min(self.config.storage_retry_s, 5.0))) if storage else None
         try:
-            write_part(self.config, self.preprocess, spec.shard_id, rows, config_hash=self.chash,
-                       content=spec.content, status="failed")
+            commit = write_part(self.config, self.preprocess, spec.shard_id, rows, config_hash=self.chash,
+                                content=spec.content, status="failed", fence=self.fence)
         except OSError as e:
             if not storage:
                 raise
@@ -481,7 +518,7 @@ class _Scheduler:
         finally:
             if previous is not None:
                 set_default_policy(previous)
-        self.recorder.record(Failed(ShardSummary.of(spec.shard_id, rows, attempt=attempt), reason))
+        self.recorder.record(Failed(ShardSummary.of(spec.shard_id, rows, attempt=attempt, commit=commit), reason))
 
 
 def _error_rows(config: JobConfig, spec: ShardSpec, decoded: Any, message: str,
@@ -495,32 +532,21 @@ def _error_rows(config: JobConfig, spec: ShardSpec, decoded: Any, message: str,
 
 
 def _guard_output(config: JobConfig, out: OutputDir, chash: str, fingerprint: str,
-                  identity: dict[str, Any] | None = None) -> None:
+                  identity: dict[str, Any] | None = None, preprocess: Preprocess | None = None,
+                  fence: Fence | None = None) -> None:
     """Refuses to mix two configs (or two input listings) in one output."""
     old = out.read_manifest()
     if old is None:
+        if config.overwrite and out.has_parts():
+            out.clear(fence)  # parts without a manifest (an --overwrite stopped half way)
         return
     if config.overwrite:
-        out.clear()
+        out.clear(fence)  # _SUCCESS and the manifest first, then the parts
         return
     if not out.has_parts():
         return  # a run that stopped before writing anything (bad weights, say)
     if old.config_hash != chash:
-        old_files = old.model.get("files") or {}
-        new_files = (identity or {}).get("files") or {}
-        replaced = [f for f in new_files if f in old_files and old_files[f] != new_files[f]]
-        if replaced and not _diff(old.config, config.result_fields(), empty=""):
-            f = replaced[0]
-            raise ConfigError(
-                f"the model file {f} changed since {config.output} was written (sha256 "
-                f"{old_files[f][:12]}... -> {new_files[f][:12]}...); its maps would mix two models: "
-                "use a new --output, or pass --overwrite to replace them"
-            )
-        changed = _diff(old.config, config.result_fields())
-        raise ConfigError(
-            f"{config.output} holds results of another config (changed: {changed}); "
-            "use a new --output, or pass --overwrite to replace them"
-        )
+        raise ConfigError(_what_changed(config, old, identity or {}, preprocess))
     if old.plan.fingerprint != fingerprint:
         raise ConfigError(
             f"the input listing of {config.input} changed since {config.output} was written "
@@ -528,14 +554,56 @@ def _guard_output(config: JobConfig, out: OutputDir, chash: str, fingerprint: st
         )
 
 
+def _what_changed(config: JobConfig, old: Manifest, identity: dict[str, Any], preprocess: Preprocess | None) -> str:
+    """Why ``old`` is of another job, in one line: a flag, else a file (model, labels) whose
+    content changed at the same URL, else the resolved preprocessing."""
+    way_out = "use a new --output, or pass --overwrite to replace them"
+    since = f"changed since {config.output} was written"
+    flags = _diff(old.config, config.result_fields(), empty="")
+    if flags:
+        return f"{config.output} holds results of another config (changed: {flags}); {way_out}"
+    # JSON both sides: the manifest holds lists where to_dict() may hold tuples.
+    pre = _diff(old.preprocess, json.loads(json.dumps(preprocess.to_dict())), empty="") if preprocess else ""
+    model = _replaced(old.model.get("files"), identity.get("files"))
+    if model:
+        name, was, is_ = model
+        also = f"; preprocessing {pre}" if pre else ""
+        return (f"the model file {name} {since} (sha256 {was[:12]}... -> {is_[:12]}...{also}); "
+                f"its maps would mix two models: {way_out}")
+    labels = _replaced(old.model.get("labels"), identity.get("labels"))
+    if labels:
+        name, was, is_ = labels
+        return (f"the labels table {name} {since} (sha256 {was[:12]}... -> {is_[:12]}...); "
+                f"its rows would mix two labelings: {way_out}")
+    if pre:
+        return f"the model's preprocessing {since} ({pre}); its maps would mix two preprocessings: {way_out}"
+    return f"{config.output} holds results of another config (changed: sgcore version); {way_out}"
+
+
+def _replaced(old: dict[str, str] | None, new: dict[str, str] | None) -> tuple[str, str, str] | None:
+    """The first file of ``new`` that ``old`` recorded with another sha256: (name, old, new)."""
+    old, new = old or {}, new or {}
+    return next(((f, old[f], new[f]) for f in new if f in old and old[f] != new[f]), None)
+
+
 def _diff(old: dict[str, Any], new: dict[str, Any], empty: str = "sgcore version") -> str:
     keys = [k for k in new if old.get(k) != new[k]]
     return ", ".join(f"{k}: {old.get(k)!r} -> {new[k]!r}" for k in keys) or empty
 
 
-def _committed_shards(out: OutputDir, shards: list[ShardSpec], chash: str) -> dict[str, dict[str, Any]]:
-    """Shards whose part was committed under this config hash -> its footer (resume skips them)."""
-    done, changed = out.committed_parts(chash, {s.shard_id: s.content for s in shards})
+def _committed_shards(out: OutputDir, shards: list[ShardSpec], chash: str,
+                      manifest: Manifest | None) -> dict[str, dict[str, Any]]:
+    """Shards whose part was committed under this config hash -> its footer (resume skips them).
+
+    Only parts that ``manifest``'s runs committed count (their lease fence in the
+    footer; the size, stamp and sha256 it recorded): a part of a writer that had
+    lost the output, or one whose bytes changed, is redone and named.
+    """
+    done, changed, suspect = out.committed_parts(chash, {s.shard_id: s.content for s in shards},
+                                                 manifest=manifest, fenced=True)
+    if suspect:
+        log.warning("%s not counted as committed, redoing: %s%s", plural(len(suspect), "part"),
+                    "; ".join(suspect[:10]), "; ..." if len(suspect) > 10 else "")
     if changed:
         message = (f"the input files of {plural(len(changed), 'shard')} changed since they were written "
                    f"(size or modification stamp): {', '.join(changed[:10])}"

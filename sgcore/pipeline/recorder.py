@@ -198,6 +198,7 @@ class Recorder:
         entry.rows, entry.ok, entry.errors = summary.rows, summary.ok, summary.errors
         entry.seconds = round(summary.seconds, 3)
         entry.run = len(self.manifest.runs)
+        entry.record_commit(summary.commit)  # what readers and resumes check the part against
         for name in ("node", "pid", "device", "finished"):
             value = getattr(summary, name)
             if value is not None:

@@ -7,6 +7,7 @@ tests and the audit use it directly.
 from __future__ import annotations
 
 import contextlib
+import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -17,6 +18,7 @@ import torch
 
 from sgcore.attribution import prepare_model, reduce_channels, smoothgrad
 from sgcore.attribution.adaptive import smoothgrad_adaptive
+from sgcore.attribution.prepare import try_fold_batchnorm
 from sgcore.config import JobConfig
 from sgcore.errors import ConfigError, ModelError
 from sgcore.io import (
@@ -26,9 +28,9 @@ from sgcore.io import (
     encode_part,
     npz_url,
     part_url,
-    read_manifest,
     write_bytes,
 )
+from sgcore.io.output import sha256_hex
 from sgcore.models import LoadedModel, Preprocess, check_base, load_model, with_score
 from sgcore.redact import redact_text, redact_url
 from sgcore.seeds import image_seed
@@ -58,7 +60,7 @@ class ShardProcessor:
             preprocess=config.preprocess,
         )
         check_base(config.model, config.base)
-        self.model = _prepare(self.loaded.model, config, self.device)
+        self.model = _prepare(self.loaded, config, self.device)
         # What the kernel differentiates: the logits, or their (log-)softmax (--score).
         self.explained = with_score(self.model, config.score)
         self.categories = self.loaded.categories
@@ -192,23 +194,25 @@ class ShardProcessor:
     # ----------------------------------------------------------------- write
     def process(self, decoded: DecodedShard, *, config_hash: str, attempt: int = 0,
                 before_commit: Callable[[], None] | None = None,
-                on_batch: Callable[[int], None] | None = None) -> ShardSummary:
+                on_batch: Callable[[int], None] | None = None, fence: Any = None) -> ShardSummary:
         """Computes a shard's rows and commits its part; returns its summary.
 
         Args:
             before_commit: called just before the part is written; raising there
                 commits nothing (the actor checks that its driver still runs).
             on_batch: see :meth:`compute_rows`.
+            fence: the run's lease fence (:func:`write_part`); None writes unfenced.
         """
         t0 = time.perf_counter()
         rows = self.compute_rows(decoded, on_batch)
         seconds_compute = time.perf_counter() - t0
         if before_commit is not None:
             before_commit()
-        write_part(self.config, self.loaded.preprocess, decoded.shard_id, rows, config_hash=config_hash,
-                   content=decoded.content)
+        commit = write_part(self.config, self.loaded.preprocess, decoded.shard_id, rows, config_hash=config_hash,
+                            content=decoded.content, fence=fence)
         return ShardSummary.of(decoded.shard_id, rows, seconds=time.perf_counter() - t0,
-                               seconds_compute=seconds_compute, attempt=attempt, finished=time.time())
+                               seconds_compute=seconds_compute, attempt=attempt, finished=time.time(),
+                               commit=commit)
 
 
 def class_target(target: str, categories: list[str] | None, num_classes: int) -> int | None:
@@ -295,6 +299,9 @@ def probe_model(config: JobConfig) -> LoadedModel:
     model = loaded.model.eval()
     with torch.no_grad(), _model_errors(config, x):
         model(x)
+    note = unfolded_note(config, loaded)
+    if note is not None:
+        print(note, file=sys.stderr, flush=True)
     return loaded
 
 
@@ -355,6 +362,7 @@ class ShardSummary:
     node: str | None = None
     device: str | None = None
     max_rss_mb: float | None = None
+    commit: dict[str, Any] | None = None  # the part as committed: fence, size, sha256, stamp
 
     @classmethod
     def of(cls, shard_id: str, rows: Sequence[ResultRow], **extra: Any) -> ShardSummary:
@@ -375,7 +383,8 @@ def write_part(
     config_hash: str,
     status: str = "committed",
     content: str | None = None,
-) -> None:
+    fence: Any = None,
+) -> dict[str, Any]:
     """Encodes and commits one shard (npz first, so the Parquet part marks commit).
 
     The worker commits a processed shard and the driver the error rows of one
@@ -389,39 +398,69 @@ def write_part(
             shard that failed every attempt. A rerun skips only committed parts.
         content: the identity of the shard's input files (``ShardSpec.content``);
             a rerun redoes the shard when it differs from the listing's.
+        fence: the run's :class:`sgcore.io.lease.Fence`: its epoch and token go
+            into the footer, and each file becomes visible only while the run
+            holds the output (:func:`sgcore.io.write_bytes`).
+
+    Returns:
+        The commit record the manifest keeps (:data:`sgcore.io.output.COMMIT_KEYS`):
+        the fence's epoch and token, the part's size, sha256 and stamp.
+
+    Raises:
+        LeaseLost: the run lost the output; nothing more was made visible.
     """
     if status not in PART_STATUSES:
         raise ValueError(f"status must be one of {', '.join(PART_STATUSES)}; got {status!r}")
+    stamp = fence.stamp() if fence is not None else {}
     meta = {"config_hash": config_hash, "status": status, "content": content,
-            **ShardSummary.of(shard_id, rows).counts()}
+            **ShardSummary.of(shard_id, rows).counts(), **stamp}
     parquet, npz = encode_part(rows, map_shape=preprocess.map_shape, metadata=meta, fmt=config.format,
                                channels=preprocess.channels if config.store_full else None)
     if npz is not None:
-        write_bytes(npz_url(config.output, shard_id), npz, config.storage_options)
-    write_bytes(part_url(config.output, shard_id), parquet, config.storage_options)
+        write_bytes(npz_url(config.output, shard_id), npz, config.storage_options, fence=fence)
+    written = write_bytes(part_url(config.output, shard_id), parquet, config.storage_options, fence=fence)
+    return {"epoch": stamp.get("epoch"), "token": stamp.get("token"), "size": len(parquet),
+            "sha256": sha256_hex(parquet), "stamp": written}
 
 
-def check_owner(config: JobConfig, shard_id: str, config_hash: str) -> None:
-    """Refuses to commit ``shard_id`` unless the output's manifest is of ``config_hash``.
+def check_owner(config: JobConfig, shard_id: str, fence: Any) -> None:
+    """Refuses to commit ``shard_id`` unless this run still holds the output (its lease fence).
 
-    The driver's lease keeps a second writer out; this catches one that got in
-    anyway (a store without conditional writes, a lease that expired while this
-    run hung), so that no part of another config lands under a manifest.
+    One small read of ``_lease.json`` (not of the manifest): the cost of a
+    commit does not grow with the output. The commit itself checks again where
+    it takes effect (:meth:`sgcore.io.lease.Fence.held`).
 
     Raises:
-        ConfigError: the manifest is missing or of another config.
+        LeaseLost: another run holds the output now, naming it.
     """
-    manifest = read_manifest(config.output, config.storage_options)
-    owner = manifest.config_hash if manifest is not None else None
-    if owner != config_hash:
-        raise ConfigError(
-            f"{config.output} now holds results of another config (manifest config hash {owner}, "
-            f"this job's {config_hash}); shard {shard_id} not committed"
-        )
+    if fence is not None:
+        fence.check()
 
 
-def _prepare(model: torch.nn.Module, config: JobConfig, device: torch.device) -> torch.nn.Module:
-    """Once per replica: on the device, eval mode, BatchNorm folded, channels_last."""
-    return prepare_model(model.to(device).eval(), fold_bn=config.fold_bn, compile=config.compile)
+def _prepare(loaded: LoadedModel, config: JobConfig, device: torch.device) -> torch.nn.Module:
+    """Once per replica: on the device (eval mode since load_model), BatchNorm folded, channels_last; then wrapped
+    to return the logits (folding needs the network itself: torch.fx cannot trace the wrapper).
+
+    Quiet: where nothing can be folded the driver said so once (:func:`unfolded_note`).
+    """
+    network = prepare_model(loaded.network.to(device), fold_bn=config.fold_bn, compile=config.compile,
+                            example=_example(loaded.preprocess, device), quiet=True)
+    return loaded.wrap(network)
 
 
+def _example(pre: Preprocess, device: torch.device) -> torch.Tensor:
+    """A fixed random batch of the model's input size (folding checks its outputs on it)."""
+    gen = torch.Generator().manual_seed(0)
+    return torch.randn(2, pre.channels, *pre.map_shape, generator=gen).to(device)
+
+
+def unfolded_note(config: JobConfig, loaded: LoadedModel) -> str | None:
+    """One line naming the model when its BatchNorm cannot be folded (None when it can, or
+    when ``--no-fold-bn``): the driver prints it once instead of every replica warning."""
+    if not config.fold_bn:
+        return None
+    _, why = try_fold_batchnorm(loaded.network, _example(loaded.preprocess, torch.device("cpu")))
+    if why is None:
+        return None
+    return (f"[sgcore] --model {redact_text(config.model)}: BatchNorm not folded ({why}); "
+            "the maps are the same, each replica is only slower")

@@ -136,6 +136,103 @@ def test_without_a_shortcut_nothing_is_flagged() -> None:
     assert not flagged.any(), [r["why"] for r in rows]
 
 
+def _tag_maps(n: int, n_tagged: int, at: tuple[int, int], sigma: float, leak: float, seed: int,
+              size: int = 64) -> tuple[np.ndarray, np.ndarray]:
+    """Maps of a model that reads a tag: on tagged images the saliency sits on the tag (the object
+    faint), on the others on the object, plus ``leak`` times the tag's spot (a gradient map of a tag
+    reader often looks at the tag's place on untagged images too)."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:size, 0:size]
+    maps = np.empty((n, size, size), np.float32)
+    tagged = np.zeros(n, bool)
+    tagged[rng.choice(n, n_tagged, replace=False)] = True
+    for i in range(n):
+        cx, cy = rng.uniform(14, size - 14, 2)
+        r = rng.uniform(6, 11)
+        blob = np.exp(-((xx - cx) ** 2 + (yy - cy) ** 2) / (2 * r * r)) * rng.uniform(0.5, 2.0)
+        mx, my = at[0] + rng.integers(-1, 2), at[1] + rng.integers(-1, 2)
+        mark = np.exp(-((xx - mx) ** 2 + (yy - my) ** 2) / (2 * sigma**2))
+        m = (0.05 * blob + 3.0 * mark) if tagged[i] else (blob + leak * mark)
+        maps[i] = m + 0.02 * rng.random((size, size))
+    return maps, tagged
+
+
+def test_distinctness_is_one_for_a_separate_cluster_and_about_zero_for_a_random_one() -> None:
+    """Conductance over what a random set of the cluster's size would lose, from one: a cluster with no
+    edge out of it (conductance 0) reads 1, with two clusters as with more (it read 0.0 or NaN)."""
+    r = 16
+    a, b = np.full((r, r), 1.0), np.full((r, r), 1.0)
+    rows = describe_clusters([a, b], [41, 17], [0.0, 0.0])
+    assert [row["distinctness"] for row in rows] == [1.0, 1.0]
+    rows = describe_clusters([a, b, a], [30, 20, 10], [1 - 30 / 60, 1 - 20 / 60, 1 - 10 / 60])
+    assert [row["distinctness"] for row in rows] == pytest.approx([0.0, 0.0, 0.0])
+    assert np.isnan(describe_clusters([a], [12], [0.0])[0]["distinctness"])  # a class's only cluster
+
+
+def test_a_separate_cluster_on_a_small_spot_is_flagged_where_the_rest_also_looks_a_little() -> None:
+    """The audit's missed case: 17 of 58 maps in a cluster with no edge out of it, their saliency on a
+    small spot in the top-right corner where the class's other maps put a quarter as much."""
+    r = 16
+    rest = np.full((r, r), 1.0)
+    rest[1:3, 13:15] = 30.0  # the others look at the tag's place too
+    tag = np.full((r, r), 0.3)
+    tag[1:3, 13:15] = 60.0
+    rows = describe_clusters([rest, tag], [41, 17], [0.0, 0.0], class_name="disc")
+    assert rows[1]["rest_on_spot"] > rows[1]["spot_mass"] / 4  # the plain spot rule does not fire
+    why = " ".join(rows[1]["why"])
+    assert rows[1]["flagged"] and not rows[0]["flagged"], rows
+    assert "17 of 58 'disc' maps put 38% of their saliency in 0.8% of the image (top-right corner), where the class's other maps put 16%" in why
+    assert "a separate cluster (conductance 0.00, distinctness 1.00)" in why
+    # Not separate (as connected as a random set of its size): not flagged on that ground.
+    rows = describe_clusters([rest, tag], [41, 17], [0.5, 0.2], class_name="disc")
+    assert not rows[1]["flagged"], rows[1]["why"]
+    # Separate but spread over the image: not flagged either.
+    rows = describe_clusters([rest, np.full((r, r), 1.0) + np.eye(r)], [41, 17], [0.0, 0.0])
+    assert not rows[1]["flagged"], rows[1]["why"]
+
+
+def test_a_shortcut_split_over_two_clusters_is_flagged_in_both() -> None:
+    """Each half of a split shortcut is measured against the class's other clusters' median, not the
+    pooled rest (which holds the other half): a tiny CNN trained on tagged discs put 48% of one tagged
+    cluster's saliency on 0.8% of the image, against 12% of the pooled rest (3.9x), and flagged nothing."""
+    r = 16
+    plain = np.full((r, r), 1.0)
+    tag_a = np.full((r, r), 0.5)
+    tag_a[1:3, 13:15] = 40.0
+    tag_b = np.full((r, r), 0.8)
+    tag_b[1:3, 13:15] = 80.0
+    rows = describe_clusters([plain, plain, tag_a, tag_b], [12, 10, 7, 9], [0.2, 0.2, 0.15, 0.2])
+    assert rows[2]["rest_on_spot"] > rows[2]["spot_mass"] / 4  # against the pooled rest: under 4x
+    assert [row["flagged"] for row in rows] == [False, False, True, True], [row["why"] for row in rows]
+    assert "the class's other clusters typically (median) put there" in rows[2]["why"][0]
+
+
+@pytest.mark.parametrize(
+    ("n", "n_tagged", "at", "sigma", "leak", "seed"),
+    [
+        (58, 17, (56, 7), 2.0, 3.0, 0),  # the missed case: top-right, 17 of 58, the others look there too
+        (120, 20, (7, 56), 3.0, 3.0, 1),  # bottom-left, a wider spot
+        (120, 20, (32, 4), 1.5, 2.0, 1),  # the top edge's middle, a small spot
+        (120, 20, (6, 30), 4.0, 4.0, 1),  # the left edge, a wide spot the others look at more
+        (58, 17, (56, 56), 2.5, 0.0, 0),  # bottom-right (the demo's corner), nothing on it elsewhere
+    ],
+)
+def test_planted_tags_that_vary_in_position_and_size_are_flagged(
+    n: int, n_tagged: int, at: tuple[int, int], sigma: float, leak: float, seed: int
+) -> None:
+    maps, tagged = _tag_maps(n, n_tagged, at, sigma, leak, seed)
+    flagged, rows = _flags(maps)
+    recall, precision = _recall_precision(flagged, tagged)
+    assert recall >= 0.8 and precision >= 0.8, (recall, precision, rows)
+
+
+@pytest.mark.parametrize(("n", "seed"), [(58, 0), (58, 6), (120, 1), (120, 7), (240, 5)])
+def test_separate_spot_rule_flags_nothing_without_a_tag(n: int, seed: int) -> None:
+    maps, _ = _tag_maps(n, 0, (56, 7), 2.0, 0.0, seed)
+    flagged, rows = _flags(maps)
+    assert not flagged.any(), [r["why"] for r in rows]
+
+
 def test_describe_clusters_states_each_flag_in_words() -> None:
     r = 16
     main = np.full((r, r), 1.0)
@@ -194,8 +291,14 @@ def test_summary_and_per_image_csv_carry_the_strategies(strategy_audit: tuple[di
     assert rows and all(r["strategy"] != "" and r["strategy_flagged"] in ("True", "False") for r in rows)
     page = (report / "index.html").read_text()
     assert "Strategies (SpRAy clusters per class)" in page
-    assert any(p.name.startswith("strategies_") for p in (report / "img").iterdir()) or all(
-        c["images"] < 3 for c in strategies)
+    # The demo's 6 images per class are too few to cluster: one line says so, no cluster tables
+    # ("kNN k=0"), no embedding figures.
+    assert all(c["images"] < 10 for c in strategies)
+    assert "Too few images to cluster (fewer than 10), no clusters: " + ", ".join(
+        f"{c['name']} ({c['images']})" for c in strategies) + "." in page
+    assert "kNN k=" not in page
+    assert not any(p.name.startswith("strategies_") for p in (report / "img").iterdir())
+    assert "No strategy cluster flagged" in page and not [f for f in summary["findings"] if "strateg" in f["text"]]
 
 
 def test_audit_rejects_bad_strategy_settings(tmp_path: Path) -> None:

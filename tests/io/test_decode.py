@@ -27,14 +27,14 @@ def _decode(data: bytes) -> np.ndarray:
 # L (ITU-R 601-2 luma, PIL's rule): (200·299 + 10·587 + 10·114) / 1000 = 66.8 -> 67.
 # CMYK: PIL stores RGB as C = 255 − R, M = 255 − G, Y = 255 − B, K = 0 and reads it
 # back as R = (255 − C)(255 − K) / 255, so (55, 245, 245, 0) -> (200, 10, 10).
-# I;16 holding 8-bit values (max <= 255) keeps them.
+# I;16 holding 67 is 67 of 65535: black (its bit depth decides, not its values).
 @pytest.mark.parametrize("mode, fmt, want", [
     ("RGB", "PNG", (200, 10, 10)),
     ("L", "PNG", (67, 67, 67)),
     ("LA", "PNG", (67, 67, 67)),
     ("RGBA", "PNG", (200, 10, 10)),
     ("CMYK", "JPEG", (200, 10, 10)),
-    ("I;16", "PNG", (67, 67, 67)),
+    ("I;16", "PNG", (0, 0, 0)),
 ])
 def test_every_mode_decodes_to_rgb(mode, fmt, want):
     img = Image.new("RGB", (N, N), (200, 10, 10)).convert(mode)

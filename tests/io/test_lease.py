@@ -92,7 +92,7 @@ def test_heartbeat_renews_and_a_takeover_is_noticed(output):
         deadline = time.time() + 5
         while time.time() < deadline and lease._lost is None:
             time.sleep(0.05)
-        with pytest.raises(LeaseLost, match="another run took over .*run thief on elsewhere"):
+        with pytest.raises(LeaseLost, match=r"run beating \(lease epoch 1\) lost its claim on .*: now run thief on elsewhere"):
             lease.check()
     assert lease.read().run_id == "thief", "release leaves someone else's lease alone"
 
@@ -122,3 +122,61 @@ def test_a_garbled_lease_claims_nothing(tmp_path):
     (tmp_path / "out" / "_lease.json").write_bytes(b'{"run_id": "half')
     assert LeaseInfo.from_json(b'{"run_id": "half') is None
     claim(out, run_id="fresh").acquire()
+
+
+def _dead_pid() -> int:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid  # reaped: no process of that pid here now
+
+
+@pytest.mark.parametrize("pidns", ["pid:[4026531836999]", None])
+def test_a_live_holder_in_another_pid_namespace_is_not_taken_over(tmp_path, pidns):
+    # Same hostname (host-network containers, pods on one node), a pid we cannot see,
+    # a fresh heartbeat: the holder is alive in its own namespace.
+    import socket
+
+    out = Out(str(tmp_path / "out"))
+    _plant(out, host=socket.gethostname(), pid=_dead_pid(), pidns=pidns, boot="another-boot", epoch=4)
+    with pytest.raises(OutputBusy, match=r"is being written by run other on "):
+        claim(out, run_id="mine").acquire()
+    _plant(out, host=socket.gethostname(), pid=_dead_pid(), heartbeat=time.time() - 61, epoch=4)
+    mine = claim(out, run_id="mine")
+    mine.acquire()  # its heartbeat stopped: expired
+    assert mine.read().run_id == "mine" and mine.fence.epoch == 5
+
+
+def test_the_epoch_grows_with_every_holder_and_survives_a_release(output):
+    epochs = []
+    for k in range(3):
+        lease = claim(output, run_id=f"r{k}")
+        lease.acquire()
+        lease.acquire()  # ours already: same epoch
+        epochs.append(lease.fence.epoch)
+        lease.release()
+        assert lease.read() is None  # released: free, and the file keeps the epoch
+    assert epochs == [1, 2, 3]
+
+
+def test_an_expired_holder_frozen_inside_its_lock_is_taken_over(tmp_path, monkeypatch):
+    import fcntl
+    import os
+
+    import sgcore.io.lease as lease_mod
+
+    out = Out(str(tmp_path / "out"))
+    _plant(out, heartbeat=time.time() - 61, epoch=7)
+    fd = os.open(f"{out.path}/_lease.json", os.O_RDWR)
+    fcntl.flock(fd, fcntl.LOCK_EX)  # the holder froze inside its critical section
+    monkeypatch.setattr(lease_mod, "LOCK_WAIT_S", 0.2)
+    monkeypatch.setattr(lease_mod._LeaseFile.locked, "__defaults__", (0.2,))
+    try:
+        mine = claim(out, run_id="mine")
+        mine.acquire()
+        assert mine.fence.epoch == 8 and mine.read().run_id == "mine"
+        mine.fence.check()  # the new lease file is not the frozen one's
+        os.lseek(fd, 0, os.SEEK_SET)
+        os.write(fd, b'{"run_id": "other"}')  # what it writes once thawed lands in the old file
+        mine.fence.check()
+    finally:
+        os.close(fd)

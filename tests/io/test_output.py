@@ -203,7 +203,8 @@ def test_committed_parts_are_those_of_this_config_with_status_committed(out):
     d = OutputDir(out)
     d.fs.pipe_file(d.path_of(".part-00007.parquet.tmp-1234"), b"half")
     plan = {f"0000{i}": None for i in range(9)} | {"00005": "c-new", "00006": "c1"}
-    done, changed = d.committed_parts("h1", plan)
+    done, changed, suspect = d.committed_parts("h1", plan)
+    assert suspect == []
     assert sorted(done) == ["00000", "00006"] and changed == ["00005"]
     assert done["00000"]["rows"] == 2 and done["00000"]["status"] == "committed"
     assert [p.rsplit("/", 1)[-1] for p in d.part_paths()] == [part_name(f"0000{i}") for i in range(7)] + [
@@ -213,7 +214,7 @@ def test_committed_parts_are_those_of_this_config_with_status_committed(out):
 
 def test_an_output_that_is_not_there_has_no_parts(tmp_path):
     d = OutputDir(str(tmp_path / "nothing"))
-    assert d.part_paths() == [] and not d.has_parts() and d.committed_parts("h", {"0": None}) == ({}, [])
+    assert d.part_paths() == [] and not d.has_parts() and d.committed_parts("h", {"0": None}) == ({}, [], [])
     assert d.read_manifest() is None and not d.has_success()
 
 
@@ -237,7 +238,7 @@ def test_an_object_store_has_no_temporary_files_to_remove(tmp_path):
     assert d.remove_temp_files() == [] and d.fs.exists(d.path_of(".part-00001.parquet.tmp-aa"))
 
 
-def test_clear_removes_parts_maps_and_success_only(out):
+def test_clear_removes_parts_maps_success_and_the_manifest_only(out):
     d = OutputDir(out)
     for sid in ("00000", "00001"):
         _part(out, sid)
@@ -248,8 +249,8 @@ def test_clear_removes_parts_maps_and_success_only(out):
     write_bytes(d.url_of("notes.txt"), b"mine")
     assert d.has_success()
     d.clear()
-    assert not d.has_parts() and d.npz_paths() == [] and not d.has_success()
-    for name in ("_manifest.json", "_lease.json", "notes.txt"):
+    assert not d.has_parts() and d.npz_paths() == [] and not d.has_success() and d.read_manifest() is None
+    for name in ("_lease.json", "notes.txt"):
         assert d.fs.exists(d.path_of(name)), name
     d.clear()  # nothing left to clear is no error
 

@@ -34,6 +34,52 @@ def test_labels_come_from_parent_folder_and_errors_are_samples(image_dir):
     assert decoded.images.shape == (6, 16, 16, 3)
 
 
+@pytest.mark.parametrize("suffix", ["csv", "parquet"])
+def test_a_labels_table_is_identified_by_its_bytes_and_read_once(image_dir, tmp_path, suffix):
+    import hashlib
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from sgcore.io.labels import load_labels
+
+    path = tmp_path / f"labels.{suffix}"
+    rows = {"image_id": ["dog/dog_0.png", "cat/cat_0.png"], "label": ["owl", "fox"]}
+    if suffix == "csv":
+        path.write_text("image_id,label\n" + "".join(f"{i},{v}\n" for i, v in zip(*rows.values(), strict=True)))
+    else:
+        pq.write_table(pa.table(rows), path)
+    table = load_labels(str(path))
+    assert table.sha256 == hashlib.sha256(path.read_bytes()).hexdigest()
+    path.unlink()  # the driver reads it once; planning with what it read reads nothing more
+    (spec,) = plan_shards(str(image_dir), shard_size=100, labels=table)
+    labels = dict(zip(spec.members, spec.labels, strict=True))
+    assert (labels["dog/dog_0.png"], labels["cat/cat_0.png"], labels["dog/dog_1.jpg"]) == ("owl", "fox", None)
+
+
+def test_a_tar_shard_reads_the_labels_table_the_planner_read_or_refuses(tmp_path):
+    from sgcore.io.labels import _cached
+    from tests.io.datasets import tar_samples, write_tar
+
+    write_tar(tmp_path / "in" / "a.tar", tar_samples("s", 2))
+    labels = tmp_path / "labels.csv"
+    labels.write_text("image_id,label\na.tar/s0000,owl\na.tar/s0001,fox\n")
+    (spec,) = plan_shards(str(tmp_path / "in"), shard_size=8, labels=str(labels))
+    assert [s.label for s in read_shard(spec)] == ["owl", "fox"]
+    # Changed while the job runs: a process that holds the planned content keeps using it;
+    # one that must read it again refuses, naming it, instead of mixing two labelings.
+    labels.write_text("image_id,label\na.tar/s0000,cat\na.tar/s0001,fox\n")
+    assert [s.label for s in read_shard(spec)] == ["owl", "fox"]
+    _cached.cache_clear()  # another decode process
+    with pytest.raises(InputError, match=rf"^the labels table {labels} changed while the job ran \(sha256 "
+                                         r"[0-9a-f]{12}\.\.\. -> [0-9a-f]{12}\.\.\.\); its rows would mix two "
+                                         r"labelings: rerun with --overwrite once it no longer changes$"):
+        list(read_shard(spec))
+    # The next plan reads the new content, and so does its decode task (no stale copy).
+    (spec,) = plan_shards(str(tmp_path / "in"), shard_size=8, labels=str(labels))
+    assert [s.label for s in read_shard(spec)] == ["cat", "fox"]
+
+
 def test_missing_file_becomes_error_record(image_dir):
     (spec,) = plan_shards(str(image_dir), shard_size=100)
     (image_dir / "dog" / "dog_1.jpg").unlink()

@@ -194,6 +194,23 @@ def test_identity_hashes_every_weights_file(tmp_path):
     assert set(model_identity("demo")["files"]) == {"demo-shipped"}
 
 
+def test_identity_of_an_archive_hashes_its_preprocessing_sidecar(tmp_path):
+    import hashlib
+    import json
+
+    path = tmp_path / "net.ts"
+    torch.jit.save(torch.jit.script(DemoNet().eval()), str(path))
+    side = tmp_path / "net.ts.preprocess.json"
+    side.write_text(json.dumps({"crop_size": 32, "resize_size": 32, "mean": [0.5] * 3, "std": [0.25] * 3}))
+    sha = {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in (path, side)}
+    expected = {str(path): sha[path], str(side): sha[side]}
+    # What the job loads and what the audit recomputes without loading agree.
+    assert model_identity(f"torchscript:{path}")["files"] == expected
+    assert load_model(f"torchscript:{path}").files == expected
+    side.unlink()
+    assert model_identity(f"torchscript:{path}")["files"] == {str(path): sha[path]}
+
+
 @pytest.mark.parametrize("kind", ["torchscript", "export"])
 def test_guided_backprop_on_an_archive_is_refused_before_any_work(capsys, artifacts, images, tmp_path, kind):
     argv = ["--input", str(images), "--output", str(tmp_path / "o"), "--model",

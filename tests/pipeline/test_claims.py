@@ -23,9 +23,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from sgcore.config import JobConfig
-from sgcore.errors import ConfigError
-from sgcore.io import Manifest, Plan, write_manifest
-from sgcore.io.lease import Lease
+from sgcore.io.lease import Lease, LeaseLost
 from sgcore.pipeline import run_job
 from sgcore.pipeline.worker import check_owner
 from sgcore.results import load_maps, open_results
@@ -127,7 +125,8 @@ def test_kill_mid_commit_then_a_second_writer_then_overwrite(tmp_path):
     _wait_gone(f"SGCORE_TEST_RUN={tmp_path.name}")
     assert not temp.exists()
     assert sorted(p.name for p in out.iterdir()) == [
-        "_SUCCESS", "_manifest.json", *(f"part-0000{i}.parquet" for i in range(4))]
+        "_SUCCESS", "_lease.json", "_manifest.json", *(f"part-0000{i}.parquet" for i in range(4))]
+    assert Lease(str(out)).read() is None, "the lease stays, released (it keeps the epoch)"
     seen = _readers(out)
     assert {"pandas", "pyarrow.parquet", "pyarrow.dataset", "polars", "duckdb glob", "ray.data"} <= set(seen)
     for name, df in seen.items():
@@ -135,19 +134,23 @@ def test_kill_mid_commit_then_a_second_writer_then_overwrite(tmp_path):
         assert set(df.n_samples) == {4}, f"{name}: no stale rows of the killed config"
 
 
-def test_a_commit_into_an_output_of_another_config_is_refused(tmp_path):
+def test_a_commit_by_a_run_that_lost_the_output_is_refused(tmp_path):
     out = tmp_path / "out"
-    theirs = JobConfig(input=str(tmp_path), output=str(out), n_samples=8)
     ours = JobConfig(input=str(tmp_path), output=str(out), n_samples=4)
-    out.mkdir()
-    with pytest.raises(ConfigError, match=r"manifest config hash None, this job's \w+\); shard 00000"):
-        check_owner(ours, "00000", "ours")  # no manifest (an --overwrite of another run removed it)
-    write_manifest(str(out), Manifest(config={}, config_hash="theirs", preprocess={},
-                                      plan=Plan(shards=1, images=1, fingerprint="f")))
-    with pytest.raises(ConfigError, match=r"now holds results of another config \(manifest config hash "
-                                          r"theirs, this job's ours\); shard 00000 not committed"):
-        check_owner(ours, "00000", "ours")
-    check_owner(theirs, "00000", "theirs")
+    mine = Lease(str(out), run_id="mine", ttl=0.2)
+    mine.acquire()
+    fence = mine.fence
+    check_owner(ours, "00000", fence)
+    time.sleep(0.3)  # expired (frozen past its ttl): another run takes the output
+    theirs = Lease(str(out), run_id="theirs")
+    theirs.acquire()
+    assert theirs.fence.epoch == fence.epoch + 1
+    with pytest.raises(LeaseLost, match=r"run mine \(lease epoch 1\) lost its claim on .*: now run theirs on "
+                                        r".*epoch 2"):
+        check_owner(ours, "00000", fence)
+    theirs.release()
+    with pytest.raises(LeaseLost, match="epoch 2, released"):
+        check_owner(ours, "00000", fence)  # released is not ours again either
 
 
 @pytest.mark.usefixtures("ray_local")

@@ -237,7 +237,9 @@ def test_torchscript_archive_with_a_sidecar(ray_zoo, zoo, photos, tmp_path, caps
     assert not (tmp_path / "sweep").exists()
     import hashlib
 
-    assert manifest["model"]["files"] == {str(zoo / "demo.ts"): hashlib.sha256((zoo / "demo.ts").read_bytes()).hexdigest()}
+    assert manifest["model"]["files"] == {  # the archive and its preprocessing sidecar
+        str(zoo / name): hashlib.sha256((zoo / name).read_bytes()).hexdigest()
+        for name in ("demo.ts", "demo.ts.preprocess.json")}
 
 
 def test_export_archive_with_preprocess(ray_zoo, zoo, photos, tmp_path):

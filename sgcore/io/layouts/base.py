@@ -40,6 +40,7 @@ class ShardSpec:
         image_column, label_column, id_column: Parquet columns (None: detected).
         labels: per-member labels from a labels file (images layout).
         labels_url: the labels file, read by the decode task (tar/Parquet layouts).
+        labels_sha256: its sha256 as the planner read it; the decode task's read must match.
         content: a hash of the size and modification stamp (mtime, S3 ETag) of the
             shard's input files as listed; recorded in its part, so that a resume
             notices replaced bytes under the same names. A range of a file carries
@@ -64,6 +65,7 @@ class ShardSpec:
     id_column: str | None = None
     labels: tuple[str | None, ...] | None = None
     labels_url: str | None = None
+    labels_sha256: str | None = None
     content: str | None = None  # identity of the input bytes (see listing.content_identity)
 
     @property

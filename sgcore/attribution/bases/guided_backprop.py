@@ -1,4 +1,4 @@
-"""Helpers for the base maps: guided-backprop hooks, IG quadrature, layout."""
+"""Guided backpropagation (Springenberg et al. 2015, arXiv:1412.6806)."""
 
 from __future__ import annotations
 
@@ -6,11 +6,21 @@ import contextlib
 import warnings
 from collections.abc import Iterator
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.overrides import TorchFunctionMode
+
+from sgcore.attribution.bases.base import Pointwise
+
+
+class GuidedBackprop(Pointwise):
+    """The gradient with negative gradients zeroed at every ReLU on the way back."""
+
+    name = "guided_backprop"
+
+    def hooks(self, model: nn.Module) -> contextlib.AbstractContextManager[None]:
+        return guided_relus(model)
 
 
 def _positive_part(grad: torch.Tensor) -> torch.Tensor:
@@ -61,30 +71,9 @@ def guided_relus(model: nn.Module) -> Iterator[None]:
     with mode:
         yield
     if mode.relus_seen == 0 and not isinstance(model, torch._dynamo.eval_frame.OptimizedModule):
+        # stacklevel 4: this generator, contextlib's __exit__, the kernel, its caller.
         warnings.warn(
             f"guided_backprop: no ReLU ran in {type(model).__name__}, so its maps are plain "
             "gradients; guided backprop is defined for ReLU networks",
             RuntimeWarning, stacklevel=4,
         )
-
-
-def integration_rule(steps: int, *, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Gauss–Legendre nodes and weights on [0, 1] for integrated gradients.
-
-    The same rule as Captum's default ``method="gausslegendre"``; the weights
-    sum to 1.
-
-    Returns:
-        ``(alphas, weights)``, two float32 tensors of shape ``(steps,)``.
-    """
-    nodes, weights = np.polynomial.legendre.leggauss(steps)
-    alphas = torch.tensor(0.5 * (nodes + 1.0), dtype=torch.float32, device=device)
-    return alphas, torch.tensor(0.5 * weights, dtype=torch.float32, device=device)
-
-
-def prefers_channels_last(model: nn.Module) -> bool:
-    """True when the model's first 4-D weight is stored channels_last."""
-    for p in model.parameters():
-        if p.dim() == 4:
-            return p.is_contiguous(memory_format=torch.channels_last) and not p.is_contiguous()
-    return False
