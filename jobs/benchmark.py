@@ -6,6 +6,7 @@
     python -m jobs.benchmark --mode pipeline --images 480      # the whole job vs the bare kernel
     python -m jobs.benchmark --mode calibration --model demo   # reliability estimate vs n=4096 maps
     python -m jobs.benchmark --mode adaptive --model digits    # adaptive vs fixed n=50, same worst decile
+    python -m jobs.benchmark --mode scale --sizes 1000 100000 --s3-sizes 10000   # planning cost vs input size
 
 Writes outputs/benchmark/<stem>.md and .json and prints the Markdown table.
 Exit status: 0 done, 2 bad arguments (one line on stderr naming the flag).
@@ -18,7 +19,7 @@ import argparse
 from sgcore.cli import make_parser, run_cli
 from sgcore.settings import PRECISIONS
 
-MODES = ("speed", "fidelity", "both", "pipeline", "calibration", "adaptive")
+MODES = ("speed", "fidelity", "both", "pipeline", "calibration", "adaptive", "scale")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -29,13 +30,21 @@ def build_parser() -> argparse.ArgumentParser:
                         "(demo model) against the bare kernel, or calibration: the per-map reliability estimate "
                         "against long reference maps, or adaptive: model evaluations of adaptive sampling against "
                         "fixed --fixed-n at the same worst-decile correlation (calibration, adaptive: --model demo "
-                        "or digits)")
+                        "or digits), or scale: planning time, driver memory and manifest bytes of inputs of "
+                        "--sizes empty files (and --s3-sizes keys on a moto S3 server)")
     p.add_argument("--reference-n", type=int, default=4096,
                    help="calibration, adaptive modes: samples of the reference maps")
     p.add_argument("--fixed-n", type=int, default=50, help="adaptive mode: samples of the fixed-n baseline")
     p.add_argument("--min-samples", type=int, default=16, help="adaptive mode: fewest samples per image")
     p.add_argument("--max-samples", type=int, default=512, help="adaptive mode: most samples per image")
     p.add_argument("--round-samples", type=int, default=16, help="adaptive mode: samples added per round")
+    p.add_argument("--sizes", type=int, nargs="*", default=[1000, 10000],
+                   help="scale mode: numbers of local empty image files to plan")
+    p.add_argument("--s3-sizes", type=int, nargs="*", default=[],
+                   help="scale mode: numbers of keys to plan on a moto S3 server (needs moto)")
+    p.add_argument("--shard-size", type=int, default=256, help="scale mode: images per shard")
+    p.add_argument("--baseline", default=None,
+                   help="scale mode: a checkout of another revision, whose planning runs side by side")
     p.add_argument("--images", type=int, default=480, help="pipeline mode: demo images")
     p.add_argument("--image-size", type=int, default=64, help="side of the square synthetic images")
     p.add_argument("--batch", type=int, default=8, help="images per call")

@@ -19,7 +19,8 @@ def run_benchmark(*, model: str = "resnet18", mode: str = "speed", images: int =
                   compile: bool = False, loop: bool = True, captum: bool = True, repeats: int = 3,
                   device: str = "auto", out: str = "outputs/benchmark", reference_n: int = 4096,
                   fixed_n: int = 50, min_samples: int = 16, max_samples: int = 512, round_samples: int = 16,
-                  log: Callable[[str], None] = print) -> int:
+                  sizes: Sequence[int] = (1000, 10000), s3_sizes: Sequence[int] = (), shard_size: int = 256,
+                  baseline: str | None = None, log: Callable[[str], None] = print) -> int:
     """Runs one benchmark and writes ``<out>/<stem>.md`` and ``.json``; returns the exit status.
 
     Args:
@@ -29,13 +30,18 @@ def run_benchmark(*, model: str = "resnet18", mode: str = "speed", images: int =
             ``reference_n``-sample maps, :mod:`sgcore.attribution.calibration`)
             or ``adaptive`` (adaptive sampling against fixed ``fixed_n`` at the
             same worst-decile measured correlation, :mod:`sgcore.bench.adaptive`;
-            ``min_samples``, ``max_samples``, ``round_samples``: its policy).
+            ``min_samples``, ``max_samples``, ``round_samples``: its policy)
+            or ``scale`` (planning ``sizes`` empty local files and ``s3_sizes`` moto
+            S3 keys at ``shard_size``, side by side with the checkout ``baseline``
+            if given, :mod:`sgcore.bench.scale`).
         device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
 
     Raises:
         ConfigError: a bad number or device, or a missing Captum for its baseline,
             before any model is built.
     """
+    if mode == "scale":
+        return _scale(sizes=sizes, s3_sizes=s3_sizes, shard_size=shard_size, baseline=baseline, out=out, log=log)
     target = check_arguments(mode=mode, batch=batch, images=images, repeats=repeats, n_samples=n_samples,
                              image_size=image_size, captum=captum, device=device, reference_n=reference_n)
     if mode == "adaptive":
@@ -126,6 +132,26 @@ def _pipeline(*, images: int, n_samples: int, repeats: int, out: str, log: Calla
     (folder / "pipeline-demo.json").write_text(json.dumps(result, indent=2))
     (folder / "pipeline-demo.md").write_text(to_markdown(result) + "\n")
     log(to_markdown(result))
+    return 0
+
+
+def _scale(*, sizes: Sequence[int], s3_sizes: Sequence[int], shard_size: int, baseline: str | None, out: str,
+           log: Callable[[str], None]) -> int:
+    from sgcore.bench.scale import run_scale, to_markdown, write_tables
+
+    for flag, values in (("sizes", sizes), ("s3-sizes", s3_sizes), ("shard-size", [shard_size])):
+        if any(v < 1 for v in values):
+            raise ConfigError(f"--{flag} must be >= 1; got {' '.join(map(str, values))}")
+    if not sizes and not s3_sizes:
+        raise ConfigError("--mode scale needs --sizes or --s3-sizes")
+    if s3_sizes and importlib.util.find_spec("moto") is None:
+        raise ConfigError("--s3-sizes needs moto for its S3 server: pip install 'moto[server]'")
+    if baseline is not None and not (Path(baseline) / "sgcore" / "__init__.py").is_file():
+        raise ConfigError(f"--baseline {baseline} holds no sgcore package; give a checkout's root")
+    rows = run_scale(sizes=sizes, s3_sizes=s3_sizes, shard_size=shard_size, baseline=baseline, log=log)
+    md, js = write_tables(rows, out)
+    log(to_markdown(rows))
+    log(f"wrote {md} and {js}")
     return 0
 
 

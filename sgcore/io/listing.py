@@ -8,16 +8,19 @@ modification time) give each shard the identity of its input bytes.
 from __future__ import annotations
 
 import hashlib
+import os
 import posixpath
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
 from sgcore.errors import InputError
-from sgcore.io._fs import full_url, url_to_fs
+from sgcore.io._fs import full_url, is_local, url_to_fs
 from sgcore.io._retry import retry_call, storage_auth_error
+from sgcore.io._tree import list_s3, walk_local
 from sgcore.io.failures import STORAGE_ERRORS
 from sgcore.io.layouts.base import Listing, Root, ShardSpec
+from sgcore.io.layouts.names import Names, Stamps
 
 _GLOB_CHARS = ("*", "?", "[")
 
@@ -52,6 +55,8 @@ def list_input(url: str | Sequence[str], storage_options: dict[str, Any] | None)
     protocols = {_protocol(u) for u in urls}
     if len(protocols) > 1:
         raise InputError(f"input URLs must share one protocol; got {', '.join(sorted(protocols))}")
+    if len(urls) == 1 and (fast := _list_folder(urls[0], storage_options, url)) is not None:
+        return fast
     fs: Any = None
     files: dict[str, dict[str, Any]] = {}
     dirs: list[str] = []
@@ -79,6 +84,36 @@ def list_input(url: str | Sequence[str], storage_options: dict[str, Any] | None)
     root_url = full_url(fs, root) if "://" not in first else _with_protocol(first, fs, root)
     shown = url if isinstance(url, str) else ", ".join(url)
     return Listing(root=Root(fs=fs, path=root, url=root_url), names=names, stamps=stamps, shown=shown)
+
+
+def _list_folder(url: str, storage_options: dict[str, Any] | None, given: str | Sequence[str]) -> Listing | None:
+    """One folder listed compactly, as :func:`list_input` would list it: a local folder, or an S3 prefix.
+
+    None where this does not apply (a file, a glob, another store) or anything
+    goes wrong: :func:`list_input` then lists the URL the general way (and words the error).
+    """
+    fs, path = url_to_fs(url, storage_options)
+    if _has_magic(path):
+        return None  # a glob, or a folder named like one: the general listing tells them apart
+    root = path.rstrip("/")
+    protocol = _protocol(url)
+    if is_local(fs):
+        table = walk_local(root) if root and os.path.isdir(root) else None
+    elif protocol in ("s3", "s3a") and root:
+        try:
+            if fs.isfile(path):
+                return None
+        except Exception:  # missing credentials included: the general listing words it
+            return None
+        table = list_s3(fs, root, name=lambda p: _relative(p, root), stamp=_stamp, shown=url)
+    else:
+        return None
+    if table is None:
+        return None
+    root_url = full_url(fs, root) if "://" not in url else _with_protocol(url, fs, root)
+    shown = given if isinstance(given, str) else ", ".join(given)
+    return Listing(root=Root(fs=fs, path=root, url=root_url), names=table.view(), stamps=Stamps(table),
+                   shown=shown)
 
 
 def _expand(fs: Any, path: str, url: str) -> tuple[dict[str, dict[str, Any]], list[str], bool]:
@@ -167,16 +202,22 @@ def _common_dir(paths: list[str]) -> str:
     return lead + "/".join(common)
 
 
-def content_identity(spec: ShardSpec, stamps: dict[str, str]) -> str | None:
+def content_identity(spec: ShardSpec, stamps: Mapping[str, str]) -> str | None:
     """A hash of the listed size and stamp of each input file of ``spec`` (None if unknown)."""
-    files = [spec.file] if spec.file is not None else list(spec.members)
     parts = []
-    for f in files:
-        stamp = stamps.get(f)
+    for f, stamp in _file_stamps(spec, stamps):
         if stamp is None:
             return None
         parts.append(f"{f}\0{stamp}")
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
+
+
+def _file_stamps(spec: ShardSpec, stamps: Mapping[str, str]) -> Iterator[tuple[str, str | None]]:
+    """(file, stamp) of each input file of ``spec``; a compact range of names carries its stamps."""
+    if spec.file is None and isinstance(spec.members, Names):
+        return zip(spec.members, spec.members.stamps(), strict=True)
+    files = [spec.file] if spec.file is not None else list(spec.members)
+    return ((f, stamps.get(f)) for f in files)
 
 
 def _stamp(info: dict[str, Any]) -> str | None:

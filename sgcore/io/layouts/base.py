@@ -27,7 +27,8 @@ class ShardSpec:
         shard_id: names the output part (``part-<shard_id>.parquet``).
         kind: the layout, ``images``, ``webdataset`` or ``parquet``.
         root: URL the members are relative to.
-        members: image paths (images); the tar or Parquet file (webdataset, parquet:
+        members: image paths (images: a :class:`~sgcore.io.layouts.names.Names` range
+            of the planned listing, which is a tuple once sent to a task); the tar or Parquet file (webdataset, parquet:
             its rows are the range ``first_row``..``stop_row``, never listed one by
             one, so that the plan holds no object per image).
         file: the tar/Parquet file, relative to ``root``.
@@ -55,7 +56,7 @@ class ShardSpec:
     shard_id: str
     kind: str
     root: str
-    members: tuple[str, ...]
+    members: Sequence[str]
     file: str | None = None
     count: int | None = None
     row_groups: tuple[int, ...] | None = None
@@ -173,14 +174,15 @@ class Listing:
 
     Attributes:
         root: the longest common folder of the input's files.
-        names: every file, relative to ``root``, sorted (of any layout or none).
+        names: every file, relative to ``root``, sorted (of any layout or none); a
+            folder's listing is a compact :class:`~sgcore.io.layouts.names.Names`.
         stamps: name -> size and modification stamp, where the store gives one.
         shown: the input as given (URLs joined with ``, ``), for messages.
     """
 
     root: Root
-    names: list[str]
-    stamps: dict[str, str]
+    names: Sequence[str]
+    stamps: Mapping[str, str]
     shown: str
 
 
