@@ -84,9 +84,9 @@ def test_a_shard_with_the_thin_png_has_one_error_row_naming_it(tmp_path, memory_
     (root / "img3b.png").write_bytes(thin_png())
     (shard,) = plan_shards(str(root), shard_size=8)
     decoded = decode_shard(shard, resize_size=256, crop_size=224)
-    errors = {r["image_id"]: r["error"] for r in decoded.records if r["error"]}
+    errors = {r.image_id: r.error for r in decoded.records if r.error}
     assert errors == {"img3b.png": f"image is 1x100000, an aspect ratio of 1e+05:1, over the limit of 100:1 "
                                    f"({root}/img3b.png)"}
     assert decoded.num_ok == 7 and decoded.images.shape == (7, 224, 224, 3)
-    assert [r["image_id"] for r in decoded.records] == sorted(f"img{i}.png" for i in range(7)) [:4] + [
+    assert [r.image_id for r in decoded.records] == sorted(f"img{i}.png" for i in range(7)) [:4] + [
         "img3b.png"] + [f"img{i}.png" for i in range(4, 7)]

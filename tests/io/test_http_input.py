@@ -85,7 +85,7 @@ def test_an_index_page_is_planned_and_read_with_ids_relative_to_it(site, slash):
         d = decode_shard(s, resize_size=16, crop_size=16)
         records += d.records
         images += list(d.images)
-    assert [(r["image_id"], r["source"], r["label"], r["error"]) for r in records] == [
+    assert [(r.image_id, r.source, r.label, r.error) for r in records] == [
         (n, f"{base}/imgs/{n}", n.split("/")[0], None) for n in NAMES]
     for n, arr in zip(NAMES, images, strict=True):
         np.testing.assert_array_equal(arr, _decoded(root, n))
@@ -109,7 +109,7 @@ def test_an_image_gone_after_planning_is_one_error_row_at_once(site):
     start = time.monotonic()
     d = decode_shard(shard, resize_size=16, crop_size=16)
     elapsed = time.monotonic() - start
-    errors = {r["image_id"]: r["error"] for r in d.records if r["error"]}
+    errors = {r.image_id: r.error for r in d.records if r.error}
     assert errors == {
         "cat/1.png": f"cannot read {base}/imgs/cat/1.png: FileNotFoundError: {base}/imgs/cat/1.png",
         "dog/0.png": f"cannot read {base}/imgs/dog/0.png: ClientResponseError: 403, message='Forbidden', "
