@@ -1,11 +1,10 @@
 """Reading a job's results: the one reader of a results directory.
 
-    from sgcore.results import open_results, load_maps, overlay
+    from sgcore.results import open_results, load_maps
 
     ds = open_results("s3://bucket/maps")              # pyarrow.dataset.Dataset
     df = ds.to_table(filter=pc.field("status") == "ok").to_pandas()
     maps = load_maps("s3://bucket/maps", image_ids=df.image_id[:10])   # id -> (H, W) float32
-    overlay(df.iloc[0]).save("first.png")               # the map over the original image
 
 The output layout (docs/design.md contract 5, owned by :mod:`sgcore.io.output`):
 ``part-<shard>.parquet`` files, and with ``--format npz`` the maps in
@@ -30,7 +29,6 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
-from PIL import Image, ImageOps
 
 from sgcore.errors import ConfigError, InputError
 from sgcore.io import (
@@ -41,18 +39,13 @@ from sgcore.io import (
     OutputDir,
     npz_url,
     read_bytes,
-    read_source,
     url_to_fs,
 )
 from sgcore.io._fs import is_local
-from sgcore.io.decode import _to_rgb
 from sgcore.io.output import PART_METADATA_KEY, PART_STATUSES, fence_of, part_name, shard_of
 
 if TYPE_CHECKING:
     from sgcore.models.preprocess import Preprocess
-
-# The geometry beyond the map's own size: where the crop sits on the original image.
-_PLACEMENT = tuple(c for c in GEOMETRY_COLUMNS if c not in ("map_height", "map_width"))
 
 # Columns a per-part reader keeps besides the map.
 META_COLUMNS = (
@@ -215,107 +208,6 @@ def _npz_maps(url: str, table: pa.Table, *, full: bool,
     if not out:
         return np.zeros((0, 0, 0), np.float32)
     return np.stack(out)  # type: ignore[arg-type]
-
-
-def overlay(
-    row: Mapping[str, Any] | Any,
-    *,
-    saliency: np.ndarray | None = None,
-    image: Image.Image | bytes | None = None,
-    view: str = "heat",
-    alpha: float = 0.75,
-    colorbar: bool = True,
-    crop_outline: bool = True,
-    storage_options: dict[str, Any] | None = None,
-) -> Image.Image:
-    """The row's map drawn at its original image's size, in one of :data:`sgcore.render.VIEWS`.
-
-    The geometry columns say where the map sits: map pixel (r, c) covers resized
-    pixel (r + crop_top, c + crop_left), and the resized image scales back onto
-    the original by ``orig / resized``. Areas outside the centre crop have no
-    map: ``"heat"`` shows the image alone there (in grey) and outlines the crop.
-
-    Views (see :mod:`sgcore.render`): ``"heat"``, the map's clipped magnitude in
-    inferno over the dimmed grey photo; ``"gray"``, the authors' 99th-percentile
-    clipped grayscale map; ``"diverging"``, a signed map blue-white-red.
-
-    Args:
-        row: one result row (a dict, a pandas Series or a ``pyarrow`` row dict)
-            with ``source``, ``saliency`` (unless given), ``map_height``,
-            ``map_width`` and the geometry columns.
-        saliency: the ``(H, W)`` map, when the row does not hold it (npz results).
-        image: the original image (or its bytes), else read from ``source``.
-        view: ``"heat"``, ``"gray"`` or ``"diverging"``.
-        alpha: opacity of the heat where the map reaches its 99th percentile.
-        colorbar: add a colour bar on the right (the picture grows by its width).
-        crop_outline: outline the centre crop the model saw (``"heat"``).
-        storage_options: fsspec options for reading ``source``.
-
-    Returns:
-        An RGB :class:`PIL.Image.Image`: (orig_width [+ colour bar], orig_height).
-
-    Raises:
-        ValueError: an error row, a missing map or geometry, a bad view, or ``alpha`` out of [0, 1].
-    """
-    from sgcore import render
-
-    if view not in render.VIEWS:
-        raise ValueError(f"view must be one of {', '.join(render.VIEWS)}; got {view!r}")
-    if not 0.0 <= alpha <= 1.0:
-        raise ValueError(f"alpha must be in [0, 1]; got {alpha}")
-    get = row.get if hasattr(row, "get") else (lambda k, d=None: getattr(row, k, d))
-    if get("status") not in (None, "ok"):
-        raise ValueError(f"row {get('image_id')!r} is an error row ({get('error')}); it has no map")
-    geo = {k: get(k) for k in _PLACEMENT}
-    if any(v is None or (isinstance(v, float) and np.isnan(v)) for v in geo.values()):
-        raise ValueError(f"row {get('image_id')!r} lacks the geometry columns {', '.join(_PLACEMENT)}")
-    geo = {k: int(v) for k, v in geo.items()}
-    h, w = int(get("map_height")), int(get("map_width"))
-    m = saliency if saliency is not None else get("saliency")
-    if m is None:
-        raise ValueError(f"row {get('image_id')!r} has no saliency; pass saliency= (npz results)")
-    m = np.asarray(m, dtype=np.float32).reshape(h, w)
-
-    if image is None:
-        image = read_source(str(get("source")), storage_options)
-    if isinstance(image, (bytes, bytearray)):
-        with Image.open(io.BytesIO(image)) as img:
-            img.load()
-            base = _to_rgb(ImageOps.exif_transpose(img))
-    else:
-        base = _to_rgb(image)
-    if base.size != (geo["orig_width"], geo["orig_height"]):
-        raise ValueError(
-            f"image is {base.size[0]}x{base.size[1]} but the row says "
-            f"{geo['orig_width']}x{geo['orig_height']}; wrong image for {get('image_id')!r}?"
-        )
-
-    # Map -> resized canvas (0 outside the crop) -> original size.
-    canvas = np.zeros((geo["resized_height"], geo["resized_width"]), np.float32)
-    cover = np.zeros_like(canvas)
-    t, left = geo["crop_top"], geo["crop_left"]
-    r0, c0 = max(t, 0), max(left, 0)
-    r1, c1 = min(t + h, canvas.shape[0]), min(left + w, canvas.shape[1])
-    if r1 > r0 and c1 > c0:
-        canvas[r0:r1, c0:c1] = m[r0 - t : r1 - t, c0 - left : c1 - left]
-        cover[r0:r1, c0:c1] = 1.0
-    size = (geo["orig_width"], geo["orig_height"])
-    heat = np.asarray(Image.fromarray(canvas, mode="F").resize(size, Image.Resampling.BILINEAR))
-    mask = np.asarray(Image.fromarray(cover, mode="F").resize(size, Image.Resampling.NEAREST))
-    # The scale is the stored map's (not the resampled one's), the same in every view.
-    _, top = render.clip_scale(m)
-    if view == "heat":
-        out, top = render.heat_blend(np.asarray(base), heat, alpha=alpha, where=mask, top=top)
-        if crop_outline and r1 > r0 and c1 > c0:
-            sy, sx = geo["orig_height"] / geo["resized_height"], geo["orig_width"] / geo["resized_width"]
-            box = (round(c0 * sx), round(r0 * sy), round(c1 * sx), round(r1 * sy))
-            if box != (0, 0, *size):  # a crop that is the whole image needs no outline
-                out = render.outline(out, box)
-    else:
-        out = render.map_view(heat, view, top=top)
-    if colorbar:
-        out = render.with_colorbar(out, top, view=view)
-    return Image.fromarray(out, mode="RGB")
 
 
 def part_files(url: str, storage_options: dict[str, Any] | None = None) -> list[str]:
@@ -541,7 +433,6 @@ __all__ = [
     "load_maps",
     "open_results",
     "open_results_dir",
-    "overlay",
     "part_files",
     "read_errors",
     "read_index",

@@ -20,7 +20,8 @@ from sgcore.io import (
     write_manifest,
     write_success,
 )
-from sgcore.results import load_maps, open_results, overlay, part_files, table_maps
+from sgcore.render import overlay
+from sgcore.results import load_maps, open_results, part_files, table_maps
 from tests.io.datasets import encode
 
 

@@ -4,6 +4,7 @@ Never imports Ray: everything here runs the same in a Ray task or a plain proces
 """
 
 from sgcore.io._fs import check_url_credentials, join, open_input, read_bytes, url_to_fs
+from sgcore.io._proc import pid_alive
 from sgcore.io._retry import (
     DEFAULT_POLICY,
     DEFAULT_STORAGE_RETRY_S,
@@ -107,6 +108,7 @@ __all__ = [
     "npz_url",
     "open_input",
     "package_versions",
+    "pid_alive",
     "part_name",
     "part_url",
     "plan_shards",

@@ -47,6 +47,7 @@ from typing import Any
 
 from sgcore.errors import ConfigError
 from sgcore.io._fs import is_local, join, url_to_fs
+from sgcore.io._proc import pid_alive
 from sgcore.io._retry import retry_call
 from sgcore.io.output import LEASE_NAME, is_precondition_failed
 
@@ -113,7 +114,7 @@ class LeaseInfo:
     def expired(self, now: float | None = None) -> bool:
         if self.released or self.age(now) > self.ttl:
             return True
-        return self.same_pid_namespace() and not _pid_alive(self.pid)
+        return self.same_pid_namespace() and not pid_alive(self.pid)
 
     def same_pid_namespace(self) -> bool:
         """Whether the holder provably ran in this pid namespace on this boot (its pid means ours)."""
@@ -135,16 +136,6 @@ class LeaseInfo:
             return cls(**{k: v for k, v in data.items() if k in known})
         except (ValueError, TypeError, AttributeError):
             return None  # an unreadable lease (half written by a dead holder) claims nothing
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # someone else's process
-    return True
 
 
 class _LeaseFile:

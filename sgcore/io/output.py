@@ -280,6 +280,32 @@ def _record_holds(entry: Any, record: Mapping[str, Any], listed: tuple[int | Non
             and (not content or record.get("content") == content))
 
 
+def part_footer(shard_id: str, *, config_hash: str, status: str, content: str | None, rows: int, ok: int,
+                fence: Any = None) -> dict[str, Any]:
+    """A part's footer (key :data:`PART_METADATA_KEY`): the one schema this module reads back.
+
+    ``config_hash`` (what decides the rows), ``status`` (one of :data:`PART_STATUSES`),
+    ``content`` (the shard's input identity), the counts ``shard``, ``rows``, ``ok`` and
+    ``errors``, and with a lease ``fence`` (:class:`sgcore.io.lease.Fence`) its ``epoch``
+    and ``token``: :meth:`OutputDir.committed_parts` counts a part by these.
+
+    Raises:
+        ValueError: ``status`` is not one of :data:`PART_STATUSES`.
+    """
+    if status not in PART_STATUSES:
+        raise ValueError(f"status must be one of {', '.join(PART_STATUSES)}; got {status!r}")
+    return {"config_hash": config_hash, "status": status, "content": content,
+            "shard": shard_id, "rows": rows, "ok": ok, "errors": rows - ok,
+            **(fence.stamp() if fence is not None else {})}
+
+
+def commit_record(footer: Mapping[str, Any], part: bytes, stamp: str | None) -> dict[str, Any]:
+    """What the manifest keeps of a part just written (:data:`COMMIT_KEYS`): the footer's
+    fence and ``content``, the part's size and sha256, and ``stamp``, what ``write_bytes`` returned."""
+    return {"epoch": footer.get("epoch"), "token": footer.get("token"), "size": len(part),
+            "sha256": sha256_hex(part), "stamp": stamp, "content": footer.get("content")}
+
+
 def read_part_metadata(url: str, storage_options: dict[str, Any] | None = None) -> dict[str, Any] | None:
     """The sgcore footer of a part, or None when it is absent/unreadable."""
     fs, path = url_to_fs(url, storage_options)

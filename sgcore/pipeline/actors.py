@@ -15,6 +15,7 @@ from sgcore.io import (
     DecodedShard,
     ShardSpec,
     decode_shard,
+    pid_alive,
     set_default_policy,
     storage_policy,
 )
@@ -83,26 +84,12 @@ class SaliencyActor:
         if self.driver is None:
             return
         node, pid = self.driver
-        if node == ray.get_runtime_context().get_node_id() and not _pid_alive(pid):
+        if node == ray.get_runtime_context().get_node_id() and not pid_alive(pid):
             raise DriverGone(f"driver (pid {pid}) is gone; not committing")
 
 
 class DriverGone(RuntimeError):
     """The driver of this actor's job no longer runs."""
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # a zombie is dead too
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[-1].split()[0] != "Z"
-    except OSError:
-        return True
 
 
 def _decode(spec: ShardSpec, geometry: dict[str, Any], storage_options: dict[str, Any],

@@ -22,7 +22,6 @@ from sgcore.attribution.prepare import try_fold_batchnorm
 from sgcore.config import JobConfig
 from sgcore.errors import ConfigError, ModelError
 from sgcore.io import (
-    PART_STATUSES,
     DecodedShard,
     Record,
     ResultRow,
@@ -31,7 +30,7 @@ from sgcore.io import (
     part_url,
     write_bytes,
 )
-from sgcore.io.output import sha256_hex
+from sgcore.io.output import commit_record, part_footer
 from sgcore.models import LoadedModel, Preprocess, check_base, load_model, with_score
 from sgcore.redact import redact_text, redact_url
 from sgcore.seeds import image_seed
@@ -409,18 +408,15 @@ def write_part(
     Raises:
         LeaseLost: the run lost the output; nothing more was made visible.
     """
-    if status not in PART_STATUSES:
-        raise ValueError(f"status must be one of {', '.join(PART_STATUSES)}; got {status!r}")
-    stamp = fence.stamp() if fence is not None else {}
-    meta = {"config_hash": config_hash, "status": status, "content": content,
-            **ShardSummary.of(shard_id, rows).counts(), **stamp}
-    parquet, npz = encode_part(rows, map_shape=preprocess.map_shape, metadata=meta, fmt=config.format,
+    summary = ShardSummary.of(shard_id, rows)
+    footer = part_footer(shard_id, config_hash=config_hash, status=status, content=content,
+                         rows=summary.rows, ok=summary.ok, fence=fence)
+    parquet, npz = encode_part(rows, map_shape=preprocess.map_shape, metadata=footer, fmt=config.format,
                                channels=preprocess.channels if config.store_full else None)
     if npz is not None:
         write_bytes(npz_url(config.output, shard_id), npz, config.storage_options, fence=fence)
     written = write_bytes(part_url(config.output, shard_id), parquet, config.storage_options, fence=fence)
-    return {"epoch": stamp.get("epoch"), "token": stamp.get("token"), "size": len(parquet),
-            "sha256": sha256_hex(parquet), "stamp": written, "content": content}
+    return commit_record(footer, parquet, written)
 
 
 def check_owner(config: JobConfig, shard_id: str, fence: Any) -> None:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import socket
 import subprocess
 import sys
 import threading
@@ -10,8 +12,8 @@ import time
 
 import pytest
 
-from sgcore.io import url_to_fs
-from sgcore.io.lease import Lease, LeaseInfo, LeaseLost, OutputBusy
+from sgcore.io import pid_alive, url_to_fs
+from sgcore.io.lease import _BOOT_ID, Lease, LeaseInfo, LeaseLost, OutputBusy, _pid_namespace
 
 BUCKET = "sgcore-lease"
 
@@ -134,8 +136,6 @@ def _dead_pid() -> int:
 def test_a_live_holder_in_another_pid_namespace_is_not_taken_over(tmp_path, pidns):
     # Same hostname (host-network containers, pods on one node), a pid we cannot see,
     # a fresh heartbeat: the holder is alive in its own namespace.
-    import socket
-
     out = Out(str(tmp_path / "out"))
     _plant(out, host=socket.gethostname(), pid=_dead_pid(), pidns=pidns, boot="another-boot", epoch=4)
     with pytest.raises(OutputBusy, match=r"is being written by run other on "):
@@ -180,3 +180,54 @@ def test_an_expired_holder_frozen_inside_its_lock_is_taken_over(tmp_path, monkey
         mine.fence.check()
     finally:
         os.close(fd)
+
+
+def _child(exit_at_once: bool) -> int:
+    """A forked child, never reaped here: with ``exit_at_once`` it becomes a zombie."""
+    pid = os.fork()
+    if pid == 0:  # the child
+        if not exit_at_once:
+            time.sleep(30)
+        os._exit(0)
+    return pid
+
+
+def _wait_zombie(pid: int) -> None:
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        with open(f"/proc/{pid}/stat") as f:
+            if f.read().rsplit(")", 1)[-1].split()[0] == "Z":
+                return
+        time.sleep(0.01)
+    raise AssertionError(f"child {pid} never became a zombie")
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/stat"), reason="needs /proc")
+def test_a_zombie_is_dead_and_a_live_child_alive():
+    # One rule for the lease and the actors' driver check: a zombie runs nothing.
+    live, zombie = _child(exit_at_once=False), _child(exit_at_once=True)
+    try:
+        _wait_zombie(zombie)
+        assert pid_alive(live) is True
+        assert pid_alive(zombie) is False
+        assert pid_alive(os.getpid()) is True
+    finally:
+        os.kill(live, 9)
+        os.waitpid(live, 0)
+        os.waitpid(zombie, 0)
+    assert pid_alive(zombie) is False  # reaped: gone
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/stat"), reason="needs /proc")
+def test_a_zombie_holder_on_this_host_holds_nothing(tmp_path):
+    # The holder exited but its parent has not reaped it yet: the claim is free at once.
+    out = Out(str(tmp_path / "out"))
+    zombie = _child(exit_at_once=True)
+    try:
+        _wait_zombie(zombie)
+        _plant(out, host=socket.gethostname(), pid=zombie, pidns=_pid_namespace(), boot=_BOOT_ID)
+        assert claim(out).read().pid == zombie
+        claim(out, run_id="next").acquire()
+        assert claim(out).read().run_id == "next"
+    finally:
+        os.waitpid(zombie, 0)

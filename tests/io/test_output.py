@@ -23,7 +23,15 @@ from sgcore.io import (
     write_bytes,
     write_manifest,
 )
-from sgcore.io.output import TEMP_GLOB, is_temp, temp_path
+from sgcore.io.lease import Lease
+from sgcore.io.output import (
+    TEMP_GLOB,
+    commit_record,
+    is_temp,
+    part_footer,
+    read_part_metadata,
+    temp_path,
+)
 
 
 def _spec(sid: str, n: int, content: str | None = None) -> ShardSpec:
@@ -210,6 +218,27 @@ def test_committed_parts_are_those_of_this_config_with_status_committed(out):
     assert [p.rsplit("/", 1)[-1] for p in d.part_paths()] == [part_name(f"0000{i}") for i in range(7)] + [
         part_name("00099")]
     assert d.part_urls()[0] == part_url(out, "00000") and d.has_parts()
+
+
+def test_the_footer_written_is_the_one_read_back(tmp_path):
+    # The footer's schema lives here: what part_footer builds is what committed_parts counts.
+    out = str(tmp_path / "out")
+    lease = Lease(out, run_id="writer")
+    lease.acquire()
+    rows = [ResultRow(image_id="a", source="a", status="ok"), ResultRow(image_id="b", source="b", status="error")]
+    footer = part_footer("00000", config_hash="h1", status="committed", content="c1", rows=2, ok=1, fence=lease.fence)
+    assert footer == {"config_hash": "h1", "status": "committed", "content": "c1", "shard": "00000", "rows": 2,
+                      "ok": 1, "errors": 1, "epoch": lease.fence.epoch, "token": lease.fence.token}
+    data, _ = encode_part(rows, map_shape=(2, 2), metadata=footer)
+    record = commit_record(footer, data, write_bytes(part_url(out, "00000"), data, fence=lease.fence))
+    assert read_part_metadata(part_url(out, "00000")) == footer
+    assert record["size"] == len(data) and (record["epoch"], record["token"], record["content"]) == (
+        lease.fence.epoch, lease.fence.token, "c1")
+    done, changed, suspect = OutputDir(out).committed_parts("h1", {"00000": "c1"}, fenced=True)
+    assert (changed, suspect) == ([], []) and done["00000"]["commit"]["sha256"] == record["sha256"]
+    assert part_footer("00001", config_hash="h1", status="failed", content=None, rows=1, ok=0)["errors"] == 1
+    with pytest.raises(ValueError, match="status must be one of committed, failed; got 'done'"):
+        part_footer("00002", config_hash="h1", status="done", content=None, rows=0, ok=0)
 
 
 def test_an_output_that_is_not_there_has_no_parts(tmp_path):

@@ -9,7 +9,7 @@ from PIL import Image
 
 from sgcore.io import decode_image
 from sgcore.models import Preprocess
-from sgcore.results import overlay
+from sgcore.render import overlay
 
 skdata = pytest.importorskip("skimage.data")
 

@@ -31,7 +31,8 @@ from sgcore import smoothgrad
 from sgcore.demo import DEMO_CLASSES, generate_dataset
 from sgcore.io import decode_image, read_source
 from sgcore.models import load_model
-from sgcore.results import load_maps, open_results, overlay
+from sgcore.render import overlay
+from sgcore.results import load_maps, open_results
 from sgcore.seeds import image_seed
 from tests.io.datasets import encode, rgb, write_messy_prefix, write_parquet, write_tar
 
