@@ -89,7 +89,10 @@ def fold_batchnorm(model: nn.Module, *, example: torch.Tensor | None = None) -> 
     ``torch.nn.utils.fusion`` for the arithmetic. A model torch.fx cannot trace
     is folded from one forward pass on ``example`` instead: each BatchNorm module
     fed directly by a convolution's output is folded into it, and the copy is
-    kept only if its outputs equal the model's on ``example``. A TorchScript
+    kept only if its outputs equal the model's on ``example``. A model with
+    timm's ``BatchNormAct2d`` (BatchNorm, dropout and activation in one module,
+    which fx traces into functions) is folded that way too: the module becomes
+    its dropout (identity in eval mode) and activation. A TorchScript
     module is frozen (``torch.jit.freeze`` folds conv-BatchNorm). When nothing
     can be folded the copy comes back unfolded, with a warning saying why.
     """
@@ -113,6 +116,13 @@ def try_fold_batchnorm(model: nn.Module, example: torch.Tensor | None = None) ->
             return torch.jit.freeze(model), None
         except Exception as e:  # a module that cannot be frozen (e.g. already frozen, or traced in training)
             return model, f"torch.jit.freeze failed on {type(model).__name__} ({_one_line(e)})"
+    acts = sum(1 for m in model.modules() if _is_bn_act(m))
+    if acts:  # fx traces through these into batch_norm functions that fuse() does not match
+        traced = (f"{acts} BatchNorm+activation modules (timm BatchNormAct) of {type(model).__name__} "
+                  "fold only from an observed forward, and no example input was given")
+        if example is None:
+            return copy.deepcopy(model), traced
+        return _fold_observed(model, example, traced)
     try:
         fused = fuse(model, inplace=False)
     except Exception as e:  # torch.fx raises many kinds of tracing errors
@@ -130,6 +140,23 @@ def try_fold_batchnorm(model: nn.Module, example: torch.Tensor | None = None) ->
 
 _BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 _CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+
+
+def _is_bn_act(module: nn.Module) -> bool:
+    """A BatchNorm followed by its own dropout and activation, as timm's ``BatchNormAct2d``
+    (and its variants) are; recognised by shape, so that timm stays optional."""
+    return (isinstance(module, nn.modules.batchnorm._BatchNorm) and type(module) not in _BATCHNORMS
+            and isinstance(getattr(module, "act", None), nn.Module)
+            and isinstance(getattr(module, "drop", None), nn.Module))
+
+
+def _foldable_bn(module: nn.Module) -> bool:
+    return (type(module) in _BATCHNORMS or _is_bn_act(module)) and getattr(module, "running_mean", None) is not None
+
+
+def _after_fold(bn: nn.Module) -> nn.Module:
+    """What stays of a folded BatchNorm: nothing, or a BatchNormAct's dropout (identity in eval) and activation."""
+    return nn.Sequential(bn.drop, bn.act) if _is_bn_act(bn) else nn.Identity()
 
 
 def _fold_observed(model: nn.Module, example: torch.Tensor, traced: str) -> tuple[nn.Module, str | None]:
@@ -155,9 +182,10 @@ def _fold_observed(model: nn.Module, example: torch.Tensor, traced: str) -> tupl
         if conv is not None:
             pairs.append((conv, module))
 
-    hooks = [m.register_forward_hook(on_conv) for m in folded.modules() if type(m) in _CONVS]
-    hooks += [m.register_forward_hook(on_bn) for m in folded.modules()
-              if type(m) in _BATCHNORMS and m.running_mean is not None]
+    # Conv subclasses too (timm's Conv2dSame pads, then convolves with .weight/.bias); one whose forward
+    # transforms its weight would change the outputs, and the check below then keeps the model unfolded.
+    hooks = [m.register_forward_hook(on_conv) for m in folded.modules() if isinstance(m, _CONVS)]
+    hooks += [m.register_forward_hook(on_bn) for m in folded.modules() if _foldable_bn(m)]
     try:
         with torch.no_grad():
             before = _tensors(folded(example))
@@ -173,7 +201,7 @@ def _fold_observed(model: nn.Module, example: torch.Tensor, traced: str) -> tupl
         fused = fuse_conv_bn_eval(conv, bn)
         conv.weight, conv.bias = fused.weight, fused.bias
         parent, name = parents[id(bn)]
-        setattr(parent, name, nn.Identity())
+        setattr(parent, name, _after_fold(bn))
     with torch.no_grad():
         after = _tensors(folded(example))
     same = len(before) == len(after) and all(

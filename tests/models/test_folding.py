@@ -10,7 +10,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from sgcore import smoothgrad
+from sgcore import prepare_model, smoothgrad
 from sgcore.models import DemoNet, load_model
 from sgcore.pipeline.worker import _prepare, unfolded_note
 
@@ -104,3 +104,42 @@ def test_an_export_archive_is_named_once_as_unfolded(tmp_path):
     loaded = load_model(spec)
     note = unfolded_note(SimpleNamespace(fold_bn=True, model=spec), loaded)
     assert note is not None and note.count("\n") == 0 and spec in note and "BatchNorm not folded" in note
+
+
+@pytest.mark.parametrize("arch", ["tf_efficientnet_lite0", "efficientnet_b0"])
+def test_timm_batchnorm_act_is_folded_and_the_maps_stay(arch):
+    """timm's BatchNormAct2d (BatchNorm + dropout + activation in one module) folds into the convolution
+    before it; fx alone traced through it and left every BatchNorm of the efficientnet family."""
+    timm = pytest.importorskip("timm")
+    net = timm.create_model(arch, pretrained=False, num_classes=3).eval()
+    _randomize_statistics(net)
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    prepared = prepare_model(net, example=x)
+    before, after = batchnorm_ops(net, x), batchnorm_ops(prepared, x)
+    assert before > 0 and after == 0, (before, after)
+    with torch.no_grad():
+        want_out, got_out = net(x), prepared(x)
+    torch.testing.assert_close(got_out, want_out, rtol=1e-3, atol=1e-4 * float(want_out.abs().max()))
+    targets, seeds = torch.tensor([0, 1]), torch.tensor([3, 4])
+    want = smoothgrad(net, x, targets, n_samples=4, seeds=seeds)
+    got = smoothgrad(prepared, x, targets, n_samples=4, seeds=seeds)
+    print(f"{arch}: BatchNorm ops {before} -> {after}, map max |diff| {float((got - want).abs().max()):.2e}")
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-3 * float(want.abs().max()))
+
+
+def test_the_real_model_folds_fully_with_the_same_prediction():
+    """EfficientNet-Lite0 (timm tf_efficientnet_lite0, sgcore[real]) as a replica prepares it."""
+    from sgcore.models.zoo import efficientnet_lite0 as lite0
+    from tests.models.test_efficientnet_lite0 import _model_input, _need_extra
+
+    _need_extra()
+    data = pytest.importorskip("skimage.data", reason="the photograph comes from scikit-image")
+    loaded = load_model(lite0.SPEC)
+    x = _model_input(loaded.preprocess, data.chelsea())
+    prepared = _prepare(loaded, CONFIG, torch.device("cpu"))
+    assert batchnorm_ops(loaded.model, x) > 0 and batchnorm_ops(prepared, x) == 0
+    assert unfolded_note(CONFIG, loaded) is None
+    with torch.no_grad():
+        want, got = loaded.model(x), prepared(x)
+    assert int(got.argmax()) == int(want.argmax())
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-3 * float(want.abs().max()))
