@@ -1,7 +1,7 @@
 """The heavy part of an audit: recomputing maps and perturbing images.
 
 One :class:`AuditWorker` holds a model replica, prepared as the job's
-replicas are (:func:`~sgcore.attribution.prepare_model`); the runner drives
+replicas are (:func:`~sgcore.pipeline.worker.prepare_network`); the runner drives
 several of them on the pipeline's :class:`~sgcore.pipeline.pool.ReplicaPool`
 (sized by ``plan_actors``, chunks of a dead replica retried elsewhere), or one
 in-process. Every result depends only on the chunk's images, their seeds and
@@ -19,15 +19,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from sgcore.attribution import prepare_model
 from sgcore.audit.faithfulness import deletion_insertion
 from sgcore.audit.results import load_images
 from sgcore.audit.sanity import MapSettings, cascading_randomization
 from sgcore.errors import InputError
 from sgcore.models import load_model, with_score
+from sgcore.models.outputs import map_network
 from sgcore.models.preprocess import Preprocess
 from sgcore.pipeline.pool import ItemFailed
-from sgcore.pipeline.worker import pick_device
+from sgcore.pipeline.worker import pick_device, prepare_network
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -78,12 +78,15 @@ class AuditWorker:
         self.device = pick_device(spec.use_gpu)
         # The cascade randomizes the plain model and prepares each step; the rest runs prepared.
         self.model = with_score(loaded.model.to(self.device).eval(), spec.score)
-        self.prepared = self._prepare(self.model)
+        self._input = loaded.preprocess
+        self.prepared = self._prepare(self.model, quiet=False)  # where nothing folds, one warning per worker
         self.preprocess = Preprocess.from_dict(spec.preprocess)
         self.on_step: Callable[[int, int], None] | None = None
 
-    def _prepare(self, model: torch.nn.Module) -> torch.nn.Module:
-        return prepare_model(model, fold_bn=self.spec.fold_bn)
+    def _prepare(self, model: torch.nn.Module, *, quiet: bool = True) -> torch.nn.Module:
+        """As the job's replicas: the network inside the score/logits wrappers is prepared, then wrapped again."""
+        return map_network(model, lambda net: prepare_network(net, self._input, self.device,
+                                                              fold_bn=self.spec.fold_bn, quiet=quiet))
 
     def evaluate(self, chunk: Chunk) -> dict[str, Any]:
         spec = self.spec

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
@@ -94,3 +94,17 @@ def with_score(model: nn.Module, score: str) -> nn.Module:
     if score == "logit":
         return model
     return Score(model, score).train(model.training)
+
+
+def map_network(model: nn.Module, fn: Callable[[nn.Module], nn.Module]) -> nn.Module:
+    """``model`` with ``fn`` applied to the network inside its :class:`Score` / :class:`Classifier`
+    wrappers, wrapped again alike (as :meth:`~sgcore.models.LoadedModel.wrap` does): folding BatchNorm
+    needs the network itself, since torch.fx cannot trace the wrappers."""
+    if isinstance(model, Score):
+        out: nn.Module = Score(map_network(model.model, fn), model.score)
+    elif isinstance(model, Classifier):
+        out = Classifier(map_network(model.inner, fn), frozen_mode=model.frozen_mode)
+    else:
+        return fn(model)
+    out.training = model.training  # the flag only: train() would reach the prepared network
+    return out

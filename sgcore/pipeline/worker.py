@@ -439,9 +439,17 @@ def _prepare(loaded: LoadedModel, config: JobConfig, device: torch.device) -> to
 
     Quiet: where nothing can be folded the driver said so once (:func:`unfolded_note`).
     """
-    network = prepare_model(loaded.network.to(device), fold_bn=config.fold_bn, compile=config.compile,
-                            example=_example(loaded.preprocess, device), quiet=True)
-    return loaded.wrap(network)
+    return loaded.wrap(prepare_network(loaded.network, loaded.preprocess, device, fold_bn=config.fold_bn,
+                                       compile=config.compile))
+
+
+def prepare_network(network: torch.nn.Module, pre: Preprocess, device: torch.device, *, fold_bn: bool,
+                    compile: bool = False, quiet: bool = True) -> torch.nn.Module:
+    """:func:`~sgcore.attribution.prepare_model` of a model's network (not its logits wrapper) on ``device``,
+    with a fixed example batch of its input size, so that models fx cannot trace (or timm's BatchNormAct)
+    fold from an observed forward; wrap the result afterwards (the job's replicas and the audit's do)."""
+    return prepare_model(network.to(device), fold_bn=fold_bn, compile=compile, example=_example(pre, device),
+                         quiet=quiet)
 
 
 def _example(pre: Preprocess, device: torch.device) -> torch.Tensor:
