@@ -184,11 +184,15 @@ def _fold_observed(model: nn.Module, example: torch.Tensor, traced: str) -> tupl
 
     # Conv subclasses too (timm's Conv2dSame pads, then convolves with .weight/.bias); one whose forward
     # transforms its weight would change the outputs, and the check below then keeps the model unfolded.
+    if not any(_foldable_bn(m) for m in folded.modules()):
+        return folded, None  # no BatchNorm: nothing to fold, and no forward to run
     hooks = [m.register_forward_hook(on_conv) for m in folded.modules() if isinstance(m, _CONVS)]
     hooks += [m.register_forward_hook(on_bn) for m in folded.modules() if _foldable_bn(m)]
     try:
         with torch.no_grad():
             before = _tensors(folded(example))
+    except Exception as e:  # noqa: BLE001 - the model's own failure surfaces where it runs, named there
+        return copy.deepcopy(model), f"{traced}; the model failed on an example batch ({type(e).__name__}: {e})"
     finally:
         for hook in hooks:
             hook.remove()

@@ -448,7 +448,8 @@ def prepare_network(network: torch.nn.Module, pre: Preprocess, device: torch.dev
     """:func:`~sgcore.attribution.prepare_model` of a model's network (not its logits wrapper) on ``device``,
     with a fixed example batch of its input size, so that models fx cannot trace (or timm's BatchNormAct)
     fold from an observed forward; wrap the result afterwards (the job's replicas and the audit's do)."""
-    return prepare_model(network.to(device), fold_bn=fold_bn, compile=compile, example=_example(pre, device),
+    # eval() as every replica did before: a network swapped in after loading may be in training mode.
+    return prepare_model(network.to(device).eval(), fold_bn=fold_bn, compile=compile, example=_example(pre, device),
                          quiet=quiet)
 
 

@@ -47,7 +47,7 @@ def test_one_row_per_image_corrupt_file_is_an_error_row(image_dir, tmp_path):
     assert set(ok.label) == {"cat", "dog"}
     assert (result.rows, result.ok, result.errors, result.shards) == (7, 6, 1, 3)
     assert sorted(p.name for p in out.iterdir()) == [
-        "_SUCCESS", "_manifest.json", "part-00000.parquet", "part-00001.parquet", "part-00002.parquet"]
+        "_SUCCESS", "_lease.json", "_manifest.json", "part-00000.parquet", "part-00001.parquet", "part-00002.parquet"]
     manifest = json.loads((out / "_manifest.json").read_text())
     assert manifest["status"] == "complete" and manifest["totals"]["rows"] == 7
     assert {s["status"] for s in manifest["shards"].values()} == {"committed"}

@@ -114,7 +114,7 @@ class _OnlyOneAtATime(torch.nn.Module):
 
 def test_a_deterministic_model_error_in_a_replica_is_a_model_error_not_a_retry():
     loaded = load_model("demo", "none", image_size=8)
-    loaded.model = _OnlyOneAtATime()
+    loaded.model = loaded.network = _OnlyOneAtATime()  # the network is what a replica prepares
     proc = ShardProcessor(JobConfig(input="-", output="-", n_samples=2, image_size=8), loaded=loaded)
     records = [Record(image_id=f"{i}.png", source=f"{i}.png", label=None, index=i, error=None, geometry=None)
                for i in range(2)]
