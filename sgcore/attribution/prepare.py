@@ -192,7 +192,7 @@ def _fold_observed(model: nn.Module, example: torch.Tensor, traced: str) -> tupl
         with torch.no_grad():
             before = _tensors(folded(example))
     except Exception as e:  # noqa: BLE001 - the model's own failure surfaces where it runs, named there
-        return copy.deepcopy(model), f"{traced}; the model failed on an example batch ({type(e).__name__}: {e})"
+        return folded, f"{traced}; the model failed on an example batch ({type(e).__name__}: {e})"
     finally:
         for hook in hooks:
             hook.remove()
