@@ -448,9 +448,19 @@ def prepare_network(network: torch.nn.Module, pre: Preprocess, device: torch.dev
     """:func:`~sgcore.attribution.prepare_model` of a model's network (not its logits wrapper) on ``device``,
     with a fixed example batch of its input size, so that models fx cannot trace (or timm's BatchNormAct)
     fold from an observed forward; wrap the result afterwards (the job's replicas and the audit's do)."""
-    # eval() as every replica did before: a network swapped in after loading may be in training mode.
-    return prepare_model(network.to(device).eval(), fold_bn=fold_bn, compile=compile, example=_example(pre, device),
+    return prepare_model(_eval_mode(network.to(device)), fold_bn=fold_bn, compile=compile, example=_example(pre, device),
                          quiet=quiet)
+
+
+def _eval_mode(network: torch.nn.Module) -> torch.nn.Module:
+    """eval() as every replica did before (a network swapped in after loading may be in training mode);
+    an exported program's module refuses eval(), so its flags are cleared directly, as load_model does."""
+    try:
+        return network.eval()
+    except NotImplementedError:
+        for module in network.modules():
+            module.training = False
+        return network
 
 
 def _example(pre: Preprocess, device: torch.device) -> torch.Tensor:
