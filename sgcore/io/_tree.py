@@ -29,6 +29,8 @@ from sgcore.io.layouts.names import FileTable
 
 # S3: list requests in flight at once, and prefixes wanted before the deep listings start.
 S3_CONCURRENCY = 32
+# Keys per list request (S3's most).
+S3_PAGE = 1000
 _S3_FANOUT = 64
 _S3_MAX_DEPTH = 4
 
@@ -155,48 +157,156 @@ async def _fan_out(fs: Any, bucket: str, prefix: str, name: Callable[[str], str]
     gate = asyncio.Semaphore(concurrency)
     chunks: list[tuple[pa.Array, pa.Array]] = []
 
-    async def pages(p: str, delimiter: str) -> list[str]:
-        """Lists ``p`` page by page into ``chunks``; returns its sub-prefixes (with a delimiter)."""
-        kwargs = dict(Bucket=bucket, Prefix=p, Delimiter=delimiter, **fs.req_kw)
+    async def request(kwargs: dict[str, Any]) -> dict[str, Any]:
+        async with gate:
+            stats.requests += 1
+            stats.in_flight += 1
+            stats.max_in_flight = max(stats.max_in_flight, stats.in_flight)
+            try:
+                return await fs._call_s3("list_objects_v2", **kwargs)
+            finally:
+                stats.in_flight -= 1
+
+    def record(contents: list[dict[str, Any]]) -> None:
+        if contents:
+            names, stamps = [], []
+            for c in contents:
+                info = dict(c, type="file", size=c["Size"], name=f"{bucket}/{c['Key']}")
+                names.append(name(info["name"]))
+                stamps.append(stamp(info))
+            chunks.append((pa.array(names, pa.string()), pa.array(stamps, pa.string())))
+            stats.keys += len(contents)
+        _progress(stats, shown, stream)
+
+    async def span(r: KeyRange) -> None:
+        await pages(r, "")
+        stats.prefixes_done += 1
+
+    async def pages(r: KeyRange, delimiter: str) -> list[str]:
+        """Lists range ``r`` page by page into ``chunks``; returns its sub-prefixes (with a delimiter).
+
+        The first full page of a prefix that goes on (and, with a delimiter, has
+        no sub-prefixes: a flat folder) hands the rest to :func:`key_ranges`.
+        """
+        kwargs = dict(Bucket=bucket, Prefix=r.prefix, MaxKeys=1 if r.probe else S3_PAGE, **fs.req_kw)
+        if delimiter:
+            kwargs["Delimiter"] = delimiter
+        if r.after is not None:
+            kwargs["StartAfter"] = r.after
         sub: list[str] = []
         while True:
-            async with gate:
-                stats.requests += 1
-                stats.in_flight += 1
-                stats.max_in_flight = max(stats.max_in_flight, stats.in_flight)
-                try:
-                    out = await fs._call_s3("list_objects_v2", **kwargs)
-                finally:
-                    stats.in_flight -= 1
+            out = await request(kwargs)
             sub.extend(c["Prefix"] for c in out.get("CommonPrefixes", []))
             contents = out.get("Contents", [])
-            if contents:
-                names, stamps = [], []
-                for c in contents:
-                    info = dict(c, type="file", size=c["Size"], name=f"{bucket}/{c['Key']}")
-                    names.append(name(info["name"]))
-                    stamps.append(stamp(info))
-                chunks.append((pa.array(names, pa.string()), pa.array(stamps, pa.string())))
-                stats.keys += len(contents)
-            _progress(stats, shown, stream)
+            kept = [c for c in contents if r.holds(c["Key"])]
+            record(kept)
+            if len(kept) < len(contents) and r.hi is not None and contents[-1]["Key"] >= r.hi:
+                return sub  # past the range's end
             if not out.get("IsTruncated"):
                 return sub
+            if r.splits and not sub and len(contents) == kwargs["MaxKeys"] and contents:
+                pieces = key_ranges(r.prefix, [c["Key"] for c in contents])
+                if pieces:
+                    stats.prefixes += len(pieces)
+                    await asyncio.gather(*(span(p) for p in pieces))
+                    return sub
+            kwargs["MaxKeys"] = S3_PAGE
             kwargs["ContinuationToken"] = out["NextContinuationToken"]
 
     frontier = [prefix]
     for _ in range(_S3_MAX_DEPTH):
         if not frontier or len(frontier) >= _S3_FANOUT:
             break
-        levels = await asyncio.gather(*(pages(p, "/") for p in frontier))
+        levels = await asyncio.gather(*(pages(KeyRange(p), "/") for p in frontier))
         frontier = [p for level in levels for p in level]
-    stats.prefixes = len(frontier)
-
-    async def whole(p: str) -> None:
-        await pages(p, "")
-        stats.prefixes_done += 1
-
-    await asyncio.gather(*(whole(p) for p in frontier))
+    stats.prefixes += len(frontier)
+    await asyncio.gather(*(span(KeyRange(p)) for p in frontier))
     return chunks
+
+
+# Keys above any a range boundary is followed by (a StartAfter of ``R + c + _TOP`` skips the keys
+# ``R + c...``, which a range of their own lists; the rare key past it is filtered out by ``lo``).
+_TOP = "\U0010ffff"
+_CLASSES = ("0123456789", "abcdef", "ABCDEF", "abcdefghijklmnopqrstuvwxyz", "ABCDEFGHIJKLMNOPQRSTUVWXYZ")
+
+
+@dataclass(frozen=True)
+class KeyRange:
+    """The keys under ``prefix`` that are after ``after`` (exclusive) and in [``lo``, ``hi``).
+
+    ``probe``: the range is expected empty, its first request asks for one key.
+    ``splits``: after a full first page, the rest is cut into ranges listed in parallel.
+    """
+
+    prefix: str
+    after: str | None = None
+    lo: str | None = None
+    hi: str | None = None
+    probe: bool = False
+    splits: bool = True
+
+    def holds(self, key: str) -> bool:
+        return (self.lo is None or key >= self.lo) and (self.hi is None or key < self.hi)
+
+
+def key_ranges(q: str, keys: list[str]) -> list[KeyRange]:
+    """Disjoint ranges that hold exactly the keys under prefix ``q`` after ``keys[-1]``.
+
+    ``keys`` (sorted, all under ``q``) is a listing's first page. Its last key
+    ``k`` and the column ``j`` where the page's keys start to differ say how the
+    names count: the rest is the keys under ``k[:j]`` after ``k``, then, at each
+    column ``i`` from ``j - 1`` up to ``len(q)``, one range per likely next character
+    ``c > k[i]`` (``k[:i] + c``: a plain prefix listing, no key outside it sent)
+    and the gaps between them (another character: probed with one key). The
+    likely characters are those of ``k[i]``'s class (digits, hex, letters) and
+    of the page's first differing column. Which characters exist changes only
+    how the work is cut, never which keys are listed.
+
+    Empty where the rest looks no longer than two pages: the listing goes on page by page.
+    """
+    k = keys[-1]
+    lcp = os.path.commonprefix([keys[0], k])
+    j = max(len(lcp), len(q) + 1)
+    if j > len(k):
+        return []
+    varying = {key[len(lcp)] for key in keys if len(key) > len(lcp)}
+    if len(lcp) <= len(q):  # the page spans q's first column: what is left of it is likely small
+        left = sum(c > k[len(q)] for c in _alphabet(k[len(q)], varying)) * len(keys) / max(len(varying), 1)
+        if left <= 2 * len(keys):
+            return []
+    out = [KeyRange(k[:j], after=k)]
+    for i in range(j - 1, len(q) - 1, -1):
+        r, c0 = k[:i], k[i]
+        alphabet = {c for c in _alphabet(c0, varying) if c > c0}
+        prev = c0
+        for c in sorted(alphabet):
+            if ord(c) != ord(prev) + 1:
+                out.append(_gap(r, prev, hi=r + c))
+            out.append(KeyRange(r + c))
+            prev = c
+        out.append(_gap(r, prev, hi=None))
+    return out
+
+
+def _gap(r: str, prev: str, *, hi: str | None) -> KeyRange:
+    """The keys under ``r`` whose next character is after ``prev`` (and before ``hi``'s)."""
+    lo = r + chr(ord(prev) + 1) if ord(prev) + 1 < 0x110000 else r + prev + _TOP
+    after = r + prev + _TOP
+    try:
+        after.encode()
+    except UnicodeEncodeError:  # prev next to the surrogates: start at r, the filter drops the rest
+        after = r
+    return KeyRange(r, after=after, lo=lo, hi=hi, probe=True, splits=False)
+
+
+def _alphabet(c0: str, varying: set[str]) -> set[str]:
+    out = {c0} | varying
+    for c in (c0, *varying):
+        for cls in _CLASSES:
+            if c in cls:
+                out.update(cls)
+                break
+    return out
 
 
 def _progress(stats: ListingStats, shown: str, stream: TextIO) -> None:

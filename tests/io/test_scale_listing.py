@@ -177,3 +177,127 @@ def test_s3_file_glob_and_missing_prefix_keep_the_general_listing(s3_tree):
     assert len(globbed.names) == 10 * 25
     with pytest.raises(InputError, match="does not exist"):
         listing.list_input("s3://sgcore-scale/nothing", opts)
+
+
+class _FakeS3:
+    """ListObjectsV2 over a sorted key list, with S3's rules: Prefix, StartAfter, MaxKeys, Delimiter, tokens."""
+
+    req_kw: dict = {}
+
+    def __init__(self, keys):
+        self.keys = sorted(set(keys), key=lambda k: k.encode())
+        self.calls = []
+        self.sent = 0  # keys in the responses
+
+    async def _call_s3(self, method, **kw):
+        import asyncio
+
+        assert method == "list_objects_v2"
+        self.calls.append(kw)
+        await asyncio.sleep(0)  # other requests go out meanwhile, as over a network
+        prefix, delim = kw.get("Prefix", ""), kw.get("Delimiter")
+        after = kw.get("ContinuationToken", kw.get("StartAfter"))
+        contents, prefixes, last = [], [], None
+        for k in self.keys:
+            if not k.startswith(prefix) or (after is not None and k.encode() <= after.encode()):
+                continue
+            rest = k[len(prefix):]
+            if delim and delim in rest:
+                cp = prefix + rest.split(delim)[0] + delim
+                if prefixes and prefixes[-1] == cp:
+                    continue
+                entry = ("cp", cp)
+            else:
+                entry = ("key", k)
+            if len(contents) + len(prefixes) == kw.get("MaxKeys", 1000):
+                # the token skips a whole common prefix, as S3's does
+                tok = last + "\U0010ffff" * 4 if last and last.endswith(delim or "\0") else last
+                self.sent += len(contents)
+                return {"Contents": contents, "CommonPrefixes": [{"Prefix": p} for p in prefixes],
+                        "IsTruncated": True, "NextContinuationToken": tok}
+            if entry[0] == "cp":
+                prefixes.append(cp)
+            else:
+                contents.append({"Key": k, "Size": len(k), "ETag": f'"{len(k)}"'})
+            last = entry[1]
+        self.sent += len(contents)
+        return {"Contents": contents, "CommonPrefixes": [{"Prefix": p} for p in prefixes], "IsTruncated": False}
+
+
+def _fan_out(keys, prefix, monkeypatch, page=7):
+    import asyncio
+
+    from sgcore.io import _tree
+
+    monkeypatch.setattr(_tree, "S3_PAGE", page)
+    fs = _FakeS3(keys)
+    stats = _tree.ListingStats()
+    chunks = asyncio.run(_tree._fan_out(fs, "b", prefix, lambda p: p.split("/", 1)[1], lambda info: info["ETag"],
+                                        stats, 4, "s3://b/" + prefix, io.StringIO()))
+    listed = [n for c in chunks for n in c[0].to_pylist()]
+    return listed, stats, fs
+
+
+@pytest.mark.parametrize("kind", ["decimal", "hex", "odd"])
+def test_a_flat_prefix_is_listed_as_key_ranges_exactly_once(kind, monkeypatch):
+    """A prefix of many keys and no folders: ranges after the first page, every key exactly once."""
+    import random
+
+    rnd = random.Random(kind)
+    if kind == "decimal":
+        names = [f"{i:06d}.jpg" for i in range(3000)]
+    elif kind == "hex":
+        names = [f"{rnd.getrandbits(40):010x}" for _ in range(2000)]
+    else:  # every trap of the boundaries: keys equal to a boundary, gaps, unicode, the top code point
+        alphabet = "0123456789:;.-_ ~aAfFgzZé中\U0010ffff\ufffd\x7f%#?+"
+        names = ["".join(rnd.choice(alphabet) for _ in range(rnd.randint(1, 6))) for _ in range(2500)]
+        names += ["0", "00", "000", "001", "0010", "01", "0:", "0\U0010ffff", "0\U0010ffffa", "9", ":", "", "a/b"]
+    keys = [f"data/{n}" for n in names] + ["dat", "data", "datb/x", "other/0"]
+    page = 10 if kind == "decimal" else 7  # decimal: a page is a block of names, as 1,000 is on S3
+    listed, stats, fs = _fan_out(keys, "data/", monkeypatch, page=page)
+    want = sorted(f"data/{n}" for n in set(names))
+    assert sorted(listed) == want and len(listed) == len(want)  # exactly once
+    assert stats.keys == len(want)
+    # the rest after the first page went out as parallel ranges, not one chain of pages
+    assert stats.prefixes > 5 and stats.max_in_flight > 1, stats
+    pages = -(-len(want) // page)
+    assert stats.requests < 3 * pages + 60, (stats.requests, pages)
+    if kind == "decimal":  # numbered names: the ranges are plain prefixes, one request per page, no key sent twice
+        assert stats.requests < 1.5 * pages, (stats.requests, pages)
+        assert fs.sent <= len(want) + 60, fs.sent
+
+
+def test_key_ranges_cover_the_rest_of_a_prefix_without_overlap():
+    from sgcore.io._tree import key_ranges
+
+    page = [f"data/{i:04d}" for i in range(100, 107)]
+    ranges = key_ranges("data/", page)
+    universe = [f"data/{a}{b}{c}{d}" for a in "0159:a" for b in "0239" for c in "06" for d in "0\U0010ffff"]
+    universe += ["data/", "data/0", "data/01", "data/0107", "data/1", "data/:", "data/\U0010ffff", "data/01:"]
+    for key in universe:
+        holders = [r for r in ranges if key.startswith(r.prefix) and r.holds(key)
+                   and (r.after is None or key > r.after)]
+        assert len(holders) == (1 if key > page[-1] else 0), (key, holders)
+
+
+def test_s3_flat_prefix_lists_as_parallel_key_ranges_exactly_as_find(s3_server, monkeypatch):
+    """A folder of many keys and no sub-folders, on the moto server: the same listing as find, in parallel ranges."""
+    s3fs = pytest.importorskip("s3fs")
+    from sgcore.io import _tree
+
+    fs = s3fs.S3FileSystem(skip_instance_cache=True)
+    fs.mkdir("sgcore-flat")
+    names = [f"{i:05d}.jpg" for i in range(230)] + ["00007.jpg.txt", "0001:", "0002 x.jpg", "0009é.png", "0a.jpg",
+                                                     "00100\U0001f600.jpg", "0~", "1%2F#?.jpg", "z"]
+    fs.pipe({f"sgcore-flat/flat/{n}": b"" for n in names} | {"sgcore-flat/flatter/x.jpg": b""})
+    opts = {"skip_instance_cache": True}
+    url = "s3://sgcore-flat/flat"
+    slow_listing, slow_plan = _general(monkeypatch, url, shard_size=16, storage_options=opts)
+    assert len(slow_listing.names) == len(names)
+    monkeypatch.setattr(_tree, "S3_PAGE", 10)
+    fast_listing = listing.list_input(url, opts)
+    _same_listing(fast_listing, slow_listing)
+    stats = _tree.last_stats
+    assert stats.keys == len(names) and stats.prefixes > 5 and stats.max_in_flight > 1, stats
+    assert stats.requests < 3 * len(names) / 10 + 20, stats  # 24 pages, and the probes of empty ranges
+    _same_plan(plan_shards(url, shard_size=16, storage_options=opts), slow_plan)
