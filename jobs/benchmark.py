@@ -42,6 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="scale mode: numbers of local empty image files to plan")
     p.add_argument("--s3-sizes", type=int, nargs="*", default=[],
                    help="scale mode: numbers of keys to plan on a moto S3 server (needs moto)")
+    p.add_argument("--s3-flat", action="store_true",
+                   help="scale mode: the S3 keys all directly under one prefix (no sub-folders), not 1,000 a folder")
     p.add_argument("--shard-size", type=int, default=256, help="scale mode: images per shard")
     p.add_argument("--baseline", default=None,
                    help="scale mode: a checkout of another revision, whose planning runs side by side (default: none)")

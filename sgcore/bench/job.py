@@ -20,7 +20,7 @@ def run_benchmark(*, model: str = "resnet18", mode: str = "speed", images: int =
                   device: str = "auto", out: str = "outputs/benchmark", reference_n: int = 4096,
                   fixed_n: int = 50, min_samples: int = 16, max_samples: int = 512, round_samples: int = 16,
                   sizes: Sequence[int] = (1000, 10000), s3_sizes: Sequence[int] = (), shard_size: int = 256,
-                  baseline: str | None = None, log: Callable[[str], None] = print) -> int:
+                  baseline: str | None = None, s3_flat: bool = False, log: Callable[[str], None] = print) -> int:
     """Runs one benchmark and writes ``<out>/<stem>.md`` and ``.json``; returns the exit status.
 
     Args:
@@ -41,7 +41,8 @@ def run_benchmark(*, model: str = "resnet18", mode: str = "speed", images: int =
             before any model is built.
     """
     if mode == "scale":
-        return _scale(sizes=sizes, s3_sizes=s3_sizes, shard_size=shard_size, baseline=baseline, out=out, log=log)
+        return _scale(sizes=sizes, s3_sizes=s3_sizes, shard_size=shard_size, baseline=baseline, out=out,
+                      s3_flat=s3_flat, log=log)
     target = check_arguments(mode=mode, batch=batch, images=images, repeats=repeats, n_samples=n_samples,
                              image_size=image_size, captum=captum, device=device, reference_n=reference_n)
     if mode == "adaptive":
@@ -136,7 +137,7 @@ def _pipeline(*, images: int, n_samples: int, repeats: int, out: str, log: Calla
 
 
 def _scale(*, sizes: Sequence[int], s3_sizes: Sequence[int], shard_size: int, baseline: str | None, out: str,
-           log: Callable[[str], None]) -> int:
+           log: Callable[[str], None], s3_flat: bool = False) -> int:
     from sgcore.bench.scale import run_scale, to_markdown, write_tables
 
     for flag, values in (("sizes", sizes), ("s3-sizes", s3_sizes), ("shard-size", [shard_size])):
@@ -148,7 +149,8 @@ def _scale(*, sizes: Sequence[int], s3_sizes: Sequence[int], shard_size: int, ba
         raise ConfigError("--s3-sizes needs moto for its S3 server: pip install 'moto[server]'")
     if baseline is not None and not (Path(baseline) / "sgcore" / "__init__.py").is_file():
         raise ConfigError(f"--baseline {baseline} holds no sgcore package; give a checkout's root")
-    rows = run_scale(sizes=sizes, s3_sizes=s3_sizes, shard_size=shard_size, baseline=baseline, log=log)
+    rows = run_scale(sizes=sizes, s3_sizes=s3_sizes, shard_size=shard_size, baseline=baseline, s3_flat=s3_flat,
+                     log=log)
     md, js = write_tables(rows, out)
     log(to_markdown(rows))
     log(f"wrote {md} and {js}")

@@ -112,18 +112,20 @@ def _serve(port: int, buckets: str) -> None:
     """Runs moto's S3 server on ``port`` with ``buckets`` (``name:n,...``) already holding n empty keys.
 
     The keys go straight into moto's backend (a PUT through the API costs ~6 ms
-    each there: 10^5 keys would take ten minutes), laid out like :func:`make_local_tree` under ``data/``.
+    each there: 10^5 keys would take ten minutes), laid out like :func:`make_local_tree` under ``data/``,
+    or all directly under ``data/`` (``name:n:flat``: a flat prefix, ``data/00000000.jpg``, ...).
     """
     from moto.s3.models import s3_backends
     from moto.server import ThreadedMotoServer
 
     backend = s3_backends["123456789012"]["aws"]
     for spec in filter(None, buckets.split(",")):
-        name, n = spec.split(":")
+        name, n, *layout = spec.split(":")
         backend.create_bucket(name, "us-east-1")
         backend.put_object(name, "warm/a.jpg", b"")
+        flat = layout == ["flat"]
         for i in range(int(n)):
-            backend.put_object(name, f"data/c{i // PER_FOLDER:05d}/{i:08d}.jpg", b"")
+            backend.put_object(name, f"data/{i:08d}.jpg" if flat else f"data/c{i // PER_FOLDER:05d}/{i:08d}.jpg", b"")
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
     server.start()
     while True:
@@ -133,10 +135,12 @@ def _serve(port: int, buckets: str) -> None:
 class MotoServer:
     """A moto S3 server in its own process on a free loopback port (the client's GIL stays the client's).
 
-    ``buckets``: bucket name -> number of empty keys under ``data/`` made before it serves.
+    ``buckets``: bucket name -> number of empty keys under ``data/`` made before it serves;
+    ``flat``: all of them directly under ``data/``, no sub-folders.
     """
 
-    def __init__(self, buckets: dict[str, int] | None = None) -> None:
+    def __init__(self, buckets: dict[str, int] | None = None, *, flat: bool = False) -> None:
+        self.flat = flat
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             self.port = s.getsockname()[1]
@@ -148,7 +152,7 @@ class MotoServer:
         code = "import sys; from sgcore.bench.scale import _serve; _serve(int(sys.argv[1]), sys.argv[2])"
         here = str(Path(__file__).resolve().parents[2])
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, (here, os.environ.get("PYTHONPATH")))))
-        fill = ",".join(f"{b}:{n}" for b, n in self.buckets.items())
+        fill = ",".join(f"{b}:{n}" + (":flat" if self.flat else "") for b, n in self.buckets.items())
         self.proc = subprocess.Popen([sys.executable, "-c", code, str(self.port), fill], env=env,
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.time() + 60 + sum(self.buckets.values()) / 1000
@@ -160,6 +164,15 @@ class MotoServer:
                 time.sleep(0.2)
         self.__exit__()
         raise RuntimeError(f"moto S3 server did not start on {self.endpoint}")
+
+    def cpu_seconds(self) -> float:
+        """The server process's CPU time so far (user + system), from /proc; 0 where unknown."""
+        try:
+            with open(f"/proc/{self.proc.pid}/stat") as f:  # type: ignore[union-attr]
+                fields = f.read().rsplit(")", 1)[1].split()
+            return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        except (OSError, AttributeError, IndexError, ValueError):
+            return 0.0
 
     def env(self) -> dict[str, str]:
         return {"AWS_ENDPOINT_URL": self.endpoint, "AWS_ACCESS_KEY_ID": "testing",
@@ -173,9 +186,13 @@ class MotoServer:
 
 
 def run_scale(*, sizes: Sequence[int] = (1000, 10000), s3_sizes: Sequence[int] = (), shard_size: int = 256,
-              baseline: str | None = None, tmp: str | None = None,
+              baseline: str | None = None, tmp: str | None = None, s3_flat: bool = False,
               log: Callable[[str], None] = print) -> list[dict[str, Any]]:
-    """Plans trees of each size (local, then S3); one row per (store, size, code)."""
+    """Plans trees of each size (local, then S3); one row per (store, size, code).
+
+    ``s3_flat``: the S3 keys all directly under ``data/`` (one flat prefix), not 1,000 to a folder.
+    An S3 row also gives the moto server's CPU seconds while it answered that planning.
+    """
     rows: list[dict[str, Any]] = []
     here = str(Path(__file__).resolve().parents[2])
     codes = [("this", here)] + ([("baseline", baseline)] if baseline else [])
@@ -193,34 +210,40 @@ def run_scale(*, sizes: Sequence[int] = (1000, 10000), s3_sizes: Sequence[int] =
             shutil.rmtree(root, ignore_errors=True)
     if s3_sizes:
         t0 = time.perf_counter()
-        with MotoServer({f"scale-{n}": n for n in s3_sizes}) as server:
+        store = "s3 (moto, flat)" if s3_flat else "s3 (moto)"
+        with MotoServer({f"scale-{n}": n for n in s3_sizes}, flat=s3_flat) as server:
             log(f"s3: moto server with {', '.join(f'{n:,}' for n in s3_sizes)} keys up in "
                 f"{time.perf_counter() - t0:.1f} s")
             for n in s3_sizes:
                 for name, path in codes:
+                    cpu0 = server.cpu_seconds()
                     r = measure_planning(f"s3://scale-{n}/data", shard_size=shard_size, pythonpath=path,
                                          env=server.env(), warm=f"s3://scale-{n}/warm")
-                    rows.append({"store": "s3 (moto)", "files": n, "code": name, **r})
+                    r["server_cpu_seconds"] = round(server.cpu_seconds() - cpu0, 2)
+                    rows.append({"store": store, "files": n, "code": name, **r})
                     log(_line(rows[-1]))
     return rows
 
 
 def _line(r: dict[str, Any]) -> str:
-    return (f"{r['store']} {r['files']:,} [{r['code']}]: {r['seconds']:.2f} s ({r['cpu_seconds']:.2f} s CPU), +{r['rss_growth_mb']:.0f} MB peak, "
+    server = f", server {r['server_cpu_seconds']:.2f} s CPU" if r.get("server_cpu_seconds") is not None else ""
+    requests = f", {r['list_requests']} requests" if r.get("list_requests") is not None else ""
+    return (f"{r['store']} {r['files']:,} [{r['code']}]: {r['seconds']:.2f} s ({r['cpu_seconds']:.2f} s CPU{server}"
+            f"{requests}), +{r['rss_growth_mb']:.0f} MB peak, "
             f"{r['shards']} shards, manifest {r['manifest_bytes']:,} B, fingerprint {r['fingerprint']}, "
             f"contents {r['contents']}")
 
 
 def to_markdown(rows: Sequence[dict[str, Any]]) -> str:
     lines = ["| store | files | code | planning s | s per 10^6 files | driver RSS growth MB | B per file "
-             "| shards | manifest bytes | list requests | fingerprint |",
-             "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---|"]
+             "| shards | manifest bytes | list requests | server CPU s | fingerprint |",
+             "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
     for r in rows:
         n = r["files"]
         lines.append(f"| {r['store']} | {n:,} | {r['code']} | {r['seconds']:.2f} | {r['seconds'] / n * 1e6:.1f} "
                      f"| {r['rss_growth_mb']:.0f} | {r['rss_growth_mb'] * 2**20 / n:.0f} | {r['shards']:,} "
                      f"| {r['manifest_bytes']:,} | {r.get('list_requests') if r.get('list_requests') is not None else '-'} "
-                     f"| {r['fingerprint']} |")
+                     f"| {r.get('server_cpu_seconds', '-')} | {r['fingerprint']} |")
     return "\n".join(lines) + "\n"
 
 

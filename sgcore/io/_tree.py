@@ -33,6 +33,8 @@ S3_CONCURRENCY = 32
 S3_PAGE = 1000
 _S3_FANOUT = 64
 _S3_MAX_DEPTH = 4
+# A flat prefix is cut at this many columns of its names at a time (blocks of 1, 10, 100 pages of numbers).
+_S3_LEVELS = 3
 
 # A listing longer than this prints how far it got, every PROGRESS_EVERY_S.
 PROGRESS_EVERY_S = 5.0
@@ -255,9 +257,10 @@ def key_ranges(q: str, keys: list[str]) -> list[KeyRange]:
     ``keys`` (sorted, all under ``q``) is a listing's first page. Its last key
     ``k`` and the column ``j`` where the page's keys start to differ say how the
     names count: the rest is the keys under ``k[:j]`` after ``k``, then, at each
-    column ``i`` from ``j - 1`` up to ``len(q)``, one range per likely next character
-    ``c > k[i]`` (``k[:i] + c``: a plain prefix listing, no key outside it sent)
-    and the gaps between them (another character: probed with one key). The
+    column ``i`` from ``j - 1`` up to ``m = max(len(q), j - 3)``, one range per likely next
+    character ``c > k[i]`` (``k[:i] + c``: a plain prefix listing, no key outside it
+    sent) and the gaps between them (another character: probed with one key), and
+    the keys of ``q`` past ``k[:m]`` (cut again after its first page). The
     likely characters are those of ``k[i]``'s class (digits, hex, letters) and
     of the page's first differing column. Which characters exist changes only
     how the work is cut, never which keys are listed.
@@ -275,7 +278,12 @@ def key_ranges(q: str, keys: list[str]) -> list[KeyRange]:
         if left <= 2 * len(keys):
             return []
     out = [KeyRange(k[:j], after=k)]
-    for i in range(j - 1, len(q) - 1, -1):
+    m = max(len(q), j - _S3_LEVELS)
+    if m > len(q) and ord(k[m - 1]) < 0x10FFFF:  # the rest of q, past k[:m]: one range, cut after its first page
+        out.append(KeyRange(q, after=k[:m] + _TOP, lo=k[: m - 1] + chr(ord(k[m - 1]) + 1)))
+    else:
+        m = len(q)
+    for i in range(j - 1, m - 1, -1):
         r, c0 = k[:i], k[i]
         alphabet = {c for c in _alphabet(c0, varying) if c > c0}
         prev = c0
