@@ -117,8 +117,11 @@ last_stats = ListingStats()
 
 
 def list_s3(fs: Any, path: str, *, name: Callable[[str], str], stamp: Callable[[dict[str, Any]], str | None],
-            shown: str, concurrency: int = S3_CONCURRENCY, stream: TextIO | None = None) -> FileTable | None:
+            shown: str, concurrency: int = S3_CONCURRENCY, stream: TextIO | None = None,
+            key_prefix: str = "") -> FileTable | None:
     """Every object under the S3 folder ``path`` as (``name(bucket/key)``, ``stamp(info)``), sorted.
+
+    ``key_prefix``: only the keys of the folder whose name starts with it (``part-``).
 
     The folder is listed with delimiter ``/`` level by level until there are
     enough sub-prefixes (or none), and each sub-prefix is then listed whole,
@@ -139,7 +142,7 @@ def list_s3(fs: Any, path: str, *, name: Callable[[str], str], stamp: Callable[[
         return None
     global last_stats
     stats = last_stats = ListingStats()
-    prefix = key.strip("/") + "/" if key.strip("/") else ""
+    prefix = (key.strip("/") + "/" if key.strip("/") else "") + key_prefix
     try:
         chunks = sync(fs.loop, _fan_out, fs, bucket, prefix, name, stamp, stats, concurrency,
                       shown, stream or sys.stderr)

@@ -740,6 +740,8 @@ class OutputDir:
             except (FileNotFoundError, NotADirectoryError):
                 pass
             return found
+        if (parallel := self._s3_part_listing()) is not None:
+            return parallel
         with contextlib.suppress(Exception):
             self.fs.invalidate_cache(self.path)
         try:
@@ -750,6 +752,30 @@ class OutputDir:
             name = posixpath.basename(str(info["name"]).rstrip("/"))
             if fnmatch.fnmatchcase(name, PART_GLOB) and info.get("type") != "directory":
                 found[name] = (info.get("size"), _etag(info))
+        return found
+
+    def _s3_part_listing(self) -> dict[str, tuple[int | None, str | None]] | None:
+        """On S3, the keys ``<output>/part-*`` listed as key ranges in parallel (:func:`sgcore.io._tree.list_s3`).
+
+        None where that does not apply (another store, a versioned bucket, no part, an error):
+        the caller lists the folder with ``fs.ls``.
+        """
+        protocols = {self.fs.protocol} if isinstance(self.fs.protocol, str) else set(self.fs.protocol)
+        if not protocols & {"s3", "s3a"}:
+            return None
+        from sgcore.io._tree import list_s3
+
+        folder = self.path.strip("/")
+        table = list_s3(self.fs, folder, name=lambda p: p[len(folder) + 1:],
+                        stamp=lambda info: f"{info.get('size')}:{_etag(info) or ''}", shown=self.url,
+                        key_prefix=_PART_PREFIX)
+        if table is None:
+            return None
+        found: dict[str, tuple[int | None, str | None]] = {}
+        for name, stamp in zip(table.names.to_pylist(), table.stamps.to_pylist(), strict=True):
+            if "/" not in name and fnmatch.fnmatchcase(name, PART_GLOB):
+                size, _, tag = stamp.partition(":")
+                found[name] = (int(size) if size != "None" else None, tag or None)
         return found
 
     def part_sha256(self, shard_id: str) -> str | None:

@@ -176,3 +176,24 @@ def test_a_run_that_dies_leaves_the_record_of_its_checkpointed_commits(tmp_path,
     done = _committed_shards(out, [SimpleNamespace(shard_id=s, content=None) for s in ids], CHASH, left)
     assert sorted(done) == ids
     assert sorted(u.rsplit("-", 1)[-1] for u in reads) == [f"{sid}.parquet" for sid in ids[6:]]
+
+
+def test_the_output_is_listed_as_parallel_key_ranges_with_the_same_parts(s3_output, monkeypatch):
+    """A resume's one listing of the output: the part-* keys in parallel key ranges, the same as fs.ls's."""
+    from sgcore.io import _tree
+
+    url, lease = s3_output("ranges")
+    write_committed_output(url, 300, lease.fence)
+    out = OutputDir(url)
+    out.fs.pipe({out.path_of("part-x/part-000001.parquet"): b"nested", out.path_of("part-notes.txt"): b"",
+                 out.path_of("zz/part-000002.parquet"): b"elsewhere"})
+    with monkeypatch.context() as m:
+        m.setattr(OutputDir, "_s3_part_listing", lambda self: None)  # the folder listing of before
+        before = out.part_listing()
+    monkeypatch.setattr(_tree, "S3_PAGE", 10)
+    after = out.part_listing()
+    assert after == before and len(after) == 300
+    stats = _tree.last_stats
+    assert stats.max_in_flight > 1 and stats.prefixes > 5, stats  # not one chain of 30 pages
+    done, requests = _resume(url, 300)
+    assert len(done) == 300 and requests.ops["GetObject"] == 1, dict(requests.ops)
