@@ -7,6 +7,7 @@
     python -m jobs.benchmark --mode calibration --model demo   # reliability estimate vs n=4096 maps
     python -m jobs.benchmark --mode adaptive --model digits    # adaptive vs fixed n=50, same worst decile
     python -m jobs.benchmark --mode scale --sizes 1000 100000 --s3-sizes 10000   # planning cost vs input size
+    python -m jobs.benchmark --mode tiny --images 4096 --image-size 32 --n-samples 1 --shard-sizes 8 64
 
 Writes outputs/benchmark/<stem>.md and .json and prints the Markdown table.
 Exit status: 0 done, 2 bad arguments (one line on stderr naming the flag).
@@ -19,7 +20,7 @@ import argparse
 from sgcore.cli import make_parser, run_cli
 from sgcore.settings import PRECISIONS
 
-MODES = ("speed", "fidelity", "both", "pipeline", "calibration", "adaptive", "scale")
+MODES = ("speed", "fidelity", "both", "pipeline", "calibration", "adaptive", "scale", "tiny")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -31,7 +32,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "against long reference maps, or adaptive: model evaluations of adaptive sampling against "
                         "fixed --fixed-n at the same worst-decile correlation (calibration, adaptive: --model demo "
                         "or digits), or scale: planning time, driver memory and manifest bytes of inputs of "
-                        "--sizes empty files (and --s3-sizes keys on a moto S3 server)")
+                        "--sizes empty files (and --s3-sizes keys on a moto S3 server), or tiny: the whole job against the "
+                        "same work in one process (--images, --image-size, --n-samples, --shard-sizes)")
     p.add_argument("--reference-n", type=int, default=4096,
                    help="calibration, adaptive modes: samples of the reference maps")
     p.add_argument("--fixed-n", type=int, default=50, help="adaptive mode: samples of the fixed-n baseline")
@@ -47,7 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shard-size", type=int, default=256, help="scale mode: images per shard")
     p.add_argument("--baseline", default=None,
                    help="scale mode: a checkout of another revision, whose planning runs side by side (default: none)")
-    p.add_argument("--images", type=int, default=480, help="pipeline mode: demo images")
+    p.add_argument("--images", type=int, default=480, help="pipeline, tiny modes: images")
+    p.add_argument("--shard-sizes", type=int, nargs="+", default=[64],
+                   help="tiny mode: shard sizes, each run in one process and as the whole job")
     p.add_argument("--image-size", type=int, default=64, help="side of the square synthetic images")
     p.add_argument("--batch", type=int, default=8, help="images per call")
     p.add_argument("--n-samples", type=int, default=16, help="SmoothGrad samples per image")

@@ -20,7 +20,8 @@ def run_benchmark(*, model: str = "resnet18", mode: str = "speed", images: int =
                   device: str = "auto", out: str = "outputs/benchmark", reference_n: int = 4096,
                   fixed_n: int = 50, min_samples: int = 16, max_samples: int = 512, round_samples: int = 16,
                   sizes: Sequence[int] = (1000, 10000), s3_sizes: Sequence[int] = (), shard_size: int = 256,
-                  baseline: str | None = None, s3_flat: bool = False, log: Callable[[str], None] = print) -> int:
+                  baseline: str | None = None, s3_flat: bool = False, shard_sizes: Sequence[int] = (64,),
+                  log: Callable[[str], None] = print) -> int:
     """Runs one benchmark and writes ``<out>/<stem>.md`` and ``.json``; returns the exit status.
 
     Args:
@@ -33,7 +34,9 @@ def run_benchmark(*, model: str = "resnet18", mode: str = "speed", images: int =
             ``min_samples``, ``max_samples``, ``round_samples``: its policy)
             or ``scale`` (planning ``sizes`` empty local files and ``s3_sizes`` moto
             S3 keys at ``shard_size``, side by side with the checkout ``baseline``
-            if given, :mod:`sgcore.bench.scale`).
+            if given, :mod:`sgcore.bench.scale`) or ``tiny`` (the whole job against the same
+            work in one process on ``images`` random ``image_size`` px PNGs at each of
+            ``shard_sizes``, :mod:`sgcore.bench.tiny`).
         device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
 
     Raises:
@@ -50,6 +53,9 @@ def run_benchmark(*, model: str = "resnet18", mode: str = "speed", images: int =
         return _adaptive(model=model, image_size=image_size, batch=batch, reference_n=reference_n,
                          repeats=repeats, device=target, out=out, log=log, fixed_n=fixed_n,
                          min_samples=min_samples, max_samples=max_samples, round_samples=round_samples)
+    if mode == "tiny":
+        return _tiny(images=images, image_size=image_size, n_samples=n_samples, shard_sizes=shard_sizes, out=out,
+                     log=log)
     if mode == "pipeline":
         return _pipeline(images=images, n_samples=n_samples, repeats=repeats, out=out, log=log)
     if mode == "calibration":
@@ -154,6 +160,21 @@ def _scale(*, sizes: Sequence[int], s3_sizes: Sequence[int], shard_size: int, ba
     md, js = write_tables(rows, out)
     log(to_markdown(rows))
     log(f"wrote {md} and {js}")
+    return 0
+
+
+def _tiny(*, images: int, image_size: int, n_samples: int, shard_sizes: Sequence[int], out: str,
+          log: Callable[[str], None]) -> int:
+    from sgcore.bench.tiny import run_tiny, to_markdown
+
+    if any(v < 1 for v in shard_sizes) or not shard_sizes:
+        raise ConfigError(f"--shard-sizes must be >= 1; got {' '.join(map(str, shard_sizes))}")
+    rows = run_tiny(images=images, image_size=image_size, n_samples=n_samples, shard_sizes=shard_sizes)
+    folder = Path(out)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "tiny.json").write_text(json.dumps(rows, indent=2))
+    (folder / "tiny.md").write_text(to_markdown(rows))
+    log(to_markdown(rows))
     return 0
 
 
