@@ -14,3 +14,11 @@ def test_in_process_run_times_each_stage_and_writes_every_part(tmp_path):
     job = {"images_per_s": 1.0, "seconds": 12.0, "first_commit_s": 5.0, "after_first_commit_s": 7.0,
            "replica_task_s": 3.0}
     assert "| 5 |" in to_markdown([{"shard_size": 5, "in_process": one, "job": job, "ratio": 0.5}])
+
+
+def test_bad_shard_sizes_exit_2_with_one_line(capsys, tmp_path):
+    from jobs import benchmark
+
+    assert benchmark.main(["--mode", "tiny", "--shard-sizes", "0", "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--shard-sizes must be >= 1; got 0" in err[0]
