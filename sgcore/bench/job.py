@@ -56,7 +56,7 @@ def run_benchmark(*, model: str = "resnet18", mode: str = "speed", images: int =
                          repeats=repeats, device=target, out=out, log=log, noises=noises, fixed_n=fixed_n,
                          min_samples=min_samples, max_samples=max_samples, round_samples=round_samples)
     if mode == "pipeline":
-        return _pipeline(images=images, n_samples=n_samples, repeats=repeats, out=out, log=log)
+        return _pipeline(model=model, images=images, n_samples=n_samples, repeats=repeats, out=out, log=log)
     if mode == "calibration":
         if model in REAL_MODELS:
             return _real_calibration(batch=batch, reference_n=reference_n, ns=ns, auto_target=auto_target,
@@ -139,14 +139,25 @@ def model_and_images(name: str, size: int, batch: int) -> tuple[torch.nn.Module,
     return train_demo_model(TrainConfig(epochs=2, n_per_class=300)), images, "demo, trained here (2 epochs)"
 
 
-def _pipeline(*, images: int, n_samples: int, repeats: int, out: str, log: Callable[[str], None]) -> int:
+def _pipeline(*, model: str, images: int, n_samples: int, repeats: int, out: str,
+              log: Callable[[str], None]) -> int:
     from sgcore.bench.pipeline import run_pipeline_bench, to_markdown
 
-    result = run_pipeline_bench(model="demo", images=images, n_samples=n_samples, batch_size=16, repeats=repeats)
+    if model in REAL_MODELS:  # a few photographs, one shard per replica's batch
+        from sgcore.demo.photos import PHOTOS
+
+        if images > len(PHOTOS):
+            raise ConfigError(f"--images {images}: --model lite0 has {len(PHOTOS)} bundled photographs")
+        result = run_pipeline_bench(model=model, images=images, n_samples=n_samples, batch_size=images,
+                                    shard_size=images, repeats=repeats)
+    else:
+        result = run_pipeline_bench(model="demo", images=images, n_samples=n_samples, batch_size=16,
+                                    repeats=repeats)
     folder = Path(out)
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "pipeline-demo.json").write_text(json.dumps(result, indent=2))
-    (folder / "pipeline-demo.md").write_text(to_markdown(result) + "\n")
+    name = "lite0" if model in REAL_MODELS else "demo"
+    (folder / f"pipeline-{name}.json").write_text(json.dumps(result, indent=2))
+    (folder / f"pipeline-{name}.md").write_text(to_markdown(result) + "\n")
     log(to_markdown(result))
     return 0
 
