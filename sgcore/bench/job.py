@@ -298,12 +298,18 @@ def _real_calibration(*, batch: int, reference_n: int, ns: Sequence[int], auto_t
         targets = net(images).argmax(dim=1)
     t0 = time.perf_counter()
     reference = cached_reference(net, images, targets, reference_n=reference_n, model="lite0", out=out, log=log)
-    result = pooled_calibration(net, images, targets, reference=reference, ns=ns, names=names, log=log)
-    result.pop("per_map")
     folder = Path(out)
     folder.mkdir(parents=True, exist_ok=True)
     stem = f"calibration-lite0-{images.shape[0]}img-ref{reference_n}"
-    (folder / f"{stem}.json").write_text(json.dumps(result, indent=2))  # the table, before auto's run
+
+    def write(partial: dict) -> None:  # the table so far, after each photo and before auto's run
+        (folder / f"{stem}.json").write_text(json.dumps(partial, indent=2, default=str))
+        (folder / f"{stem}.md").write_text(f"{partial['images_done']} of {len(names)} photos\n\n"
+                                           + to_markdown(partial) + "\n")
+
+    result = pooled_calibration(net, images, targets, reference=reference, ns=ns, names=names, log=log,
+                                on_image=write)
+    result.pop("per_map")
     log(to_markdown(result))
     # What --n-samples auto spends to reach auto_target on the same photographs (the job's defaults).
     log(f"auto: target {auto_target}, 16..512 samples")
@@ -325,7 +331,7 @@ def _real_calibration(*, batch: int, reference_n: int, ns: Sequence[int], auto_t
         f"(mean {a['mean_n']:.0f}; {a['evaluations']} evaluations), estimates "
         f"{', '.join(f'{e:.3f}' for e in a['estimate'])}, measured vs reference "
         f"{', '.join(f'{m:.3f}' for m in a['measured'])}; {a['capped_below_target']} capped below target.")
-    (folder / f"{stem}.json").write_text(json.dumps(result, indent=2))
+    (folder / f"{stem}.json").write_text(json.dumps(result, indent=2, default=str))
     (folder / f"{stem}.md").write_text(table + "\n")
     log(table)
     log(f"wrote {folder / stem}.md and .json")

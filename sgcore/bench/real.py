@@ -117,8 +117,12 @@ def pooled_calibration(
     reduction: str = "abs_sum",
     names: Sequence[str] | None = None,
     log: Callable[[str], None] = lambda _: None,
+    on_image: Callable[[dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
     """Estimate against measured Spearman with ``reference`` and twin agreement, per ``n`` (module docstring).
+
+    ``on_image`` is called with the result so far after each image (a long run leaves its table
+    of the images done when it is stopped).
 
     Returns:
         The shape of :func:`sgcore.attribution.calibration.calibrate`'s result (``rows`` with
@@ -126,8 +130,6 @@ def pooled_calibration(
         ``points`` per map), plus per row ``flagged_seed_only`` (twin pairs that ``--compare``'s
         rule, measured < estimate − 0.06, would flag) and ``pairs``.
     """
-    from sgcore.audit.compare import DEFAULT_COMPARE_MARGIN
-
     ns = sorted(set(ns))
     top = ns[-1]
     ref_maps = reduce_channels(reference.maps, reduction)
@@ -151,6 +153,17 @@ def pooled_calibration(
                              "measured": [float(m) for m in measured], "ref_rel": float(ref_rel[i]),
                              "twin_measured": twin, "twin_estimate": floor})
         del pools
+        result = _summarize(per_n, ns, reference, log=log if i == images.shape[0] - 1 else lambda _: None)
+        if on_image is not None:
+            on_image(result)
+    return result
+
+
+def _summarize(per_n: dict[int, list[dict[str, Any]]], ns: Sequence[int], reference: SmoothGradResult, *,
+               log: Callable[[str], None]) -> dict[str, Any]:
+    from sgcore.audit.compare import DEFAULT_COMPARE_MARGIN
+
+    ref_rel = reference.reliability.double()
     rows, points = [], []
     for n in ns:
         maps = per_n[n]
@@ -179,7 +192,8 @@ def pooled_calibration(
             f"twins {row['twin_measured']:.4f}, estimated {row['twin_estimate']:.4f}, "
             f"flagged {row['flagged_seed_only']} / {row['pairs']}")
     return {"reference_n": int(reference.n_samples.max()), "noise": "gaussian", "pooled": True,
-            "reference_reliability": float(ref_rel.mean()), "rows": rows, "points": points, "per_map": per_n}
+            "reference_reliability": float(ref_rel.mean()), "rows": rows, "points": points,
+            "per_map": {n: list(v) for n, v in per_n.items()}, "images_done": len(per_n[ns[0]])}
 
 
 def to_markdown(result: dict[str, Any], model: str = "lite0") -> str:

@@ -29,7 +29,10 @@ def test_pooled_calibration_rows_and_seed_only_flags(cnn):
     x = torch.randn(3, 3, 16, 16)
     targets = torch.tensor([0, 1, 2])
     ref = smoothgrad(cnn, x, targets, n_samples=256, seeds=torch.arange(3) + 7_000_000, return_reliability=True)
-    res = pooled_calibration(cnn, x, targets, reference=ref, ns=(8, 32))
+    partial: list[int] = []
+    res = pooled_calibration(cnn, x, targets, reference=ref, ns=(8, 32),
+                             on_image=lambda r: partial.append(r["images_done"]))
+    assert partial == [1, 2, 3]  # a table after every image: a stopped run keeps the images done
     assert [r["n"] for r in res["rows"]] == [8, 32]
     for row in res["rows"]:
         assert row["maps"] == 6 and row["pairs"] == 3
