@@ -68,6 +68,7 @@ def run_benchmark(*, model: str = "resnet18", mode: str = "speed", images: int =
                          repeats=repeats, loop=loop, captum=captum)
     net, x, weights = model_and_images(model, image_size, batch)
     net, x = net.to(target), x.to(target)
+    image_size = x.shape[-1]  # lite0: the photographs at the model's own 224 px
     with torch.no_grad():
         targets = net(x).argmax(dim=1)
     setup = {"model": model, "weights": weights, "image_size": image_size, "batch": batch}

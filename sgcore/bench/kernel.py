@@ -134,7 +134,7 @@ class Report:
             for r in self.speed:
                 pct = f"{100 * r.images_per_s / r.ceiling_images_per_s:.0f}%" if r.ceiling_images_per_s else ""
                 lines.append(
-                    f"| {r.variant} | {r.images_per_s:.1f} | {_fmt(r.ceiling_images_per_s, '.1f')} | {pct} "
+                    f"| {r.variant} | {r.images_per_s:.3g} | {_fmt(r.ceiling_images_per_s, '.3g')} | {pct} "
                     f"| {_fmt(r.peak_mem_mib, '.0f')} | {_fmt(r.spearman, '.4f')} | {r.note} |"
                 )
             lines.append("")
