@@ -54,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shard-size", type=int, default=256, help="scale mode: images per shard")
     p.add_argument("--baseline", default=None,
                    help="scale mode: a checkout of another revision, whose planning runs side by side (default: none)")
-    p.add_argument("--images", type=int, default=480, help="pipeline mode: demo images")
+    p.add_argument("--images", type=int, default=480, help="pipeline mode: demo images (--model lite0: bundled photographs, at most 7)")
     p.add_argument("--image-size", type=int, default=64, help="side of the square synthetic images")
     p.add_argument("--batch", type=int, default=8, help="images per call")
     p.add_argument("--n-samples", type=int, default=16, help="SmoothGrad samples per image")
