@@ -122,9 +122,9 @@ def to_markdown(result: dict[str, Any]) -> str:
         "| variant | images/s |",
         "|---|---:|",
         f"| bare kernel (pre-decoded tensors, {result['torch_threads']} threads) | "
-        f"{result['kernel_images_per_s']:.1f} |",
-        f"| job end to end (list, decode, Ray actors, write Parquet) | {result['job_images_per_s']:.1f} |",
-        f"| job, first to last shard commit (actors up) | {result['job_steady_images_per_s']:.1f} |",
+        f"{result['kernel_images_per_s']:.3g} |",
+        f"| job end to end (list, decode, Ray actors, write Parquet) | {result['job_images_per_s']:.3g} |",
+        f"| job, first to last shard commit (actors up) | {result['job_steady_images_per_s']:.3g} |",
         f"| **ratio job / kernel, end to end** | **{result['ratio']:.2f}** |",
         f"| **ratio job / kernel, actors up** | **{result['ratio_steady']:.2f}** |",
     ])

@@ -52,7 +52,7 @@ def real():
 
 @pytest.mark.xfail(strict=True, reason="issue 29, open: at n = 16 and the same seed a last layer perturbed by its own "
                    "spread agrees 0.66-0.87 with the original against floors 0.27-0.56, so none of the 4 photos is "
-                   "flagged (docs/performance.md §17); passes once --compare detects it")
+                   "flagged, nor at n = 50 (docs/performance.md §17); passes once --compare detects it")
 def test_compare_flags_a_model_whose_last_layer_changed(real):
     model, changed, x, targets = real
     flagged = []
