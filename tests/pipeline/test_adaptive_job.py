@@ -47,6 +47,23 @@ def test_rows_record_samples_used_and_do_not_depend_on_batch_size_or_max_batch(t
             assert np.asarray(a.saliency).tobytes() == np.asarray(b.saliency).tobytes()
 
 
+def test_every_map_that_hit_its_cap_below_the_target_is_flagged_and_counted(tmp_path):
+    """capped: True where a map stopped at max_samples with its estimate below the target, False where
+    it reached the target, null for a fixed n; the shard's summary counts the capped maps."""
+    from sgcore.pipeline.worker import ShardSummary
+
+    root = tmp_path / "img"
+    write_images(root, n_per_class=2)
+    unreachable = _rows(root, n_samples=32, target_reliability=0.9999, min_samples=16, max_samples=32)
+    assert unreachable and all(r.n_samples == 32 and r.reliability < 0.9999 for r in unreachable)
+    assert all(r.capped is True for r in unreachable)
+    assert ShardSummary.of("s", unreachable).capped == len(unreachable)
+    easy = _rows(root, n_samples=32, target_reliability=0.05, min_samples=16, max_samples=32)
+    assert all(r.capped is False and r.reliability >= 0.05 for r in easy)
+    assert ShardSummary.of("s", easy).capped == 0
+    assert all(r.capped is None for r in _rows(root, n_samples=16))
+
+
 def test_policy_is_part_of_the_config_hash():
     fixed = JobConfig(input="i", output="o", n_samples=64)
     auto = JobConfig(input="i", output="o", **POLICY)

@@ -201,3 +201,14 @@ def test_manifest_writes_take_a_bounded_share_of_a_run_at_10000_shards(interval)
         assert cp.writes <= store.now / interval + 1
     # Without the bound (a write per commit) it would have written ~n/2 manifests.
     assert cp.writes < n / 100
+
+
+def test_maps_capped_below_the_target_are_counted_in_the_summary_line():
+    """--n-samples auto: maps that stopped at --max-samples below the target are counted, not silent."""
+    rec, _ = _setup()
+    rec.record(Committed(_summary("00000", 10, 0, capped=2)))
+    rec.record(Committed(_summary("00001", 10, 0, capped=1)))
+    rec.record(Committed(_summary("00002", 10, 0)))
+    assert rec.result.capped == 3
+    assert "3 maps stopped at --max-samples below --target-reliability (column capped)" in rec.result.summary()
+    assert "capped" not in JobResult(output="/out", rows=1, ok=1, shards=1).summary()
