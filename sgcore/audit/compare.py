@@ -20,8 +20,15 @@ photos at n = 16–64, where seed changes are flagged for 1 of 56 pairs,
 docs/performance.md §15). An image's maps changed *significantly* when their
 Spearman falls below that noise floor by more than a margin
 (``DEFAULT_COMPARE_MARGIN``, twice the calibration tolerance of the
-reliability estimate). Runs that share seeds share their noise, so for them
-the floor is conservative: fewer changes count.
+reliability estimate).
+
+Runs that drew the *same* noise for an image (the same per-image seed and the
+same map settings and preprocessing: ``paired``) would give byte-identical
+maps if the model had not changed (docs/design.md), so their floor is 1: any
+Spearman below ``1 - margin`` is the model's change, not noise. The
+independent-noise floor would hide it: on EfficientNet-Lite0 at n = 16 and 50
+a classifier perturbed by its own spread agreed 0.66-0.89 with the original at
+one seed, above every independent-noise floor (docs/performance.md §18).
 """
 
 from __future__ import annotations
@@ -52,6 +59,7 @@ class ImageChange:
     reliability_b: float = float("nan")
     reproducibility_a: float = float("nan")
     reproducibility_b: float = float("nan")
+    paired: bool = False
 
     @property
     def change(self) -> float:
@@ -59,7 +67,10 @@ class ImageChange:
 
     @property
     def noise_floor(self) -> float:
-        """The Spearman the two maps would have from Monte Carlo noise alone (NaN: a map has no estimate)."""
+        """The Spearman the two maps would have from Monte Carlo noise alone (NaN: a map has no estimate;
+        1 for paired maps, whose noise was the same)."""
+        if self.paired:
+            return 1.0
         return float(expected_agreement(self.reliability_a, self.reproducibility_a,
                                         self.reliability_b, self.reproducibility_b))
 
@@ -98,6 +109,8 @@ def compare_results(a: Results, b: Results) -> list[ImageChange]:
     """
     index_b = read_index(b)
     row_b = {image_id: i for i, image_id in enumerate(index_b.column("image_id").to_pylist())}
+    same_settings = _draw_settings(a) == _draw_settings(b)
+    seeds_b = _seeds(index_b)
     predicted_b = index_b.column("predicted").to_pylist()
     reliability_b, reproducibility_b = _column(index_b, "reliability"), _column(index_b, "reproducibility")
     out: list[ImageChange] = []
@@ -117,6 +130,7 @@ def compare_results(a: Results, b: Results) -> list[ImageChange]:
         labels = row_classes(meta)
         predicted = meta.column("predicted").to_pylist()
         reliability_a, reproducibility_a = _column(meta, "reliability"), _column(meta, "reproducibility")
+        seeds_a = _seeds(meta)
         for j, i in enumerate(keep):
             out.append(
                 ImageChange(
@@ -130,10 +144,30 @@ def compare_results(a: Results, b: Results) -> list[ImageChange]:
                     reliability_b=reliability_b[rows[j]],
                     reproducibility_a=reproducibility_a[i],
                     reproducibility_b=reproducibility_b[rows[j]],
+                    paired=same_settings and seeds_a[i] is not None and seeds_a[i] == seeds_b[rows[j]],
                 )
             )
     out.sort(key=lambda c: (-np.nan_to_num(c.change, nan=2.0), c.image_id))
     return out
+
+
+# What decides an image's noise draw and its map besides the model: equal in both runs (and the row's
+# seed equal), an unchanged model gives the same map byte for byte (max_batch and the place of the
+# image in its shard do not matter, docs/design.md).
+_DRAW_SETTINGS = ("n_samples", "noise_level", "noise", "aggregate", "base", "ig_steps", "precision", "reduction",
+                  "image_size", "preprocess", "target", "score", "target_reliability", "min_samples", "max_samples")
+
+
+def _draw_settings(results: Results) -> tuple:
+    config = results.config
+    return tuple(repr(config.get(key)) for key in _DRAW_SETTINGS) + (repr(results.manifest.preprocess),)
+
+
+def _seeds(table: pa.Table) -> list[int | None]:
+    """Each row's noise seed (None where the output has none)."""
+    if "seed" not in table.column_names:
+        return [None] * len(table)
+    return table.column("seed").to_pylist()
 
 
 def _column(table: pa.Table, name: str) -> list[float]:

@@ -14,11 +14,12 @@ import pytest
 import torch
 
 from sgcore.audit import AuditConfig, MapSettings, convergence, run_audit
-from sgcore.audit.compare import ImageChange
+from sgcore.audit.compare import ImageChange, compare_results
 from sgcore.audit.reliability import figures_at_risk, reliability_summary
 from sgcore.audit.results import load_images
 from sgcore.errors import ConfigError
 from sgcore.models import load_model
+from sgcore.results import open_results_dir
 from tests.audit.job_output import write_results
 
 
@@ -142,6 +143,19 @@ def test_the_audit_reports_the_runs_reliability_and_judges_changes_against_noise
     print("trained vs untrained:", other["spearman"], other["noise_floor"], other["significant"])
     assert other["significant_share"] >= 0.8
     assert json.loads((tmp_path / "random" / "summary.json").read_text())["compare"]["significant"] == other["significant"]
+
+
+def test_runs_that_drew_the_same_noise_are_compared_paired(runs_at_32: tuple[Path, Path, Path]) -> None:
+    """Same seed and settings: the noise is the same, so an unchanged model's maps are identical (none
+    flagged) and every change is the model's (floor 1); other seeds stay judged against noise."""
+    results, other_seed, untrained = runs_at_32
+    itself = compare_results(open_results_dir(str(results)), open_results_dir(str(results)))
+    assert len(itself) == 24 and all(c.paired and c.noise_floor == 1.0 and c.significant() is False for c in itself)
+    untrained_rows = compare_results(open_results_dir(str(results)), open_results_dir(str(untrained)))
+    assert all(c.paired for c in untrained_rows)
+    assert sum(bool(c.significant()) for c in untrained_rows) >= 0.9 * len(untrained_rows)
+    seeds = compare_results(open_results_dir(str(results)), open_results_dir(str(other_seed)))
+    assert not any(c.paired for c in seeds) and all(c.noise_floor < 1.0 for c in seeds)
 
 
 def test_bad_threshold_and_margin_are_refused() -> None:
