@@ -111,3 +111,28 @@ def test_only_the_replica_prepares_a_network_for_maps():
     found = {str(p.relative_to(ROOT)): sorted(_calls(p) & holders) for p in ROOT.rglob("*.py")
              if "bench" not in p.parts and "models" not in p.parts}
     assert {p: c for p, c in found.items() if c} == {"pipeline/replica.py": sorted(holders)}
+
+
+def _plan(cpus: float, gpus: float = 0.0, **kw):
+    from sgcore.pipeline.cluster import plan_actors
+
+    args = dict(gpus_per_actor=1.0 if gpus else 0.0, cpus_per_actor=1.0, num_actors=None, min_actors=None,
+                max_actors=None, num_shards=64)
+    return plan_actors({"CPU": cpus, "GPU": gpus}, **(args | kw))
+
+
+def test_a_cpu_replica_leaves_a_core_to_the_decode_tasks():
+    """On a 2-core node the job's replica ran 2 torch threads beside the decode tasks and the driver:
+    OpenMP spin-waiting made it cost twice the CPU of 1 thread for the same maps (and more than the
+    Ray Data stage). The replicas now share the CPUs less the decode core."""
+    from sgcore.pipeline.actors import replica_threads
+
+    plan = _plan(2.0)
+    assert (plan.initial_actors, plan.num_cpus, plan.decode_num_cpus) == (1, 1.0, 1.0)
+    assert replica_threads(plan, 2.0) == 1  # was 2: every CPU of the node
+    assert replica_threads(_plan(16.0, num_actors=1), 16.0) == 15  # one replica still takes the rest
+    assert replica_threads(_plan(16.0), 16.0) == 1  # fifteen replicas, one core each
+    assert replica_threads(_plan(8.0, num_actors=2), 8.0) == 3
+    assert replica_threads(_plan(1.0), 1.0) == 1  # no spare core: the replica shares it
+    assert replica_threads(_plan(8.0, cpus_per_actor=4.0, num_actors=1), 8.0) == 7
+    assert replica_threads(_plan(8.0, gpus=1.0), 8.0) is None  # a GPU replica keeps torch's default
