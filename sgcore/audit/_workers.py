@@ -33,7 +33,7 @@ class WorkerSpec:
     """What a worker needs to rebuild the model and the settings.
 
     ``use_gpu``: run on CUDA when torch sees a GPU (the job's rule, see
-    :func:`sgcore.pipeline.worker.pick_device`); otherwise on the CPU, even
+    :func:`sgcore.pipeline.replica.pick_device`); otherwise on the CPU, even
     on a machine with a GPU, since no GPU was asked for.
     """
 
