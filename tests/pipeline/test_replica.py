@@ -41,6 +41,7 @@ def test_the_jobs_actor_holds_a_replica(built, monkeypatch, threads):
     from sgcore.pipeline import actors
 
     monkeypatch.setattr(actors, "actor_threads", lambda use_gpu, cpu_threads=None: 1)  # no Ray here
+    monkeypatch.setattr(actors, "set_default_policy", lambda policy: policy)  # this process's stays
     actor = actors.SaliencyActor(JobConfig(input="-", output="-", model="demo"), use_gpu=False)
     assert [r.threads for r in built] == [1] and torch.get_num_threads() == 1
     assert actor.processor.replica is built[0]
