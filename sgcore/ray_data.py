@@ -23,8 +23,9 @@ settings, because it runs the job's own code: the input layout's batch reader
 them, ids, labels, by the rules and functions of the layout the job reads),
 the decoder of :mod:`sgcore.io.decode`, the model's
 :class:`~sgcore.models.Preprocess`, and the job's
-:class:`~sgcore.pipeline.worker.ShardProcessor` (a replica prepared once per
-actor: BatchNorm folded, channels_last, precision, compile). Ids are formed as
+:class:`~sgcore.pipeline.worker.ShardProcessor` (its model a
+:class:`~sgcore.pipeline.replica.Replica` prepared once per actor: BatchNorm
+folded, channels_last, precision, compile). Ids are formed as
 the job forms them relative to its ``--input`` (``root``), so the per-image
 seeds match too. What the job adds on top (exactly-once parts, resume, the
 manifest, the audit) stays with the job.
@@ -162,7 +163,7 @@ class SmoothGradMaps:
     """
 
     def __init__(self, **settings: Any):
-        from sgcore.pipeline.actors import set_cpu_threads
+        from sgcore.pipeline.actors import actor_threads
         from sgcore.pipeline.worker import ShardProcessor, pick_device
 
         try:  # the driver checked already (see check_stage); this is for another Ray
@@ -173,9 +174,9 @@ class SmoothGradMaps:
         self.keep_columns = tuple(settings.get("keep_columns", ()))
         in_worker = _in_ray_worker()
         use_gpu = in_worker and len(ray.get_gpu_ids()) > 0
-        if in_worker:  # a replica's threads as the job sets them; a direct call keeps torch's
-            set_cpu_threads(use_gpu)
-        self.processor = ShardProcessor(self.config, device=pick_device(use_gpu))
+        # A replica's threads as the job sets them; a direct call keeps torch's.
+        threads = actor_threads(use_gpu) if in_worker else None
+        self.processor = ShardProcessor(self.config, device=pick_device(use_gpu), threads=threads)
         self.preprocess = self.processor.loaded.preprocess
         cfg = self.config
         self.options = BatchOptions(root=self.root, image_column=cfg.image_column,

@@ -1,7 +1,7 @@
 """The heavy part of an audit: recomputing maps and perturbing images.
 
-One :class:`AuditWorker` holds a model replica, prepared as the job's
-replicas are (:func:`~sgcore.pipeline.worker.prepare_network`); the runner drives
+One :class:`AuditWorker` holds a model :class:`~sgcore.pipeline.replica.Replica`,
+the job's own; the runner drives
 several of them on the pipeline's :class:`~sgcore.pipeline.pool.ReplicaPool`
 (sized by ``plan_actors``, chunks of a dead replica retried elsewhere), or one
 in-process. Every result depends only on the chunk's images, their seeds and
@@ -23,11 +23,9 @@ from sgcore.audit.faithfulness import deletion_insertion
 from sgcore.audit.results import load_images
 from sgcore.audit.sanity import MapSettings, cascading_randomization
 from sgcore.errors import InputError
-from sgcore.models import load_model, with_score
-from sgcore.models.outputs import map_network
 from sgcore.models.preprocess import Preprocess
 from sgcore.pipeline.pool import ItemFailed
-from sgcore.pipeline.worker import pick_device, prepare_network
+from sgcore.pipeline.replica import Replica, pick_device
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -35,7 +33,7 @@ class WorkerSpec:
     """What a worker needs to rebuild the model and the settings.
 
     ``use_gpu``: run on CUDA when torch sees a GPU (the job's rule, see
-    :func:`sgcore.pipeline.worker.pick_device`); otherwise on the CPU, even
+    :func:`sgcore.pipeline.replica.pick_device`); otherwise on the CPU, even
     on a machine with a GPU, since no GPU was asked for.
     """
 
@@ -72,21 +70,22 @@ class AuditWorker:
     def __init__(self, spec: WorkerSpec) -> None:
         self.spec = spec
         # The job's resolved preprocessing, given whole, also feeds an archive that had
-        # only --preprocess; the maps differentiate the job's --score.
-        loaded = load_model(spec.model, spec.weights, image_size=spec.image_size,
-                            storage_options=spec.storage_options, preprocess=spec.preprocess)
-        self.device = pick_device(spec.use_gpu)
+        # only --preprocess; the maps differentiate the job's --score. Where nothing
+        # folds, one warning per worker.
+        self.replica = Replica(spec.model, spec.weights, image_size=spec.image_size,
+                               storage_options=spec.storage_options, preprocess=spec.preprocess,
+                               score=spec.score, fold_bn=spec.fold_bn, device=pick_device(spec.use_gpu),
+                               quiet=False)
+        self.device = self.replica.device
         # The cascade randomizes the plain model and prepares each step; the rest runs prepared.
-        self.model = with_score(loaded.model.to(self.device).eval(), spec.score)
-        self._input = loaded.preprocess
-        self.prepared = self._prepare(self.model, quiet=False)  # where nothing folds, one warning per worker
+        self.model = self.replica.plain
+        self.prepared = self.replica.explained
         self.preprocess = Preprocess.from_dict(spec.preprocess)
         self.on_step: Callable[[int, int], None] | None = None
 
     def _prepare(self, model: torch.nn.Module, *, quiet: bool = True) -> torch.nn.Module:
         """As the job's replicas: the network inside the score/logits wrappers is prepared, then wrapped again."""
-        return map_network(model, lambda net: prepare_network(net, self._input, self.device,
-                                                              fold_bn=self.spec.fold_bn, quiet=quiet))
+        return self.replica.prepare(model, quiet=quiet)
 
     def evaluate(self, chunk: Chunk) -> dict[str, Any]:
         spec = self.spec

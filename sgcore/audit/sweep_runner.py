@@ -31,7 +31,8 @@ from sgcore.audit.sweep import (
 )
 from sgcore.errors import ConfigError
 from sgcore.io import join, plan_shards
-from sgcore.models import check_base, load_model, with_score
+from sgcore.models import check_base
+from sgcore.pipeline.replica import Replica
 from sgcore.results import open_results_dir, read_index, row_classes
 from sgcore.seeds import image_seed
 
@@ -121,14 +122,15 @@ def run_sweep(config: SweepConfig, *, log: Any = print) -> dict[str, Any]:
     if picked.results is not None:
         check_model_files(picked.results, model_name, weights, config.storage_options, what="the sweep")
     noise = settings.noise_level
-    # As the audit does: the run's resolved preprocessing, given whole, and the run's --score,
-    # so the cell at the run's settings holds the run's own maps.
-    loaded = load_model(model_name, weights, image_size=picked.image_size, storage_options=config.storage_options,
-                        preprocess=picked.preprocess)
-    preprocess = loaded.preprocess
+    # As the audit does: the job's replica, with the run's resolved preprocessing, given whole, and the
+    # run's --score and preparation, so the cell at the run's settings holds the run's own maps.
+    replica = Replica(model_name, weights, image_size=picked.image_size, storage_options=config.storage_options,
+                      preprocess=picked.preprocess, score=picked.job.get("score") or "logit",
+                      fold_bn=picked.job.get("fold_bn", True))
+    preprocess = replica.preprocess
     pixels = load_images(picked.sources, preprocess, config.storage_options, image_column=picked.job.get("image_column"))
-    x = preprocess.normalize(torch.from_numpy(pixels))
-    model = with_score(loaded.model, picked.job.get("score") or "logit")
+    x = replica.inputs(torch.from_numpy(pixels))
+    model = replica.explained
     if targets is None:
         with torch.no_grad():
             targets = model(x).argmax(dim=1).tolist()

@@ -20,17 +20,42 @@ from sgcore.io import (
     storage_policy,
 )
 from sgcore.pipeline._faults import maybe_inject
+from sgcore.pipeline.cluster import ActorPlan
 from sgcore.pipeline.worker import ShardProcessor, ShardSummary, check_owner, pick_device
 
 
+def replica_threads(plan: ActorPlan, cpus: float) -> int | None:
+    """Torch threads of each CPU replica of ``plan`` on a cluster of ``cpus`` CPUs (None on GPUs).
+
+    The replicas share the CPUs less one core for the decode tasks (when the
+    plan leaves one spare), and each has at least its own reservation. Granting
+    the replicas the decode core as well (``cpus // actors``, as before) puts
+    more runnable threads than cores on the node whenever a decode task or the
+    driver runs; OpenMP's threads then spin at every barrier waiting for a
+    partner that lost its core: on a 2-core node the replica used 35.5
+    CPU-seconds with 2 threads against 16.2 with 1 for the same 240 maps, and
+    the Ray Data stage 18.5 (docs/performance.md, section 17).
+    """
+    if plan.use_gpu:
+        return None
+    decode = min(1.0, max(0.0, cpus - plan.initial_actors * plan.num_cpus))
+    return max(1, int(round(plan.num_cpus)), int((cpus - decode) // max(1, plan.initial_actors)))
+
+
+def actor_threads(use_gpu: bool, cpu_threads: int | None = None) -> int | None:
+    """A replica actor's torch threads: ``cpu_threads`` (:func:`replica_threads`, from the driver), else the
+    actor's CPU reservation (the Ray Data stage's rule; decoding runs inside it); None on a GPU."""
+    if use_gpu and torch.cuda.is_available():
+        return None
+    cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1.0)
+    return max(1, cpu_threads or int(round(cpus)))
+
+
 def set_cpu_threads(use_gpu: bool, cpu_threads: int | None = None) -> None:
-    """A CPU replica's torch threads: ``cpu_threads``, else the actor's CPU reservation."""
-    if not use_gpu or not torch.cuda.is_available():
-        # Ray pins OMP threads to the actor's CPU reservation; on the CPU the
-        # model is the bottleneck and decoding is light, so the driver may
-        # grant the replica the CPUs kept for decoding as well.
-        cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1.0)
-        torch.set_num_threads(max(1, cpu_threads or int(round(cpus))))
+    """Sets :func:`actor_threads` in this process (a pool's worker that does not set them itself)."""
+    threads = actor_threads(use_gpu, cpu_threads)
+    if threads is not None:
+        torch.set_num_threads(threads)
 
 
 class SaliencyActor:
@@ -41,14 +66,14 @@ class SaliencyActor:
         self.driver = driver  # (node id, pid) of the driver: commit only while it runs
         self.fence = fence  # the driver's lease fence: commit only while its run holds the output
         self.tally = tally  # a ProgressTally actor: images done, batch by batch
-        set_cpu_threads(use_gpu, cpu_threads)
         set_default_policy(storage_policy(config.storage_retry_s))
         # Bad settings (weights of another architecture, say) come back to the
         # driver as the error of the first task, which stops the job with this
         # message; an actor dying in __init__ would print its traceback first.
         self.setup_error: ConfigError | InputError | None = None
         try:
-            self.processor = ShardProcessor(config, device=pick_device(use_gpu))
+            self.processor = ShardProcessor(config, device=pick_device(use_gpu),
+                                            threads=actor_threads(use_gpu, cpu_threads))
         except (ConfigError, InputError) as e:
             self.setup_error = e
 

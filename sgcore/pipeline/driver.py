@@ -63,7 +63,7 @@ from sgcore.models import (
 )
 from sgcore.models.checkpoint import read_once
 from sgcore.pipeline._faults import parse_faults
-from sgcore.pipeline.actors import remote_actor, remote_decode, remote_tally
+from sgcore.pipeline.actors import remote_actor, remote_decode, remote_tally, replica_threads
 from sgcore.pipeline.cluster import (
     connect_ray,
     node_resources,
@@ -391,9 +391,8 @@ class _Scheduler:
         self.plan = plan_for_config(config, ray.cluster_resources(), num_shards=len(todo),
                                     nodes=node_resources())
         log.info("actor pool: %s", self.plan.describe())
-        # CPU replicas share each node's cores, the decoding spare included.
-        cpus = ray.cluster_resources().get("CPU", 1.0)
-        self.cpu_threads = None if self.plan.use_gpu else max(1, int(cpus // self.plan.initial_actors))
+        # CPU replicas share each node's cores, one kept for decoding (actors.replica_threads).
+        self.cpu_threads = replica_threads(self.plan, ray.cluster_resources().get("CPU", 1.0))
         # On an autoscaling cluster, ask for the nodes max_actors needs.
         self.requested_capacity = request_capacity(self.plan)
         self.tally = remote_tally.remote()

@@ -1,7 +1,8 @@
 """What one model replica does with one decoded shard (no Ray in here).
 
-The Ray actor in :mod:`sgcore.pipeline.actors` wraps :class:`ShardProcessor`;
-tests and the audit use it directly.
+The Ray actor in :mod:`sgcore.pipeline.actors` and the Ray Data stage
+(:mod:`sgcore.ray_data`) wrap :class:`ShardProcessor`, which holds the model as a
+:class:`~sgcore.pipeline.replica.Replica`; tests use it directly.
 """
 
 from __future__ import annotations
@@ -16,8 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from sgcore.attribution import prepare_model, reduce_channels, smoothgrad
-from sgcore.attribution.adaptive import smoothgrad_adaptive
+from sgcore.attribution import reduce_channels
 from sgcore.attribution.prepare import try_fold_batchnorm
 from sgcore.config import JobConfig
 from sgcore.errors import ConfigError, ModelError
@@ -31,38 +31,33 @@ from sgcore.io import (
     write_bytes,
 )
 from sgcore.io.output import commit_record, part_footer
-from sgcore.models import LoadedModel, Preprocess, check_base, load_model, with_score
+from sgcore.models import LoadedModel, Preprocess, check_base, load_model
+from sgcore.pipeline.replica import Replica, example_batch, pick_device, prepare_network  # noqa: F401 - re-exported
 from sgcore.redact import redact_text, redact_url
 from sgcore.seeds import image_seed
 
 METHOD_NAMES = {"mean": "smoothgrad", "square": "smoothgrad_sq", "var": "vargrad"}
 
 
-def pick_device(want_gpu: bool) -> torch.device:
-    """CUDA when a GPU was assigned and torch sees one; the CPU otherwise."""
-    if want_gpu and torch.cuda.is_available():
-        return torch.device("cuda")
-    return torch.device("cpu")
-
-
 class ShardProcessor:
-    """Holds one model replica; turns a decoded shard into result rows."""
+    """Holds one model :class:`~sgcore.pipeline.replica.Replica`; turns a decoded shard into result rows.
+
+    Args:
+        device: where the replica runs (default: the CPU).
+        threads: torch's intra-op threads for a CPU replica (None: as they are).
+        loaded: a model already loaded, used instead of loading it again.
+    """
 
     def __init__(self, config: JobConfig, *, device: torch.device | None = None,
-                 loaded: LoadedModel | None = None):
+                 loaded: LoadedModel | None = None, threads: int | None = None):
         self.config = config
-        self.device = device or torch.device("cpu")
-        self.loaded = loaded or load_model(
-            config.model,
-            config.weights,
-            image_size=config.image_size,
-            storage_options=config.storage_options,
-            preprocess=config.preprocess,
-        )
+        self.replica = Replica.for_job(config, device=device, threads=threads, loaded=loaded)
         check_base(config.model, config.base)
-        self.model = _prepare(self.loaded, config, self.device)
+        self.device = self.replica.device
+        self.loaded = self.replica.loaded
+        self.model = self.replica.model  # the prepared network's logits: predictions
         # What the kernel differentiates: the logits, or their (log-)softmax (--score).
-        self.explained = with_score(self.model, config.score)
+        self.explained = self.replica.explained
         self.categories = self.loaded.categories
         self._index = {name: i for i, name in enumerate(self.categories or [])}
         self.fixed_target = class_target(config.target, self.categories, self.loaded.num_classes)
@@ -118,7 +113,7 @@ class ShardProcessor:
         cfg = self.config
         idx = [decoded.records[i].index for i in chunk]
         pixels = torch.from_numpy(np.ascontiguousarray(decoded.images[idx]))
-        x = self.loaded.preprocess.normalize(pixels).to(self.device)
+        x = self.replica.inputs(pixels)
         with torch.no_grad(), _model_errors(self.config, x):
             probs = torch.softmax(self.model(x).float(), dim=1)
         predicted = probs.argmax(dim=1)
@@ -154,13 +149,13 @@ class ShardProcessor:
         target_t = torch.tensor(targets, dtype=torch.int64, device=self.device)
         with _model_errors(self.config, x):
             if cfg.target_reliability is None:
-                result = smoothgrad(self.explained, x, target_t, seeds=seeds, **cfg.kernel_arguments(),
-                                    return_reliability=True, reliability_reduction=cfg.reduction)
+                result = self.replica.explain(x, target_t, seeds=seeds, **cfg.kernel_arguments(),
+                                              return_reliability=True, reliability_reduction=cfg.reduction)
             else:
                 kw = {k: v for k, v in cfg.kernel_arguments().items() if k not in ("n_samples", "ig_steps")}
                 done = _Batches(cfg.batch_size, on_batch)
-                result = smoothgrad_adaptive(
-                    self.explained, x, target_t, seeds=seeds, target_reliability=cfg.target_reliability,
+                result = self.replica.explain_adaptive(
+                    x, target_t, seeds=seeds, target_reliability=cfg.target_reliability,
                     min_samples=cfg.min_samples, max_samples=cfg.max_samples,
                     reliability_reduction=cfg.reduction, on_done=done.add, **kw)
                 done.flush()
@@ -438,39 +433,8 @@ def check_owner(config: JobConfig, shard_id: str, fence: Any) -> None:
 
 
 def _prepare(loaded: LoadedModel, config: JobConfig, device: torch.device) -> torch.nn.Module:
-    """Once per replica: on the device (eval mode since load_model), BatchNorm folded, channels_last; then wrapped
-    to return the logits (folding needs the network itself: torch.fx cannot trace the wrapper).
-
-    Quiet: where nothing can be folded the driver said so once (:func:`unfolded_note`).
-    """
-    return loaded.wrap(prepare_network(loaded.network, loaded.preprocess, device, fold_bn=config.fold_bn,
-                                       compile=config.compile))
-
-
-def prepare_network(network: torch.nn.Module, pre: Preprocess, device: torch.device, *, fold_bn: bool,
-                    compile: bool = False, quiet: bool = True) -> torch.nn.Module:
-    """:func:`~sgcore.attribution.prepare_model` of a model's network (not its logits wrapper) on ``device``,
-    with a fixed example batch of its input size, so that models fx cannot trace (or timm's BatchNormAct)
-    fold from an observed forward; wrap the result afterwards (the job's replicas and the audit's do)."""
-    return prepare_model(_eval_mode(network.to(device)), fold_bn=fold_bn, compile=compile, example=_example(pre, device),
-                         quiet=quiet)
-
-
-def _eval_mode(network: torch.nn.Module) -> torch.nn.Module:
-    """eval() as every replica did before (a network swapped in after loading may be in training mode);
-    an exported program's module refuses eval(), so its flags are cleared directly, as load_model does."""
-    try:
-        return network.eval()
-    except NotImplementedError:
-        for module in network.modules():
-            module.training = False
-        return network
-
-
-def _example(pre: Preprocess, device: torch.device) -> torch.Tensor:
-    """A fixed random batch of the model's input size (folding checks its outputs on it)."""
-    gen = torch.Generator().manual_seed(0)
-    return torch.randn(2, pre.channels, *pre.map_shape, generator=gen).to(device)
+    """The prepared logits model of a job's replica on ``device`` (:class:`~sgcore.pipeline.replica.Replica`)."""
+    return Replica(loaded.name, loaded=loaded, fold_bn=config.fold_bn, compile=config.compile, device=device).model
 
 
 def unfolded_note(config: JobConfig, loaded: LoadedModel) -> str | None:
@@ -478,7 +442,7 @@ def unfolded_note(config: JobConfig, loaded: LoadedModel) -> str | None:
     when ``--no-fold-bn``): the driver prints it once instead of every replica warning."""
     if not config.fold_bn:
         return None
-    _, why = try_fold_batchnorm(loaded.network, _example(loaded.preprocess, torch.device("cpu")))
+    _, why = try_fold_batchnorm(loaded.network, example_batch(loaded.preprocess, torch.device("cpu")))
     if why is None:
         return None
     return (f"[sgcore] --model {redact_text(config.model)}: BatchNorm not folded ({why}); "
