@@ -79,9 +79,15 @@ def test_plan_then_progress_with_eta(random_audit: tuple[dict, Path, list[str]])
     assert "sanity: 4 images x 8 map sets (7 layers + the model as given) x n=2 samples" in text
     assert "faithfulness: 4 images x 4 curves x 5 points" in text
     assert "about 144 forward(+backward) passes" in text  # 4*8*2 + 4*4*5
+    # The plan comes before any work, with an estimate in time from a probe of the model here.
+    assert re.search(r"estimated \S+ of model work on one replica \(probe on cpu: one image's map [\d.]+s", text)
+    first_pass = next(i for i, line in enumerate(lines) if line.startswith("audit: one pass over "))
+    assert plan[0] < first_pass
     heavy = [line for line in lines[plan[0]:] if line.startswith("audit: sanity/faithfulness ")]
-    assert heavy and re.search(r"2/2 chunks \| \S+ elapsed \| ETA 0s$", heavy[-1])
-    assert any(re.search(r"per-class view 1/\d+ parts \| .* ETA", line) for line in lines)
+    assert heavy and re.search(r"4/4 images \| \S+ elapsed \| ETA 0s$", heavy[-1])
+    # Progress counts images (and, within a chunk, map sets), with an ETA from the plan until one is done.
+    assert re.search(r"0/4 images, map set \d/8 of the next 2 image\(s\) \| .* ETA ~\S+ \(plan\)$", heavy[0])
+    assert any(re.search(r"pass over the parts 1/\d+ parts \| .* ETA", line) for line in lines)
 
 
 def test_accuracy_and_confusion_beside_the_per_class_view(random_audit: tuple[dict, Path, list[str]]) -> None:
@@ -96,10 +102,29 @@ def test_accuracy_and_confusion_beside_the_per_class_view(random_audit: tuple[di
     assert "<th>accuracy</th>" in classes and "Confusion table" in classes
 
 
-def test_quick_changes_only_what_was_left_at_its_default() -> None:
+def test_quick_changes_only_what_was_not_given() -> None:
     quick = AuditConfig(results="r", report="o", quick=True, steps=16).effective()
     assert (quick.sample, quick.n_samples, quick.steps, quick.examples) == (4, 4, 16, 1)
     assert AuditConfig(results="r", report="o").effective().sample == 64
+    # A value given on purpose stays, even when it equals the default.
+    given = AuditConfig(results="r", report="o", quick=True, sample=64, steps=32)
+    assert (given.sample, given.steps, given.n_samples) == (64, 32, 4)
+
+
+def test_the_cli_takes_its_defaults_from_the_config() -> None:
+    from jobs.audit import build_parser
+    from sgcore.audit.config import DEFAULTS, QUICK
+    from sgcore.cli import config_from_args
+
+    parser = build_parser()
+    assert config_from_args(AuditConfig, parser.parse_args(["--quick", "--sample", "64"])).sample == 64
+    assert config_from_args(AuditConfig, parser.parse_args(["--quick"])).sample == QUICK["sample"]
+    assert config_from_args(AuditConfig, parser.parse_args([])).sample == DEFAULTS["sample"]
+    text = " ".join(parser.format_help().split())
+    assert f"(default: {DEFAULTS['steps']}; --quick: {QUICK['steps']})" in text
+    for action in parser._actions:  # the fields --quick changes are left to the config
+        if action.dest in QUICK:
+            assert action.default is None, action.dest
 
 
 def test_faithfulness_axes_fit_the_probabilities() -> None:
