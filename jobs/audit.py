@@ -68,7 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"pixels of slack in the pointing game {default('pointing_tolerance')}")
     c.add_argument("--quick", action="store_true", default=None,
                    help="a cheap first look: " + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in QUICK.items())
-                        + " where not given")
+                        + " where not given, in this process unless --num-actors or --address is given")
     c.add_argument("--chunk-size", type=int,
                    help=f"images per work item of the heavy checks (the unit of retry and resume) {default('chunk_size')}")
     c.add_argument("--max-retries", type=int,

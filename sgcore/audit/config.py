@@ -60,7 +60,9 @@ class AuditConfig:
         pointing_tolerance: pixels of slack in the pointing game.
         chunk_size: images per work item on the replica pool (the unit of
             retry and resume).
-        quick: a cheap first look: the :data:`QUICK` values of the fields not given.
+        quick: a cheap first look: the :data:`QUICK` values of the fields not
+            given, in this process (``num_actors`` 0) unless ``num_actors`` or
+            ``address`` is given.
         max_retries: attempts after the first for a chunk whose replica died.
         num_actors: Ray actors (None: one per CPU); 0 runs in this process, without Ray.
         gpus_per_actor: GPUs each actor reserves. The maps are recomputed on
@@ -121,6 +123,9 @@ class AuditConfig:
         for name, value in chosen.items():
             if getattr(self, name) is None:
                 object.__setattr__(self, name, value)
+        if self.quick and self.num_actors is None and self.address is None:
+            # A first look runs in this process: no Ray to start, and the plan's probe replica does the work.
+            object.__setattr__(self, "num_actors", 0)
         for name in ("results", "report"):
             value = getattr(self, name)
             if not isinstance(value, str) or not value.strip():

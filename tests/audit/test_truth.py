@@ -160,3 +160,33 @@ def test_ctrl_c_keeps_finished_chunks_and_a_rerun_resumes(demo_results: Path, tm
     for a, b in zip(resumed["sanity"], fresh["sanity"], strict=True):
         assert a["spearman_abs"] == pytest.approx(b["spearman_abs"], abs=1e-9)
     assert resumed["faithfulness"]["deletion_auc"] == pytest.approx(fresh["faithfulness"]["deletion_auc"], abs=1e-9)
+
+
+def test_sigterm_keeps_finished_chunks_in_one_line(demo_results: Path, tmp_path: Path) -> None:
+    """A scheduler's SIGTERM mid-audit: finished chunks stay in _partial, one line says so, exit 128 + 15."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    report = tmp_path / "r"
+    args = [sys.executable, "-m", "jobs.audit", "--results", str(demo_results), "--report", str(report),
+            "--num-actors", "0", "--sample", "6", "--n-samples", "2", "--steps", "2", "--chunk-size", "1",
+            "--no-strategies", "--no-localization"]
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONPATH": os.getcwd()})
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and proc.poll() is None:
+        if (report / "_partial").exists() and any((report / "_partial").iterdir()):
+            break
+        time.sleep(0.2)
+    assert proc.poll() is None, proc.communicate()
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM, (out, err)
+    said = [line for line in (out + err).splitlines() if "stopped" in line]
+    assert len(said) == 1 and re.search(r"audit: stopped by SIGTERM; \d of 6 chunk\(s\) of the heavy checks are "
+                                        r"kept \(\d of 6 images\) in .*_partial: rerun the same command", said[0])
+    assert "Traceback" not in err and err.strip() == "", err
+    assert not (report / "index.html").exists() and len(list((report / "_partial").iterdir())) >= 1
