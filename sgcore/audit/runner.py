@@ -278,17 +278,17 @@ def run_audit(
     rerun with the same settings resumes from them.
     """
     t0 = time.perf_counter()
-    plan = plan_audit(config, log=log)
-    log("audit plan: " + plan.line())
     on_ray = not _in_process(config) and (config.heavy or config.strategies)
     owns_ray = False
-    previous = None
+    previous = _on_sigterm()
     try:
+        plan = plan_audit(config, log=log)
+        log("audit plan: " + plan.line())
         if on_ray:
             from sgcore.pipeline.cluster import connect_ray
 
             owns_ray = connect_ray(config.address)
-        previous = _on_sigterm()  # after Ray starts: it installs a handler of its own
+            _on_sigterm()  # again: Ray installs a handler of its own (a C++ stack dump)
         return _run(plan, t0, log=log, on_chunk=on_chunk, on_ray=on_ray)
     finally:
         if previous is not None:
