@@ -51,6 +51,7 @@ from sgcore.errors import InputError, Stopped
 from sgcore.io import join, url_to_fs
 from sgcore.pipeline.pool import ItemFailed
 from sgcore.pipeline.progress import format_duration
+from sgcore.redact import redact_text
 from sgcore.results import Results, open_results_dir, read_maps
 
 __all__ = ["QUICK", "AuditConfig", "AuditPlan", "plan_audit", "run_audit"]
@@ -214,7 +215,7 @@ def plan_audit(config: AuditConfig, *, log: Callable[[str], None] = print) -> Au
             cascade=config.cascade,
             storage_options=config.storage_options,
         )
-        log(f"audit: loading {model} here to time it (the plan's estimate)")
+        log(f"audit: loading {redact_text(model)} here to time it (the plan's estimate)")
         worker, probe = _probe(spec, config)
     return AuditPlan(config=config, results=results, model=model, weights=weights,
                      random_weights=str(weights).lower() == "none", settings=settings,
