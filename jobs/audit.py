@@ -66,7 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default: masks)")
     c.add_argument("--pointing-tolerance", type=int,
                    help=f"pixels of slack in the pointing game {default('pointing_tolerance')}")
-    c.add_argument("--quick", action="store_true", default=None,
+    c.add_argument("--quick", action="store_true",
                    help="a cheap first look: " + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in QUICK.items())
                         + " where not given, in this process unless --num-actors or --address is given")
     c.add_argument("--chunk-size", type=int,
