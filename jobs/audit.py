@@ -48,6 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--no-faithfulness", dest="faithfulness", action="store_false",
                    help="skip the deletion/insertion faithfulness curves (costly: about 4 x (steps + 1) "
                         "forward passes per sample image, by saliency and at random)")
+    c.add_argument("--road-pic", action=argparse.BooleanOptionalAction,
+                   help="with faithfulness, ROAD and PIC too (costly on a CPU: PIC rebuilds each image by "
+                        f"interpolation at 15 thresholds) {default('road_pic')}")
     c.add_argument("--no-localization", dest="localization", action="store_false",
                    help="skip the saliency-inside-the-object scores (cheap: reads the stored maps and masks)")
     c.add_argument("--sample", type=int, help=f"images for the sanity and faithfulness checks {default('sample')}")

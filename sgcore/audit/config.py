@@ -21,8 +21,8 @@ CASCADES: tuple[str, ...] = get_args(Cascade)
 # The fields --quick changes, their values without it and with it. A field the user gave keeps
 # its value either way (the field is None until the config resolves it, so a given value that
 # happens to equal the default is still the user's).
-DEFAULTS: dict[str, Any] = {"sample": 64, "n_samples": None, "steps": 32, "examples": 3}
-QUICK: dict[str, Any] = {"sample": 4, "n_samples": 4, "steps": 8, "examples": 1}
+DEFAULTS: dict[str, Any] = {"sample": 64, "n_samples": None, "steps": 32, "examples": 3, "road_pic": True}
+QUICK: dict[str, Any] = {"sample": 4, "n_samples": 4, "steps": 8, "examples": 1, "road_pic": False}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -50,6 +50,9 @@ class AuditConfig:
             with ``quick`` 8).
         examples: most/least concentrated examples shown per class (None: 3,
             with ``quick`` 1).
+        road_pic: with ``faithfulness``, ROAD and PIC too (None: yes, with
+            ``quick`` no: PIC's image interpolation is the costliest CPU work
+            of a chunk, more than its model passes).
         cascade: what the sanity cascade randomizes per step: ``"layer"``
             each weight layer, ``"block"`` each top-level stage (timm's
             ``blocks.N``, torchvision's ``layerN``, ``features.N``; the
@@ -95,6 +98,7 @@ class AuditConfig:
     sample: int | None = None
     sanity: bool = True
     faithfulness: bool = True
+    road_pic: bool | None = None
     localization: bool = True
     n_samples: int | None = None
     steps: int | None = None

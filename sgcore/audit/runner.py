@@ -154,7 +154,9 @@ class AuditPlan:
                          f"{'layers' if len(p.steps) == p.layers else f'blocks of {p.layers} layers'}"
                          f" + the model as given) x n={self.settings.n_samples} samples")
         if c.faithfulness:
-            parts.append(f"faithfulness: {self.sample} images x 4 curves x {c.steps + 1} points")
+            parts.append(f"faithfulness: {self.sample} images x 4 curves x {c.steps + 1} points"
+                         + (" (+ ROAD and PIC, CPU-bound image work not in the estimate; --no-road-pic skips them)"
+                            if c.road_pic else ""))
         where = ("in this process" if _in_process(c) else
                  f"on {c.num_actors} replica(s)" if c.num_actors else "on as many replicas as the cluster's free CPUs/GPUs fit")
         total = f" = about {sum(passes.values()):,} forward(+backward) passes" if passes else ""
@@ -206,6 +208,7 @@ def plan_audit(config: AuditConfig, *, log: Callable[[str], None] = print) -> Au
             settings=settings,
             sanity=config.sanity,
             faithfulness=config.faithfulness,
+            road_pic=bool(config.road_pic),
             steps=config.steps,
             seed=config.seed,
             image_column=job.get("image_column"),
@@ -565,7 +568,8 @@ class _Partial:
         self.base = json.dumps({
             "results": config.results, "config_hash": config_hash, "model": spec.model, "weights": spec.weights,
             "settings": {f.name: getattr(spec.settings, f.name) for f in fields(spec.settings)},
-            "sanity": spec.sanity, "faithfulness": spec.faithfulness, "steps": spec.steps, "seed": spec.seed,
+            "sanity": spec.sanity, "faithfulness": spec.faithfulness, "road_pic": spec.road_pic, "steps": spec.steps,
+            "seed": spec.seed,
             "fold_bn": spec.fold_bn, "cascade": spec.cascade,
         }, sort_keys=True, default=str)
 

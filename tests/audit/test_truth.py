@@ -107,8 +107,10 @@ def test_quick_changes_only_what_was_not_given() -> None:
     assert (quick.sample, quick.n_samples, quick.steps, quick.examples) == (4, 4, 16, 1)
     assert AuditConfig(results="r", report="o").effective().sample == 64
     # A value given on purpose stays, even when it equals the default.
-    given = AuditConfig(results="r", report="o", quick=True, sample=64, steps=32)
-    assert (given.sample, given.steps, given.n_samples) == (64, 32, 4)
+    given = AuditConfig(results="r", report="o", quick=True, sample=64, steps=32, road_pic=True)
+    assert (given.sample, given.steps, given.n_samples, given.road_pic) == (64, 32, 4, True)
+    assert AuditConfig(results="r", report="o", quick=True).road_pic is False  # PIC's interpolation: minutes on a CPU
+    assert AuditConfig(results="r", report="o").road_pic is True
 
 
 def test_the_cli_takes_its_defaults_from_the_config() -> None:
