@@ -26,6 +26,11 @@ from sgcore.cli import (
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from sgcore.audit.config import CASCADES, QUICK, default_of
+
+    def default(name: str) -> str:  # the config's default, said in the help; the flag itself defaults to None
+        return f"(default: {default_of(name)}" + (f"; --quick: {QUICK[name]})" if name in QUICK else ")")
+
     p = make_parser("python -m jobs.audit", __doc__)
     p.add_argument("--results", default=DEMO_OUTPUT, help="results directory (the job's --output)")
     p.add_argument("--report", default="outputs/audit", help="output directory of the report")
@@ -43,42 +48,53 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--no-faithfulness", dest="faithfulness", action="store_false",
                    help="skip the deletion/insertion faithfulness curves (costly: about 4 x (steps + 1) "
                         "forward passes per sample image, by saliency and at random)")
+    c.add_argument("--road-pic", action=argparse.BooleanOptionalAction,
+                   help="with faithfulness, ROAD and PIC too (costly on a CPU: PIC rebuilds each image by "
+                        f"interpolation at 15 thresholds) {default('road_pic')}")
     c.add_argument("--no-localization", dest="localization", action="store_false",
                    help="skip the saliency-inside-the-object scores (cheap: reads the stored maps and masks)")
-    c.add_argument("--sample", type=int, default=64, help="images for the sanity and faithfulness checks")
-    c.add_argument("--steps", type=int, default=32, help="points per deletion/insertion curve")
-    c.add_argument("--seed", type=int, default=0,
-                   help="seed of the image sample and of the randomized weights")
-    c.add_argument("--examples", type=int, default=3, help="most/least concentrated examples per class")
+    c.add_argument("--sample", type=int, help=f"images for the sanity and faithfulness checks {default('sample')}")
+    c.add_argument("--steps", type=int, help=f"points per deletion/insertion curve {default('steps')}")
+    c.add_argument("--cascade", choices=CASCADES,
+                   help="what the sanity check randomizes per step: each weight layer, or each block (stage: "
+                        "timm's blocks.N, torchvision's layerN) of the network; auto: blocks for deep networks "
+                        f"{default('cascade')}")
+    c.add_argument("--seed", type=int,
+                   help=f"seed of the image sample and of the randomized weights {default('seed')}")
+    c.add_argument("--examples", type=int, help=f"most/least concentrated examples per class {default('examples')}")
     c.add_argument("--masks", help="object masks at MASKS/<image_id> (default: a masks/ folder beside images/)")
     c.add_argument("--boxes", metavar="FILE",
                    help="object boxes instead of masks: CSV or Parquet (any fsspec URL) with columns image_id, "
                         "x0, y0, x1, y1 in original image pixels; several rows per image are their union "
                         "(default: masks)")
-    c.add_argument("--pointing-tolerance", type=int, default=0, help="pixels of slack in the pointing game")
+    c.add_argument("--pointing-tolerance", type=int,
+                   help=f"pixels of slack in the pointing game {default('pointing_tolerance')}")
     c.add_argument("--quick", action="store_true",
-                   help="a cheap first look: --sample 4 --n-samples 4 --steps 8 --examples 1 where not given")
-    c.add_argument("--max-retries", type=int, default=3,
-                   help="attempts after the first for a chunk whose replica died (default: %(default)s)")
+                   help="a cheap first look: " + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in QUICK.items())
+                        + " where not given, in this process unless --num-actors or --address is given")
+    c.add_argument("--chunk-size", type=int,
+                   help=f"images per work item of the heavy checks (the unit of retry and resume) {default('chunk_size')}")
+    c.add_argument("--max-retries", type=int,
+                   help=f"attempts after the first for a chunk whose replica died {default('max_retries')}")
     c.add_argument("--compare", metavar="URL2",
                    help="second results directory to compare maps with (default: no comparison)")
-    c.add_argument("--compare-margin", type=float, default=0.06,
+    c.add_argument("--compare-margin", type=float,
                    help="with --compare, a map changed significantly when its Spearman with the other run's falls "
-                        "this far below what the two maps' own Monte Carlo noise allows (default: %(default)s)")
-    c.add_argument("--reliability-threshold", type=float, default=0.8,
+                        f"this far below what the two maps' own Monte Carlo noise allows {default('compare_margin')}")
+    c.add_argument("--reliability-threshold", type=float,
                    help="maps whose estimated reliability (Spearman with their converged map) is below this are "
                         "counted as unreliable, and the report says which figures rest on them "
-                        "(default: %(default)s)")
+                        f"{default('reliability_threshold')}")
     g = p.add_argument_group("strategies (SpRAy clusters per class; cheap: reads the stored maps)")
     g.add_argument("--no-strategies", dest="strategies", action="store_false",
                    help="skip the strategy clusters (SpRAy) per class")
-    g.add_argument("--strategy-by", choices=("predicted", "label"), default="predicted",
-                   help="cluster the maps of each predicted class or of each label (default: %(default)s)")
-    g.add_argument("--max-strategies", type=int, default=8,
-                   help="most strategy clusters per class; the eigengap chooses within (default: %(default)s)")
-    g.add_argument("--strategy-resolution", type=int, default=16,
-                   help="maps are area-averaged to NxN cells before clustering (default: %(default)s)")
-    add_ray_arguments(p, gpus_per_actor=0.0,
+    g.add_argument("--strategy-by", choices=("predicted", "label"),
+                   help=f"cluster the maps of each predicted class or of each label {default('strategy_by')}")
+    g.add_argument("--max-strategies", type=int,
+                   help=f"most strategy clusters per class; the eigengap chooses within {default('max_strategies')}")
+    g.add_argument("--strategy-resolution", type=int,
+                   help=f"maps are area-averaged to NxN cells before clustering {default('strategy_resolution')}")
+    add_ray_arguments(p, gpus_per_actor=default_of("gpus_per_actor"),
                       num_actors_help="replicas (default: as many as the cluster fits, one CPU kept for decoding; 0: in this process, no Ray)")
     return p
 

@@ -336,6 +336,8 @@ def run_cli(main: Callable[[], int]) -> int:
         return 2
     except KeyboardInterrupt as e:
         signum = e.signum if isinstance(e, Stopped) else Stopped.received
+        if getattr(e, "reported", False):  # the job already said, in one line, what it kept
+            return 128 + signum if signum is not None else 130
         if signum is not None:
             stop = Stopped(signum)
             print(f"stopped by {stop}; rerun the same command to resume (committed shards are kept)",

@@ -371,6 +371,39 @@ def read_part(results: Results, part: str, *, with_maps: bool = True) -> tuple[p
     return meta, table_maps(table, results.url, storage_options=results.storage_options)
 
 
+@dataclass(frozen=True)
+class PartRows:
+    """Everything the audit takes from one part, from one read of it.
+
+    Attributes:
+        part: the part's URL.
+        meta: its ok rows (:data:`META_COLUMNS`).
+        maps: their maps ``(N, H, W)`` float32.
+        errors: its error rows as ``{"image_id", "source", "error"}``.
+    """
+
+    part: str
+    meta: pa.Table
+    maps: np.ndarray
+    errors: list[dict[str, Any]]
+
+
+def read_part_rows(results: Results, part: str) -> PartRows:
+    """One part's ok rows with their maps and its error rows, reading the file once."""
+    table = _read_part_table(results, part, None)
+    ok = pc.equal(table.column("status"), "ok")
+    errors = table.filter(pc.invert(ok))
+    table = table.filter(ok)
+    meta = table.select([c for c in META_COLUMNS if c in table.column_names])
+    maps = table_maps(table, results.url, storage_options=results.storage_options)
+    return PartRows(part=part, meta=meta, maps=maps, errors=_error_dicts(errors))
+
+
+def _error_dicts(table: pa.Table) -> list[dict[str, Any]]:
+    rows = table.select([c for c in ("image_id", "source", "error") if c in table.column_names]).to_pylist()
+    return [{"image_id": r.get("image_id"), "source": r.get("source"), "error": r.get("error")} for r in rows]
+
+
 def iter_parts(results: Results, *, with_maps: bool = True) -> Iterator[tuple[pa.Table, np.ndarray | None]]:
     """Yields :func:`read_part` for every part, in shard order."""
     for part in results.parts:
@@ -391,9 +424,7 @@ def read_errors(results: Results) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
     for part in results.parts:
         table = _read_part_table(results, part, ("image_id", "source", "status", "error"))
-        table = table.filter(pc.not_equal(table.column("status"), "ok"))
-        for row in table.select([c for c in ("image_id", "source", "error") if c in table.column_names]).to_pylist():
-            out.append({"image_id": row.get("image_id"), "source": row.get("source"), "error": row.get("error")})
+        out.extend(_error_dicts(table.filter(pc.not_equal(table.column("status"), "ok"))))
     return out
 
 
@@ -428,6 +459,7 @@ def row_classes(meta: pa.Table) -> list[str]:
 
 __all__ = [
     "META_COLUMNS",
+    "PartRows",
     "Results",
     "iter_parts",
     "load_maps",
@@ -438,6 +470,7 @@ __all__ = [
     "read_index",
     "read_maps",
     "read_part",
+    "read_part_rows",
     "row_classes",
     "table_maps",
 ]

@@ -51,6 +51,7 @@ class WorkerSpec:
     use_gpu: bool = False
     score: str = "logit"
     fold_bn: bool = True
+    cascade: str = "layer"  # the sanity cascade's granularity: layer, block or auto (sgcore.audit.sanity.cascade_steps)
     storage_options: dict[str, Any] = field(default_factory=dict, repr=False)
 
 
@@ -102,7 +103,8 @@ class AuditWorker:
         out: dict[str, Any] = {"images": len(chunk.sources), "device": str(self.device)}
         if spec.sanity:
             r = cascading_randomization(self.model, x, targets, settings=spec.settings, seeds=seeds, seed=spec.seed,
-                                        prepare=self._prepare, on_step=self.on_step)
+                                        prepare=self._prepare, on_step=self.on_step,
+                                        granularity=spec.cascade)  # type: ignore[arg-type]
             out["sanity"] = asdict(r)
         if spec.faithfulness:
             # The random orders depend on the chunk's first image, not on the worker.
@@ -132,6 +134,7 @@ def run_chunks(
     on_result: Callable[[int, Any, int], None] | None = None,
     on_step: Callable[[int, int], None] | None = None,
     log: Callable[[str], None] | None = None,
+    worker: AuditWorker | None = None,
 ) -> tuple[list[Any], dict[str, Any]]:
     """Evaluates chunks on the pipeline's replica pool, or in this process when ``num_actors == 0``.
 
@@ -149,6 +152,7 @@ def run_chunks(
             :class:`~sgcore.pipeline.pool.ItemFailed`, pid of the replica).
         on_step: in this process only: (map sets done, in all) within a chunk's cascade.
         log: gets one line saying where the chunks run.
+        worker: in this process, a replica already loaded for ``spec`` (the plan's probe) to use.
 
     Returns:
         (one output or ``ItemFailed`` per chunk in order, the pool's record:
@@ -157,7 +161,7 @@ def run_chunks(
     if not chunks:
         return [], {"replicas": 0, "replicas_lost": 0, "pids": []}
     if num_actors == 0:
-        worker = AuditWorker(spec)
+        worker = worker if worker is not None and worker.spec == spec else AuditWorker(spec)
         worker.on_step = on_step
         if log is not None:
             log(f"audit: {len(chunks)} chunk(s) in this process on {worker.device}")

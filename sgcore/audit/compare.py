@@ -107,48 +107,66 @@ def compare_results(a: Results, b: Results) -> list[ImageChange]:
     Reads ``a`` part by part and fetches the matching maps of ``b`` per part,
     so memory holds two parts at a time.
     """
-    index_b = read_index(b)
-    row_b = {image_id: i for i, image_id in enumerate(index_b.column("image_id").to_pylist())}
-    same_settings = _draw_settings(a) == _draw_settings(b)
-    seeds_b = _seeds(index_b)
-    predicted_b = index_b.column("predicted").to_pylist()
-    reliability_b, reproducibility_b = _column(index_b, "reliability"), _column(index_b, "reproducibility")
+    other = OtherRun(b, first=a)
     out: list[ImageChange] = []
     for meta, maps in iter_parts(a):
+        if maps is not None:
+            out.extend(other.changes(meta, maps, a.url))
+    return sorted_changes(out)
+
+
+def sorted_changes(changes: list[ImageChange]) -> list[ImageChange]:
+    """Most changed first (no estimate: last), then by image id."""
+    return sorted(changes, key=lambda c: (-np.nan_to_num(c.change, nan=2.0), c.image_id))
+
+
+class OtherRun:
+    """The run compared with: its index read once, its maps fetched for the rows of each part of the first run
+    (``first``: rows that drew the same noise in both are paired, see the module's docstring)."""
+
+    def __init__(self, b: Results, *, first: Results) -> None:
+        self.results = b
+        self.same_settings = _draw_settings(first) == _draw_settings(b)
+        self.index = read_index(b)
+        self.row = {image_id: i for i, image_id in enumerate(self.index.column("image_id").to_pylist())}
+        self.predicted = self.index.column("predicted").to_pylist()
+        self.reliability, self.reproducibility = _column(self.index, "reliability"), _column(self.index, "reproducibility")
+        self.seeds = _seeds(self.index)
+
+    def changes(self, meta: pa.Table, maps: np.ndarray, url: str) -> list[ImageChange]:
+        """The changes of one part's ok rows (``meta``, ``maps``) of the first run at ``url``, unsorted."""
         ids = meta.column("image_id").to_pylist()
-        keep = [i for i, image_id in enumerate(ids) if image_id in row_b]
-        if not keep or maps is None:
-            continue
-        rows = [row_b[ids[i]] for i in keep]
-        maps_b = read_maps(b, index_b, rows)
+        keep = [i for i, image_id in enumerate(ids) if image_id in self.row]
+        if not keep:
+            return []
+        rows = [self.row[ids[i]] for i in keep]
+        maps_b = read_maps(self.results, self.index, rows)
         if maps_b.shape[1:] != maps.shape[1:]:
             raise ValueError(
-                f"maps must have the same size to compare; got {maps.shape[1:]} in {a.url} "
-                f"and {maps_b.shape[1:]} in {b.url}"
+                f"maps must have the same size to compare; got {maps.shape[1:]} in {url} "
+                f"and {maps_b.shape[1:]} in {self.results.url}"
             )
         rho, s = map_change(maps[keep], maps_b)
         labels = row_classes(meta)
         predicted = meta.column("predicted").to_pylist()
         reliability_a, reproducibility_a = _column(meta, "reliability"), _column(meta, "reproducibility")
         seeds_a = _seeds(meta)
-        for j, i in enumerate(keep):
-            out.append(
-                ImageChange(
-                    image_id=ids[i],
-                    label=labels[i],
-                    spearman=float(rho[j]),
-                    ssim=float(s[j]),
-                    predicted_a=int(predicted[i]),
-                    predicted_b=int(predicted_b[rows[j]]),
-                    reliability_a=reliability_a[i],
-                    reliability_b=reliability_b[rows[j]],
-                    reproducibility_a=reproducibility_a[i],
-                    reproducibility_b=reproducibility_b[rows[j]],
-                    paired=same_settings and seeds_a[i] is not None and seeds_a[i] == seeds_b[rows[j]],
-                )
+        return [
+            ImageChange(
+                image_id=ids[i],
+                label=labels[i],
+                spearman=float(rho[j]),
+                ssim=float(s[j]),
+                predicted_a=int(predicted[i]),
+                predicted_b=int(self.predicted[rows[j]]),
+                reliability_a=reliability_a[i],
+                reliability_b=self.reliability[rows[j]],
+                reproducibility_a=reproducibility_a[i],
+                reproducibility_b=self.reproducibility[rows[j]],
+                paired=self.same_settings and seeds_a[i] is not None and seeds_a[i] == self.seeds[rows[j]],
             )
-    out.sort(key=lambda c: (-np.nan_to_num(c.change, nan=2.0), c.image_id))
-    return out
+            for j, i in enumerate(keep)
+        ]
 
 
 # What decides an image's noise draw and its map besides the model: equal in both runs (and the row's

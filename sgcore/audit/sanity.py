@@ -13,7 +13,7 @@ import copy
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -62,8 +62,8 @@ class SanityResult:
     """Per-image similarity to the trained model's maps, one row per step.
 
     Attributes:
-        layers: names of the layers randomized at each step, top first; step
-            ``i`` has layers ``0..i`` randomized.
+        layers: names of the layers (or stages, see :func:`cascade_steps`)
+            randomized at each step, top first; step ``i`` has ``0..i`` randomized.
         spearman_abs: ``(steps, N)`` rank correlation of absolute maps.
         spearman_signed: ``(steps, N)`` rank correlation of signed maps.
         ssim: ``(steps, N)`` SSIM of min-max normalized absolute maps.
@@ -144,6 +144,53 @@ def _backward_order(model: nn.Module, example: torch.Tensor) -> list[str]:
     return seen
 
 
+# The cascade's granularity: each weight layer, or each stage of the network (see cascade_steps).
+Granularity = Literal["layer", "block"]
+# "auto" walks blocks for networks with more weight layers than this, layers otherwise.
+BLOCKS_ABOVE = 24
+
+
+def cascade_steps(model: nn.Module, order: list[str], granularity: Granularity | Literal["auto"] = "layer",
+                  ) -> list[tuple[str, list[str]]]:
+    """The cascade's steps, top first: ``(name, layers randomized at that step)``.
+
+    ``"layer"``: one step per weight layer of ``order``. ``"block"``: one step per stage of the
+    network: from the root, the search descends into the child that holds more than half of the
+    weight layers (the classifier wrappers, timm's ``blocks``, torchvision's ``features`` or a
+    ViT's ``encoder.layers``) and stops where no child does; each child there is a step (timm
+    EfficientNet: ``conv_stem``, ``blocks.0`` ... ``blocks.6``, ``conv_head``, ``classifier``;
+    torchvision ResNet: ``conv1``, ``layer1`` ... ``layer4``, ``fc``). ``"auto"``: blocks for
+    more than :data:`BLOCKS_ABOVE` weight layers, else layers.
+    """
+    if granularity == "auto":
+        granularity = "block" if len(order) > BLOCKS_ABOVE else "layer"
+    if granularity == "layer":
+        return [(name, [name]) for name in order]
+    wanted = set(order)
+    prefix = ""
+    while True:
+        counts: dict[str, int] = {}
+        for name in order:
+            rest = name[len(prefix):] if name.startswith(prefix) else None
+            if rest is None or "." not in rest:
+                continue
+            child = prefix + rest.split(".", 1)[0]
+            counts[child] = counts.get(child, 0) + 1
+        inside = sum(1 for name in order if name.startswith(prefix))
+        big = [c for c, n in counts.items() if 2 * n > inside and c not in wanted]
+        if not big:
+            break
+        prefix = big[0] + "."
+    steps: dict[str, list[str]] = {}
+    for name in order:  # top first: a step comes where its first layer comes in the order
+        if name.startswith(prefix) and "." in name[len(prefix):]:
+            key = prefix + name[len(prefix):].split(".", 1)[0]
+        else:
+            key = name
+        steps.setdefault(key, []).append(name)
+    return list(steps.items())
+
+
 def randomize_layer(module: nn.Module, generator: torch.Generator) -> None:
     """Re-draws the module's own parameters in place from PyTorch's default init.
 
@@ -175,6 +222,7 @@ def cascading_randomization(
     seed: int = 0,
     prepare: Callable[[nn.Module], nn.Module] | None = None,
     on_step: Callable[[int, int], None] | None = None,
+    granularity: Granularity | Literal["auto"] = "layer",
 ) -> SanityResult:
     """Runs the cascade on a copy of ``model`` (the original is untouched).
 
@@ -194,6 +242,8 @@ def cascading_randomization(
             step is prepared afresh, so normalization layers keep their trained
             statistics as the cascade requires.
         on_step: called with (steps done, steps in all) after each map set.
+        granularity: one step per weight layer, or per stage of the network
+            (:func:`cascade_steps`; ``"auto"``: stages for deep networks).
 
     Returns:
         A :class:`SanityResult`.
@@ -203,7 +253,8 @@ def cascading_randomization(
     if not layers:
         raise ValueError("model has no weight layers to randomize")
     ready = prepare or (lambda m: m)
-    total = len(layers) + 1
+    steps = cascade_steps(model, list(layers), granularity)
+    total = len(steps) + 1
     trained_abs, trained_signed = _maps(ready(model), images, targets, settings, seeds)
     if on_step is not None:
         on_step(1, total)
@@ -217,9 +268,10 @@ def cascading_randomization(
     if unknown:
         raise ValueError(f"layers must name modules of the model; got unknown {unknown}")
     rows: dict[str, list[np.ndarray]] = {"abs": [], "signed": [], "ssim": []}
-    for i, name in enumerate(layers):
+    for i, (_, members) in enumerate(steps):
         generator = torch.Generator().manual_seed(seed * 1_000_003 + i)
-        randomize_layer(modules[name], generator)
+        for name in members:
+            randomize_layer(modules[name], generator)
         rand_abs, rand_signed = _maps(ready(work), images, targets, settings, seeds)
         if on_step is not None:
             on_step(i + 2, total)
@@ -227,7 +279,7 @@ def cascading_randomization(
         rows["signed"].append(np.atleast_1d(spearman(trained_signed, rand_signed)))
         rows["ssim"].append(np.atleast_1d(ssim(trained_norm, minmax(rand_abs))))
     return SanityResult(
-        layers=list(layers),
+        layers=[name for name, _ in steps],
         spearman_abs=np.stack(rows["abs"]),
         spearman_signed=np.stack(rows["signed"]),
         ssim=np.stack(rows["ssim"]),

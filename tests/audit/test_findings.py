@@ -10,8 +10,9 @@ import pytest
 
 from sgcore.audit.classes import ClassSummary
 from sgcore.audit.report import Report
-from sgcore.audit.runner import AuditConfig, _class_section, _plan_line
+from sgcore.audit.runner import AuditConfig, AuditPlan, Probe
 from sgcore.audit.sanity import MapSettings
+from sgcore.audit.sections.classes import class_section
 
 
 class _View(SimpleNamespace):
@@ -30,8 +31,8 @@ def _summary(name: str, border_share: float) -> ClassSummary:
 def _class_findings(tmp_path: Path, shares: dict[str, float], area: float) -> tuple[list[dict], str]:
     report = Report(title="t")
     view = _View(classes=[_summary(n, b) for n, b in shares.items()], area=area)
-    config = AuditConfig(results=str(tmp_path), report=str(tmp_path / "r"), examples=0)
-    _class_section(report, {}, view, None, None, config, (64, 64))
+    feed = SimpleNamespace(view=view, map_shape=(64, 64))
+    class_section(report, {}, feed, border_width=0.125, examples=0, images_for=lambda ids: [])  # type: ignore[arg-type]
     return report.findings(), report.render()
 
 
@@ -49,6 +50,10 @@ def test_border_share_is_a_finding_only_above_what_a_position_blind_map_gives(tm
 @pytest.mark.parametrize("num_actors", [None, 0, 3])
 def test_plan_line_names_no_internal_function(tmp_path: Path, num_actors: int | None) -> None:
     config = AuditConfig(results=str(tmp_path), report=str(tmp_path / "r"), num_actors=num_actors)
-    line = _plan_line(config, MapSettings(n_samples=8), 4, {"ok": 10, "errors": 0}, 1, None)
+    probe = Probe(map_set=0.5, prepare=0.1, forward=0.01, load=1.0, steps=["fc", "conv"], layers=2, device="cpu")
+    plan = AuditPlan(config=config, results=None, model="m", weights="default", random_weights=False,  # type: ignore[arg-type]
+                     settings=MapSettings(n_samples=8), run_settings={}, masks_root=None, boxes=None, other=None,
+                     ok=10, errors=0, spec=None, probe=probe, worker=None)
+    line = plan.line()
     assert "plan_actors" not in line and "None" not in line, line
     assert "_" not in line.replace("--", ""), line  # no snake_case names

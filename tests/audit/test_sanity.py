@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -160,3 +162,51 @@ def test_map_settings_from_a_job_with_overrides() -> None:
         MapSettings.from_job(job, model="other")
     with pytest.raises(ValueError, match="base must be one of gradient, .*; got 'lrp'"):
         MapSettings.from_job({"base": "lrp"})
+
+
+def _wrapped(name: str) -> nn.Module:
+    """A network as the audit's replica holds it: loaded by sgcore (random weights), wrapped for its score."""
+    from sgcore.models import load_model, with_score
+
+    return with_score(load_model(name, "none").model.eval(), "logit")
+
+
+def _short(names: list[str]) -> list[str]:
+    """The names without the wrappers' common prefix (``inner.`` and the like)."""
+    prefix = os.path.commonprefix(names)
+    prefix = prefix[: prefix.rfind(".") + 1]
+    return [n[len(prefix):] for n in names]
+
+
+def test_block_cascade_walks_the_stages_of_timm_and_torchvision_networks() -> None:
+    from sgcore.audit.sanity import BLOCKS_ABOVE, cascade_steps
+
+    effnet = _wrapped("timm:tf_efficientnet_lite0")
+    order = randomization_order(effnet, torch.rand(1, 3, 224, 224))
+    steps = cascade_steps(effnet, order, "auto")  # 50 weight layers: blocks
+    names = _short([name for name, _ in steps])
+    assert len(order) > BLOCKS_ABOVE
+    assert names == ["classifier", "conv_head", *[f"blocks.{i}" for i in range(6, -1, -1)], "conv_stem"], names
+    assert sorted(m for _, members in steps for m in members) == sorted(order)  # every layer, once
+    assert [m for _, members in steps for m in members] == order  # in the cascade's order
+    resnet = _wrapped("resnet18")
+    order = randomization_order(resnet, torch.rand(1, 3, 64, 64))
+    assert cascade_steps(resnet, order, "auto") == [(n, [n]) for n in order]  # 21 layers: one step each
+    names = _short([name for name, _ in cascade_steps(resnet, order, "block")])
+    assert names == ["fc", "layer4", "layer3", "layer2", "layer1", "conv1"], names
+
+
+def test_a_block_cascade_randomizes_a_whole_stage_per_step() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.Sequential(nn.Conv2d(4, 4, 3, padding=1), nn.ReLU(),
+                          nn.Conv2d(4, 4, 3, padding=1)), nn.Flatten(), nn.Linear(4 * 12 * 12, 3)).eval()
+    x, t = torch.rand(2, 3, 12, 12), torch.tensor([0, 1])
+    settings = MapSettings(n_samples=2, noise_level=0.1)
+    layers = cascading_randomization(model, x, t, settings=settings, seeds=torch.tensor([1, 2]), granularity="layer")
+    blocks = cascading_randomization(model, x, t, settings=settings, seeds=torch.tensor([1, 2]), granularity="block")
+    assert layers.layers == ["3", "1.2", "1.0", "0"]
+    assert blocks.layers == ["3", "1", "0"] and blocks.spearman_abs.shape == (3, 2)
+    # The first step randomizes the same layer either way, from the same generator: the same maps.
+    np.testing.assert_allclose(blocks.spearman_abs[0], layers.spearman_abs[0])
+    # The last step has every layer randomized either way.
+    assert np.isfinite(blocks.spearman_abs).all()

@@ -358,19 +358,20 @@ def test_strategy_report_renders_in_chromium(shortcut_audit: tuple[dict, Path, P
 
 
 def test_ray_tasks_give_the_in_process_clusters(shortcut_audit: tuple[dict, Path, Path], ray_local: None) -> None:
-    """Per-part feature tasks and per-class clustering tasks on Ray = the same work in this process."""
-    from sgcore.audit.strategies import StrategyConfig, run_strategies
-    from sgcore.audit.strategy_report import strategy_classes
+    """Per-part features in the object store and per-class clustering tasks on Ray = the same work in this process."""
+    from sgcore.audit.scan import scan
+    from sgcore.audit.sections.strategies import StrategyFeed, strategy_classes
+    from sgcore.audit.strategies import StrategyConfig
     from sgcore.results import open_results_dir, read_index
 
     summary, _, _ = shortcut_audit
     results = open_results_dir(summary["results"])
     index = read_index(results)
-    classes = strategy_classes(index, "predicted")
     assert len(results.parts) >= 2  # the shuffle from parts to classes is exercised
-    on_ray = run_strategies(results, classes, StrategyConfig(), num_actors=None)
-    here = run_strategies(results, classes, StrategyConfig(), num_actors=0)
-    for a, b in zip(on_ray, here, strict=True):
+    on_ray, here = StrategyFeed(StrategyConfig(), on_ray=True), StrategyFeed(StrategyConfig(), on_ray=False)
+    scan(results, [on_ray, here])
+    assert sorted(on_ray.blocks) == strategy_classes(index, "predicted")
+    for a, b in zip(on_ray.cluster(), here.cluster(), strict=True):
         assert a.name == b.name and a.image_ids == b.image_ids
         np.testing.assert_array_equal(a.spray.labels, b.spray.labels)
     by_label = strategy_classes(index, "label")

@@ -79,9 +79,15 @@ def test_plan_then_progress_with_eta(random_audit: tuple[dict, Path, list[str]])
     assert "sanity: 4 images x 8 map sets (7 layers + the model as given) x n=2 samples" in text
     assert "faithfulness: 4 images x 4 curves x 5 points" in text
     assert "about 144 forward(+backward) passes" in text  # 4*8*2 + 4*4*5
+    # The plan comes before any work, with an estimate in time from a probe of the model here.
+    assert re.search(r"estimated \S+ of model work on one replica \(probe on cpu: one image's map [\d.]+s", text)
+    first_pass = next(i for i, line in enumerate(lines) if line.startswith("audit: one pass over "))
+    assert plan[0] < first_pass
     heavy = [line for line in lines[plan[0]:] if line.startswith("audit: sanity/faithfulness ")]
-    assert heavy and re.search(r"2/2 chunks \| \S+ elapsed \| ETA 0s$", heavy[-1])
-    assert any(re.search(r"per-class view 1/\d+ parts \| .* ETA", line) for line in lines)
+    assert heavy and re.search(r"4/4 images \| \S+ elapsed \| ETA 0s$", heavy[-1])
+    # Progress counts images (and, within a chunk, map sets), with an ETA from the plan until one is done.
+    assert re.search(r"0/4 images, map set \d/8 of the next 2 image\(s\) \| .* ETA ~\S+ \(plan\)$", heavy[0])
+    assert any(re.search(r"pass over the parts 1/\d+ parts \| .* ETA", line) for line in lines)
 
 
 def test_accuracy_and_confusion_beside_the_per_class_view(random_audit: tuple[dict, Path, list[str]]) -> None:
@@ -96,10 +102,31 @@ def test_accuracy_and_confusion_beside_the_per_class_view(random_audit: tuple[di
     assert "<th>accuracy</th>" in classes and "Confusion table" in classes
 
 
-def test_quick_changes_only_what_was_left_at_its_default() -> None:
+def test_quick_changes_only_what_was_not_given() -> None:
     quick = AuditConfig(results="r", report="o", quick=True, steps=16).effective()
     assert (quick.sample, quick.n_samples, quick.steps, quick.examples) == (4, 4, 16, 1)
     assert AuditConfig(results="r", report="o").effective().sample == 64
+    # A value given on purpose stays, even when it equals the default.
+    given = AuditConfig(results="r", report="o", quick=True, sample=64, steps=32, road_pic=True)
+    assert (given.sample, given.steps, given.n_samples, given.road_pic) == (64, 32, 4, True)
+    assert AuditConfig(results="r", report="o", quick=True).road_pic is False  # PIC's interpolation: minutes on a CPU
+    assert AuditConfig(results="r", report="o").road_pic is True
+
+
+def test_the_cli_takes_its_defaults_from_the_config() -> None:
+    from jobs.audit import build_parser
+    from sgcore.audit.config import DEFAULTS, QUICK
+    from sgcore.cli import config_from_args
+
+    parser = build_parser()
+    assert config_from_args(AuditConfig, parser.parse_args(["--quick", "--sample", "64"])).sample == 64
+    assert config_from_args(AuditConfig, parser.parse_args(["--quick"])).sample == QUICK["sample"]
+    assert config_from_args(AuditConfig, parser.parse_args([])).sample == DEFAULTS["sample"]
+    text = " ".join(parser.format_help().split())
+    assert f"(default: {DEFAULTS['steps']}; --quick: {QUICK['steps']})" in text
+    for action in parser._actions:  # the fields --quick changes are left to the config
+        if action.dest in QUICK:
+            assert action.default is None, action.dest
 
 
 def test_faithfulness_axes_fit_the_probabilities() -> None:
@@ -135,3 +162,37 @@ def test_ctrl_c_keeps_finished_chunks_and_a_rerun_resumes(demo_results: Path, tm
     for a, b in zip(resumed["sanity"], fresh["sanity"], strict=True):
         assert a["spearman_abs"] == pytest.approx(b["spearman_abs"], abs=1e-9)
     assert resumed["faithfulness"]["deletion_auc"] == pytest.approx(fresh["faithfulness"]["deletion_auc"], abs=1e-9)
+
+
+@pytest.mark.parametrize("actors", ["0", pytest.param("1", marks=pytest.mark.slow)])
+def test_sigterm_keeps_finished_chunks_in_one_line(demo_results: Path, tmp_path: Path, actors: str) -> None:
+    """A scheduler's SIGTERM mid-audit: finished chunks stay in _partial, one line says so, exit 128 + 15;
+    on Ray too, without Ray's stack dump."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    report = tmp_path / "r"
+    args = [sys.executable, "-m", "jobs.audit", "--results", str(demo_results), "--report", str(report),
+            "--num-actors", actors, "--sample", "6", "--n-samples", "2", "--steps", "2", "--chunk-size", "1",
+            "--no-strategies", "--no-localization"]
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONPATH": os.getcwd()})
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and proc.poll() is None:
+        if (report / "_partial").exists() and any((report / "_partial").iterdir()):
+            break
+        time.sleep(0.2)
+    assert proc.poll() is None, proc.communicate()
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM, (out, err)
+    said = [line for line in (out + err).splitlines() if "stopped" in line]
+    assert len(said) == 1 and re.search(r"audit: stopped by SIGTERM; \d of 6 chunk\(s\) of the heavy checks are "
+                                        r"kept \(\d of 6 images\) in .*_partial: rerun the same command", said[0])
+    assert "Traceback" not in err and "SIGTERM received" not in out + err, err
+    if actors == "0":
+        assert err.strip() == "", err
+    assert not (report / "index.html").exists() and len(list((report / "_partial").iterdir())) >= 1

@@ -1,6 +1,11 @@
 """The strategy section of the audit report: SpRAy clusters per class, their flags in
 words, example overlays of the flagged clusters first, and the per-image columns
 ``strategy`` and ``strategy_flagged``.
+
+The clustering is :mod:`sgcore.audit.strategies`; :class:`StrategyFeed` turns each part's maps
+into features in the audit's one pass (on Ray, each block goes to the object store, so the
+driver holds references, not features) and clusters each class afterwards, on Ray as one task
+per class unless the audit runs in-process.
 """
 
 from __future__ import annotations
@@ -23,10 +28,13 @@ from sgcore.audit.strategies import (
     SPOT_RATIO,
     ClassStrategies,
     StrategyConfig,
+    _cluster_task,
+    cluster_class,
     describe_clusters,
-    run_strategies,
+    part_features,
 )
 from sgcore.errors import InputError
+from sgcore.results import PartRows
 
 SECTION_TITLE = "Strategies (SpRAy clusters per class)"
 
@@ -38,16 +46,47 @@ def strategy_classes(index: Any, by: str) -> list[str]:
     return sorted({k for k in row_strategy_classes(index, by) if k is not None})  # type: ignore[arg-type]
 
 
+class StrategyFeed:
+    """Each part's features grouped by class; :meth:`cluster` clusters every class.
+
+    Args:
+        on_ray: keep the blocks in Ray's object store and cluster on Ray (Ray must be connected).
+    """
+
+    def __init__(self, config: StrategyConfig, *, on_ray: bool) -> None:
+        self.config, self.on_ray = config, on_ray
+        self.blocks: dict[str, list[Any]] = {}
+
+    def add(self, rows: PartRows, start: int) -> None:
+        if not len(rows.meta):
+            return
+        put = _ray_put() if self.on_ray else (lambda v: v)
+        for name, block in part_features(rows.meta, rows.maps, self.config).items():
+            self.blocks.setdefault(name, []).append(put(block))
+
+    def cluster(self) -> list[ClassStrategies]:
+        """One :class:`ClassStrategies` per class, classes sorted by name."""
+        classes = sorted(self.blocks)
+        if not self.on_ray:
+            return [cluster_class(name, self.config, self.blocks[name]) for name in classes]
+        import ray
+
+        task = ray.remote(num_cpus=1)(_cluster_task)
+        return list(ray.get([task.remote(name, self.config, *self.blocks[name]) for name in classes]))
+
+
+def _ray_put() -> Callable[[Any], Any]:
+    import ray
+
+    return ray.put
+
+
 def strategy_section(
     report: Any,
     summary: dict[str, Any],
     per_image: list[dict[str, Any]],
-    results: Any,
-    index: Any,
-    config: StrategyConfig,
+    feed: StrategyFeed,
     *,
-    num_actors: int | None,
-    address: str | None,
     examples_for: Callable[[list[str]], tuple[list[np.ndarray], list[np.ndarray]]],
     log: Any = print,
 ) -> dict[str, Any]:
@@ -57,14 +96,15 @@ def strategy_section(
         per_image: the per-image rows (``image_id`` and, with ground truth,
             ``mass_in_mask``/``mask_area``); gains ``strategy_class`` (the class
             it was clustered in), ``strategy`` and ``strategy_flagged``.
+        feed: the features of the audit's pass.
         examples_for: image ids -> (images ``(H, W, 3)`` in [0, 1], maps ``(H, W)``).
 
     Returns:
         The section (a report section object).
     """
-    classes = strategy_classes(index, config.by)
-    log(f"audit: strategy clusters (SpRAy) of {len(classes)} classes by {config.by} class")
-    found = run_strategies(results, classes, config, num_actors=num_actors, address=address)
+    config = feed.config
+    log(f"audit: strategy clusters (SpRAy) of {len(feed.blocks)} classes by {config.by} class")
+    found = feed.cluster()
     by_id = {row["image_id"]: row for row in per_image}
     for row in per_image:
         row["strategy_class"] = None
