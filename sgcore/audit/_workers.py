@@ -178,6 +178,7 @@ def run_chunks(
     try:
         import ray
 
+        from sgcore.pipeline.actors import replica_threads
         from sgcore.pipeline.cluster import connect_ray, node_resources, plan_actors
         from sgcore.pipeline.pool import ReplicaPool
     except ImportError as e:  # pragma: no cover - ray is a core dependency
@@ -187,8 +188,7 @@ def run_chunks(
         plan = plan_actors(ray.cluster_resources(), gpus_per_actor=gpus_per_actor, cpus_per_actor=1.0,
                            num_actors=num_actors, min_actors=None, max_actors=None, num_shards=len(chunks),
                            nodes=node_resources())
-        cpus = ray.cluster_resources().get("CPU", 1.0)
-        threads = None if plan.use_gpu else max(1, int(cpus // plan.initial_actors))
+        threads = replica_threads(plan, ray.cluster_resources().get("CPU", 1.0))  # a core kept for decoding
         if log is not None:
             log(f"audit: {len(chunks)} chunk(s) on the replica pool: {plan.describe()}")
         with ReplicaPool(AuditWorker, (spec,), plan=plan, max_retries=max_retries, cpu_threads=threads) as pool:

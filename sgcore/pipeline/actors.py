@@ -34,7 +34,7 @@ def replica_threads(plan: ActorPlan, cpus: float) -> int | None:
     driver runs; OpenMP's threads then spin at every barrier waiting for a
     partner that lost its core: on a 2-core node the replica used 35.5
     CPU-seconds with 2 threads against 16.2 with 1 for the same 240 maps, and
-    the Ray Data stage 18.5 (docs/performance.md, section 17).
+    the Ray Data stage 18.5 (docs/performance.md, section 19).
     """
     if plan.use_gpu:
         return None
