@@ -43,6 +43,11 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--no-faithfulness", dest="faithfulness", action="store_false",
                    help="skip the deletion/insertion faithfulness curves (costly: about 4 x (steps + 1) "
                         "forward passes per sample image, by saliency and at random)")
+    c.add_argument("--literature", action="store_true",
+                   help="also compare gradient, guided backprop, SmoothGrad, SmoothGrad^2 and VarGrad: a "
+                        "randomization cascade by block per method and their deletion/insertion and ROAD "
+                        "scores, with a blurred-map control (costly: (blocks + 1) x (n-samples + 2) passes "
+                        "per sample image)")
     c.add_argument("--no-localization", dest="localization", action="store_false",
                    help="skip the saliency-inside-the-object scores (cheap: reads the stored maps and masks)")
     c.add_argument("--sample", type=int, default=64, help="images for the sanity and faithfulness checks")

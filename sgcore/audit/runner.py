@@ -33,6 +33,7 @@ from sgcore.audit.reliability import DEFAULT_THRESHOLD as DEFAULT_RELIABILITY_TH
 from sgcore.audit.reliability import add_risks, reliability_section
 from sgcore.audit.report import Report, write_report
 from sgcore.audit.results import check_model_files, hash_sample, load_images, load_mask, read_boxes
+from sgcore.audit.literature import literature_section
 from sgcore.audit.road_pic import road_pic_section
 from sgcore.audit.sanity import MapSettings
 from sgcore.audit.strategies import StrategyConfig
@@ -86,6 +87,10 @@ class AuditConfig:
             CUDA only when this is > 0 (and torch sees a GPU), in this
             process too; 0 keeps them on the CPU even on a GPU machine.
             ``summary.json["device"]`` says where they ran.
+        literature: also compare the gradient, guided backprop, SmoothGrad,
+            SmoothGrad² and VarGrad on the sampled images: a block-by-block
+            randomization cascade per method and their removal scores, with a
+            blurred-map control (:mod:`sgcore.audit.literature`; costly).
         strategies: cluster each class's maps into strategies (SpRAy) and flag
             likely shortcuts (:mod:`sgcore.audit.strategies`).
         strategy_by: group by ``"predicted"`` class or by ``"label"``.
@@ -113,6 +118,7 @@ class AuditConfig:
     sanity: bool = True
     faithfulness: bool = True
     localization: bool = True
+    literature: bool = False
     n_samples: int | None = None
     steps: int = 32
     examples: int = 3
@@ -215,7 +221,7 @@ def run_audit(
         raise InputError(f"the manifest of {results.url} names no model; pass --model")
     random_weights = str(weights).lower() == "none"
     settings = MapSettings.from_job(job, n_samples=config.n_samples)
-    heavy = config.sanity or config.faithfulness
+    heavy = config.sanity or config.faithfulness or config.literature
     if heavy:  # only the heavy checks rebuild the model
         check_model_files(results, model, weights, config.storage_options, what="the audit")
     masks_root = None
@@ -376,6 +382,7 @@ def run_audit(
             settings=settings,
             sanity=config.sanity,
             faithfulness=config.faithfulness,
+            literature=config.literature,
             steps=config.steps,
             seed=config.seed,
             image_column=job.get("image_column"),
@@ -443,6 +450,8 @@ def run_audit(
         if outputs and config.faithfulness:
             _faithfulness_section(report, summary, outputs, config.steps)
             road_pic_section(report, summary, outputs)
+        if outputs and config.literature:
+            literature_section(report, summary, outputs)
 
     recomputed = heavy and settings.n_samples != run_settings.get("n_samples")
     add_risks(reliability, summary, per_image, heavy_ids=[all_ids[r] for r in rows] or None,
@@ -908,6 +917,7 @@ class _Partial:
             "results": config.results, "config_hash": config_hash, "model": spec.model, "weights": spec.weights,
             "settings": {f.name: getattr(spec.settings, f.name) for f in fields(spec.settings)},
             "sanity": spec.sanity, "faithfulness": spec.faithfulness, "steps": spec.steps, "seed": spec.seed,
+            "literature": spec.literature,
             "fold_bn": spec.fold_bn,
         }, sort_keys=True, default=str)
 
