@@ -23,6 +23,7 @@ from sgcore.audit._workers import Chunk, WorkerSpec, run_chunks
 from sgcore.audit.classes import ClassView
 from sgcore.audit.compare import DEFAULT_COMPARE_MARGIN, class_changes, compare_results
 from sgcore.audit.faithfulness import FaithfulnessResult
+from sgcore.audit.literature import literature_section
 from sgcore.audit.localization import (
     LocalizationScores,
     boxes_to_map_mask,
@@ -33,7 +34,6 @@ from sgcore.audit.reliability import DEFAULT_THRESHOLD as DEFAULT_RELIABILITY_TH
 from sgcore.audit.reliability import add_risks, reliability_section
 from sgcore.audit.report import Report, write_report
 from sgcore.audit.results import check_model_files, hash_sample, load_images, load_mask, read_boxes
-from sgcore.audit.literature import literature_section
 from sgcore.audit.road_pic import road_pic_section
 from sgcore.audit.sanity import MapSettings
 from sgcore.audit.strategies import StrategyConfig
