@@ -51,6 +51,11 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--road-pic", action=argparse.BooleanOptionalAction,
                    help="with faithfulness, ROAD and PIC too (costly on a CPU: PIC rebuilds each image by "
                         f"interpolation at 15 thresholds) {default('road_pic')}")
+    c.add_argument("--literature", action=argparse.BooleanOptionalAction,
+                   help="also compare gradient, guided backprop, SmoothGrad, SmoothGrad^2 and VarGrad: a "
+                        "randomization cascade by block per method and their deletion/insertion and ROAD "
+                        "scores, with a blurred-map control (costly: (blocks + 1) x (n-samples + 2) passes "
+                        f"per sample image) {default('literature')}")
     c.add_argument("--no-localization", dest="localization", action="store_false",
                    help="skip the saliency-inside-the-object scores (cheap: reads the stored maps and masks)")
     c.add_argument("--sample", type=int, help=f"images for the sanity and faithfulness checks {default('sample')}")

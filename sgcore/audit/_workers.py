@@ -45,6 +45,7 @@ class WorkerSpec:
     sanity: bool = True
     faithfulness: bool = True
     road_pic: bool = True  # with faithfulness: ROAD and PIC (sgcore.audit.road_pic)
+    literature: bool = False  # methods side by side (sgcore.audit.literature)
     steps: int = 32
     seed: int = 0
     image_column: str | None = None
@@ -119,6 +120,13 @@ class AuditWorker:
 
                 out["road_pic"] = evaluate_chunk(self.model, self.preprocess, pixels, x, targets,
                                                  torch.tensor(chunk.maps, device=self.device), seed=order_seed)
+        if spec.literature:
+            from sgcore.audit.literature import evaluate as compare_methods
+
+            out["literature"] = compare_methods(
+                self.model, self.prepared, x, targets, seeds=seeds, n_samples=spec.settings.n_samples,
+                noise_level=spec.settings.noise_level, seed=spec.seed, prepare=self._prepare, steps=spec.steps,
+                on_step=self.on_step)
         out["seconds"] = time.perf_counter() - t0
         return out
 

@@ -53,6 +53,10 @@ class AuditConfig:
         road_pic: with ``faithfulness``, ROAD and PIC too (None: yes, with
             ``quick`` no: PIC's image interpolation is the costliest CPU work
             of a chunk, more than its model passes).
+        literature: also compare the gradient, guided backprop, SmoothGrad,
+            SmoothGrad² and VarGrad on the sampled images: a block-by-block
+            randomization cascade per method and their removal scores, with a
+            blurred-map control (:mod:`sgcore.audit.literature`; costly).
         cascade: what the sanity cascade randomizes per step: ``"layer"``
             each weight layer, ``"block"`` each top-level stage (timm's
             ``blocks.N``, torchvision's ``layerN``, ``features.N``; the
@@ -99,6 +103,7 @@ class AuditConfig:
     sanity: bool = True
     faithfulness: bool = True
     road_pic: bool | None = None
+    literature: bool = False
     localization: bool = True
     n_samples: int | None = None
     steps: int | None = None
@@ -164,8 +169,8 @@ class AuditConfig:
 
     @property
     def heavy(self) -> bool:
-        """Whether the audit recomputes maps (the sanity or the faithfulness check)."""
-        return self.sanity or self.faithfulness
+        """Whether the audit recomputes maps (the sanity, the faithfulness or the literature check)."""
+        return self.sanity or self.faithfulness or self.literature
 
     def effective(self) -> AuditConfig:
         """The settings the audit runs with (resolved when the config is made; kept for callers)."""

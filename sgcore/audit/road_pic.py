@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from sgcore.audit.literature import blur_maps, default_blur_sigma
 from sgcore.audit.pic import PicCurve, pic_curves, random_mask
 from sgcore.audit.road import road
 
@@ -21,12 +22,22 @@ def evaluate_chunk(
 ) -> dict[str, Any]:
     """ROAD curves and PIC AUCs (SIC and AIC; NaN where undefined) of one chunk.
 
+    ROAD is also run on the maps under a Gaussian blur
+    (:func:`~sgcore.audit.literature.blur_maps`, sigma
+    :func:`~sgcore.audit.literature.default_blur_sigma`): the control row of
+    the report, since removal metrics can reward a blur that adds nothing
+    about the model.
+
     Args:
         pixels: ``(B, H, W, 3)`` uint8 decoded images; ``x`` their model input.
         maps: ``(B, H, W)`` stored maps.
         seed: seeds the ROAD noise and PIC's random pixels.
     """
     out: dict[str, Any] = {"road": asdict(road(model, x, targets, maps, seed=seed))}
+    # The control: the same maps blurred, scored with the same noise (see road_pic_section).
+    sigma = default_blur_sigma(*maps.shape[1:])
+    out["road_blurred"] = asdict(road(model, x, targets, blur_maps(maps, sigma), seed=seed))
+    out["blur_sigma"] = sigma
     device = x.device
 
     def scores(images: np.ndarray) -> torch.Tensor:

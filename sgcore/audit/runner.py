@@ -27,6 +27,7 @@ import numpy as np
 
 from sgcore.audit._workers import AuditWorker, Chunk, WorkerSpec, run_chunks
 from sgcore.audit.config import QUICK, AuditConfig
+from sgcore.audit.literature import literature_section
 from sgcore.audit.report import Report, write_report
 from sgcore.audit.results import check_model_files, load_images, read_boxes
 from sgcore.audit.sanity import MapSettings
@@ -209,6 +210,7 @@ def plan_audit(config: AuditConfig, *, log: Callable[[str], None] = print) -> Au
             sanity=config.sanity,
             faithfulness=config.faithfulness,
             road_pic=bool(config.road_pic),
+            literature=bool(config.literature),
             steps=config.steps,
             seed=config.seed,
             image_column=job.get("image_column"),
@@ -491,6 +493,8 @@ def _heavy(plan: AuditPlan, report: Report, summary: dict[str, Any], table: Any,
     if outputs and config.faithfulness:
         faithfulness_section(report, summary, outputs, config.steps)
         road_pic_section(report, summary, outputs)
+    if outputs and config.literature:
+        literature_section(report, summary, outputs)
 
 
 def _on_sigterm() -> Any:
@@ -571,7 +575,7 @@ class _Partial:
             "results": config.results, "config_hash": config_hash, "model": spec.model, "weights": spec.weights,
             "settings": {f.name: getattr(spec.settings, f.name) for f in fields(spec.settings)},
             "sanity": spec.sanity, "faithfulness": spec.faithfulness, "road_pic": spec.road_pic, "steps": spec.steps,
-            "seed": spec.seed,
+            "seed": spec.seed, "literature": spec.literature,
             "fold_bn": spec.fold_bn, "cascade": spec.cascade,
         }, sort_keys=True, default=str)
 
