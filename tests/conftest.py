@@ -100,6 +100,39 @@ def ray_local() -> Iterator[None]:
     ray.shutdown()
 
 
+@pytest.fixture
+def in_process_jobs(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
+    """Every ``run_job`` of the test (the CLI's included) runs its replicas in this process, no Ray.
+
+    The scheduler's decisions are the same (:mod:`sgcore.pipeline.inprocess`); an
+    ``exit:`` fault ends a replica object, not the process. Returns the backends used.
+    """
+    from sgcore.pipeline import driver
+    from sgcore.pipeline.inprocess import InProcessJobBackend
+
+    real = driver._run_job
+    used: list[Any] = []
+
+    def run(config: Any, backend: Any) -> Any:
+        if backend is None:
+            backend = InProcessJobBackend()
+            used.append(backend)
+        return real(config, backend)
+
+    monkeypatch.setattr(driver, "_run_job", run)
+    return used
+
+
+@pytest.fixture(params=["in-process", pytest.param("ray", marks=pytest.mark.slow)])
+def job_backend(request: pytest.FixtureRequest) -> str:
+    """Runs a job test twice: in process (CI) and on the module's local Ray (``slow``: the end-to-end proof)."""
+    if request.param == "ray":
+        request.getfixturevalue("ray_local")
+    else:
+        request.getfixturevalue("in_process_jobs")
+    return request.param
+
+
 def write_images(root: Path, n_per_class: int = 3, classes: tuple[str, ...] = ("cat", "dog"),
                  size: int = 40, seed: int = 0) -> list[str]:
     """Small random PNG/JPEG images in class folders; returns relative paths."""
