@@ -13,6 +13,7 @@ with the real decoding, model, commit and fencing.
 from __future__ import annotations
 
 import os
+import resource
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -220,6 +221,7 @@ class LocalShardActor:
                 before_commit=lambda: check_owner(self.config, decoded.shard_id, self.fence))
         finally:
             torch.set_num_threads(previous)
+        summary.max_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         summary.pid = os.getpid()
         summary.device = str(self.processor.device)
         return summary

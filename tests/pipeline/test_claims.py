@@ -153,7 +153,7 @@ def test_a_commit_by_a_run_that_lost_the_output_is_refused(tmp_path):
         check_owner(ours, "00000", fence)  # released is not ours again either
 
 
-@pytest.mark.usefixtures("ray_local")
+@pytest.mark.usefixtures("job_backend")
 @pytest.mark.parametrize("fmt", ["parquet", "npz"])
 def test_a_repeated_webdataset_key_leaves_ids_and_map_keys_unique(tmp_path, fmt):
     from tests.io.datasets import tar_samples, write_tar
@@ -177,7 +177,7 @@ def test_a_repeated_webdataset_key_leaves_ids_and_map_keys_unique(tmp_path, fmt)
         assert set(maps) == set(ok.image_id)
 
 
-@pytest.mark.usefixtures("ray_local")
+@pytest.mark.usefixtures("job_backend")
 def test_a_resume_redoes_the_shards_whose_input_bytes_changed(tmp_path, caplog):
     from PIL import Image
 
