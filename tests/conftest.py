@@ -87,17 +87,85 @@ def rng() -> np.random.Generator:
     return np.random.default_rng(0)
 
 
+# The job id of the local Ray that ray_local started, while it runs (one Ray for consecutive modules).
+_RAY_LOCAL: dict[str, str] = {}
+
+
+def _ray_local_up() -> bool:
+    import sys
+
+    ray = sys.modules.get("ray")
+    return (ray is not None and ray.is_initialized() and bool(_RAY_LOCAL)
+            and ray.get_runtime_context().get_job_id() == _RAY_LOCAL.get("job"))
+
+
 @pytest.fixture(scope="module")
 def ray_local() -> Iterator[None]:
-    """A local Ray for the module (2 CPUs), shut down afterwards."""
+    """A local Ray (2 CPUs) for the module.
+
+    Consecutive modules that use it share one (starting Ray costs seconds on a small
+    machine); it is shut down before a module that does not use it
+    (:func:`pytest_runtest_teardown`), and a module that needs another Ray shuts it down first.
+    """
     import ray
 
-    if ray.is_initialized():
-        ray.shutdown()
-    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="WARNING",
-             runtime_env=ray_runtime_env())
+    if not _ray_local_up():
+        if ray.is_initialized():
+            ray.shutdown()
+        ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="WARNING",
+                 runtime_env=ray_runtime_env())
+        _RAY_LOCAL["job"] = ray.get_runtime_context().get_job_id()
     yield
-    ray.shutdown()
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> Iterator[None]:
+    """Shuts ray_local's Ray down where the next test is of another module that does not ask for it."""
+    yield
+    if not _RAY_LOCAL:
+        return
+    same_module = nextitem is not None and nextitem.module is item.module
+    wanted = nextitem is not None and "ray_local" in nextitem.fixturenames
+    if same_module or wanted:
+        return
+    import ray
+
+    if _ray_local_up():
+        ray.shutdown()
+    _RAY_LOCAL.clear()
+
+
+@pytest.fixture
+def in_process_jobs(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
+    """Every ``run_job`` of the test (the CLI's included) runs its replicas in this process, no Ray.
+
+    The scheduler's decisions are the same (:mod:`sgcore.pipeline.inprocess`); an
+    ``exit:`` fault ends a replica object, not the process. Returns the backends used.
+    """
+    from sgcore.pipeline import driver
+    from sgcore.pipeline.inprocess import InProcessJobBackend
+
+    real = driver._run_job
+    used: list[Any] = []
+
+    def run(config: Any, backend: Any) -> Any:
+        if backend is None:
+            backend = InProcessJobBackend()
+            used.append(backend)
+        return real(config, backend)
+
+    monkeypatch.setattr(driver, "_run_job", run)
+    return used
+
+
+@pytest.fixture(params=["in-process", pytest.param("ray", marks=pytest.mark.slow)])
+def job_backend(request: pytest.FixtureRequest) -> str:
+    """Runs a job test twice: in process (CI) and on the module's local Ray (``slow``: the end-to-end proof)."""
+    if request.param == "ray":
+        request.getfixturevalue("ray_local")
+    else:
+        request.getfixturevalue("in_process_jobs")
+    return request.param
 
 
 def write_images(root: Path, n_per_class: int = 3, classes: tuple[str, ...] = ("cat", "dog"),

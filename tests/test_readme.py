@@ -18,15 +18,19 @@ pytestmark = pytest.mark.usefixtures("ray_local")
 
 @pytest.fixture(scope="module")
 def output(ray_local, tmp_path_factory) -> Path:
-    """A real job's output: 6 ok rows and one error row (a corrupt JPEG), with --store-full."""
+    """A real job's output: 6 ok rows and one error row (a corrupt JPEG), with --store-full.
+
+    Its replicas run in this process (the output is the same; Ray is here for Ray Data)."""
     from sgcore.pipeline import run_job
+    from sgcore.pipeline.inprocess import InProcessJobBackend
 
     root = tmp_path_factory.mktemp("readers")
     write_images(root / "in", n_per_class=3, size=24)
     (root / "in" / "cat" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
     out = root / "out"
     result = run_job(JobConfig(input=str(root / "in"), output=str(out), model="resnet18", weights="none",
-                               image_size=16, n_samples=2, shard_size=4, store_full=True, progress=False))
+                               image_size=16, n_samples=2, shard_size=4, store_full=True, progress=False),
+                     backend=InProcessJobBackend())
     assert (result.rows, result.ok, result.errors) == (7, 6, 1)
     assert (out / "_manifest.json").exists()
     return out

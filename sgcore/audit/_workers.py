@@ -186,8 +186,12 @@ def run_chunks(
     try:
         import ray
 
-        from sgcore.pipeline.actors import replica_threads
-        from sgcore.pipeline.cluster import connect_ray, node_resources, plan_actors
+        from sgcore.pipeline.cluster import (
+            connect_ray,
+            node_resources,
+            plan_actors,
+            replica_threads,
+        )
         from sgcore.pipeline.pool import ReplicaPool
     except ImportError as e:  # pragma: no cover - ray is a core dependency
         raise ImportError("running the audit on Ray needs ray: pip install 'ray[data]'") from e

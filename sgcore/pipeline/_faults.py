@@ -14,7 +14,7 @@ Off unless the job's config asks for it: nothing is read from the environment.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 KINDS = ("exit", "raise")
 
@@ -36,12 +36,21 @@ def parse_faults(spec: str) -> list[tuple[str, str, int | None]]:
     return faults
 
 
-def maybe_inject(spec: str, image_ids: Iterable[str], attempt: int) -> None:
-    """Injects the faults of ``spec`` whose marker is in one of ``image_ids``."""
+def _exit() -> None:
+    os._exit(137)
+
+
+def maybe_inject(spec: str, image_ids: Iterable[str], attempt: int, *, on_exit: Callable[[], None] = _exit) -> None:
+    """Injects the faults of ``spec`` whose marker is in one of ``image_ids``.
+
+    ``on_exit`` ends the replica for an ``exit:`` fault (the in-process backend ends its
+    replica object, not the process).
+    """
     ids = list(image_ids)
     for kind, marker, at in parse_faults(spec):
         if not any(marker in i for i in ids) or (at is not None and at != attempt):
             continue
         if kind == "exit":
-            os._exit(137)
+            on_exit()
+            return
         raise InjectedFault(f"injected fault ({kind}:{marker}{'' if at is None else f'@{at}'}) on attempt {attempt}")

@@ -20,26 +20,7 @@ from sgcore.io import (
     storage_policy,
 )
 from sgcore.pipeline._faults import maybe_inject
-from sgcore.pipeline.cluster import ActorPlan
 from sgcore.pipeline.worker import ShardProcessor, ShardSummary, check_owner, pick_device
-
-
-def replica_threads(plan: ActorPlan, cpus: float) -> int | None:
-    """Torch threads of each CPU replica of ``plan`` on a cluster of ``cpus`` CPUs (None on GPUs).
-
-    The replicas share the CPUs less one core for the decode tasks (when the
-    plan leaves one spare), and each has at least its own reservation. Granting
-    the replicas the decode core as well (``cpus // actors``, as before) puts
-    more runnable threads than cores on the node whenever a decode task or the
-    driver runs; OpenMP's threads then spin at every barrier waiting for a
-    partner that lost its core: on a 2-core node the replica used 35.5
-    CPU-seconds with 2 threads against 16.2 with 1 for the same 240 maps, and
-    the Ray Data stage 18.5 (docs/performance.md, section 19).
-    """
-    if plan.use_gpu:
-        return None
-    decode = min(1.0, max(0.0, cpus - plan.initial_actors * plan.num_cpus))
-    return max(1, int(round(plan.num_cpus)), int((cpus - decode) // max(1, plan.initial_actors)))
 
 
 def actor_threads(use_gpu: bool, cpu_threads: int | None = None) -> int | None:

@@ -29,8 +29,6 @@ import resource
 import signal
 import threading
 import time
-from collections import deque
-from collections.abc import Callable
 from typing import Any
 
 import ray
@@ -40,12 +38,8 @@ from sgcore.errors import ConfigError, InputError, Stopped
 from sgcore.io import (
     Manifest,
     OutputDir,
-    Record,
-    ResultRow,
     RunEntry,
     ShardSpec,
-    is_storage_unavailable,
-    join,
     plan_shards,
     set_default_policy,
     storage_policy,
@@ -63,38 +57,16 @@ from sgcore.models import (
 )
 from sgcore.models.checkpoint import read_once
 from sgcore.pipeline._faults import parse_faults
-from sgcore.pipeline.actors import remote_actor, remote_decode, remote_tally, replica_threads
-from sgcore.pipeline.cluster import (
-    connect_ray,
-    node_resources,
-    plan_for_config,
-    release_capacity,
-    request_capacity,
-)
-from sgcore.pipeline.pool import ActorSlots, short_error
-from sgcore.pipeline.progress import Progress, format_duration, plural
-from sgcore.pipeline.recorder import (
-    Checkpoints,
-    Committed,
-    Failed,
-    JobFailed,
-    JobResult,
-    Recorder,
-    Retrying,
-    StorageDown,
-    StorageFailed,
-    Submitted,
-    manifest_interval,
-)
-from sgcore.pipeline.worker import ShardSummary, class_target, make_row, probe_model, write_part
+from sgcore.pipeline.backends import RayJobBackend
+from sgcore.pipeline.cluster import connect_ray
+from sgcore.pipeline.progress import Progress, plural
+from sgcore.pipeline.recorder import JobFailed, JobResult, StorageFailed
+from sgcore.pipeline.scheduler import JobBackend, JobScheduler
+from sgcore.pipeline.worker import class_target, probe_model
 
 __all__ = ["JobFailed", "JobResult", "StorageFailed", "job_hash", "plan_fingerprint", "run_job"]
 
 log = logging.getLogger("sgcore")
-
-# Shards queued per actor: one running, one decoded and waiting.
-_QUEUE_PER_ACTOR = 2
-
 
 def plan_fingerprint(shards: list[ShardSpec]) -> str:
     """A hash of the shard plan: which images go in which shard."""
@@ -153,8 +125,15 @@ def _model_on_driver(config: JobConfig) -> tuple[Preprocess, dict[str, Any]]:
         return loaded.preprocess, identity
 
 
-def run_job(config: JobConfig) -> JobResult:
+def run_job(config: JobConfig, *, backend: JobBackend | None = None) -> JobResult:
     """Runs (or resumes) a SmoothGrad job; see ``python -m jobs.smoothgrad --help``.
+
+    Args:
+        config: the job's settings.
+        backend: where the shard replicas run: Ray (default: the cluster of
+            ``config.address``, else a local Ray of its own), or
+            :class:`sgcore.pipeline.inprocess.InProcessJobBackend` (no Ray: this
+            process, for tests of the scheduler's decisions).
 
     Raises:
         ConfigError: bad settings, or an output written with another config.
@@ -164,7 +143,7 @@ def run_job(config: JobConfig) -> JobResult:
     previous_policy = set_default_policy(storage_policy(config.storage_retry_s))
     previous_handler = _on_sigterm()
     try:
-        return _run_job(config)
+        return _run_job(config, backend)
     finally:
         set_default_policy(previous_policy)
         if previous_handler is not None:
@@ -187,7 +166,7 @@ def _on_sigterm() -> Any:
     return signal.signal(signal.SIGTERM, stop)
 
 
-def _run_job(config: JobConfig) -> JobResult:
+def _run_job(config: JobConfig, backend: JobBackend | None) -> JobResult:
     t0 = time.perf_counter()
     started = now()
     if config.inject_faults:
@@ -217,7 +196,7 @@ def _run_job(config: JobConfig) -> JobResult:
     lease.start_heartbeat()
     try:
         return _run_claimed(config, out, lease, preprocess, identity, shards, chash, fingerprint,
-                            t0=t0, started=started)
+                            t0=t0, started=started, backend=backend)
     except LeaseLost as e:
         # Another run holds the output now: nothing more of ours may land there.
         raise JobFailed(f"{e}; stopped without writing more to {config.output}") from None
@@ -240,7 +219,7 @@ def _only_the_lease(out: OutputDir) -> bool:
 
 def _run_claimed(config: JobConfig, out: OutputDir, lease: Lease, preprocess: Preprocess,
                  identity: dict[str, Any], shards: list[ShardSpec], chash: str, fingerprint: str, *,
-                 t0: float, started: str) -> JobResult:
+                 t0: float, started: str, backend: JobBackend | None = None) -> JobResult:
     """The run proper, under ``lease``: every file it makes visible carries the lease's fence."""
     fence = lease.fence
     _guard_output(config, out, chash, fingerprint, identity, preprocess, fence)
@@ -284,12 +263,15 @@ def _run_claimed(config: JobConfig, out: OutputDir, lease: Lease, preprocess: Pr
     lost = False
     try:
         if todo:
-            owns_ray = connect_ray(config.address)
-            _on_sigterm()
+            owns_ray = False
+            if backend is None:
+                owns_ray = connect_ray(config.address)
+                _on_sigterm()
+                backend = RayJobBackend()
             scheduler = None
             try:
-                scheduler = _Scheduler(config, chash, preprocess, todo, manifest, result, progress, lease, fence,
-                                       write_manifest=lambda: out.write_manifest(manifest, fence))
+                scheduler = JobScheduler(backend, config, chash, preprocess, todo, manifest, result, progress,
+                                         lease, fence, write_manifest=lambda: out.write_manifest(manifest, fence))
                 # What the replicas really hold (a CPU-only cluster: 0 GPUs, whatever was asked).
                 run.gpus_per_actor = scheduler.plan.num_gpus
                 run.gpus_per_actor_requested = config.gpus_per_actor
@@ -299,7 +281,7 @@ def _run_claimed(config: JobConfig, out: OutputDir, lease: Lease, preprocess: Pr
                 if scheduler is not None:
                     scheduler.close()  # the run's actors end with it, not at a later garbage collection
                 if scheduler is not None and scheduler.requested_capacity:
-                    release_capacity()
+                    backend.release_capacity()
                 if owns_ray:
                     ray.shutdown()
         progress.maybe_print(force=True)
@@ -361,200 +343,6 @@ def _write_final_manifest(config: JobConfig, out: OutputDir, manifest: Manifest,
         raise StorageFailed(f"{storage_failure}; the manifest could not be written either ({e})") from None
     finally:
         set_default_policy(previous)
-
-
-# --------------------------------------------------------------------------- #
-
-
-class _Scheduler:
-    """Keeps every actor fed (bounded queue), retries, replaces dead actors."""
-
-    def __init__(self, config: JobConfig, chash: str, preprocess: Preprocess,
-                 todo: list[ShardSpec], manifest: Manifest, result: JobResult,
-                 progress: Progress, lease: Lease | None = None, fence: Fence | None = None, *,
-                 write_manifest: Callable[[], None] | None = None):
-        self.config = config
-        self.lease = lease
-        self.fence = fence
-        self.chash = chash
-        self.preprocess = preprocess
-        self.pending: deque[tuple[ShardSpec, int]] = deque((s, 0) for s in todo)
-        self.progress = progress  # read here; changed only by the recorder, and printed
-        # Every change to the manifest, the result and the progress goes through here.
-        self.recorder = Recorder(manifest, result, progress, max_error_rate=config.max_error_rate,
-                                 output=config.output)
-        # The manifest, written while shards commit (bounded rate): a run that dies leaves its record.
-        self.checkpoints = (Checkpoints(write_manifest, self.recorder, interval=manifest_interval())
-                            if write_manifest is not None else None)
-        self.tally: Any = None
-        self.slots: ActorSlots | None = None
-        self.plan = plan_for_config(config, ray.cluster_resources(), num_shards=len(todo),
-                                    nodes=node_resources())
-        log.info("actor pool: %s", self.plan.describe())
-        # CPU replicas share each node's cores, one kept for decoding (actors.replica_threads).
-        self.cpu_threads = replica_threads(self.plan, ray.cluster_resources().get("CPU", 1.0))
-        # On an autoscaling cluster, ask for the nodes max_actors needs.
-        self.requested_capacity = request_capacity(self.plan)
-        self.tally = remote_tally.remote()
-        self.slots = ActorSlots(self._new_actor, self.plan.initial_actors)
-        # future -> (shard, attempt, actor slot, decoded ref, actor)
-        self.inflight: dict[Any, tuple[ShardSpec, int, int, Any, Any]] = {}
-        self.recorder.replicas(self.slots.live)
-        # Since when shards fail for storage that stays down (None: the last one succeeded).
-        self.outage_since: float | None = None
-        self.storage_failing: set[str] = set()  # shards that met it and have not succeeded since
-
-    def _new_actor(self) -> Any:
-        driver = (ray.get_runtime_context().get_node_id(), os.getpid())
-        return remote_actor.options(**self.plan.actor_options()).remote(
-            self.config, self.plan.use_gpu, self.cpu_threads, driver, self.tally, self.fence
-        )
-
-    def _maybe_grow(self) -> None:
-        """Adds a replica while work waits and the cluster has room (up to max_actors)."""
-        p = self.plan
-        live = self.slots.live
-        if live >= p.max_actors or len(self.pending) <= live:
-            return
-        free = ray.available_resources()
-        if free.get("GPU", 0.0) >= p.num_gpus and free.get("CPU", 0.0) >= p.num_cpus + p.decode_num_cpus:
-            self.slots.add()
-            self.recorder.replicas(live + 1)
-
-    def _submit(self, spec: ShardSpec, attempt: int) -> None:
-        slot, actor = self.slots.take()
-        # Decode tasks reserve no CPU: the window above bounds how many run, and
-        # a reservation could deadlock once a lost node takes the spare CPUs with it.
-        decoded = remote_decode.options(num_cpus=0).remote(
-            spec, self.preprocess.decode_kwargs(), self.config.storage_options,
-            self.config.storage_retry_s,
-        )
-        fut = actor.process.remote(decoded, self.chash, attempt)
-        self.inflight[fut] = (spec, attempt, slot, decoded, actor)
-        self.recorder.record(Submitted(spec.shard_id, attempt))
-
-    def run(self) -> None:
-        self.progress.restart_clock()
-        while self.pending or self.inflight:
-            self._maybe_grow()
-            # One shard running per actor, plus decoded shards waiting, as many
-            # as the decode CPUs allow (at most one more per actor).
-            n = self.slots.live
-            capacity = n + min(n * (_QUEUE_PER_ACTOR - 1), max(1, self.plan.max_decode_tasks))
-            while self.pending and len(self.inflight) < capacity:
-                spec, attempt = self.pending.popleft()
-                self._submit(spec, attempt)
-            if self.lease is not None:
-                self.lease.check()  # taken over after our heartbeats failed: stop at once
-            done, _ = ray.wait(list(self.inflight), num_returns=1,
-                               timeout=min(1.0, self.progress.interval))
-            self._take_tally()
-            for fut in done:
-                self._finish(fut)
-            if self.checkpoints is not None:
-                self.checkpoints.maybe_write()
-            self.progress.maybe_print()
-
-    def close(self) -> None:
-        """Kills the run's replicas and its progress tally (their work is over or abandoned)."""
-        if self.slots is not None:
-            self.slots.close()
-        if self.tally is not None:
-            with contextlib.suppress(Exception):
-                ray.kill(self.tally, no_restart=True)
-            self.tally = None
-
-    def _take_tally(self) -> None:
-        """Images the replicas finished since the last look (live progress)."""
-        try:
-            counts = ray.get(self.tally.take.remote(), timeout=10)
-        except ray.exceptions.RayError:  # progress only: never fail the job for it
-            return
-        self.recorder.images_done(counts)
-
-    def _finish(self, fut: Any) -> None:
-        spec, attempt, slot, decoded, actor = self.inflight.pop(fut)
-        self.slots.release(slot)
-        try:
-            summary = ray.get(fut)
-        except ray.exceptions.RayActorError as e:
-            log.warning("actor for shard %s died (%s)", spec.shard_id, short_error(e))
-            if self.slots.drop(slot, actor):
-                self.recorder.replica_lost()
-            self._retry(spec, attempt, f"actor died: {short_error(e)}", decoded)
-            return
-        except ray.exceptions.RayTaskError as e:
-            if isinstance(e.cause, LeaseLost):  # another run holds the output: stop, commit nothing more
-                raise e.cause from None
-            if isinstance(e.cause, ConfigError | InputError):
-                # bad settings, or a model that fails on every input (ModelError)
-                raise e.cause from None
-            if e.cause is not None and is_storage_unavailable(e.cause):
-                self._storage_failed(spec, attempt, short_error(e.cause), decoded)
-                return
-            self._retry(spec, attempt, short_error(e), decoded)
-            return
-        except ray.exceptions.RayError as e:
-            self._retry(spec, attempt, short_error(e), decoded)
-            return
-        self.outage_since = None
-        self.storage_failing.discard(spec.shard_id)
-        self.recorder.record(Committed(summary))
-
-    def _storage_failed(self, spec: ShardSpec, attempt: int, reason: str, decoded: Any) -> None:
-        """A shard that met a store down past the retry budget; stops a job whose store stays down."""
-        now = time.monotonic()
-        if self.outage_since is None:
-            self.outage_since = now
-        self.storage_failing.add(spec.shard_id)
-        waited = now - self.outage_since
-        if waited < self.config.storage_outage_s:
-            self._retry(spec, attempt, reason, decoded, storage=True)
-            return
-        # Down for good: every shard that met the outage fails now, the rest stay pending.
-        self.recorder.record(StorageDown(spec.shard_id, attempt, reason, tuple(sorted(self.storage_failing))))
-        failed = sorted(self.recorder.result.failed_shards)
-        raise StorageFailed(
-            f"storage unavailable for {format_duration(waited)} (over --storage-outage-s "
-            f"{self.config.storage_outage_s:g}): {plural(len(failed), 'shard')} failed "
-            f"({', '.join(failed)}), {plural(self.recorder.not_done(), 'shard')} not done; cause: "
-            f"{reason}; rerun the same command once the store is back"
-        )
-
-    def _retry(self, spec: ShardSpec, attempt: int, reason: str, decoded: Any, *,
-               storage: bool = False) -> None:
-        if attempt < self.config.max_retries:
-            log.warning("shard %s failed (attempt %d): %s; retrying", spec.shard_id, attempt + 1, reason)
-            self.recorder.record(Retrying(spec.shard_id, attempt, reason))
-            self.pending.appendleft((spec, attempt + 1))
-            return
-        message = f"shard failed after {attempt + 1} attempt(s): {reason}"
-        rows = _error_rows(self.config, spec, decoded, message, self.preprocess.map_shape)
-        # A failed part (redone by the next run) keeps one row per image; with the store
-        # down it may not be writable either: the manifest then says failed, and a
-        # missing part is redone all the same.
-        previous = set_default_policy(storage_policy(min(self.config.storage_retry_s, 5.0))) if storage else None
-        try:
-            commit = write_part(self.config, self.preprocess, spec.shard_id, rows, config_hash=self.chash,
-                                content=spec.content, status="failed", fence=self.fence)
-        except OSError as e:
-            if not storage:
-                raise
-            log.warning("shard %s: its failed part could not be written either (%s)", spec.shard_id, e)
-        finally:
-            if previous is not None:
-                set_default_policy(previous)
-        self.recorder.record(Failed(ShardSummary.of(spec.shard_id, rows, attempt=attempt, commit=commit), reason))
-
-
-def _error_rows(config: JobConfig, spec: ShardSpec, decoded: Any, message: str,
-                crop: int | tuple[int, int]) -> list[ResultRow]:
-    """Error rows for every image of a shard that could not be processed."""
-    try:
-        records = ray.get(decoded, timeout=60).records
-    except Exception:  # the decode itself failed: fall back to the plan
-        records = [Record(image_id=m, source=join(spec.root, m)) for m in spec.planned_ids()]
-    return [make_row(config, spec.shard_id, rec, crop=crop, error=message) for rec in records]
 
 
 def _guard_output(config: JobConfig, out: OutputDir, chash: str, fingerprint: str,

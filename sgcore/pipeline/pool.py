@@ -1,17 +1,14 @@
-"""Pools of model replicas on Ray: the slots every pool keeps, and a pool for independent work items.
+"""A pool of model replicas for independent work items (the audit's heavy checks).
 
-:class:`ActorSlots` is the one place a pool's replicas live: which slots hold
-a live replica, how much work each has queued, which one takes the next item,
-and what happens when one dies (it is killed and forgotten; a new one starts
-only when none is left, since a replacement might never fit on a cluster that
-lost a node). The job's scheduler (:mod:`sgcore.pipeline.driver`) keeps its
-shard actors there; :class:`ReplicaPool` keeps the replicas of other heavy
-work (the audit's sanity cascade and perturbation curves) there, with the same
-rules: the pool is sized by :func:`~sgcore.pipeline.cluster.plan_actors`,
-each replica builds its model once in its constructor, an item whose actor
-dies is retried on another replica (up to ``max_retries`` times), and a
-replica that cannot start for bad settings stops the whole run with its
-one-line error.
+:class:`ReplicaPool` runs on the pipeline's one scheduler
+(:mod:`sgcore.pipeline.scheduler`, which also runs the job's shards), with the
+same rules: the replicas live in :class:`~sgcore.pipeline.scheduler.ActorSlots`
+(a dead one is killed and forgotten; a new one starts only when none is left,
+since a replacement might never fit on a cluster that lost a node), the pool
+is sized by :func:`~sgcore.pipeline.cluster.plan_actors`, each replica builds
+its model once in its constructor, an item whose actor dies is retried on
+another replica (up to ``max_retries`` times), and a replica that cannot start
+for bad settings stops the whole run with its one-line error.
 
 The worker class is plain Python (``cls(*args)`` then ``getattr(obj,
 method)(item)``), so the same class runs in-process without Ray.
@@ -21,18 +18,15 @@ from __future__ import annotations
 
 import logging
 import os
-from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from sgcore.errors import ConfigError, InputError
 from sgcore.pipeline.cluster import ActorPlan
+from sgcore.pipeline.scheduler import ActorSlots, Backend, Scheduler, Task, TaskFailed, short_error
 
 log = logging.getLogger("sgcore")
-
-# Items queued per replica: one running, one waiting, so a replica never idles.
-_QUEUE_PER_ACTOR = 2
 
 
 @dataclass(frozen=True)
@@ -49,73 +43,6 @@ class _SetupFailed(Exception):
     def __init__(self, error: ConfigError | InputError) -> None:
         super().__init__(str(error))
         self.error = error
-
-
-class ActorSlots:
-    """A pool's replicas: slots (None once a replica died), the work queued on each, the next to use.
-
-    Args:
-        new_actor: starts one replica (an actor handle).
-        n: replicas to start now.
-    """
-
-    def __init__(self, new_actor: Callable[[], Any], n: int) -> None:
-        self._new_actor = new_actor
-        self.actors: list[Any] = [new_actor() for _ in range(n)]
-        self.load = [0] * n
-        self.lost = 0
-
-    @property
-    def live(self) -> int:
-        return sum(a is not None for a in self.actors)
-
-    def take(self) -> tuple[int, Any]:
-        """The least-loaded live replica's slot and handle; counts one more item on it."""
-        slot = min((s for s, a in enumerate(self.actors) if a is not None), key=lambda s: self.load[s])
-        self.load[slot] += 1
-        return slot, self.actors[slot]
-
-    def release(self, slot: int) -> None:
-        """An item on ``slot`` finished (whatever its outcome)."""
-        self.load[slot] -= 1
-
-    def add(self) -> None:
-        """Starts one more replica, in a dead one's slot if there is one."""
-        if None in self.actors:
-            self.actors[self.actors.index(None)] = self._new_actor()
-        else:
-            self.actors.append(self._new_actor())
-            self.load.append(0)
-
-    def drop(self, slot: int, dead: Any) -> bool:
-        """Forgets the dead replica ``dead`` of ``slot``; starts a new one only when none is left.
-
-        A replacement might never fit (its node is gone), and work queued on
-        it would wait forever; a pool grows back through :meth:`add` once the
-        cluster has room. Returns False when ``dead`` was already dropped.
-        """
-        if self.actors[slot] is not dead:
-            return False
-        _kill(dead)
-        self.lost += 1
-        self.actors[slot] = self._new_actor() if self.live == 1 else None
-        return True
-
-    def close(self) -> None:
-        """Kills every replica."""
-        for a in self.actors:
-            if a is not None:
-                _kill(a)
-        self.actors = []
-
-
-def _kill(actor: Any) -> None:
-    import ray
-
-    try:
-        ray.kill(actor, no_restart=True)
-    except Exception:  # noqa: BLE001 - already gone
-        pass
 
 
 class Replica:
@@ -156,15 +83,19 @@ class ReplicaPool:
     """
 
     def __init__(self, cls: type, args: Sequence[Any], *, plan: ActorPlan, max_retries: int = 3,
-                 cpu_threads: int | None = None) -> None:
-        import ray
-
-        self._ray = ray
+                 cpu_threads: int | None = None, backend: Backend | None = None) -> None:
         self.plan = plan
         self.max_retries = max_retries
-        remote = ray.remote(Replica).options(**plan.actor_options())
-        replica_args = (cls, tuple(args), plan.use_gpu, cpu_threads)
-        self.slots = ActorSlots(lambda: remote.remote(*replica_args), plan.initial_actors)
+        if backend is None:
+            import ray
+
+            from sgcore.pipeline.backends import RayBackend
+
+            remote = ray.remote(Replica).options(**plan.actor_options())
+            replica_args = (cls, tuple(args), plan.use_gpu, cpu_threads)
+            backend = RayBackend(lambda: remote.remote(*replica_args))
+        self.backend = backend
+        self.slots = ActorSlots(backend.new_actor, plan.initial_actors, kill=backend.kill)
         self.pids: set[int] = set()
 
     @property
@@ -199,64 +130,57 @@ class ReplicaPool:
             ConfigError, InputError: a replica could not start (bad model,
                 weights or settings): every replica would fail the same way.
         """
-        ray = self._ray
-        out: list[Any] = [None] * len(items)
-        pending: deque[tuple[int, int]] = deque((i, 0) for i in range(len(items)))
-        inflight: dict[Any, tuple[int, int, int, Any]] = {}  # future -> (item, attempt, slot, actor)
-        slots = self.slots
-
-        def submit(i: int, attempt: int) -> None:
-            slot, actor = slots.take()
-            inflight[actor.call.remote(method, items[i])] = (i, attempt, slot, actor)
-
-        def failed(i: int, attempt: int, reason: str) -> None:
-            if attempt < self.max_retries:
-                log.warning("work item %d failed (attempt %d): %s; retrying", i, attempt + 1, reason)
-                pending.appendleft((i, attempt + 1))
-                return
-            out[i] = ItemFailed(reason=reason, attempts=attempt + 1)
-            if on_result is not None:
-                on_result(i, out[i], -1)
-
-        while pending or inflight:
-            while pending and len(inflight) < _QUEUE_PER_ACTOR * slots.live:
-                submit(*pending.popleft())
-            done, _ = ray.wait(list(inflight), num_returns=1)
-            for fut in done:
-                i, attempt, slot, actor = inflight.pop(fut)
-                slots.release(slot)
-                try:
-                    pid, value = ray.get(fut)
-                except ray.exceptions.RayActorError as e:
-                    log.warning("replica running work item %d died (%s)", i, short_error(e))
-                    slots.drop(slot, actor)
-                    failed(i, attempt, f"replica died: {short_error(e)}")
-                    continue
-                except ray.exceptions.RayTaskError as e:
-                    if isinstance(e.cause, _SetupFailed):
-                        raise e.cause.error from None
-                    if isinstance(e.cause, ConfigError | InputError):
-                        # The item's own bad input (an unreadable image): the same on every replica.
-                        out[i] = ItemFailed(reason=str(e.cause), attempts=attempt + 1)
-                        if on_result is not None:
-                            on_result(i, out[i], -1)
-                        continue
-                    failed(i, attempt, short_error(e))
-                    continue
-                except ray.exceptions.RayError as e:
-                    failed(i, attempt, short_error(e))
-                    continue
-                self.pids.add(pid)
-                out[i] = value
-                if on_result is not None:
-                    on_result(i, value, pid)
-        return out
+        run = _Map(self, method, items, on_result)
+        run.run()
+        return run.out
 
 
-def short_error(e: BaseException) -> str:
-    """The last line of an error's message (a Ray error's is the remote traceback's), at most 300 characters."""
-    text = str(e).strip().splitlines()
-    return (text[-1] if text else type(e).__name__)[:300]
+class _Map(Scheduler):
+    """:meth:`ReplicaPool.map`'s decisions: an item's own user error fails it alone, a replica's stops the map."""
+
+    def __init__(self, pool: ReplicaPool, method: str, items: Sequence[Any],
+                 on_result: Callable[[int, Any, int], None] | None) -> None:
+        super().__init__(pool.backend, pool.slots, range(len(items)), max_retries=pool.max_retries)
+        self.pool = pool
+        self.method = method
+        self.items = items
+        self.on_result = on_result
+        self.out: list[Any] = [None] * len(items)
+
+    def launch(self, actor: Any, i: int, attempt: int) -> tuple[Any, Any]:
+        return self.backend.call(actor, "call", self.method, self.items[i]), None
+
+    def done(self, task: Task, value: Any) -> None:
+        pid, value = value
+        self.pool.pids.add(pid)
+        self.out[task.item] = value
+        if self.on_result is not None:
+            self.on_result(task.item, value, pid)
+
+    def died(self, task: Task, reason: str) -> None:
+        log.warning("replica running work item %d died (%s)", task.item, reason)
+        self.slots.drop(task.slot, task.actor)
+        self.retry(task, f"replica died: {reason}")
+
+    def failed(self, task: Task, error: TaskFailed) -> None:
+        if isinstance(error.cause, _SetupFailed):
+            raise error.cause.error from None
+        if isinstance(error.cause, ConfigError | InputError):
+            # The item's own bad input (an unreadable image): the same on every replica.
+            self._fail(task, str(error.cause))
+            return
+        self.retry(task, error.reason)
+
+    def retrying(self, task: Task, reason: str) -> None:
+        log.warning("work item %d failed (attempt %d): %s; retrying", task.item, task.attempt + 1, reason)
+
+    def give_up(self, task: Task, reason: str) -> None:
+        self._fail(task, reason)
+
+    def _fail(self, task: Task, reason: str) -> None:
+        self.out[task.item] = ItemFailed(reason=reason, attempts=task.attempt + 1)
+        if self.on_result is not None:
+            self.on_result(task.item, self.out[task.item], -1)
 
 
 __all__ = ["ActorSlots", "ItemFailed", "Replica", "ReplicaPool", "short_error"]

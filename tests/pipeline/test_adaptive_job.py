@@ -143,7 +143,7 @@ def test_converged_images_are_replaced_from_the_whole_shard_so_passes_stay_full(
     assert fill > 0.8 > 0.5 >= sum(per_batch) / (64 * len(per_batch))
 
 
-@pytest.mark.usefixtures("ray_local")
+@pytest.mark.usefixtures("job_backend")
 def test_a_retried_shard_and_another_batch_size_give_byte_identical_maps_in_a_real_job(tmp_path):
     """Contract 2 under Ray: an adaptive shard whose actor died mid-job is redone on a new replica
     with the same per-image sample counts and the same maps, bit for bit, whatever the batch size."""

@@ -4,6 +4,10 @@ Faults come from outside the job (SIGKILL of an actor process of this test's
 own job, of the whole job process group, removal of a Ray node) or from the
 job's ``inject_faults`` option (an actor that exits abruptly, a shard that
 always raises).
+
+The tests with ``job_backend`` run in process in CI (the scheduler's decisions,
+:mod:`sgcore.pipeline.inprocess`) and on a local Ray under ``slow``; the three
+SIGKILL drills (an actor, a node, the driver's process group) stay real.
 """
 
 from __future__ import annotations
@@ -62,7 +66,7 @@ def _assert_exactly_once(out: Path, ids: list[str], *, success: bool = True) -> 
     return df
 
 
-@pytest.mark.usefixtures("ray_local")
+@pytest.mark.usefixtures("job_backend")
 def test_actor_exit_is_retried_and_poison_shard_becomes_error_rows(tmp_path):
     ids = _dataset(tmp_path / "in", 3, extra=("crash-me.png", "poison.png"))
     out = tmp_path / "out"
@@ -88,7 +92,7 @@ def test_actor_exit_is_retried_and_poison_shard_becomes_error_rows(tmp_path):
     assert (df[~df.shard.isin([poison_shard])].status == "ok").all()
 
 
-@pytest.mark.usefixtures("ray_local")
+@pytest.mark.usefixtures("job_backend")
 def test_failed_shard_is_redone_by_the_rerun_and_only_it(tmp_path):
     # sorted ids: [cat/broken.jpg, cat/cat_0.png] [cat/cat_1.jpg, cat/doomed.png] [dog/...]
     ids = _dataset(tmp_path / "in", 2, extra=("cat/doomed.png",))
@@ -136,7 +140,7 @@ def test_failed_shard_is_redone_by_the_rerun_and_only_it(tmp_path):
     assert read_part_metadata(str(out / redone))["status"] == "committed"
 
 
-@pytest.mark.usefixtures("ray_local")
+@pytest.mark.usefixtures("job_backend")
 def test_job_cli_exits_nonzero_naming_failed_shards(tmp_path, capsys):
     from jobs.smoothgrad import main
 
@@ -184,7 +188,8 @@ def _kill_actor_after_first_part(out: Path, job: threading.Thread) -> bool:
     return False
 
 
-def test_max_error_rate_stops_a_job_of_errors(tmp_path, ray_local):
+@pytest.mark.usefixtures("job_backend")
+def test_max_error_rate_stops_a_job_of_errors(tmp_path):
     # A checkpoint whose head is NaN: every map is non-finite.
     import torchvision
 
@@ -205,7 +210,7 @@ def test_max_error_rate_stops_a_job_of_errors(tmp_path, ray_local):
     assert result.errors == 6
 
 
-@pytest.mark.usefixtures("ray_local")
+@pytest.mark.usefixtures("job_backend")
 def test_transient_storage_errors_on_reads_and_writes_are_retried(tmp_path):
     ids = _dataset(tmp_path / "in", 4)
     opts = {"fail_fraction": 0.7, "failures": 2, "error": "slowdown"}
@@ -215,7 +220,7 @@ def test_transient_storage_errors_on_reads_and_writes_are_retried(tmp_path):
     assert (df.status == "ok").all() and result.success
 
 
-@pytest.mark.usefixtures("ray_local")
+@pytest.mark.usefixtures("job_backend")
 def test_permanent_read_errors_become_error_rows_naming_the_url(tmp_path):
     from sgcore.io._flaky import FlakyFileSystem
 

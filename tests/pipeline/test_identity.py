@@ -22,7 +22,7 @@ from sgcore.config import JobConfig
 from sgcore.errors import ConfigError
 from sgcore.models import DemoNet
 from sgcore.pipeline import run_job
-from tests.conftest import ray_runtime_env, write_images
+from tests.conftest import write_images
 
 SMALL = dict(n_samples=2, shard_size=4, batch_size=4, gpus_per_actor=0.0, num_actors=1, progress=False)
 PRE = {"crop_size": 32, "resize_size": 32, "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25]}
@@ -53,18 +53,12 @@ def factory(tmp_path_factory):
     return d
 
 
-@pytest.fixture(scope="module")
-def ray_identity(factory):
-    """One local Ray for the module; the factory package travels as a py_module."""
-    import ray
-
-    if ray.is_initialized():
-        ray.shutdown()
+@pytest.fixture
+def ray_identity(factory, in_process_jobs):
+    """The factory package importable; the jobs' replicas run in this process (the driver's refusals are
+    what these tests check; a factory shipped to Ray actors as a py_module: test_own_models)."""
     sys.path.insert(0, str(factory / "py"))
-    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="WARNING",
-             runtime_env={**ray_runtime_env(), "py_modules": [str(factory / "py" / "idnets")]})
     yield
-    ray.shutdown()
     sys.path.remove(str(factory / "py"))
     sys.modules.pop("idnets", None)
 

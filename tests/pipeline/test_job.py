@@ -1,4 +1,5 @@
-"""The whole job end to end on a local Ray: real files, real Parquet, real actors."""
+"""The whole job end to end: real files, real Parquet; on a local Ray (the first test), and in
+process in CI for the rest (``job_backend``: on Ray too under ``slow``)."""
 
 from __future__ import annotations
 
@@ -21,8 +22,6 @@ from sgcore.models import load_model
 from sgcore.pipeline import run_job
 from sgcore.seeds import image_seed
 
-pytestmark = pytest.mark.usefixtures("ray_local")
-
 SMALL = dict(model="resnet18", weights="none", image_size=32, n_samples=4, shard_size=3,
              batch_size=4, progress=False)
 
@@ -32,6 +31,7 @@ def _read(out) -> pd.DataFrame:
     return pd.concat([pd.read_parquet(p) for p in parts], ignore_index=True)
 
 
+@pytest.mark.usefixtures("ray_local")
 def test_one_row_per_image_corrupt_file_is_an_error_row(image_dir, tmp_path):
     out = tmp_path / "out"
     result = run_job(JobConfig(input=str(image_dir), output=str(out), **SMALL))
@@ -59,6 +59,7 @@ def test_one_row_per_image_corrupt_file_is_an_error_row(image_dir, tmp_path):
     assert table.schema.field("reproducibility").type == pa.float32()
 
 
+@pytest.mark.usefixtures("job_backend")
 def test_maps_equal_the_kernel_called_directly(image_dir, tmp_path):
     out = tmp_path / "out"
     run_job(JobConfig(input=str(image_dir), output=str(out), **SMALL))
@@ -81,6 +82,7 @@ def test_maps_equal_the_kernel_called_directly(image_dir, tmp_path):
     assert int(row.seed) == image_seed(0, "dog/dog_0.png")
 
 
+@pytest.mark.usefixtures("job_backend")
 def test_rerun_resumes_and_a_different_config_is_refused(image_dir, tmp_path):
     out = tmp_path / "out"
     cfg = JobConfig(input=str(image_dir), output=str(out), **SMALL)
@@ -115,6 +117,7 @@ def test_rerun_resumes_and_a_different_config_is_refused(image_dir, tmp_path):
     assert {p.name: p.stat().st_mtime_ns for p in out.glob("part-*.parquet")} == stamps
 
 
+@pytest.mark.usefixtures("job_backend")
 def test_checkpoint_of_another_model_stops_the_job_at_once(image_dir, tmp_path):
     # The demo net's weights for a resnet18: every replica would fail to start.
     from sgcore.models import DEMO_WEIGHTS_PATH
@@ -132,6 +135,7 @@ def test_checkpoint_of_another_model_stops_the_job_at_once(image_dir, tmp_path):
     assert (out / "_SUCCESS").exists() and len(_read(out)) == 7
 
 
+@pytest.mark.usefixtures("job_backend")
 def test_output_that_is_a_file_is_refused(image_dir, tmp_path):
     out = tmp_path / "results.parquet"
     out.write_bytes(b"not a folder")
@@ -153,6 +157,7 @@ FLAGS = [
 ]
 
 
+@pytest.mark.usefixtures("job_backend")
 @pytest.mark.parametrize("flags", FLAGS, ids=lambda f: f"{f['aggregate']}-{f['base']}")
 def test_method_flags_reach_the_kernel(image_dir, tmp_path, flags):
     out = tmp_path / "out"

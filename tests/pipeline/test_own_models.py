@@ -4,6 +4,9 @@ weights changed at the same path is refused.
 
 Each map must equal (within float16) the kernel called directly on the same model,
 fed by the source library's own preprocessing of the same image, with the row's seed.
+The jobs of the tests with ``in_process_jobs`` build their replicas in this process;
+the Python factory (a py_module shipped to the actors) and the Hugging Face directory
+on S3 run on the module's Ray, as do the audits with ``--num-actors``.
 """
 
 from __future__ import annotations
@@ -155,7 +158,7 @@ def _torchvision_transform(pre: dict):
                       T.Normalize(pre["mean"], pre["std"])])
 
 
-def test_timm_resnet10t_checkpoint(ray_zoo, zoo, photos, tmp_path):
+def test_timm_resnet10t_checkpoint(ray_zoo, zoo, photos, tmp_path, in_process_jobs):
     df, manifest = _run(photos, tmp_path / "out", model="timm:resnet10t", weights=str(zoo / "r10.pth"),
                         image_size=64, target="class:bee", score="softmax")
     assert set(df.target) == {1} and set(df.target_name) == {"bee"} and set(df.score_type) == {"softmax"}
@@ -172,7 +175,7 @@ def test_timm_resnet10t_checkpoint(ray_zoo, zoo, photos, tmp_path):
     assert manifest["model"]["files"] == {str(zoo / "r10.pth"): hashlib.sha256((zoo / "r10.pth").read_bytes()).hexdigest()}
 
 
-def test_timm_small_vit_safetensors(ray_zoo, zoo, photos, tmp_path):
+def test_timm_small_vit_safetensors(ray_zoo, zoo, photos, tmp_path, in_process_jobs):
     df, manifest = _run(photos, tmp_path / "out", model="timm:test_vit", weights=str(zoo / "vit.safetensors"))
     from safetensors.torch import load_file
 
@@ -189,7 +192,7 @@ def _hf_transform(directory):
 
 
 @pytest.mark.parametrize("name", ["hf-vit", "hf-convnext"])
-def test_hugging_face_directory(ray_zoo, zoo, photos, tmp_path, name):
+def test_hugging_face_directory(ray_zoo, zoo, photos, tmp_path, in_process_jobs, name):
     df, manifest = _run(photos, tmp_path / "out", model=f"hf:{zoo / name}")
     model = transformers.AutoModelForImageClassification.from_pretrained(zoo / name)
     _check_maps(df, photos, model.eval(), _hf_transform(zoo / name))
@@ -218,7 +221,7 @@ def test_hugging_face_directory_on_s3(ray_zoo, zoo, photos, tmp_path, s3_server)
     assert list(manifest["model"]["files"]) == ["s3://zoo/hf-vit"]
 
 
-def test_torchscript_archive_with_a_sidecar(ray_zoo, zoo, photos, tmp_path, capsys):
+def test_torchscript_archive_with_a_sidecar(ray_zoo, zoo, photos, tmp_path, in_process_jobs, capsys):
     df, manifest = _run(photos, tmp_path / "out", model=f"torchscript:{zoo / 'demo.ts'}")
     assert set(df.predicted_name) <= set("abcd") and (df.map_height == 48).all()
     _check_maps(df, photos, torch.jit.load(str(zoo / "demo.ts")).eval(), _torchvision_transform(DEMO_PRE))
@@ -242,7 +245,7 @@ def test_torchscript_archive_with_a_sidecar(ray_zoo, zoo, photos, tmp_path, caps
         for name in ("demo.ts", "demo.ts.preprocess.json")}
 
 
-def test_export_archive_with_preprocess(ray_zoo, zoo, photos, tmp_path):
+def test_export_archive_with_preprocess(ray_zoo, zoo, photos, tmp_path, in_process_jobs):
     df, manifest = _run(photos, tmp_path / "out", model=f"export:{zoo / 'demo.pt2'}", preprocess=DEMO_PRE)
     assert (df.map_height == 48).all() and (df.map_width == 48).all()
     net = DemoNet()
@@ -277,7 +280,8 @@ def test_python_factory_with_a_checkpoint(ray_zoo, zoo, photos, tmp_path):
 
 
 @pytest.mark.parametrize("kind", ["checkpoint", "torchscript"])
-def test_a_resume_after_the_weights_changed_at_the_same_path_is_refused(ray_zoo, zoo, photos, tmp_path, kind):
+def test_a_resume_after_the_weights_changed_at_the_same_path_is_refused(ray_zoo, zoo, photos, tmp_path, kind,
+                                                                       in_process_jobs):
     import shutil
 
     from sgcore.errors import ConfigError

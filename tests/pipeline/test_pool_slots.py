@@ -6,20 +6,20 @@ import itertools
 
 import pytest
 
-from sgcore.pipeline import pool
-from sgcore.pipeline.pool import ActorSlots, short_error
+from sgcore.pipeline.scheduler import ActorSlots, short_error
+
+_killed: list[str] = []
 
 
 @pytest.fixture
-def killed(monkeypatch):
-    gone: list[str] = []
-    monkeypatch.setattr(pool, "_kill", gone.append)
-    return gone
+def killed():
+    _killed.clear()
+    return _killed
 
 
 def _slots(n: int) -> ActorSlots:
     names = (f"actor{i}" for i in itertools.count())
-    return ActorSlots(lambda: next(names), n)
+    return ActorSlots(lambda: next(names), n, kill=_killed.append)
 
 
 def test_work_goes_to_the_least_loaded_live_replica():

@@ -74,7 +74,7 @@ def test_summary_pluralizes_and_says_what_a_resume_did():
                                  "recomputed | results: out")
 
 
-@pytest.mark.usefixtures("ray_local")
+@pytest.mark.usefixtures("job_backend")
 def test_a_real_job_counts_each_image_once_batch_by_batch(tmp_path, capsys):
     write_images(tmp_path / "in", n_per_class=6, size=24)  # 12 images
     cfg = dict(model="resnet18", weights="none", image_size=32, n_samples=8, shard_size=4, batch_size=2,

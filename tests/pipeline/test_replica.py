@@ -126,7 +126,7 @@ def test_a_cpu_replica_leaves_a_core_to_the_decode_tasks():
     """On a 2-core node the job's replica ran 2 torch threads beside the decode tasks and the driver:
     OpenMP spin-waiting made it cost twice the CPU of 1 thread for the same maps (and more than the
     Ray Data stage). The replicas now share the CPUs less the decode core."""
-    from sgcore.pipeline.actors import replica_threads
+    from sgcore.pipeline.cluster import replica_threads
 
     plan = _plan(2.0)
     assert (plan.initial_actors, plan.num_cpus, plan.decode_num_cpus) == (1, 1.0, 1.0)

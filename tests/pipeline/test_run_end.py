@@ -10,7 +10,8 @@ import ray
 
 from sgcore.config import JobConfig
 from sgcore.io import OutputDir
-from sgcore.pipeline import driver, run_job
+from sgcore.pipeline import run_job
+from sgcore.pipeline.backends import RayJobBackend
 
 pytestmark = pytest.mark.usefixtures("ray_local")
 
@@ -28,7 +29,7 @@ def _alive(actor_ids: set[str]) -> list[str]:
 
 def test_no_actor_of_a_run_outlives_it_and_its_manifest_is_checkpointed(image_dir, tmp_path, monkeypatch):
     started: set[str] = set()
-    new_actor = driver._Scheduler._new_actor
+    new_actor = RayJobBackend.new_actor
 
     def recording(self):
         actor = new_actor(self)
@@ -37,7 +38,7 @@ def test_no_actor_of_a_run_outlives_it_and_its_manifest_is_checkpointed(image_di
             started.add(self.tally._actor_id.hex())
         return actor
 
-    monkeypatch.setattr(driver._Scheduler, "_new_actor", recording)
+    monkeypatch.setattr(RayJobBackend, "new_actor", recording)
     checkpoints: list[tuple[str, int]] = []
     write = OutputDir.write_manifest
 

@@ -216,7 +216,9 @@ def test_outputs_read_directly_by_ray_data(s3, messy):
     assert sorted(r["image_id"] for r in ds.select_columns(["image_id"]).take_all()) == sorted(expected)
 
 
-def test_webdataset_on_s3_maps_equal_the_kernel(s3, tmp_path):
+def test_webdataset_on_s3_maps_equal_the_kernel(s3, tmp_path, in_process_jobs):
+    # The replicas in process: what is checked is the S3 reads and the maps (the S3 jobs above and
+    # below run on Ray).
     images = sorted(_demo_images(tmp_path).rglob("*.png"))
     samples = [(f"{p.parent.name}_{p.stem}", {"png": p.read_bytes(), "cls": p.parent.name.encode()})
                for p in images]

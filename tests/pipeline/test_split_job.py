@@ -12,7 +12,7 @@ from sgcore.config import JobConfig
 from sgcore.pipeline import run_job
 from tests.io.datasets import tar_samples, write_tar
 
-pytestmark = pytest.mark.usefixtures("ray_local")
+pytestmark = pytest.mark.usefixtures("job_backend")
 
 SMALL = dict(model="resnet18", weights="none", image_size=32, n_samples=4, batch_size=16, progress=False)
 

@@ -32,7 +32,7 @@ def _rows(out: Path) -> pd.DataFrame:
                      ignore_index=True)
 
 
-@pytest.mark.usefixtures("ray_local")
+@pytest.mark.usefixtures("job_backend")
 def test_outage_past_the_retry_budget_fails_the_shard_and_the_rerun_redoes_it(tmp_path):
     ids = sorted(write_images(tmp_path / "in", n_per_class=2, size=24))
     down = {"fail_fraction": 1.0, "until": time.time() + 3600, "error": "timeout", "ops": ["cat_file"]}
@@ -55,7 +55,7 @@ def test_outage_past_the_retry_budget_fails_the_shard_and_the_rerun_redoes_it(tm
     assert (out / "_SUCCESS").exists()
 
 
-@pytest.mark.usefixtures("ray_local")
+@pytest.mark.usefixtures("job_backend")
 def test_a_short_outage_within_the_budget_loses_nothing(tmp_path):
     ids = sorted(write_images(tmp_path / "in", n_per_class=2, size=24))
     # Down for the first 4 s of the run (longer than the old fixed 3 s of retries).
@@ -66,7 +66,7 @@ def test_a_short_outage_within_the_budget_loses_nothing(tmp_path):
     assert result.success and sorted(df.image_id) == ids and (df.status == "ok").all()
 
 
-@pytest.mark.usefixtures("ray_local")
+@pytest.mark.usefixtures("job_backend")
 def test_a_store_down_for_good_stops_the_job_within_the_bound_naming_shards_and_cause(tmp_path):
     write_images(tmp_path / "in", n_per_class=6, size=24)  # 12 images, 6 shards
     down = {"fail_fraction": 1.0, "until": time.time() + 3600, "error": "server", "ops": ["cat_file"]}
