@@ -97,6 +97,7 @@ def smoothgrad(
     ig_baseline: float | torch.Tensor = 0.0,
     return_reliability: bool = False,
     reliability_reduction: str = "abs_sum",
+    on_done: Callable[[int], None] | None = None,
 ) -> torch.Tensor | SmoothGradResult:
     """SmoothGrad maps for a batch of images.
 
@@ -150,6 +151,9 @@ def smoothgrad(
         reliability_reduction: channel reduction of the 2-D map whose
             reliability is estimated (``abs_sum``, ``sum``, ``max_abs``), as
             the stored map is reduced.
+        on_done: called with an image's index once all its samples are in
+            (images finish in order, one chunk of ``max_batch`` inputs at a
+            time: live progress within a batch).
 
     Returns:
         float32 tensor ``(B, C, H, W)`` on the device of ``images``; with
@@ -203,7 +207,7 @@ def smoothgrad(
         model, precision, x.device, prefers_channels_last(model), int(targets.max())
     )
     with _input_gradients_only(model), _float32_mode(precision, x.device), method.hooks(model):
-        _run(plan, acc, grad_fn, max_batch)
+        _run(plan, acc, grad_fn, max_batch, on_done)
     maps = acc.result()
     if not return_reliability:
         return maps
@@ -304,6 +308,7 @@ def _run(
     acc: _Accumulator,
     grad_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
     max_batch: int,
+    on_done: Callable[[int], None] | None = None,
 ) -> None:
     batch = plan.x.shape[0]
     size = max_batch
@@ -332,6 +337,8 @@ def _run(
             carry = _fold(plan, acc, p_i, r0, r1, block, rows, carry)
             if r1 == plan.rows_per_image:
                 plan.release(p_i)
+                if on_done is not None:
+                    on_done(p_i)  # every sample of image p_i is in: live progress per image
         last_i, _, last_r1 = pieces[-1]
         i, r = (last_i + 1, 0) if last_r1 == plan.rows_per_image else (last_i, last_r1)
 

@@ -48,6 +48,9 @@ class ShardProcessor:
         loaded: a model already loaded, used instead of loading it again.
     """
 
+    # Live progress: images finished within a batch are reported at least this often (seconds).
+    progress_interval: float | None = 1.0
+
     def __init__(self, config: JobConfig, *, device: torch.device | None = None,
                  loaded: LoadedModel | None = None, threads: int | None = None):
         self.config = config
@@ -85,9 +88,10 @@ class ShardProcessor:
         chunks = [todo[start : start + cfg.batch_size] for start in range(0, len(todo), cfg.batch_size)]
         if cfg.target_reliability is None:
             for chunk in chunks:
-                self._explain(*self._targets(decoded, chunk, rows), rows)
-                if on_batch is not None:
-                    on_batch(len(chunk))
+                x, kept, targets = self._targets(decoded, chunk, rows)
+                done = _Batches(cfg.batch_size, on_batch, interval=self.progress_interval)
+                self._explain(x, kept, targets, rows, on_batch=done.add)  # each image as its samples are in
+                done.flush(rest=len(chunk))  # and those that became errors before the kernel
             return rows
         picked = [self._targets(decoded, chunk, rows) for chunk in chunks]
         kept = [i for _, k, _ in picked for i in k]
@@ -150,7 +154,8 @@ class ShardProcessor:
         with _model_errors(self.config, x):
             if cfg.target_reliability is None:
                 result = self.replica.explain(x, target_t, seeds=seeds, **cfg.kernel_arguments(),
-                                              return_reliability=True, reliability_reduction=cfg.reduction)
+                                              return_reliability=True, reliability_reduction=cfg.reduction,
+                                              on_done=on_batch)
             else:
                 kw = {k: v for k, v in cfg.kernel_arguments().items() if k not in ("n_samples", "ig_steps")}
                 done = _Batches(cfg.batch_size, on_batch)
@@ -238,20 +243,30 @@ def class_target(target: str, categories: list[str] | None, num_classes: int) ->
 
 
 class _Batches:
-    """Counts images as the adaptive kernel finishes them; reports about a batch at a time."""
+    """Counts images as the kernel finishes them; reports a batch at a time, or what finished in the
+    last ``interval`` seconds (None: batches only), so that a slow batch is not ``0/N`` until its end
+    and a fast one is not a report per image."""
 
-    def __init__(self, size: int, report: Callable[[int], None] | None) -> None:
-        self.size, self.report, self.pending = size, report, 0
+    def __init__(self, size: int, report: Callable[[int], None] | None, *, interval: float | None = None) -> None:
+        self.size, self.report, self.interval = size, report, interval
+        self.pending = self.reported = 0
+        self.last = time.monotonic()
 
     def add(self, _image: int) -> None:
         self.pending += 1
-        if self.pending >= self.size:
+        if self.pending >= self.size or (self.interval is not None
+                                         and time.monotonic() - self.last >= self.interval):
             self.flush()
 
-    def flush(self) -> None:
+    def flush(self, rest: int | None = None) -> None:
+        """Reports what is pending (``rest``: the images of the batch in all, the ones not seen counted too)."""
+        if rest is not None:
+            self.pending = max(self.pending, rest - self.reported)
         if self.pending and self.report is not None:
             self.report(self.pending)
+        self.reported += self.pending
         self.pending = 0
+        self.last = time.monotonic()
 
 
 @contextlib.contextmanager
