@@ -116,7 +116,7 @@ def test_the_job_writes_the_table_and_json(tmp_path, capsys):
     (["--min-samples", "64", "--max-samples", "32"], "error: --min-samples must be <= max_samples; got 64 > 32"),
     (["--min-samples", "20"], "error: --min-samples must be a multiple of 8 (whole noise blocks); got 20"),
     (["--fixed-n", "1"], "error: --fixed-n must be >= 2; got 1"),
-    (["--model", "resnet18"], "error: --mode adaptive needs a trained model: --model demo or digits; got 'resnet18'"),
+    (["--model", "resnet18"], "error: --mode adaptive needs a trained model: --model demo, digits or lite0; got 'resnet18'"),
 ])
 def test_bad_adaptive_arguments_exit_2_with_one_line(capsys, tmp_path, argv, line):
     from jobs import benchmark
