@@ -84,6 +84,7 @@ def test_read_binary_files_with_a_corrupt_file_and_two_actors(data, tmp_path):
         np.testing.assert_array_equal(a[key], b[key])
 
 
+@pytest.mark.slow  # in CI: tests/test_ray_data.py gives each format's rows in process
 def test_read_parquet_of_image_bytes_gives_the_jobs_rows(data, tmp_path):
     import ray
 
@@ -102,6 +103,7 @@ def test_read_parquet_of_image_bytes_gives_the_jobs_rows(data, tmp_path):
     _assert_rows_match(got, _read_dir(tmp_path / "job"))
 
 
+@pytest.mark.slow  # in CI: tests/test_ray_data.py gives each format's rows in process
 def test_read_parquet_and_read_binary_files_read_what_the_job_reads(data, tmp_path):
     """No image column named: a lone ``content`` column is the job's image column; ``notes.txt``
     beside the photos is no image: read_binary_files reads it, and neither side gives it a row."""
@@ -135,6 +137,7 @@ def test_read_results_gives_maps_as_tensors(data):
     assert read_results(str(data["job_out"])).count() == len(data["good"]) + 1
 
 
+@pytest.mark.slow  # in CI: tests/test_ray_data.py::test_a_webdataset_batch_gives_the_jobs_rows
 def test_read_webdataset_gives_the_jobs_rows(tmp_path):
     """Images of different sizes, png and jpg fields, cls and json labels, a corrupt image
     and a sample without one: Ray Data keeps the bytes (decoder=None), the stage does the rest."""

@@ -31,6 +31,7 @@ def _config(results: Path, report: Path, **kw: object) -> AuditConfig:
                        examples=0, localization=False, **kw)
 
 
+@pytest.mark.slow  # in CI: tests/pipeline/test_scheduler.py (ReplicaPool retries a dead replica's item) and the job's SIGKILL drill
 def test_a_replica_killed_during_the_audit_does_not_fail_it(
     demo_results: Path, ray_three_cpus: None, tmp_path: Path
 ) -> None:

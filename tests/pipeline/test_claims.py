@@ -78,6 +78,7 @@ def _readers(out: Path) -> dict[str, pd.DataFrame]:
 
 
 @pytest.mark.usefixtures("ray_local", "in_process_jobs")
+@pytest.mark.slow  # in CI: tests/pipeline/test_fencing.py (a stalled part write past a takeover, a stale _SUCCESS and manifest)
 def test_kill_mid_commit_then_a_second_writer_then_overwrite(tmp_path):
     inp, out = tmp_path / "in", tmp_path / "out"
     ids = sorted(write_images(inp, n_per_class=4, size=24))  # 8 images, 4 shards

@@ -20,7 +20,7 @@ from tests.pipeline.test_faults import REPO, _dataset, _job_cmd, _mtimes, _wait_
 LINE = "stopped by SIGTERM; rerun the same command to resume (committed shards are kept)"
 
 
-@pytest.mark.parametrize("target", ["process", "group"])
+@pytest.mark.parametrize("target", ["process", pytest.param("group", marks=pytest.mark.slow)])  # group: the same path
 def test_sigterm_records_stopped_exits_143_with_one_line_and_nothing_commits_after(tmp_path, target):
     if ray.is_initialized():
         ray.shutdown()
