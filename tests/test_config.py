@@ -44,8 +44,8 @@ def test_kernel_arguments_are_the_kernels_keywords():
     keywords = set(inspect.signature(sg.smoothgrad).parameters) - {"model", "images", "targets", "seeds"}
     args = JobConfig(input="i", output="o", n_samples=7, noise="sobol", ig_steps=3, max_batch=5).kernel_arguments()
     # Every kernel keyword comes from the settings, with the config's values, but the IG
-    # baseline and what the call returns (the maps alone, or with their reliability).
-    assert set(args) == keywords - {"ig_baseline", "return_reliability", "reliability_reduction"}
+    # baseline, what the call returns (the maps alone, or with their reliability) and the progress callback.
+    assert set(args) == keywords - {"ig_baseline", "return_reliability", "reliability_reduction", "on_done"}
     assert (args["n_samples"], args["noise"], args["ig_steps"], args["max_batch"]) == (7, "sobol", 3, 5)
 
 

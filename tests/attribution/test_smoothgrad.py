@@ -364,3 +364,19 @@ def test_model_must_return_logits(images, targets):
 def test_out_of_range_target_in_a_later_chunk(cnn, images):
     with pytest.raises(ValueError, match=r"targets must be class indices below num_classes=5; got 7"):
         smoothgrad(cnn, images, torch.tensor([0, 1, 7]), n_samples=2, max_batch=2)
+
+
+@pytest.mark.parametrize("base", ["gradient", "integrated_gradients"])
+def test_on_done_names_each_image_once_in_order_as_its_samples_are_in(cnn, images, targets, seeds, base):
+    """Live progress inside one call: with 3 inputs per chunk, image k is done after its own chunks,
+    before the next image's; the maps are those of a call without the callback."""
+    done: list[tuple[int, int]] = []
+    calls = {"n": 0}
+    hook = cnn.register_forward_hook(lambda *_: calls.__setitem__("n", calls["n"] + 1))
+    maps = smoothgrad(cnn, images, targets, seeds=seeds, n_samples=4, base=base, ig_steps=2, max_batch=3,
+                      on_done=lambda i: done.append((i, calls["n"])))
+    hook.remove()
+    assert [i for i, _ in done] == list(range(images.shape[0]))
+    assert [n for _, n in done] == sorted(n for _, n in done) and done[0][1] < calls["n"]
+    torch.testing.assert_close(maps, smoothgrad(cnn, images, targets, seeds=seeds, n_samples=4, base=base,
+                                                ig_steps=2, max_batch=3), rtol=0, atol=0)
