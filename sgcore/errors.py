@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class ConfigError(ValueError):
     """A user-supplied setting is invalid; the message names it and the fix."""
@@ -35,3 +37,23 @@ class Stopped(KeyboardInterrupt):
 
         super().__init__(signal.Signals(signum).name)
         self.signum = signum
+
+
+def stop_on_sigterm() -> Any:
+    """SIGTERM stops the work like Ctrl-C (raises :class:`Stopped`); returns the old handler.
+
+    The job and the audit set it, and again after Ray starts, which installs its own (that
+    one aborts with a C++ stack dump). Only the main thread may set handlers; elsewhere this
+    does nothing and returns None.
+    """
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def stop(signum: int, frame: Any) -> None:
+        Stopped.received = signum
+        raise Stopped(signum)
+
+    return signal.signal(signal.SIGTERM, stop)

@@ -17,7 +17,6 @@ import hashlib
 import json
 import posixpath
 import signal
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, fields
@@ -48,7 +47,7 @@ from sgcore.audit.sections.reliability import add_risks, reliability_section
 from sgcore.audit.sections.road_pic import road_pic_section
 from sgcore.audit.sections.sanity import sanity_section
 from sgcore.audit.sections.strategies import StrategyFeed, strategy_section
-from sgcore.errors import InputError, Stopped
+from sgcore.errors import InputError, Stopped, stop_on_sigterm
 from sgcore.io import join, url_to_fs
 from sgcore.pipeline.pool import ItemFailed
 from sgcore.pipeline.progress import format_duration
@@ -286,7 +285,7 @@ def run_audit(
     t0 = time.perf_counter()
     on_ray = not _in_process(config) and (config.heavy or config.strategies)
     owns_ray = False
-    previous = _on_sigterm()
+    previous = stop_on_sigterm()
     try:
         plan = plan_audit(config, log=log)
         log("audit plan: " + plan.line())
@@ -294,7 +293,7 @@ def run_audit(
             from sgcore.pipeline.cluster import connect_ray
 
             owns_ray = connect_ray(config.address)
-            _on_sigterm()  # again: Ray installs a handler of its own (a C++ stack dump)
+            stop_on_sigterm()  # again: Ray installs a handler of its own (a C++ stack dump)
         return _run(plan, t0, log=log, on_chunk=on_chunk, on_ray=on_ray)
     finally:
         if previous is not None:
@@ -418,7 +417,8 @@ def _heavy(plan: AuditPlan, report: Report, summary: dict[str, Any], table: Any,
            *, log: Any, on_chunk: Callable[[int, Any, int], None] | None) -> None:
     """The sanity and faithfulness checks on the sampled rows, in chunks, resumable; fills their sections."""
     config, spec = plan.config, plan.spec
-    assert spec is not None
+    if spec is None:  # plan.heavy is false: the caller does not come here
+        raise RuntimeError("the audit's heavy checks need a plan with a worker spec (plan.heavy)")
     sources = _sources(table, rows, config.input)
     targets = table.column("target").to_pylist()
     seeds = table.column("seed").to_pylist()
@@ -495,21 +495,6 @@ def _heavy(plan: AuditPlan, report: Report, summary: dict[str, Any], table: Any,
         road_pic_section(report, summary, outputs)
     if outputs and config.literature:
         literature_section(report, summary, outputs)
-
-
-def _on_sigterm() -> Any:
-    """SIGTERM stops the audit like Ctrl-C (raises :class:`~sgcore.errors.Stopped`); returns the old handler.
-
-    Only the main thread may set handlers; elsewhere this does nothing.
-    """
-    if threading.current_thread() is not threading.main_thread():
-        return None
-
-    def stop(signum: int, frame: Any) -> None:
-        Stopped.received = signum
-        raise Stopped(signum)
-
-    return signal.signal(signal.SIGTERM, stop)
 
 
 # --------------------------------------------------------------------------- helpers

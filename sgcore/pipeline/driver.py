@@ -27,14 +27,13 @@ import logging
 import os
 import resource
 import signal
-import threading
 import time
 from typing import Any
 
 import ray
 
 from sgcore.config import JobConfig
-from sgcore.errors import ConfigError, InputError, Stopped
+from sgcore.errors import ConfigError, InputError, Stopped, stop_on_sigterm
 from sgcore.io import (
     Manifest,
     OutputDir,
@@ -141,29 +140,13 @@ def run_job(config: JobConfig, *, backend: JobBackend | None = None) -> JobResul
         JobFailed: more than ``max_error_rate`` of the images failed.
     """
     previous_policy = set_default_policy(storage_policy(config.storage_retry_s))
-    previous_handler = _on_sigterm()
+    previous_handler = stop_on_sigterm()
     try:
         return _run_job(config, backend)
     finally:
         set_default_policy(previous_policy)
         if previous_handler is not None:
             signal.signal(signal.SIGTERM, previous_handler)
-
-
-def _on_sigterm() -> Any:
-    """SIGTERM stops the job like Ctrl-C (raises :class:`Stopped`); returns the old handler.
-
-    Set again after Ray starts, which installs its own (that one aborts with a C++
-    stack dump). Only the main thread may set handlers; elsewhere this does nothing.
-    """
-    if threading.current_thread() is not threading.main_thread():
-        return None
-
-    def stop(signum: int, frame: Any) -> None:
-        Stopped.received = signum
-        raise Stopped(signum)
-
-    return signal.signal(signal.SIGTERM, stop)
 
 
 def _run_job(config: JobConfig, backend: JobBackend | None) -> JobResult:
@@ -266,7 +249,7 @@ def _run_claimed(config: JobConfig, out: OutputDir, lease: Lease, preprocess: Pr
             owns_ray = False
             if backend is None:
                 owns_ray = connect_ray(config.address)
-                _on_sigterm()
+                stop_on_sigterm()
                 backend = RayJobBackend()
             scheduler = None
             try:
