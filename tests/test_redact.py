@@ -15,7 +15,8 @@ import pytest
 
 from sgcore.redact import has_userinfo, is_redacted, redact_text, redact_url, redact_value
 
-SECRET = "S" + uuid.uuid4().hex
+# Fixed, not random: pytest-xdist workers must collect the same test ids.
+SECRET = "S" + uuid.uuid5(uuid.NAMESPACE_URL, "sgcore-test-secret").hex
 
 
 @pytest.mark.parametrize(("url", "expected"), [

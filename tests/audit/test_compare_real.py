@@ -69,8 +69,6 @@ def test_compare_flags_a_model_whose_last_layer_changed(real):
     assert not all(unpaired)  # what the rule without pairing missed
 
 
-@pytest.mark.xfail(strict=True, reason="issue 29, open: at n = 16 the twin estimate still flags 3 of these 24 "
-                   "seed-only pairs (docs/performance.md §18); passes once the estimate is fixed")
 def test_compare_flags_at_most_one_seed_change_in_twenty(real):
     model, _, x, targets = real
     seed_only = []
