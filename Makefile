@@ -24,9 +24,12 @@ run: $(STAMP)
 demo-real: $(STAMP)
 	$(PY) -m jobs.photos $(DEMO_ARGS)
 
-# CI runs everything but the tests marked slow; `make test-all` runs those too.
+# CI runs everything but the tests marked slow; `make test-all` runs those too. Two pytest-xdist
+# workers, one module per worker at a time (module fixtures: a local Ray, a moto server);
+# `make test TEST_WORKERS=0` runs in one process.
+TEST_WORKERS ?= 2
 test: $(STAMP)
-	$(PY) -m pytest -q -m "not slow" --durations=25 $(PYTEST_ARGS)
+	$(PY) -m pytest -q -m "not slow" -n $(TEST_WORKERS) --dist loadfile --durations=25 $(PYTEST_ARGS)
 
 test-all: $(STAMP)
 	$(PY) -m pytest -q $(PYTEST_ARGS)

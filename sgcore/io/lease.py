@@ -157,12 +157,14 @@ class _LeaseFile:
         return "s3" if protocol in ("s3", "s3a") else "other"
 
     @contextlib.contextmanager
-    def locked(self, wait: float = LOCK_WAIT_S) -> Iterator[Any]:
+    def locked(self, wait: float | None = None) -> Iterator[Any]:
         """The lease file under ``flock`` (local disks; elsewhere yields None).
 
         Raises:
-            TimeoutError: the lock stayed taken for ``wait`` seconds (a frozen holder).
+            TimeoutError: the lock stayed taken for ``wait`` seconds (default ``LOCK_WAIT_S``, read at
+                the call: a frozen holder).
         """
+        wait = LOCK_WAIT_S if wait is None else wait
         if self.kind != "local":
             yield None
             return

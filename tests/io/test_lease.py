@@ -169,7 +169,6 @@ def test_an_expired_holder_frozen_inside_its_lock_is_taken_over(tmp_path, monkey
     fd = os.open(f"{out.path}/_lease.json", os.O_RDWR)
     fcntl.flock(fd, fcntl.LOCK_EX)  # the holder froze inside its critical section
     monkeypatch.setattr(lease_mod, "LOCK_WAIT_S", 0.2)
-    monkeypatch.setattr(lease_mod._LeaseFile.locked, "__defaults__", (0.2,))
     try:
         mine = claim(out, run_id="mine")
         mine.acquire()

@@ -120,7 +120,7 @@ def ray_head():
 def _stop(head: subprocess.Popen, temp_dir: str) -> None:
     # SIGTERM lets `ray start --block` tear its children down; then make sure.
     pgid = head.pid
-    for sig, wait in ((signal.SIGTERM, 8), (signal.SIGKILL, 10)):
+    for sig, wait in ((signal.SIGTERM, 3), (signal.SIGKILL, 10)):
         try:
             os.killpg(pgid, sig)
         except ProcessLookupError:

@@ -45,6 +45,7 @@ def served(tmp_path_factory) -> Iterator[tuple[str, Path]]:
     server.shutdown()
 
 
+@pytest.mark.slow  # in CI: test_the_driver_and_a_replica_each_read_a_checkpoint_once (below, in process)
 def test_a_checkpoint_is_read_once_by_the_driver_and_once_per_replica(ray_local, served, tmp_path):
     base, root = served
     torch.manual_seed(0)
