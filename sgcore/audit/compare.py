@@ -15,9 +15,9 @@ by the same pattern in both, so they agree more (on the demo at n = 32:
 independent noise, and the floor is
 :func:`~sgcore.attribution.reliability.expected_agreement` of the two rows
 (for twins the reproducibility itself; within 0.02 of the measured agreement
-on the demo at n = 16–64, and within 0.013 on EfficientNet-Lite0 over the
-photos at n = 16–64, where seed changes are flagged for 1 of 56 pairs,
-docs/performance.md §15). An image's maps changed *significantly* when their
+on the demo at n = 16–64; on EfficientNet-Lite0 over the 7 photos at
+n = 16–64 within 0.013 on average, and no seed change flagged in 588 pairs,
+docs/performance.md §21). An image's maps changed *significantly* when their
 Spearman falls below that noise floor by more than a margin
 (``DEFAULT_COMPARE_MARGIN``, twice the calibration tolerance of the
 reliability estimate).

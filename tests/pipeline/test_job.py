@@ -31,7 +31,7 @@ def _read(out) -> pd.DataFrame:
     return pd.concat([pd.read_parquet(p) for p in parts], ignore_index=True)
 
 
-@pytest.mark.usefixtures("ray_local")
+@pytest.mark.usefixtures("job_backend")
 def test_one_row_per_image_corrupt_file_is_an_error_row(image_dir, tmp_path):
     out = tmp_path / "out"
     result = run_job(JobConfig(input=str(image_dir), output=str(out), **SMALL))

@@ -206,7 +206,9 @@ def test_hugging_face_directory(ray_zoo, zoo, photos, tmp_path, in_process_jobs,
     assert list(manifest["model"]["files"]) == [str(zoo / name)]
 
 
-def test_hugging_face_directory_on_s3(ray_zoo, zoo, photos, tmp_path, s3_server):
+def test_hugging_face_directory_on_s3(ray_zoo, zoo, photos, tmp_path, s3_server, in_process_jobs):
+    """The replicas in process: what is checked is the directory read from S3 and its hash (S3 reads in
+    Ray workers: tests/pipeline/test_s3.py; an own model on Ray: test_python_factory_with_a_checkpoint)."""
     import s3fs
 
     fs = s3fs.S3FileSystem(client_kwargs={"endpoint_url": s3_server})
