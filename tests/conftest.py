@@ -19,6 +19,13 @@ import pytest
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 
+# Under pytest-xdist each worker gets its share of the cores for torch (and the jobs it starts in
+# subprocesses): two workers of two threads each on two cores spun against each other (the workers'
+# CPU time +30 % against one process, docs/performance.md §23). Set before torch is imported.
+if os.environ.get("PYTEST_XDIST_WORKER") and "OMP_NUM_THREADS" not in os.environ:
+    _share = (os.cpu_count() or 1) // max(1, int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))
+    os.environ["OMP_NUM_THREADS"] = str(max(1, _share))
+
 # The fault-injection filesystem (flaky://) exists for tests only: registered
 # here, in this process, and by ray_runtime_env() in the tests' Ray workers;
 # the job itself never knows of it.
