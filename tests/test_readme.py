@@ -36,6 +36,8 @@ def output(ray_local, tmp_path_factory) -> Path:
     return out
 
 
+@pytest.mark.slow  # in CI: the README snippet test below reads the output with ray.data.read_parquet, and
+# tests/test_ray_data_pipeline.py::test_read_results_gives_maps_as_tensors reads it with Ray Data
 def test_ray_data_reads_every_way_with_error_rows(output):
     import ray
 
