@@ -328,14 +328,15 @@ def test_node_removed_mid_job_completes_exactly_once(tmp_path):
     ids = _dataset(tmp_path / "in", 8)
     out = tmp_path / "out"
     # Fast health checks so that the lost node is noticed in seconds, not a minute.
+    # Two nodes (the head survives; a third raylet only cost CPU on a small machine): the pool's
+    # SPREAD places a replica on each, so the doomed node takes one with it.
     cluster = Cluster(initialize_head=True, head_node_args={
-        "num_cpus": 0,
+        "num_cpus": 2,
         "_system_config": {"health_check_initial_delay_ms": 0, "health_check_period_ms": 500,
                            "health_check_failure_threshold": 4},
     })
     try:
         doomed = cluster.add_node(num_cpus=2)
-        cluster.add_node(num_cpus=2)
         cluster.wait_for_nodes()
         ray.init(address=cluster.address, logging_level="WARNING")
         box: dict = {}
