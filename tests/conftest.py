@@ -21,7 +21,7 @@ os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 
 # Under pytest-xdist each worker gets its share of the cores for torch (and the jobs it starts in
 # subprocesses): two workers of two threads each on two cores spun against each other (the workers'
-# CPU time +30 % against one process, docs/performance.md §23). Set before torch is imported.
+# CPU time up to +28 % against one process, docs/performance.md §23). Set before torch is imported.
 if os.environ.get("PYTEST_XDIST_WORKER") and "OMP_NUM_THREADS" not in os.environ:
     _share = (os.cpu_count() or 1) // max(1, int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))
     os.environ["OMP_NUM_THREADS"] = str(max(1, _share))
@@ -56,11 +56,14 @@ def pytest_unconfigure(config: pytest.Config) -> None:
 
     Ray is shut down first (a module fixture normally did); then ``os._exit``
     skips the interpreter's finalization, where the segfault seen in CI came from
-    (every test had passed and the summary was printed). Opt out with
+    (every test had passed and the summary was printed). Only for a session that ran
+    (passed, failed, or collected nothing): pytest prints a usage error or an internal
+    error *after* this hook, so those take the normal way out. Opt out with
     ``SGCORE_TEST_NORMAL_EXIT=1`` (e.g. to profile teardown).
     """
     status = getattr(config, "_sgcore_exitstatus", None)
-    if status is None or os.environ.get("SGCORE_TEST_NORMAL_EXIT") == "1":
+    ran = (pytest.ExitCode.OK, pytest.ExitCode.TESTS_FAILED, pytest.ExitCode.NO_TESTS_COLLECTED)
+    if status not in ran or os.environ.get("SGCORE_TEST_NORMAL_EXIT") == "1":
         return
     import sys
 
@@ -91,6 +94,10 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
     The one place that does so: a folder's conftest needs nothing of its own.
     """
+    root = Path(__file__).resolve().parents[1]
+    gone = [p for p in FIRST if not (root / p).is_file()]
+    if gone:
+        raise pytest.UsageError(f"tests/conftest.py FIRST names modules that are not there: {gone}; update it")
     items.sort(key=_first_key)
     gpu_tests = [item for item in items if item.get_closest_marker("needs_cuda")]
     if not gpu_tests:

@@ -207,18 +207,22 @@ def bootstrap_reliability(
         z[i] = torch.randn((3, *shape), generator=gen, device=maps.device, dtype=maps.dtype)
     flat = (n * draws, *maps.shape[1:])
     count = _box_sum(torch.ones_like(maps[:1, :1]), VAR_WINDOW)
-    d = diff.unsqueeze(1).expand(n, draws, *maps.shape[1:]).reshape(flat)
+    # The twin's noise has the stored map's covariance pattern at the level of a wider box (step 5).
+    d2 = diff.square().mean(dim=1, keepdim=True)
+    level = (_box(d2, TWIN_WINDOW) / _box(d2, VAR_WINDOW).clamp(min=torch.finfo(diff.dtype).tiny)).sqrt()
+
+    def per_draw(x: torch.Tensor) -> torch.Tensor:
+        return x.unsqueeze(1).expand(n, draws, *maps.shape[1:]).reshape(flat)
+
+    d, d_twin = per_draw(diff), per_draw(diff * level)
 
     def noise(k: int, source: torch.Tensor = d) -> torch.Tensor:
         return (_box_sum(source * z[:, k].reshape(n * draws, 1, *maps.shape[2:]), VAR_WINDOW) / count.sqrt()).view(
             n, draws, *maps.shape[1:])
 
     truth = (w * maps).unsqueeze(1) + w.sqrt().unsqueeze(1) * noise(0)
-    # The twin's noise has the stored map's covariance pattern at the level of a wider box (step 5).
-    d2 = d.square().mean(dim=1, keepdim=True)
-    level = (_box(d2, TWIN_WINDOW) / _box(d2, VAR_WINDOW).clamp(min=torch.finfo(d.dtype).tiny)).sqrt()
     stored = _unit_ranks(reduce_channels((truth + noise(1)).reshape(flat), reduction))
-    twin = _unit_ranks(reduce_channels((truth + noise(2, d * level)).reshape(flat), reduction))
+    twin = _unit_ranks(reduce_channels((truth + noise(2, d_twin)).reshape(flat), reduction))
     truth = _unit_ranks(reduce_channels(truth.reshape(flat), reduction))
     rho = _rank_correlation(stored, truth).view(n, draws).mean(dim=1)
     rep = _rank_correlation(stored, twin).view(n, draws).mean(dim=1)
