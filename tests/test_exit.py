@@ -22,3 +22,11 @@ def test_a_crash_at_interpreter_exit_does_not_fail_a_passed_run(normal_exit, cra
         assert "Fatal Python error" in done.stderr  # faulthandler named it
     else:
         assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_a_usage_error_keeps_its_message():
+    """pytest prints a usage error after the exit hook runs: the hook must leave such a run alone."""
+    done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/no_such_file.py"],
+                          cwd=HERE.parent, capture_output=True, text=True, timeout=120)
+    assert done.returncode == pytest.ExitCode.USAGE_ERROR
+    assert "file or directory not found: tests/no_such_file.py" in done.stdout + done.stderr

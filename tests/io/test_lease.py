@@ -171,7 +171,9 @@ def test_an_expired_holder_frozen_inside_its_lock_is_taken_over(tmp_path, monkey
     monkeypatch.setattr(lease_mod, "LOCK_WAIT_S", 0.2)
     try:
         mine = claim(out, run_id="mine")
+        t0 = time.monotonic()
         mine.acquire()
+        assert time.monotonic() - t0 < 5, "the lock wait follows LOCK_WAIT_S, read when the lock is taken"
         assert mine.fence.epoch == 8 and mine.read().run_id == "mine"
         mine.fence.check()  # the new lease file is not the frozen one's
         os.lseek(fd, 0, os.SEEK_SET)
